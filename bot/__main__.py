@@ -1,0 +1,75 @@
+"""The composition root: read the settings once, set up logging, and run the `voices` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+
+from pydantic import ValidationError
+from rich.console import Console
+
+from bot.app import EngineConfig
+from bot.cli import CliDefaults, build_parser, dispatch
+from bot.errors import ProviderError, VoicesError
+from bot.log import setup_logging
+from config import Settings
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    """Return the engine's share of the settings as plain values."""
+    key = settings.openrouter_api_key
+    return EngineConfig(
+        database=settings.database,
+        base_url=settings.openrouter_base_url,
+        api_key=key.get_secret_value() if key else None,
+        max_rounds=settings.max_rounds,
+        max_budget=settings.max_budget,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        catalogue_ttl=timedelta(hours=settings.catalogue_ttl_hours),
+    )
+
+
+def cli_defaults(settings: Settings) -> CliDefaults:
+    """Return the CLI's defaults from the settings."""
+    return CliDefaults(
+        rounds=settings.default_rounds,
+        budget=settings.default_budget,
+        max_tokens=settings.default_max_tokens,
+        transcripts_dir=settings.transcripts_dir,
+        personas_file=settings.personas_file,
+        max_seconds=settings.max_seconds,
+        max_total_tokens=settings.max_total_tokens,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `voices` console script; return the exit status."""
+    args = build_parser().parse_args(argv)
+    errors = Console(stderr=True, highlight=False)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "VOICES_" + "_".join(str(p) for p in first["loc"]).upper()
+        errors.print(f"error: {name}: {first['msg']}; fix it in .env or the environment", markup=False)
+        return 2
+    config = engine_config(settings)
+    setup_logging(settings.log_level, [config.api_key or ""])
+    try:
+        return asyncio.run(dispatch(args, config, cli_defaults(settings), Console(highlight=False)))
+    except ProviderError as exc:
+        errors.print(f"error: {exc}", markup=False)
+        return 1
+    except VoicesError as exc:
+        errors.print(f"error: {exc}", markup=False)
+        return 2
+    except KeyboardInterrupt:
+        errors.print("interrupted", markup=False)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The engine's resources, created in one place: store, HTTP client, provider, catalogue, runner."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+
+from bot.catalogue import Catalogue
+from bot.dialogue import DialogueRunner
+from bot.providers.base import Provider
+from bot.providers.openai_compat import OpenAICompatProvider
+from bot.providers.scripted import ScriptedProvider, free_models
+from bot.retry import RetryPolicy
+from bot.store import Store
+
+
+def utc_now() -> datetime:
+    """Return the current time in UTC: the engine's one clock."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Plain values the engine needs, taken from the settings by the composition root."""
+
+    database: Path
+    base_url: str
+    api_key: str | None
+    max_rounds: int
+    max_budget: Decimal
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    catalogue_ttl: timedelta = timedelta(hours=24)
+    #: With models listed here, nothing goes over the network: a scripted provider answers for free.
+    dry_run_models: tuple[str, ...] = ()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    """The engine's live resources."""
+
+    store: Store
+    provider: Provider
+    catalogue: Catalogue
+    runner: DialogueRunner
+
+
+@asynccontextmanager
+async def open_app(config: EngineConfig) -> AsyncIterator[App]:
+    """Open the store and one shared HTTP client, wire the engine, and close both on exit."""
+    timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout)
+    async with Store.open(config.database) as store, httpx.AsyncClient(timeout=timeout) as http:
+        provider: Provider
+        ttl = config.catalogue_ttl
+        if config.dry_run_models:
+            provider, ttl = ScriptedProvider(free_models(config.dry_run_models)), timedelta(0)
+        else:
+            provider = OpenAICompatProvider(http, config.base_url, config.api_key)
+        catalogue = Catalogue(provider, store, ttl, utc_now)
+        runner = DialogueRunner(store, provider, catalogue, utc_now, max_rounds=config.max_rounds,
+                                max_budget=config.max_budget, retry=config.retry)
+        yield App(store, provider, catalogue, runner)

@@ -1,0 +1,257 @@
+"""The `voices` command line: argument parsing and one coroutine per subcommand.
+
+Settings reach this module as plain values (`CliDefaults`, `EngineConfig`) from `bot.__main__`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from rich.console import Console
+from rich.markdown import Markdown
+
+from bot.app import App, EngineConfig, open_app
+from bot.console import DialogueView, dialogue_table, model_table
+from bot.dialogue import Control, Ended
+from bot.errors import InputError
+from bot.models import Dialogue, DialogueSpec, Limits, Persona, Status
+from bot.personas import load_personas, resolve_persona
+from bot.transcript import render_json, render_markdown
+
+SEATS = string.ascii_lowercase[:4]
+DRY_RUN = "dry-run"
+
+
+@dataclass(frozen=True, slots=True)
+class CliDefaults:
+    """Defaults the settings provide for options the user leaves out."""
+
+    rounds: int
+    budget: Decimal
+    max_tokens: int
+    transcripts_dir: Path
+    personas_file: Path
+    max_seconds: float | None = None
+    max_total_tokens: int | None = None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser for every `voices` subcommand."""
+    parser = argparse.ArgumentParser(prog="voices", description="Let AI models talk to each other.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a dialogue and stream it here")
+    for seat in SEATS:
+        run.add_argument(f"--{seat}", metavar="PERSONA_OR_MODEL", required=seat in "ab",
+                         help=f"participant {seat.upper()}: a persona name or a model id")
+        run.add_argument(f"--system-{seat}", metavar="TEXT", help=f"system prompt for {seat.upper()}")
+    run.add_argument("--rounds", type=int, help="rounds (each participant speaks once per round)")
+    run.add_argument("--budget", type=_usd, help="hard cap in USD, e.g. 0.05")
+    run.add_argument("--opening", required=True, help="the first message, given to participant A")
+    run.add_argument("--max-tokens", type=int, help="reply cap per turn for every participant")
+    run.add_argument("--max-seconds", type=float, help="wall-clock limit of the dialogue")
+    run.add_argument("--max-total-tokens", type=int, help="limit on prompt+completion tokens")
+    run.add_argument("--dry-run", action="store_true",
+                     help="no network and no cost: a scripted stand-in answers for every model")
+    _add_run_output(run)
+
+    resume = sub.add_parser("resume", help="continue an interrupted or paused dialogue")
+    resume.add_argument("id", type=int)
+    _add_run_output(resume)
+
+    listing = sub.add_parser("list", help="recent dialogues")
+    listing.add_argument("--limit", type=int, default=20)
+
+    show = sub.add_parser("show", help="print a dialogue's transcript")
+    show.add_argument("id", type=int)
+
+    export = sub.add_parser("export", help="write a dialogue's transcript as Markdown or JSON")
+    export.add_argument("id", type=int)
+    export.add_argument("--format", choices=("md", "json"), default="md")
+    export.add_argument("--out", type=Path, help="file to write (default: standard output)")
+
+    models = sub.add_parser("models", help="search the model catalogue")
+    models.add_argument("search", nargs="?", default="")
+    models.add_argument("--refresh", action="store_true", help="fetch the catalogue again now")
+    return parser
+
+
+def _add_run_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help="folder for <id>.md and <id>.json")
+    parser.add_argument("--show-reasoning", action="store_true", help="stream reasoning too (dim)")
+
+
+def _usd(text: str) -> Decimal:
+    try:
+        value = Decimal(text.strip().lstrip("$"))
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an amount in USD, e.g. 0.05") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"'{text}' is not an amount in USD, e.g. 0.05")
+    return value
+
+
+async def dispatch(args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults,
+                   console: Console) -> int:
+    """Run the chosen subcommand; return the process exit status."""
+    match args.command:
+        case "run":
+            return await run_dialogue(args, config, defaults, console)
+        case "resume":
+            return await resume_dialogue(args, config, defaults, console)
+        case "list":
+            async with open_app(config) as app:
+                console.print(dialogue_table(await app.store.list_dialogues(args.limit)))
+        case "show":
+            async with open_app(config) as app:
+                text = await _render(app, args.id, "md")
+            console.print(Markdown(text) if console.is_terminal else text, markup=False)
+        case "export":
+            async with open_app(config) as app:
+                text = await _render(app, args.id, args.format)
+            if args.out:
+                write_atomically(args.out, text)
+                console.print(f"wrote {args.out}", markup=False)
+            else:
+                console.file.write(text)
+        case "models":
+            async with open_app(config) as app:
+                if args.refresh:
+                    await app.catalogue.models(refresh=True)
+                found = await app.catalogue.search(args.search)
+            console.print(model_table(found))
+            console.print(f"{len(found)} models", style="dim")
+    return 0
+
+
+async def run_dialogue(args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults,
+                       console: Console) -> int:
+    """Create a dialogue from the options, stream it, and write its transcripts."""
+    spec = _spec(args, defaults)
+    if args.dry_run:
+        config = replace(config, dry_run_models=tuple(p.model for p in spec.participants))
+        spec = replace(spec, origin=DRY_RUN)
+    else:
+        _require_key(config)
+    async with open_app(config) as app:
+        dialogue = await app.runner.create(spec)
+        return await _drive(app, dialogue.id, args, defaults, console)
+
+
+async def resume_dialogue(args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults,
+                          console: Console) -> int:
+    """Continue a dialogue from its last committed turn."""
+    async with open_app(config) as app:
+        dialogue = await app.store.get_dialogue(args.id)
+    if dialogue.origin == DRY_RUN:
+        config = replace(config, dry_run_models=tuple(p.model for p in dialogue.participants))
+    else:
+        _require_key(config)
+    async with open_app(config) as app:
+        return await _drive(app, args.id, args, defaults, console)
+
+
+async def _drive(app: App, dialogue_id: int, args: argparse.Namespace, defaults: CliDefaults,
+                 console: Console) -> int:
+    control = Control()
+    loop = asyncio.get_running_loop()
+
+    def on_interrupt() -> None:
+        console.print("\n[yellow]Stopping… (Ctrl-C again quits at once)[/]")
+        control.stop(now=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_interrupt)
+    view = DialogueView(console, show_reasoning=args.show_reasoning)
+    ended: Dialogue | None = None
+    try:
+        async for event in app.runner.run(dialogue_id, control):
+            view.show(event)
+            if isinstance(event, Ended):
+                ended = event.dialogue
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    assert ended is not None
+    paths = await write_transcripts(app, dialogue_id, args.out or defaults.transcripts_dir)
+    console.print(f"Transcripts: {paths[0]}  {paths[1]}", markup=False, highlight=False)
+    return 1 if ended.status is Status.FAILED else 0
+
+
+async def write_transcripts(app: App, dialogue_id: int, folder: Path) -> tuple[Path, Path]:
+    """Write `<id>.md` and `<id>.json` into `folder`; return their paths."""
+    paths = (folder / f"{dialogue_id}.md", folder / f"{dialogue_id}.json")
+    dialogue = await app.store.get_dialogue(dialogue_id)
+    turns = await app.store.list_turns(dialogue_id)
+    write_atomically(paths[0], render_markdown(dialogue, turns))
+    write_atomically(paths[1], render_json(dialogue, turns))
+    return paths
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write text so that the file is either the old one or the whole new one, never half."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}; choose another --out") from None
+
+
+async def _render(app: App, dialogue_id: int, fmt: str) -> str:
+    dialogue = await app.store.get_dialogue(dialogue_id)
+    turns = await app.store.list_turns(dialogue_id)
+    return render_markdown(dialogue, turns) if fmt == "md" else render_json(dialogue, turns)
+
+
+def _spec(args: argparse.Namespace, defaults: CliDefaults) -> DialogueSpec:
+    library = load_personas(defaults.personas_file)
+    max_tokens = args.max_tokens or defaults.max_tokens
+    participants: list[Persona] = []
+    for seat in SEATS:
+        ref = getattr(args, seat)
+        if ref is None:
+            continue
+        persona = resolve_persona(ref, library, max_tokens)
+        system = getattr(args, f"system_{seat}")
+        if system is not None:
+            persona = replace(persona, system_prompt=system)
+        if args.max_tokens:
+            persona = replace(persona, max_tokens=args.max_tokens)
+        participants.append(persona)
+    participants = _distinct_names(participants)
+    limits = Limits(
+        max_rounds=args.rounds if args.rounds is not None else defaults.rounds,
+        budget_usd=args.budget if args.budget is not None else defaults.budget,
+        max_total_tokens=args.max_total_tokens or defaults.max_total_tokens,
+        max_seconds=args.max_seconds or defaults.max_seconds,
+    )
+    return DialogueSpec(tuple(participants), args.opening, limits)
+
+
+def _distinct_names(participants: Sequence[Persona]) -> list[Persona]:
+    """Return the participants with repeated names numbered (a model talking to itself: glm-5, glm-5 2)."""
+    seen: dict[str, int] = {}
+    named = []
+    for persona in participants:
+        seen[persona.name] = seen.get(persona.name, 0) + 1
+        count = seen[persona.name]
+        named.append(persona if count == 1 else replace(persona, name=f"{persona.name} {count}"))
+    return named
+
+
+def _require_key(config: EngineConfig) -> None:
+    if not config.api_key:
+        raise InputError("OPENROUTER_API_KEY is not set; put it in .env or the environment "
+                         "(or add --dry-run to try Voices without one)")

@@ -1,0 +1,110 @@
+"""The terminal view of a running dialogue: who speaks, the reply as it streams, cost against budget."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from bot.budget import format_usd
+from bot.dialogue import Delta, Ended, Event, Started, TurnFinished, TurnRestarted, TurnStarted
+from bot.models import Dialogue, ModelInfo, TurnStatus
+
+SPEAKER_STYLES = ("bold cyan", "bold magenta", "bold green", "bold yellow")
+
+
+class DialogueView:
+    """Render engine events to a rich Console as they happen."""
+
+    def __init__(self, console: Console, show_reasoning: bool = False):
+        self._console = console
+        self._show_reasoning = show_reasoning
+        self._budget = "$0"
+        self._in_reasoning = False
+
+    def show(self, event: Event) -> None:
+        """Render one event."""
+        match event:
+            case Started(dialogue=dialogue):
+                self._started(dialogue)
+            case TurnStarted():
+                style = SPEAKER_STYLES[event.seat % len(SPEAKER_STYLES)]
+                title = Text.assemble(
+                    (f"Round {event.round} · ", "dim"), (event.persona.name, style),
+                    (f" ({event.persona.model})", "dim"),
+                )
+                self._console.rule(title, align="left")
+            case Delta(reasoning=True) if self._show_reasoning:
+                self._write(event.text, "dim italic")
+                self._in_reasoning = True
+            case Delta(reasoning=False):
+                if self._in_reasoning:
+                    self._console.print()
+                    self._in_reasoning = False
+                self._write(event.text)
+            case TurnRestarted():
+                wait = f"; retrying in {event.delay:.1f} s" if event.delay else "; retrying"
+                self._console.print()
+                self._console.print(Text(f"↻ {event.reason}{wait} (attempt {event.attempt}); "
+                                         "the partial reply above is discarded", "yellow"))
+            case TurnFinished(turn=turn, spent=spent):
+                self._console.print()
+                if turn.status is TurnStatus.EMPTY:
+                    self._console.print(Text("⚠ empty reply (nothing passed on)", "bold red"))
+                elif turn.status is TurnStatus.CANCELLED:
+                    self._console.print(Text("✂ cut off", "bold red"))
+                usage = turn.usage
+                self._console.print(Text(
+                    f"tokens: prompt={usage.prompt_tokens} completion={usage.completion_tokens} "
+                    f"reasoning={usage.reasoning_tokens} · cost {format_usd(turn.cost_usd)} · "
+                    f"spent {format_usd(spent)} of {self._budget}", "dim"))
+            case Ended(dialogue=dialogue):
+                self._ended(dialogue)
+
+    def _write(self, text: str, style: str = "") -> None:
+        self._console.print(Text(text, style), end="", soft_wrap=True)
+
+    def _started(self, dialogue: Dialogue) -> None:
+        self._budget = format_usd(dialogue.limits.budget_usd)
+        names = " ↔ ".join(p.name for p in dialogue.participants)
+        self._console.print(Text.assemble(
+            ("Dialogue ", "bold"), (str(dialogue.id), "bold"), f" · {names} · "
+            f"{dialogue.limits.max_rounds} rounds · budget {self._budget}"))
+        self._console.print(Text(f"Opening: {dialogue.opening}", "italic"))
+
+    def _ended(self, dialogue: Dialogue) -> None:
+        self._console.rule()
+        if dialogue.stop_reason is None:
+            self._console.print(Text(f"Paused after {format_usd(dialogue.totals.spent_usd)}; "
+                                     f"`voices resume {dialogue.id}` continues.", "yellow"))
+            return
+        style = "green" if dialogue.stop_reason.status.value != "failed" else "bold red"
+        detail = f" ({dialogue.stop_detail})" if dialogue.stop_detail else ""
+        self._console.print(Text(f"Ended: {dialogue.stop_reason.describe}{detail}", style))
+        self._console.print(f"Total cost: {format_usd(dialogue.totals.spent_usd)} of {self._budget}")
+
+
+def dialogue_table(dialogues: Sequence[Dialogue]) -> Table:
+    """Return a table of dialogues: id, who, state, rounds, cost, when."""
+    table = Table("id", "participants", "status", "reason", "cost", "created")
+    for d in dialogues:
+        table.add_row(
+            str(d.id), " ↔ ".join(p.name for p in d.participants), str(d.status),
+            str(d.stop_reason or ""), format_usd(d.totals.spent_usd),
+            d.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    return table
+
+
+def model_table(models: Sequence[ModelInfo]) -> Table:
+    """Return a table of models with context length and prices per million tokens."""
+    table = Table("model", "context", "max reply", "$/M prompt", "$/M completion")
+    million = 1_000_000
+    for m in sorted(models, key=lambda m: m.id):
+        table.add_row(
+            m.id, str(m.context_length or "?"), str(m.max_completion_tokens or "?"),
+            f"{m.pricing.prompt * million:.4g}", f"{m.pricing.completion * million:.4g}",
+        )
+    return table

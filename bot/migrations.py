@@ -1,0 +1,131 @@
+"""The database schema as ordered migrations, applied above `PRAGMA user_version`.
+
+Each entry is one version: a reason (why it exists) and the SQL. Never edit a shipped entry;
+append a new one. Money is TEXT holding a Decimal, so no float ever rounds it.
+"""
+
+from __future__ import annotations
+
+import aiosqlite
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "Dialogues, their participants and turns, the calls in flight, and the model catalogue.",
+        """
+        CREATE TABLE dialogues (
+            id                INTEGER PRIMARY KEY,
+            origin            TEXT NOT NULL,
+            status            TEXT NOT NULL,
+            opening           TEXT NOT NULL,
+            max_rounds        INTEGER NOT NULL,
+            budget_usd        TEXT NOT NULL,
+            max_total_tokens  INTEGER,
+            max_seconds       REAL,
+            created_at        TEXT NOT NULL,
+            started_at        TEXT,
+            ended_at          TEXT,
+            stop_reason       TEXT,
+            stop_detail       TEXT,
+            spent_usd         TEXT NOT NULL DEFAULT '0',
+            prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            reasoning_tokens  INTEGER NOT NULL DEFAULT 0,
+            interrupted_calls INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE participants (
+            dialogue_id      INTEGER NOT NULL REFERENCES dialogues(id) ON DELETE CASCADE,
+            seat             INTEGER NOT NULL,
+            name             TEXT NOT NULL,
+            model            TEXT NOT NULL,
+            system_prompt    TEXT NOT NULL,
+            temperature      REAL,
+            max_tokens       INTEGER,
+            reasoning_effort TEXT,
+            avatar_url       TEXT,
+            PRIMARY KEY (dialogue_id, seat)
+        );
+        CREATE TABLE turns (
+            dialogue_id       INTEGER NOT NULL REFERENCES dialogues(id) ON DELETE CASCADE,
+            seq               INTEGER NOT NULL,
+            round             INTEGER NOT NULL,
+            seat              INTEGER NOT NULL,
+            status            TEXT NOT NULL,
+            text              TEXT NOT NULL,
+            reasoning         TEXT NOT NULL,
+            prompt_tokens     INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            reasoning_tokens  INTEGER NOT NULL,
+            cost_usd          TEXT NOT NULL,
+            cost_source       TEXT NOT NULL,
+            model_used        TEXT NOT NULL,
+            provider          TEXT,
+            generation_id     TEXT,
+            finish_reason     TEXT,
+            latency_ms        INTEGER NOT NULL,
+            attempts          INTEGER NOT NULL,
+            started_at        TEXT NOT NULL,
+            ended_at          TEXT NOT NULL,
+            PRIMARY KEY (dialogue_id, seq),
+            FOREIGN KEY (dialogue_id, seat) REFERENCES participants(dialogue_id, seat)
+        );
+        -- A call that was sent but never settled (the process died): on resume it is charged at its
+        -- reservation, so the budget stays a hard cap even across a crash.
+        CREATE TABLE calls_in_flight (
+            dialogue_id  INTEGER NOT NULL REFERENCES dialogues(id) ON DELETE CASCADE,
+            seq          INTEGER NOT NULL,
+            reserved_usd TEXT NOT NULL,
+            started_at   TEXT NOT NULL,
+            PRIMARY KEY (dialogue_id, seq)
+        );
+        CREATE TABLE models (
+            source                TEXT NOT NULL,
+            id                    TEXT NOT NULL,
+            name                  TEXT NOT NULL,
+            context_length        INTEGER,
+            max_completion_tokens INTEGER,
+            prompt_price          TEXT NOT NULL,
+            completion_price      TEXT NOT NULL,
+            request_price         TEXT NOT NULL,
+            reasoning_price       TEXT NOT NULL,
+            PRIMARY KEY (source, id)
+        );
+        CREATE TABLE catalogue_fetches (
+            source     TEXT PRIMARY KEY,
+            fetched_at TEXT NOT NULL
+        );
+        CREATE INDEX dialogues_by_status ON dialogues(status);
+        """,
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def schema_version(conn: aiosqlite.Connection) -> int:
+    """Return the version recorded in the database file."""
+    async with conn.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Apply every migration above the file's version, each in its own transaction; return the new version."""
+    version = await schema_version(conn)
+    for number, (_reason, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
+        # executescript would commit on its own; run the statements inside one explicit transaction
+        # so a failed migration leaves the file at the version before it.
+        await conn.execute("BEGIN")
+        try:
+            for statement in _statements(sql):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {number}")
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+    return await schema_version(conn)
+
+
+def _statements(sql: str) -> list[str]:
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,208 @@
+"""The engine's vocabulary: personas, limits, dialogues, turns, usage and the reasons a dialogue stops.
+
+Plain frozen dataclasses and enums, shared by every other module; no I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """Where a dialogue is in its life: pending → running ⇄ paused → finished | stopped | failed."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (Status.FINISHED, Status.STOPPED, Status.FAILED)
+
+
+class StopReason(StrEnum):
+    """Why a dialogue ended; recorded on the dialogue and shown in every transcript."""
+
+    MAX_ROUNDS = "max_rounds"
+    BUDGET = "budget"
+    TOKENS = "tokens"
+    TIME = "time"
+    USER_STOP = "user_stop"
+    PROVIDER_ERROR = "provider_error"
+    EMPTY_REPLY = "empty_reply"
+    CONTEXT_LIMIT = "context_limit"
+    INTERNAL_ERROR = "internal_error"
+
+    @property
+    def status(self) -> Status:
+        """Return the final status this reason leads to."""
+        if self is StopReason.USER_STOP:
+            return Status.STOPPED
+        if self in (StopReason.PROVIDER_ERROR, StopReason.EMPTY_REPLY, StopReason.INTERNAL_ERROR):
+            return Status.FAILED
+        return Status.FINISHED
+
+    @property
+    def describe(self) -> str:
+        """Return the reason in plain words, for people."""
+        return _REASON_WORDS[self]
+
+
+_REASON_WORDS = {
+    StopReason.MAX_ROUNDS: "all rounds completed",
+    StopReason.BUDGET: "the next call could have passed the budget",
+    StopReason.TOKENS: "the token limit was reached",
+    StopReason.TIME: "the time limit was reached",
+    StopReason.USER_STOP: "stopped by the user",
+    StopReason.PROVIDER_ERROR: "the model provider returned an error",
+    StopReason.EMPTY_REPLY: "a model returned an empty reply twice",
+    StopReason.CONTEXT_LIMIT: "the history no longer fits a model's context",
+    StopReason.INTERNAL_ERROR: "an internal error",
+}
+
+
+class TurnStatus(StrEnum):
+    """How one turn ended: a reply, an empty reply (kept visible, never silent), or cut off."""
+
+    OK = "ok"
+    EMPTY = "empty"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    """A voice: who speaks, with which model and behind which system prompt."""
+
+    name: str
+    model: str
+    system_prompt: str = ""
+    temperature: float | None = None
+    max_tokens: int | None = None
+    reasoning_effort: str | None = None
+    avatar_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a dialogue may use before it stops."""
+
+    max_rounds: int
+    budget_usd: Decimal
+    max_total_tokens: int | None = None
+    max_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DialogueSpec:
+    """Everything needed to create a dialogue."""
+
+    participants: tuple[Persona, ...]
+    opening: str
+    limits: Limits
+    origin: str = "cli"
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Running sums over a dialogue's turns."""
+
+    spent_usd: Decimal = Decimal(0)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    interrupted_calls: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Dialogue:
+    """A dialogue as stored: its spec, its state and its totals."""
+
+    id: int
+    participants: tuple[Persona, ...]
+    opening: str
+    limits: Limits
+    status: Status
+    created_at: datetime
+    origin: str = "cli"
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    stop_reason: StopReason | None = None
+    stop_detail: str | None = None
+    totals: Totals = field(default_factory=Totals)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts and cost of one model call, as the provider reported them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal | None = None
+
+    def __add__(self, other: Usage) -> Usage:
+        cost = None
+        if self.cost_usd is not None or other.cost_usd is not None:
+            cost = (self.cost_usd or Decimal(0)) + (other.cost_usd or Decimal(0))
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+            cost,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One committed turn of a dialogue."""
+
+    dialogue_id: int
+    seq: int
+    round: int
+    seat: int
+    speaker: str
+    status: TurnStatus
+    text: str
+    reasoning: str
+    usage: Usage
+    cost_usd: Decimal
+    cost_source: str
+    model_used: str
+    finish_reason: str | None
+    latency_ms: int
+    attempts: int
+    started_at: datetime
+    ended_at: datetime
+    generation_id: str | None = None
+    provider: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """USD per token (and per request), parsed from the catalogue's strings into Decimal."""
+
+    prompt: Decimal = Decimal(0)
+    completion: Decimal = Decimal(0)
+    request: Decimal = Decimal(0)
+    internal_reasoning: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One entry of a provider's model catalogue."""
+
+    id: str
+    name: str
+    context_length: int | None
+    max_completion_tokens: int | None
+    pricing: Pricing

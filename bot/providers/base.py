@@ -1,0 +1,65 @@
+"""The provider interface: one streaming chat call and a model catalogue, whatever is behind them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bot.models import ModelInfo, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat completion request, provider-neutral."""
+
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float | None = None
+    reasoning_effort: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of the visible reply."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning, kept apart from the reply."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The end of a stream: why it finished, what it used and which model really answered."""
+
+    finish_reason: str | None
+    usage: Usage | None
+    model: str
+    generation_id: str | None = None
+    provider: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+StreamEvent = TextDelta | ReasoningDelta | Completion
+
+
+class Provider(Protocol):
+    """Something that can stream a chat completion and list its models."""
+
+    #: Identifies the catalogue this provider's model ids belong to (its base URL, say).
+    source: str
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Yield deltas as they arrive, then exactly one Completion; raise ProviderError on failure."""
+        ...
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Return the provider's model catalogue."""
+        ...

@@ -1,0 +1,256 @@
+"""OpenAI-compatible chat completions (OpenRouter first) over an injected httpx.AsyncClient.
+
+Streams Server-Sent Events, maps HTTP and mid-stream errors to the typed errors of `bot.errors`,
+and reads the catalogue from `GET /models`. Wire facts: shared/reference/openrouter-api.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from bot.errors import (
+    AuthError,
+    BadRequest,
+    ConnectionFailed,
+    Moderation,
+    OutOfCredits,
+    ProviderError,
+    RateLimited,
+    ServerError,
+)
+from bot.models import ModelInfo, Pricing, Usage
+from bot.providers.base import ChatRequest, Completion, ReasoningDelta, StreamEvent, TextDelta
+
+log = logging.getLogger(__name__)
+
+APP_TITLE = "Voices"
+
+
+class OpenAICompatProvider:
+    """A chat-completions endpoint such as https://openrouter.ai/api/v1."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str | None):
+        self.source = base_url.rstrip("/")
+        self._http = http
+        self._api_key = api_key
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"X-Title": APP_TITLE, "X-OpenRouter-Title": APP_TITLE}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def _scrub(self, text: str) -> str:
+        """Remove the key from text that came back from the server, in case it was echoed."""
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Yield the reply's deltas, then one Completion."""
+        body = _request_body(request)
+        url = f"{self.source}/chat/completions"
+        try:
+            async with self._http.stream("POST", url, json=body, headers=self._headers()) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise self._http_error(response)
+                generation_id = response.headers.get("x-generation-id")
+                async for event in self._read_events(response, request.model, generation_id):
+                    yield event
+        except httpx.TimeoutException as exc:
+            raise ConnectionFailed(f"no answer from {self.source} in time ({type(exc).__name__})") from None
+        except httpx.ConnectError as exc:
+            raise ConnectionFailed(
+                f"cannot reach {self.source} ({self._scrub(str(exc)) or 'connection refused'}); "
+                "check the base URL and your network"
+            ) from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            raise ConnectionFailed(f"the connection to {self.source} dropped mid-reply ({type(exc).__name__})") from None
+
+    async def _read_events(
+        self, response: httpx.Response, model: str, generation_id: str | None
+    ) -> AsyncIterator[StreamEvent]:
+        finish_reason: str | None = None
+        usage: Usage | None = None
+        provider: str | None = None
+        async for data in _sse_data(response.aiter_lines()):
+            if data == "[DONE]":
+                break
+            chunk = _parse_json(data)
+            if chunk is None:
+                continue  # a line that is not JSON is noise, not a reason to lose the reply
+            if "error" in chunk:
+                raise self._stream_error(chunk["error"])
+            model = chunk.get("model") or model
+            provider = chunk.get("provider") or provider
+            generation_id = generation_id or chunk.get("id")
+            if chunk.get("usage"):
+                usage = _parse_usage(chunk["usage"])
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                if reasoning := delta.get("reasoning") or delta.get("reasoning_content"):
+                    yield ReasoningDelta(reasoning)
+                if content := delta.get("content"):
+                    yield TextDelta(content)
+                finish_reason = choice.get("finish_reason") or finish_reason
+        else:
+            if finish_reason is None and usage is None:
+                raise ConnectionFailed(f"the stream from {self.source} ended before the reply did")
+        yield Completion(finish_reason, usage, model, generation_id, provider)
+
+    def _http_error(self, response: httpx.Response) -> ProviderError:
+        status = response.status_code
+        detail = self._scrub(_error_message(response))
+        retry_after = _retry_after(response.headers.get("retry-after"))
+        return _error_for_status(status, detail, retry_after)
+
+    def _stream_error(self, error: Any) -> ProviderError:
+        error = error if isinstance(error, dict) else {"message": str(error)}
+        message = self._scrub(str(error.get("message") or "error inside the stream"))
+        code = error.get("code")
+        status = code if isinstance(code, int) else None
+        if status is not None and 400 <= status < 600:
+            return _error_for_status(status, message, None)
+        return ServerError(f"the model failed mid-reply: {message}")
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Fetch the model catalogue from `GET /models`."""
+        url = f"{self.source}/models"
+        try:
+            response = await self._http.get(url, headers=self._headers())
+        except httpx.TimeoutException:
+            raise ConnectionFailed(f"no answer from {self.source} in time") from None
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(
+                f"cannot reach {self.source} ({self._scrub(str(exc)) or type(exc).__name__}); "
+                "check VOICES_OPENROUTER_BASE_URL and your network"
+            ) from None
+        if response.status_code != 200:
+            raise self._http_error(response)
+        try:
+            entries = response.json(parse_float=Decimal)["data"]
+        except (ValueError, KeyError, TypeError):
+            raise BadRequest(f"{url} did not return a model list; is the base URL right?") from None
+        return [m for m in (_parse_model(e) for e in entries) if m is not None]
+
+
+def _request_body(request: ChatRequest) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": request.messages,
+        "max_tokens": request.max_tokens,
+        "stream": True,
+        # Deprecated and without effect on OpenRouter today, but older deployments need it to send cost.
+        "usage": {"include": True},
+    }
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.reasoning_effort:
+        body["reasoning"] = {"effort": request.reasoning_effort}
+    if request.session_id:
+        body["session_id"] = request.session_id
+    return body
+
+
+async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Yield the data of each Server-Sent Event; comments (`: OPENROUTER PROCESSING`) are skipped."""
+    buffer: list[str] = []
+    async for line in lines:
+        if not line:
+            if buffer:
+                yield "\n".join(buffer)
+                buffer = []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("data:"):
+            value = line[5:]
+            buffer.append(value[1:] if value.startswith(" ") else value)
+    if buffer:
+        yield "\n".join(buffer)
+
+
+def _parse_json(data: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data, parse_float=Decimal)
+    except ValueError:
+        log.warning("skipped a stream line that is not JSON (%d bytes)", len(data))
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _parse_usage(raw: dict[str, Any]) -> Usage:
+    details = raw.get("completion_tokens_details") or {}
+    cost = raw.get("cost")
+    return Usage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+        reasoning_tokens=int(details.get("reasoning_tokens") or 0),
+        # parse_float=Decimal keeps the cost exactly as the server wrote it.
+        cost_usd=Decimal(str(cost)) if cost is not None else None,
+    )
+
+
+def _parse_model(entry: dict[str, Any]) -> ModelInfo | None:
+    pricing = entry.get("pricing") or {}
+    try:
+        prices = {k: Decimal(str(pricing.get(k) or "0"))
+                  for k in ("prompt", "completion", "request", "internal_reasoning")}
+    except InvalidOperation:
+        return None
+    if any(p < 0 for p in prices.values()):
+        return None  # a variable price (such as openrouter/auto's -1) cannot be budgeted
+    top = entry.get("top_provider") or {}
+    return ModelInfo(
+        id=str(entry["id"]),
+        name=str(entry.get("name") or entry["id"]),
+        context_length=entry.get("context_length") or top.get("context_length"),
+        max_completion_tokens=top.get("max_completion_tokens"),
+        pricing=Pricing(**prices),
+    )
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error") or {}
+        message = error.get("message") if isinstance(error, dict) else str(error)
+    except (ValueError, AttributeError):
+        message = None
+    return " ".join(str(message or response.text or response.reason_phrase).split())[:300]
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def _error_for_status(status: int, detail: str, retry_after: float | None) -> ProviderError:
+    kind: type[ProviderError]
+    if status == 401:
+        kind, text = AuthError, f"the API key was rejected (401: {detail}); check OPENROUTER_API_KEY"
+    elif status == 402:
+        kind, text = OutOfCredits, f"out of credits (402: {detail}); add credits to the account or key"
+    elif status == 403:
+        kind, text = Moderation, f"the input was flagged by moderation (403: {detail})"
+    elif status in (408, 429):
+        kind, text = RateLimited, f"rate limited or timed out at the provider ({status}: {detail})"
+    elif status >= 500:
+        kind, text = ServerError, f"the provider failed ({status}: {detail})"
+    else:
+        kind, text = BadRequest, f"the provider rejected the request ({status}: {detail})"
+    return kind(text, status=status, retry_after=retry_after)

@@ -1,0 +1,340 @@
+"""SQLite persistence for dialogues, turns, calls in flight and the model catalogue.
+
+One aiosqlite connection in WAL mode with foreign keys on. Every write that belongs together is one
+transaction, so a crash leaves either the whole turn (with the dialogue's totals) or none of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.errors import DialogueNotFound, StoreError
+from bot.migrations import SCHEMA_VERSION, migrate, schema_version
+from bot.models import (
+    Dialogue,
+    DialogueSpec,
+    Limits,
+    ModelInfo,
+    Persona,
+    Pricing,
+    Status,
+    StopReason,
+    Totals,
+    Turn,
+    TurnStatus,
+    Usage,
+)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _dt(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+class Store:
+    """The dialogue database. Open it with `async with Store.open(path) as store`."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path):
+        self._conn = conn
+        self.path = path
+        # One connection is shared by every task; this keeps their transactions from interleaving.
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: Path) -> AsyncIterator[Store]:
+        """Open (creating and migrating if needed) the database at `path`."""
+        if str(path) != ":memory:":
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create {path.parent}: {exc.strerror}; set VOICES_DATABASE") from None
+        try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path}: {exc}; set VOICES_DATABASE") from None
+        conn.row_factory = sqlite3.Row
+        try:
+            await cls._prepare(conn, path)
+            yield cls(conn, path)
+        finally:
+            await conn.close()
+
+    @staticmethod
+    async def _prepare(conn: aiosqlite.Connection, path: Path) -> None:
+        try:
+            version = await schema_version(conn)
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {path} has schema {version}, newer than this Voices knows "
+                    f"({SCHEMA_VERSION}); upgrade Voices or point VOICES_DATABASE elsewhere"
+                )
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            # NORMAL is durable in WAL mode except for the last commits on power loss, not on a crash.
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute("PRAGMA busy_timeout = 5000")
+            await migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"database {path} is unreadable ({exc}); move it aside or set VOICES_DATABASE"
+            ) from None
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                await self._conn.rollback()
+                raise
+            await self._conn.commit()
+
+    async def _fetchall(self, query: str, params: dict[str, Any] | tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        async with self._conn.execute(query, params) as cursor:
+            return list(await cursor.fetchall())
+
+    # Dialogues -------------------------------------------------------------------------------
+
+    async def create_dialogue(self, spec: DialogueSpec, now: datetime) -> Dialogue:
+        """Store a new pending dialogue with its participants and return it."""
+        query = """
+            INSERT INTO dialogues (origin, status, opening, max_rounds, budget_usd, max_total_tokens,
+                                   max_seconds, created_at)
+            VALUES (:origin, 'pending', :opening, :max_rounds, :budget, :max_total_tokens,
+                    :max_seconds, :created_at)
+        """
+        limits = spec.limits
+        async with self._transaction() as conn:
+            cursor = await conn.execute(query, {
+                "origin": spec.origin, "opening": spec.opening, "max_rounds": limits.max_rounds,
+                "budget": str(limits.budget_usd), "max_total_tokens": limits.max_total_tokens,
+                "max_seconds": limits.max_seconds, "created_at": _iso(now),
+            })
+            dialogue_id = cursor.lastrowid
+            assert dialogue_id is not None
+            await conn.executemany(
+                """INSERT INTO participants (dialogue_id, seat, name, model, system_prompt, temperature,
+                                             max_tokens, reasoning_effort, avatar_url)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [(dialogue_id, seat, p.name, p.model, p.system_prompt, p.temperature, p.max_tokens,
+                  p.reasoning_effort, p.avatar_url) for seat, p in enumerate(spec.participants)],
+            )
+        return await self.get_dialogue(dialogue_id)
+
+    async def get_dialogue(self, dialogue_id: int) -> Dialogue:
+        """Return the dialogue with this id, or raise DialogueNotFound."""
+        rows = await self._fetchall("SELECT * FROM dialogues WHERE id = ?", (dialogue_id,))
+        if not rows:
+            raise DialogueNotFound(f"no dialogue {dialogue_id}; `voices list` shows the ids")
+        return await self._dialogue(rows[0])
+
+    async def list_dialogues(self, limit: int = 20, status: Iterable[Status] = ()) -> list[Dialogue]:
+        """Return the most recent dialogues, newest first, optionally only in the given states."""
+        wanted = [str(s) for s in status]
+        where = f"WHERE status IN ({','.join('?' * len(wanted))})" if wanted else ""
+        rows = await self._fetchall(
+            f"SELECT * FROM dialogues {where} ORDER BY id DESC LIMIT ?", (*wanted, limit)
+        )
+        return [await self._dialogue(row) for row in rows]
+
+    async def _dialogue(self, row: sqlite3.Row) -> Dialogue:
+        seats = await self._fetchall(
+            "SELECT * FROM participants WHERE dialogue_id = ? ORDER BY seat", (row["id"],)
+        )
+        return Dialogue(
+            id=row["id"],
+            participants=tuple(
+                Persona(name=p["name"], model=p["model"], system_prompt=p["system_prompt"],
+                        temperature=p["temperature"], max_tokens=p["max_tokens"],
+                        reasoning_effort=p["reasoning_effort"], avatar_url=p["avatar_url"])
+                for p in seats
+            ),
+            opening=row["opening"],
+            limits=Limits(max_rounds=row["max_rounds"], budget_usd=Decimal(row["budget_usd"]),
+                          max_total_tokens=row["max_total_tokens"], max_seconds=row["max_seconds"]),
+            status=Status(row["status"]),
+            origin=row["origin"],
+            created_at=_dt(row["created_at"]) or datetime.now(UTC),
+            started_at=_dt(row["started_at"]),
+            ended_at=_dt(row["ended_at"]),
+            stop_reason=StopReason(row["stop_reason"]) if row["stop_reason"] else None,
+            stop_detail=row["stop_detail"],
+            totals=Totals(spent_usd=Decimal(row["spent_usd"]), prompt_tokens=row["prompt_tokens"],
+                          completion_tokens=row["completion_tokens"],
+                          reasoning_tokens=row["reasoning_tokens"],
+                          interrupted_calls=row["interrupted_calls"]),
+        )
+
+    async def mark_running(self, dialogue_id: int, now: datetime) -> None:
+        """Record that the dialogue runs (again); its first start time is kept."""
+        async with self._transaction() as conn:
+            await conn.execute(
+                "UPDATE dialogues SET status = 'running', started_at = COALESCE(started_at, ?) "
+                "WHERE id = ?", (_iso(now), dialogue_id),
+            )
+
+    async def mark_paused(self, dialogue_id: int) -> None:
+        """Record that the dialogue waits to be resumed."""
+        async with self._transaction() as conn:
+            await conn.execute("UPDATE dialogues SET status = 'paused' WHERE id = ?", (dialogue_id,))
+
+    async def finish_dialogue(
+        self, dialogue_id: int, reason: StopReason, detail: str | None, now: datetime
+    ) -> None:
+        """Record the dialogue's end: its final status, the reason and when."""
+        async with self._transaction() as conn:
+            await conn.execute(
+                "UPDATE dialogues SET status = ?, stop_reason = ?, stop_detail = ?, ended_at = ? "
+                "WHERE id = ?", (str(reason.status), str(reason), detail, _iso(now), dialogue_id),
+            )
+
+    # Turns and calls -------------------------------------------------------------------------
+
+    async def begin_call(self, dialogue_id: int, seq: int, reserved: Decimal, now: datetime) -> None:
+        """Note a call about to be sent, with its reservation, before any money can be spent."""
+        async with self._transaction() as conn:
+            await conn.execute(
+                "INSERT OR REPLACE INTO calls_in_flight VALUES (?, ?, ?, ?)",
+                (dialogue_id, seq, str(reserved), _iso(now)),
+            )
+
+    async def cancel_call(self, dialogue_id: int, seq: int) -> None:
+        """Forget a call that was never billed (it failed before the provider accepted it)."""
+        async with self._transaction() as conn:
+            await conn.execute(
+                "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?", (dialogue_id, seq)
+            )
+
+    async def settle_interrupted_calls(self, dialogue_id: int) -> Decimal:
+        """Charge every call a dead process left unsettled at its reservation; return the sum."""
+        async with self._transaction() as conn:
+            async with conn.execute(
+                "SELECT reserved_usd FROM calls_in_flight WHERE dialogue_id = ?", (dialogue_id,)
+            ) as cursor:
+                amounts = [Decimal(r["reserved_usd"]) for r in await cursor.fetchall()]
+            if not amounts:
+                return Decimal(0)
+            total = sum(amounts, Decimal(0))
+            spent = await self._spent(conn, dialogue_id)
+            await conn.execute(
+                "UPDATE dialogues SET spent_usd = ?, interrupted_calls = interrupted_calls + ? "
+                "WHERE id = ?", (str(spent + total), len(amounts), dialogue_id),
+            )
+            await conn.execute("DELETE FROM calls_in_flight WHERE dialogue_id = ?", (dialogue_id,))
+        return total
+
+    async def add_turn(self, turn: Turn) -> None:
+        """Commit a finished turn, settle its call and add it to the dialogue's totals, atomically."""
+        async with self._transaction() as conn:
+            await conn.execute(
+                """INSERT INTO turns VALUES (:dialogue_id, :seq, :round, :seat, :status, :text,
+                       :reasoning, :prompt_tokens, :completion_tokens, :reasoning_tokens, :cost_usd,
+                       :cost_source, :model_used, :provider, :generation_id, :finish_reason,
+                       :latency_ms, :attempts, :started_at, :ended_at)""",
+                {
+                    "dialogue_id": turn.dialogue_id, "seq": turn.seq, "round": turn.round,
+                    "seat": turn.seat, "status": str(turn.status), "text": turn.text,
+                    "reasoning": turn.reasoning, "prompt_tokens": turn.usage.prompt_tokens,
+                    "completion_tokens": turn.usage.completion_tokens,
+                    "reasoning_tokens": turn.usage.reasoning_tokens, "cost_usd": str(turn.cost_usd),
+                    "cost_source": turn.cost_source, "model_used": turn.model_used,
+                    "provider": turn.provider, "generation_id": turn.generation_id,
+                    "finish_reason": turn.finish_reason, "latency_ms": turn.latency_ms,
+                    "attempts": turn.attempts, "started_at": _iso(turn.started_at),
+                    "ended_at": _iso(turn.ended_at),
+                },
+            )
+            spent = await self._spent(conn, turn.dialogue_id)
+            await conn.execute(
+                """UPDATE dialogues SET spent_usd = ?, prompt_tokens = prompt_tokens + ?,
+                       completion_tokens = completion_tokens + ?, reasoning_tokens = reasoning_tokens + ?
+                   WHERE id = ?""",
+                (str(spent + turn.cost_usd), turn.usage.prompt_tokens, turn.usage.completion_tokens,
+                 turn.usage.reasoning_tokens, turn.dialogue_id),
+            )
+            await conn.execute(
+                "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?",
+                (turn.dialogue_id, turn.seq),
+            )
+
+    @staticmethod
+    async def _spent(conn: aiosqlite.Connection, dialogue_id: int) -> Decimal:
+        async with conn.execute("SELECT spent_usd FROM dialogues WHERE id = ?", (dialogue_id,)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return Decimal(row[0])
+
+    async def list_turns(self, dialogue_id: int) -> list[Turn]:
+        """Return the dialogue's committed turns in order."""
+        rows = await self._fetchall(
+            """SELECT t.*, p.name AS speaker FROM turns t
+               JOIN participants p ON p.dialogue_id = t.dialogue_id AND p.seat = t.seat
+               WHERE t.dialogue_id = ? ORDER BY t.seq""", (dialogue_id,),
+        )
+        return [
+            Turn(
+                dialogue_id=r["dialogue_id"], seq=r["seq"], round=r["round"], seat=r["seat"],
+                speaker=r["speaker"], status=TurnStatus(r["status"]), text=r["text"],
+                reasoning=r["reasoning"],
+                usage=Usage(r["prompt_tokens"], r["completion_tokens"], r["reasoning_tokens"],
+                            Decimal(r["cost_usd"])),
+                cost_usd=Decimal(r["cost_usd"]), cost_source=r["cost_source"],
+                model_used=r["model_used"], finish_reason=r["finish_reason"],
+                latency_ms=r["latency_ms"], attempts=r["attempts"],
+                started_at=_dt(r["started_at"]) or datetime.now(UTC),
+                ended_at=_dt(r["ended_at"]) or datetime.now(UTC),
+                generation_id=r["generation_id"], provider=r["provider"],
+            )
+            for r in rows
+        ]
+
+    # Catalogue -------------------------------------------------------------------------------
+
+    async def save_models(self, source: str, models: list[ModelInfo], now: datetime) -> None:
+        """Replace the cached catalogue of `source`."""
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM models WHERE source = ?", (source,))
+            await conn.executemany(
+                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(source, m.id, m.name, m.context_length, m.max_completion_tokens,
+                  str(m.pricing.prompt), str(m.pricing.completion), str(m.pricing.request),
+                  str(m.pricing.internal_reasoning)) for m in models],
+            )
+            await conn.execute(
+                "INSERT OR REPLACE INTO catalogue_fetches VALUES (?, ?)", (source, _iso(now))
+            )
+
+    async def load_models(self, source: str) -> tuple[datetime | None, list[ModelInfo]]:
+        """Return when the catalogue of `source` was fetched and its models (None, [] if never)."""
+        fetched = await self._fetchall(
+            "SELECT fetched_at FROM catalogue_fetches WHERE source = ?", (source,)
+        )
+        if not fetched:
+            return None, []
+        rows = await self._fetchall("SELECT * FROM models WHERE source = ? ORDER BY id", (source,))
+        models = [
+            ModelInfo(
+                id=r["id"], name=r["name"], context_length=r["context_length"],
+                max_completion_tokens=r["max_completion_tokens"],
+                pricing=Pricing(prompt=Decimal(r["prompt_price"]),
+                                completion=Decimal(r["completion_price"]),
+                                request=Decimal(r["request_price"]),
+                                internal_reasoning=Decimal(r["reasoning_price"])),
+            )
+            for r in rows
+        ]
+        return _dt(fetched[0]["fetched_at"]), models

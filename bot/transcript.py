@@ -1,0 +1,213 @@
+"""Transcripts rendered from the store: Markdown for people, JSON (with a schema version) for machines.
+
+Pure functions returning str; front ends decide where the text goes (a file, a Discord attachment).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from bot.budget import format_usd
+from bot.models import Dialogue, Turn, TurnStatus
+
+SCHEMA_VERSION = 1
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+# Lines that would start a heading, a thematic break or a setext underline at the document level.
+_STRUCTURE = re.compile(r"^ {0,3}(#{1,6}(\s|$)|([-*_=])[ \t]*(\3[ \t]*){2,}$|=+[ \t]*$|-+[ \t]*$)")
+_INLINE_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+
+
+def render_markdown(dialogue: Dialogue, turns: Sequence[Turn]) -> str:
+    """Return the transcript in the reference format: header, rounds with token lines, statistics."""
+    names = [_inline(p.name) for p in dialogue.participants]
+    lines = [f"# Voices Chat: {' <-> '.join(names)}", f"*{_when(dialogue.created_at)}*", ""]
+    for name, persona in zip(names, dialogue.participants, strict=True):
+        lines.append(f"**Model ({name}):** `{persona.model}`  ")
+    lines += [
+        f"**Rounds:** {_rounds_completed(dialogue, turns)} of {dialogue.limits.max_rounds}  ",
+        f"**Total cost:** {format_usd(dialogue.totals.spent_usd)} "
+        f"(budget {format_usd(dialogue.limits.budget_usd)})  ",
+    ]
+    for name, persona in zip(names, dialogue.participants, strict=True):
+        if persona.system_prompt:
+            lines.append(f"**System prompt ({name}):** {_inline(persona.system_prompt)}  ")
+    lines += ["", "**Opening:**", *_quote(dialogue.opening), "", "---", ""]
+    current_round = 0
+    for turn in turns:
+        if turn.round != current_round:
+            if current_round:
+                lines += ["---", ""]
+            current_round = turn.round
+            lines += [f"## Round {turn.round}", ""]
+        lines += _turn_block(turn, names[turn.seat])
+    if current_round:
+        lines += ["---", ""]
+    lines += _statistics(dialogue, turns, names)
+    return "\n".join(lines) + "\n"
+
+
+def _turn_block(turn: Turn, name: str) -> list[str]:
+    lines = [f"**{name}:**", ""]
+    if turn.text:
+        lines += [escape_block(turn.text), ""]
+    if turn.status is TurnStatus.EMPTY:
+        lines += [f"*⚠ Empty reply: {name} returned no text (finish_reason={turn.finish_reason}, "
+                  f"{turn.attempts} attempt{'s' if turn.attempts != 1 else ''}). "
+                  "Nothing was passed on to the other side.*", ""]
+    elif turn.status is TurnStatus.CANCELLED:
+        lines += [f"*✂ Cut off: the reply was stopped before it finished; it was charged at its "
+                  f"worst case ({format_usd(turn.cost_usd)}).*", ""]
+    usage = turn.usage
+    lines += [f"*[tokens: prompt={usage.prompt_tokens}, completion={usage.completion_tokens}, "
+              f"reasoning={usage.reasoning_tokens}, cost={format_usd(turn.cost_usd)}]*", ""]
+    return lines
+
+
+def _statistics(dialogue: Dialogue, turns: Sequence[Turn], names: list[str]) -> list[str]:
+    totals = dialogue.totals
+    reason = dialogue.stop_reason
+    ended = f"{reason.describe} (`{reason}`)" if reason else f"not ended ({dialogue.status})"
+    if dialogue.stop_detail:
+        ended += f": {_inline(dialogue.stop_detail)}"
+    lines = [
+        "## Session Statistics",
+        "",
+        f"- **Rounds completed:** {_rounds_completed(dialogue, turns)} of {dialogue.limits.max_rounds}",
+        f"- **Turns:** {len(turns)}",
+        f"- **Total cost:** {format_usd(totals.spent_usd)} of {format_usd(dialogue.limits.budget_usd)} budget",
+        f"- **Tokens:** prompt={totals.prompt_tokens}, completion={totals.completion_tokens}, "
+        f"reasoning={totals.reasoning_tokens}",
+    ]
+    for seat, name in enumerate(names):
+        mine = [t for t in turns if t.seat == seat]
+        cost = sum((t.cost_usd for t in mine), start=Decimal(0))
+        lines.append(
+            f"- **{name}** (`{dialogue.participants[seat].model}`): {len(mine)} turns, "
+            f"completion={sum(t.usage.completion_tokens for t in mine)}, "
+            f"reasoning={sum(t.usage.reasoning_tokens for t in mine)}, cost={format_usd(cost)}"
+        )
+    if totals.interrupted_calls:
+        lines.append(f"- **Interrupted calls:** {totals.interrupted_calls} (charged at their worst case)")
+    lines += [
+        f"- **Stop reason:** {ended}",
+        f"- **Date:** {_when(dialogue.created_at)}",
+        f"- **Dialogue:** {dialogue.id}",
+    ]
+    return lines
+
+
+def render_json(dialogue: Dialogue, turns: Sequence[Turn]) -> str:
+    """Return every stored field as JSON; money is a decimal string so no digit is lost."""
+    limits = dialogue.limits
+    totals = dialogue.totals
+    document: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "dialogue": {
+            "id": dialogue.id,
+            "status": str(dialogue.status),
+            "stop_reason": str(dialogue.stop_reason) if dialogue.stop_reason else None,
+            "stop_detail": dialogue.stop_detail,
+            "origin": dialogue.origin,
+            "created_at": _iso(dialogue.created_at),
+            "started_at": _iso(dialogue.started_at),
+            "ended_at": _iso(dialogue.ended_at),
+            "opening": dialogue.opening,
+            "limits": {
+                "max_rounds": limits.max_rounds,
+                "budget_usd": str(limits.budget_usd),
+                "max_total_tokens": limits.max_total_tokens,
+                "max_seconds": limits.max_seconds,
+            },
+        },
+        "participants": [
+            {"seat": seat, "name": p.name, "model": p.model, "system_prompt": p.system_prompt,
+             "temperature": p.temperature, "max_tokens": p.max_tokens,
+             "reasoning_effort": p.reasoning_effort, "avatar_url": p.avatar_url}
+            for seat, p in enumerate(dialogue.participants)
+        ],
+        "turns": [_turn_json(t) for t in turns],
+        "totals": {
+            "spent_usd": str(totals.spent_usd),
+            "prompt_tokens": totals.prompt_tokens,
+            "completion_tokens": totals.completion_tokens,
+            "reasoning_tokens": totals.reasoning_tokens,
+            "interrupted_calls": totals.interrupted_calls,
+            "rounds_completed": _rounds_completed(dialogue, turns),
+            "turns": len(turns),
+        },
+    }
+    return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+
+
+def _turn_json(turn: Turn) -> dict[str, Any]:
+    return {
+        "seq": turn.seq, "round": turn.round, "seat": turn.seat, "speaker": turn.speaker,
+        "status": str(turn.status), "text": turn.text, "reasoning": turn.reasoning,
+        "usage": {"prompt_tokens": turn.usage.prompt_tokens,
+                  "completion_tokens": turn.usage.completion_tokens,
+                  "reasoning_tokens": turn.usage.reasoning_tokens},
+        "cost_usd": str(turn.cost_usd), "cost_source": turn.cost_source,
+        "model_used": turn.model_used, "provider": turn.provider,
+        "generation_id": turn.generation_id, "finish_reason": turn.finish_reason,
+        "latency_ms": turn.latency_ms, "attempts": turn.attempts,
+        "started_at": _iso(turn.started_at), "ended_at": _iso(turn.ended_at),
+    }
+
+
+def escape_block(text: str) -> str:
+    """Return model text that cannot break the transcript's structure but keeps its own Markdown.
+
+    Headings and rules outside code are escaped (a reply cannot fake `## Round 9`), and an unclosed
+    code fence is closed at the end of the turn.
+    """
+    out: list[str] = []
+    fence: str | None = None
+    for line in text.splitlines():
+        match = _FENCE.match(line)
+        if fence is not None:
+            if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence):
+                fence = None
+            out.append(line)
+        elif match:
+            fence = match.group(1)
+            out.append(line)
+        elif _STRUCTURE.match(line):
+            stripped = line.lstrip(" ")
+            out.append(line[: len(line) - len(stripped)] + "\\" + stripped)
+        else:
+            out.append(line)
+    if fence is not None:
+        out.append(fence)
+    return "\n".join(out)
+
+
+def _quote(text: str) -> list[str]:
+    return [f"> {line}".rstrip() for line in escape_block(text).splitlines()] or [">"]
+
+
+def _inline(text: str) -> str:
+    """Return text for one Markdown line: newlines folded, emphasis and headings neutralised."""
+    return _INLINE_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
+def _rounds_completed(dialogue: Dialogue, turns: Sequence[Turn]) -> int:
+    count = len(dialogue.participants)
+    answered: dict[int, int] = {}
+    for turn in turns:
+        if turn.status is TurnStatus.OK:
+            answered[turn.round] = answered.get(turn.round, 0) + 1
+    return sum(1 for n in answered.values() if n == count)
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
