@@ -267,8 +267,9 @@ class DialogueRunner:
         loop = asyncio.get_running_loop()
         deadline = None
         if dialogue.limits.max_seconds is not None:
-            elapsed = (self._clock() - (dialogue.started_at or self._clock())).total_seconds()
-            deadline = loop.time() + dialogue.limits.max_seconds - elapsed
+            # The limit counts the time spent on calls, so a pause or a crash does not use it up.
+            used = sum(t.latency_ms for t in turns) / 1000
+            deadline = loop.time() + dialogue.limits.max_seconds - used
         while True:
             plan = self._plan(dialogue, models, turns)
             if limit := self._check_limits(dialogue, plan, control, deadline, totals.total_tokens):
@@ -443,16 +444,20 @@ class DialogueRunner:
         started = loop.time()
 
         async def pump() -> None:
+            # Whatever happens, the consumer gets one last item, or it would wait forever.
+            outcome: object = None
             try:
                 async with asyncio.timeout_at(deadline):
                     async for event in self.provider.stream(request):
                         queue.put_nowait(event)
             except TimeoutError:
-                queue.put_nowait(StopReason.TIME)
-            except Exception as exc:  # noqa: BLE001 - handed to the consumer, which decides
-                queue.put_nowait(exc)
-            else:
-                queue.put_nowait(None)
+                outcome = StopReason.TIME
+            except BaseException as exc:
+                outcome = exc
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            finally:
+                queue.put_nowait(outcome)
 
         task = asyncio.create_task(pump())
 
@@ -479,7 +484,7 @@ class DialogueRunner:
                 elif isinstance(item, ProviderError):
                     attempt.error = item
                     break
-                elif isinstance(item, Exception):
+                elif isinstance(item, BaseException):
                     raise item
             if attempt.completion is None and attempt.error is None and attempt.interrupted is None:
                 attempt.completion = Completion(None, None, request.model)

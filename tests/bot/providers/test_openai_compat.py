@@ -1,0 +1,184 @@
+"""The OpenRouter client against a real loopback server speaking the wire format."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from bot.errors import (
+    AuthError,
+    BadRequest,
+    ConnectionFailed,
+    Moderation,
+    OutOfCredits,
+    ProviderError,
+    RateLimited,
+    ServerError,
+)
+from bot.providers.base import ChatRequest, Completion, ReasoningDelta, TextDelta
+from bot.providers.openai_compat import OpenAICompatProvider
+from tests.conftest import API_KEY, GLM
+from tests.fake_openrouter import FakeOpenRouter, Reply
+
+REQUEST = ChatRequest(model=GLM, messages=[{"role": "system", "content": "Be brief."},
+                                            {"role": "user", "content": "Hi"}],
+                      max_tokens=300, temperature=0.7, reasoning_effort="low", session_id="voices-1-0")
+
+
+async def collect(provider: OpenAICompatProvider, request: ChatRequest = REQUEST) -> tuple[str, str, Completion]:
+    text, reasoning, completion = [], [], None
+    async for event in provider.stream(request):
+        if isinstance(event, TextDelta):
+            text.append(event.text)
+        elif isinstance(event, ReasoningDelta):
+            reasoning.append(event.text)
+        else:
+            completion = event
+    assert completion is not None
+    return "".join(text), "".join(reasoning), completion
+
+
+async def test_request_carries_model_messages_limits_and_key(provider, server):
+    """The request body and headers are what OpenRouter expects, with the key as a bearer token."""
+    await collect(provider)
+    (request,) = server.chat_requests
+    assert request.headers["authorization"] == f"Bearer {API_KEY}"
+    assert request.headers["x-title"] == "Voices"
+    body = request.body
+    assert body["model"] == GLM and body["stream"] is True and body["max_tokens"] == 300
+    assert body["messages"] == REQUEST.messages
+    assert body["temperature"] == 0.7
+    assert body["reasoning"] == {"effort": "low"}
+    assert body["session_id"] == "voices-1-0"
+
+
+async def test_stream_yields_reasoning_then_text_and_usage_with_exact_cost(provider, server):
+    """Keep-alive comments are skipped; reasoning and content arrive apart; usage comes from the last chunk."""
+    server.enqueue(Reply(text="The fire settles and the form remains.", reasoning="Let me think about fire.",
+                         keepalives=3, usage={"prompt_tokens": 258, "completion_tokens": 1053,
+                                              "completion_tokens_details": {"reasoning_tokens": 800},
+                                              "cost": Decimal("0.00360123456789")}))
+    text, reasoning, completion = await collect(provider)
+    assert text == "The fire settles and the form remains."
+    assert reasoning == "Let me think about fire."
+    assert completion.finish_reason == "stop"
+    assert completion.usage.prompt_tokens == 258
+    assert completion.usage.completion_tokens == 1053
+    assert completion.usage.reasoning_tokens == 800
+    assert completion.usage.cost_usd == Decimal("0.00360123456789")
+    assert completion.generation_id == "gen-1"
+    assert completion.model == GLM and completion.provider == "FakeProvider"
+
+
+async def test_empty_content_with_length_is_reported_not_hidden(provider, server):
+    """Every token spent on reasoning: no text, finish_reason length, reasoning tokens counted."""
+    server.enqueue(Reply(text="", reasoning="thinking " * 20, finish_reason="length",
+                         usage={"prompt_tokens": 40, "completion_tokens": 20,
+                                "completion_tokens_details": {"reasoning_tokens": 20}, "cost": Decimal("0.0001")}))
+    text, _, completion = await collect(provider)
+    assert text == ""
+    assert completion.finish_reason == "length"
+    assert completion.usage.reasoning_tokens == completion.usage.completion_tokens == 20
+
+
+async def test_error_inside_a_200_stream_is_a_retryable_server_error(provider, server):
+    """A mid-stream `error` object (HTTP 200) ends the reply with a typed, retryable error."""
+    server.enqueue(Reply(text="Half a thought", error={"code": "server_error", "message": "Provider disconnected"}))
+    with pytest.raises(ServerError, match="Provider disconnected") as caught:
+        await collect(provider)
+    assert caught.value.retryable
+
+
+async def test_mid_stream_rate_limit_keeps_its_status(provider, server):
+    server.enqueue(Reply(text="Half", error={"code": 429, "message": "Rate limit exceeded"}))
+    with pytest.raises(RateLimited):
+        await collect(provider)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retryable", "words"),
+    [
+        (400, BadRequest, False, "rejected the request"),
+        (401, AuthError, False, "OPENROUTER_API_KEY"),
+        (402, OutOfCredits, False, "out of credits"),
+        (403, Moderation, False, "moderation"),
+        (404, BadRequest, False, "rejected the request"),
+        (408, RateLimited, True, "rate limited"),
+        (429, RateLimited, True, "rate limited"),
+        (500, ServerError, True, "provider failed"),
+        (502, ServerError, True, "provider failed"),
+        (503, ServerError, True, "provider failed"),
+    ],
+)
+async def test_http_errors_map_to_typed_errors(provider, server, status, kind, retryable, words):
+    """Each documented status becomes its own error with a one-line message that says what to do."""
+    server.enqueue(Reply(status=status, error={"error": {"code": status, "message": "upstream said no"}}))
+    with pytest.raises(ProviderError) as caught:
+        await collect(provider)
+    assert type(caught.value) is kind
+    assert caught.value.retryable is retryable
+    assert caught.value.status == status
+    assert words in str(caught.value) and "upstream said no" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+async def test_retry_after_header_is_read(provider, server):
+    server.enqueue(Reply(status=429, headers={"Retry-After": "7"},
+                         error={"error": {"code": 429, "message": "slow down"}}))
+    with pytest.raises(RateLimited) as caught:
+        await collect(provider)
+    assert caught.value.retry_after == 7.0
+
+
+async def test_dropped_connection_is_a_retryable_connection_error(provider, server):
+    server.enqueue(Reply(text="one two three four five six seven", drop_after_chunks=1))
+    with pytest.raises(ConnectionFailed, match="dropped") as caught:
+        await collect(provider)
+    assert caught.value.retryable
+
+
+async def test_stream_without_end_is_not_taken_for_a_reply(provider, server):
+    """A stream that closes cleanly but never finishes (no finish_reason, no usage) is retryable."""
+    server.enqueue(Reply(text="cut", finish_reason=None, send_usage=False, send_done=False))
+    with pytest.raises(ConnectionFailed, match="ended before"):
+        await collect(provider)
+
+
+async def test_unreachable_base_url_names_the_address(http):
+    provider = OpenAICompatProvider(http, "http://127.0.0.1:9/api/v1", API_KEY)
+    with pytest.raises(ConnectionFailed, match="cannot reach http://127.0.0.1:9/api/v1"):
+        await provider.list_models()
+    with pytest.raises(ConnectionFailed, match="cannot reach"):
+        await collect(provider)
+
+
+async def test_read_timeout_is_a_connection_error(server):
+    server.enqueue(Reply(text="late words arrive", chunk_delay=0.5, keepalives=0))
+    async with httpx.AsyncClient(timeout=httpx.Timeout(0.1)) as client:
+        provider = OpenAICompatProvider(client, server.base_url, API_KEY)
+        with pytest.raises(ConnectionFailed, match="in time"):
+            await collect(provider)
+
+
+async def test_echoed_key_never_reaches_the_error_message(provider, server):
+    server.enqueue(Reply(status=401, error={"error": {"code": 401, "message": f"bad key {API_KEY}"}}))
+    with pytest.raises(AuthError) as caught:
+        await collect(provider)
+    assert API_KEY not in str(caught.value) and "***" in str(caught.value)
+
+
+async def test_catalogue_parses_prices_as_decimal_and_skips_variable_prices(provider):
+    models = {m.id: m for m in await provider.list_models()}
+    glm = models[GLM]
+    assert glm.pricing.prompt == Decimal("0.0000008")
+    assert glm.pricing.completion == Decimal("0.00000256")
+    assert glm.context_length == 202752 and glm.max_completion_tokens == 131072
+    assert "openrouter/auto" not in models
+
+
+async def test_catalogue_at_a_wrong_url_says_so(http, server):
+    provider = OpenAICompatProvider(http, server.base_url + "/nothing-here", API_KEY)
+    with pytest.raises(BadRequest):
+        await provider.list_models()

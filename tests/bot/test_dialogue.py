@@ -1,0 +1,324 @@
+"""The dialogue engine: turn order, role flipping, every stop reason, retries, stop/pause/resume."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+
+from bot.dialogue import Control, Delta, Ended, TurnFinished, TurnRestarted, TurnStarted
+from bot.errors import InputError, StateError, UnknownModel
+from bot.models import Status, StopReason, TurnStatus
+from bot.providers.scripted import ScriptedProvider, ScriptedReply, free_models
+from tests.conftest import GLM, OPUS, make_spec, run_all
+from tests.fake_openrouter import Reply
+
+
+def ended(events):
+    return events[-1].dialogue
+
+
+async def test_two_models_alternate_for_the_given_rounds(runner, store, server):
+    """Three rounds: six turns, A then B each round, committed with the server's usage and cost."""
+    dialogue = await runner.create(make_spec(rounds=3))
+    events = await run_all(runner, dialogue.id)
+    final = ended(events)
+    assert final.status is Status.FINISHED and final.stop_reason is StopReason.MAX_ROUNDS
+    turns = await store.list_turns(dialogue.id)
+    assert [(t.round, t.seat) for t in turns] == [(1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
+    assert [r.body["model"] for r in server.chat_requests] == [OPUS, GLM] * 3
+    assert all(t.status is TurnStatus.OK and t.text.startswith("Reply ") for t in turns)
+    assert final.totals.spent_usd == sum(server.reported_costs)
+    assert sum(t.cost_usd for t in turns) == sum(server.reported_costs)
+
+
+async def test_each_model_sees_its_own_turns_as_assistant_and_the_other_as_user(runner, store, server):
+    dialogue = await runner.create(make_spec(rounds=2, systems=("You are A.", "You are B.")))
+    await run_all(runner, dialogue.id)
+    turns = await store.list_turns(dialogue.id)
+    a1, b1, a2, b2 = (t.text for t in turns)
+    opening = dialogue.opening
+    seen = [r.body["messages"] for r in server.chat_requests]
+    assert seen[0] == [{"role": "system", "content": "You are A."}, {"role": "user", "content": opening}]
+    assert seen[1] == [{"role": "system", "content": "You are B."},
+                       {"role": "user", "content": f"{opening}\n\n{a1}"}]
+    assert seen[2] == [{"role": "system", "content": "You are A."}, {"role": "user", "content": opening},
+                       {"role": "assistant", "content": a1}, {"role": "user", "content": b1}]
+    assert seen[3] == [{"role": "system", "content": "You are B."},
+                       {"role": "user", "content": f"{opening}\n\n{a1}"},
+                       {"role": "assistant", "content": b1}, {"role": "user", "content": a2}]
+    assert b2
+
+
+async def test_three_participants_take_turns_and_see_names(make_runner):
+    provider = ScriptedProvider(free_models(["x/a", "x/b", "x/c"]))
+    runner = make_runner(provider)
+    dialogue = await runner.create(make_spec("x/a", "x/b", "x/c", rounds=2))
+    await run_all(runner, dialogue.id)
+    assert [c.model for c in provider.calls] == ["x/a", "x/b", "x/c"] * 2
+    last = provider.calls[-1].messages
+    assert last[-1]["role"] == "user" and last[-1]["content"].startswith("a: ")
+    assert "\n\nb: " in last[-1]["content"]
+
+
+async def test_stream_is_yielded_as_it_arrives(runner, server):
+    server.enqueue(Reply(text="one two three four five six seven eight nine", chunk_words=2))
+    dialogue = await runner.create(make_spec(rounds=1))
+    events = await run_all(runner, dialogue.id)
+    deltas = [e.text for e in events if isinstance(e, Delta) and e.seq == 0]
+    assert len(deltas) == 5
+    assert "".join(deltas) == "one two three four five six seven eight nine"
+
+
+# Budget -----------------------------------------------------------------------------------------
+
+async def test_budget_stops_before_a_call_that_could_pass_it(runner, store, server):
+    """The cap is predictive: the call that might overspend is never sent."""
+    # Opus reserves ~200 × $0.000025 = $0.005 per turn plus the prompt; $0.012 fits two turns at most.
+    dialogue = await runner.create(make_spec(rounds=10, budget="0.012"))
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.stop_reason is StopReason.BUDGET and final.status is Status.FINISHED
+    assert "could cost up to" in final.stop_detail
+    assert final.totals.spent_usd <= Decimal("0.012")
+    turns = await store.list_turns(dialogue.id)
+    assert len(server.chat_requests) == len(turns) >= 2
+
+
+async def test_budget_too_small_for_the_first_call_is_refused_before_anything_is_stored(runner, store):
+    with pytest.raises(InputError, match="below the worst case of the first call"):
+        await runner.create(make_spec(budget="0.0001"))
+    assert await store.list_dialogues() == []
+
+
+async def test_cost_is_computed_from_prices_when_the_server_reports_none(runner, store, server):
+    server.enqueue(Reply(text="Hello back", usage={"prompt_tokens": 100, "completion_tokens": 10}))
+    dialogue = await runner.create(make_spec(OPUS, GLM, rounds=1))
+    await run_all(runner, dialogue.id)
+    first = (await store.list_turns(dialogue.id))[0]
+    assert first.cost_source == "computed"
+    assert first.cost_usd == 100 * Decimal("0.000005") + 10 * Decimal("0.000025")
+
+
+# Retries --------------------------------------------------------------------------------------
+
+async def test_rate_limit_is_retried_after_retry_after_and_recorded_once(runner, store, server, sleep):
+    server.enqueue(Reply(status=429, headers={"Retry-After": "3"},
+                         error={"error": {"code": 429, "message": "slow down"}}))
+    dialogue = await runner.create(make_spec(rounds=1))
+    events = await run_all(runner, dialogue.id)
+    assert sleep.delays == [3.0]
+    assert [e.attempt for e in events if isinstance(e, TurnRestarted)] == [2]
+    turns = await store.list_turns(dialogue.id)
+    assert len(turns) == 2 and turns[0].attempts == 2
+    assert ended(events).totals.spent_usd == sum(server.reported_costs)
+
+
+async def test_server_errors_back_off_exponentially_then_succeed(runner, store, server, sleep):
+    """Two 502s then success: backoff grows (1 s, 2 s plus jitter) and the turn is billed once."""
+    error = {"error": {"code": 502, "message": "bad gateway"}}
+    server.enqueue(Reply(status=502, error=error), Reply(status=502, error=error))
+    dialogue = await runner.create(make_spec(rounds=1))
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.stop_reason is StopReason.MAX_ROUNDS
+    assert 1.0 <= sleep.delays[0] <= 1.5 and 2.0 <= sleep.delays[1] <= 3.0
+    assert (await store.list_turns(dialogue.id))[0].attempts == 3
+    assert final.totals.spent_usd == sum(server.reported_costs)
+
+
+async def test_partial_reply_then_drop_is_retried_and_only_the_retry_is_kept(runner, store, server):
+    server.enqueue(Reply(text="this partial text is lost", drop_after_chunks=1),
+                   Reply(text="The complete reply."))
+    dialogue = await runner.create(make_spec(rounds=1))
+    events = await run_all(runner, dialogue.id)
+    assert any(isinstance(e, TurnRestarted) and "dropped" in e.reason for e in events)
+    assert (await store.list_turns(dialogue.id))[0].text == "The complete reply."
+
+
+async def test_three_failures_stop_the_dialogue_with_provider_error(runner, store, server, sleep):
+    error = {"error": {"code": 503, "message": "overloaded"}}
+    server.enqueue(*(Reply(status=503, error=error) for _ in range(3)))
+    dialogue = await runner.create(make_spec(rounds=2))
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.status is Status.FAILED and final.stop_reason is StopReason.PROVIDER_ERROR
+    assert "overloaded" in final.stop_detail
+    assert len(sleep.delays) == 2 and len(server.chat_requests) == 3
+    assert await store.list_turns(dialogue.id) == []
+    assert final.totals.spent_usd == 0
+
+
+@pytest.mark.parametrize("status", [400, 401, 402, 403])
+async def test_client_errors_are_never_retried(runner, server, sleep, status):
+    server.enqueue(Reply(status=status, error={"error": {"code": status, "message": "no"}}))
+    dialogue = await runner.create(make_spec(rounds=1))
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.stop_reason is StopReason.PROVIDER_ERROR
+    assert sleep.delays == [] and len(server.chat_requests) == 1
+
+
+# Empty replies --------------------------------------------------------------------------------
+
+async def test_empty_reply_is_retried_once_with_twice_the_room(runner, store, server):
+    server.enqueue(Reply(text="", reasoning="so much thinking", finish_reason="length"),
+                   Reply(text="Hearth."))
+    dialogue = await runner.create(make_spec(rounds=1, max_tokens=200))
+    final = ended(await run_all(runner, dialogue.id))
+    assert [r.body["max_tokens"] for r in server.chat_requests[:2]] == [200, 400]
+    first = (await store.list_turns(dialogue.id))[0]
+    assert first.status is TurnStatus.OK and first.text == "Hearth." and first.attempts == 2
+    # Both calls were billed, so both are counted.
+    assert first.cost_usd == sum(server.reported_costs[:2])
+    assert final.totals.spent_usd == sum(server.reported_costs)
+
+
+async def test_empty_twice_is_recorded_visibly_and_stops(runner, store, server):
+    empty = Reply(text="", reasoning="thinking", finish_reason="length")
+    server.enqueue(Reply(text="One word?"), empty, empty)
+    dialogue = await runner.create(make_spec(rounds=3))
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.stop_reason is StopReason.EMPTY_REPLY and final.status is Status.FAILED
+    turns = await store.list_turns(dialogue.id)
+    assert [t.status for t in turns] == [TurnStatus.OK, TurnStatus.EMPTY]
+    assert turns[1].usage.completion_tokens > 0 and turns[1].cost_usd > 0
+    assert "finish_reason=length" in final.stop_detail
+
+
+async def test_empty_reply_without_budget_for_a_retry_stops_at_once(runner, store, server):
+    server.enqueue(Reply(text="", finish_reason="length"))
+    dialogue = await runner.create(make_spec(rounds=1, budget="0.006"))
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.stop_reason is StopReason.EMPTY_REPLY
+    assert "no room to retry" in final.stop_detail
+    assert len(server.chat_requests) == 1
+
+
+# Other limits ---------------------------------------------------------------------------------
+
+async def test_token_limit_stops_before_the_call_that_could_pass_it(runner, store, server):
+    dialogue = await runner.create(make_spec(rounds=10, max_total_tokens=1000))
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.stop_reason is StopReason.TOKENS
+    assert final.totals.total_tokens <= 1000
+    assert len(await store.list_turns(dialogue.id)) >= 1
+
+
+async def test_context_limit_stops_when_the_history_would_not_fit(runner, store):
+    dialogue = await runner.create(make_spec("tiny/short-context", GLM, rounds=20, max_tokens=100))
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.stop_reason is StopReason.CONTEXT_LIMIT
+    assert "exceed tiny/short-context's 700" in final.stop_detail
+
+
+async def test_time_limit_cuts_the_stream_and_charges_the_worst_case(runner, store, server):
+    server.enqueue(Reply(text="slow " * 40, chunk_delay=0.05, chunk_words=1))
+    dialogue = await runner.create(make_spec(rounds=2, max_seconds=0.3))
+    events = await run_all(runner, dialogue.id)
+    final = ended(events)
+    assert final.stop_reason is StopReason.TIME
+    (turn,) = await store.list_turns(dialogue.id)
+    started = next(e for e in events if isinstance(e, TurnStarted))
+    assert turn.status is TurnStatus.CANCELLED and turn.text.startswith("slow")
+    assert turn.cost_usd == started.reserved and turn.cost_source == "reserved"
+
+
+# Stop, pause, resume --------------------------------------------------------------------------
+
+async def test_stop_ends_after_the_turn_in_flight_and_is_sticky(runner, store, server):
+    control = Control()
+    dialogue = await runner.create(make_spec(rounds=5))
+    events = []
+    async for event in runner.run(dialogue.id, control):
+        events.append(event)
+        if isinstance(event, Delta):
+            control.stop()
+    final = ended(events)
+    assert final.status is Status.STOPPED and final.stop_reason is StopReason.USER_STOP
+    (turn,) = await store.list_turns(dialogue.id)
+    assert turn.status is TurnStatus.OK
+    with pytest.raises(StateError, match="has ended"):
+        await run_all(runner, dialogue.id)
+    assert len(server.chat_requests) == 1
+
+
+async def test_stop_now_cancels_the_stream_at_once(runner, store, server):
+    server.enqueue(Reply(text="word " * 200, chunk_delay=0.02, chunk_words=1))
+    control = Control()
+    dialogue = await runner.create(make_spec(rounds=5))
+    events = []
+    async for event in runner.run(dialogue.id, control):
+        events.append(event)
+        if isinstance(event, Delta) and len([e for e in events if isinstance(e, Delta)]) == 3:
+            control.stop(now=True)
+    final = ended(events)
+    assert final.stop_reason is StopReason.USER_STOP
+    (turn,) = await store.list_turns(dialogue.id)
+    assert turn.status is TurnStatus.CANCELLED and turn.text == "word word word "
+    assert final.totals.spent_usd == turn.cost_usd > 0
+
+
+async def test_pause_then_resume_continues_without_losing_or_repeating_a_turn(runner, store, server):
+    control = Control()
+    dialogue = await runner.create(make_spec(rounds=2))
+    async for event in runner.run(dialogue.id, control):
+        if isinstance(event, TurnFinished):
+            control.pause()
+    assert (await store.get_dialogue(dialogue.id)).status is Status.PAUSED
+    assert len(await store.list_turns(dialogue.id)) == 1
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.stop_reason is StopReason.MAX_ROUNDS
+    turns = await store.list_turns(dialogue.id)
+    assert [t.seq for t in turns] == [0, 1, 2, 3]
+    assert len(server.chat_requests) == 4
+
+
+async def test_resume_charges_a_call_left_in_flight_by_a_crash(runner, store, server):
+    """A process killed mid-call leaves its reservation on record; resuming charges it, then goes on."""
+    dialogue = await runner.create(make_spec(rounds=1))
+    await store.mark_running(dialogue.id, dialogue.created_at)
+    await store.begin_call(dialogue.id, 0, Decimal("0.004"), dialogue.created_at)
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.totals.interrupted_calls == 1
+    assert final.totals.spent_usd == Decimal("0.004") + sum(server.reported_costs)
+
+
+# Validation -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"rounds": 0}, "rounds must be between 1 and 50"),
+        ({"rounds": 51}, "rounds must be between 1 and 50"),
+        ({"budget": "0"}, "budget must be above"),
+        ({"budget": "-1"}, "budget must be above"),
+        ({"budget": "11"}, "at most \\$10"),
+        ({"opening": "   "}, "opening message is empty"),
+        ({"max_tokens": 5}, "max_tokens must be at least 16"),
+    ],
+)
+async def test_bad_input_is_refused_before_anything_is_stored(runner, store, server, changes, message):
+    with pytest.raises(InputError, match=message):
+        await runner.create(make_spec(**changes))
+    assert await store.list_dialogues() == []
+    assert server.chat_requests == []
+
+
+async def test_unknown_model_names_the_closest_match(runner, store, server):
+    with pytest.raises(UnknownModel, match="did you mean z-ai/glm-5"):
+        await runner.create(make_spec(OPUS, "z-ai/glm5"))
+    assert await store.list_dialogues() == [] and server.chat_requests == []
+
+
+async def test_one_participant_is_not_a_dialogue(runner):
+    with pytest.raises(InputError, match="2 to 8 participants"):
+        await runner.create(make_spec(OPUS))
+
+
+async def test_scripted_provider_records_each_call(make_runner):
+    provider = ScriptedProvider(free_models([OPUS, GLM]), fallback=None)
+    provider.enqueue("first", ScriptedReply(text="second"))
+    runner = make_runner(provider)
+    dialogue = await runner.create(make_spec(rounds=1))
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.stop_reason is StopReason.MAX_ROUNDS
+    assert [c.model for c in provider.calls] == [OPUS, GLM]
+    assert isinstance(asyncio.get_running_loop(), asyncio.AbstractEventLoop)

@@ -1,0 +1,60 @@
+"""The persona library file and ad-hoc personas from bare model ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.errors import InputError
+from bot.personas import load_personas, resolve_persona
+from config.settings import CONFIG_DIR
+
+
+def test_shipped_library_loads_with_names_and_models():
+    library = load_personas(CONFIG_DIR / "personas.toml")
+    assert library["claude"].name == "Claude"
+    assert library["claude"].model == "anthropic/claude-opus-4.6"
+    assert library["glm"].reasoning_effort == "low"
+
+
+def test_a_bare_model_id_becomes_a_persona_named_after_the_model():
+    persona = resolve_persona("z-ai/glm-5", {}, max_tokens=900)
+    assert (persona.name, persona.model, persona.max_tokens) == ("glm-5", "z-ai/glm-5", 900)
+
+
+def test_a_library_persona_keeps_its_own_max_tokens(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[sage]\nmodel = "x/y"\nmax_tokens = 64\n[fool]\nmodel = "x/z"\n')
+    library = load_personas(path)
+    assert resolve_persona("sage", library, 900).max_tokens == 64
+    assert resolve_persona("fool", library, 900).max_tokens == 900
+    assert resolve_persona("fool", library, 900).name == "fool"
+
+
+def test_a_name_that_is_neither_persona_nor_model_lists_the_personas(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[sage]\nmodel = "x/y"\n')
+    with pytest.raises(InputError, match=r"'bard' is neither a persona \(sage\) nor a model id"):
+        resolve_persona("bard", load_personas(path), 900)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[sage\nmodel=1", "not valid TOML"),
+        ('[sage]\nsystem_prompt = "x"\n', "persona 'sage'.*model"),
+        ('[sage]\nmodel = "x/y"\ntemperature = 3\n', "temperature"),
+        ('[sage]\nmodel = "x/y"\nreasoning_effort = "huge"\n', "reasoning_effort"),
+        ('[sage]\nmodel = "x/y"\ncolour = "red"\n', "colour"),
+    ],
+)
+def test_a_bad_library_is_one_clear_line(tmp_path, text, message):
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message) as caught:
+        load_personas(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_missing_library_names_the_setting(tmp_path):
+    with pytest.raises(InputError, match="VOICES_PERSONAS_FILE"):
+        load_personas(tmp_path / "absent.toml")

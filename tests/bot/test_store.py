@@ -1,0 +1,103 @@
+"""The SQLite store: migrations from blank, round trips, atomic turns, and refusing unusable files."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import aiosqlite
+import pytest
+
+from bot.errors import DialogueNotFound, StoreError
+from bot.migrations import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
+from bot.models import ModelInfo, Pricing, Status, StopReason, Turn, TurnStatus, Usage
+from bot.store import Store
+from tests.conftest import make_spec
+
+NOW = datetime(2026, 2, 13, 16, 40, tzinfo=UTC)
+
+
+def a_turn(dialogue_id: int, seq: int, cost: str = "0.0036") -> Turn:
+    return Turn(dialogue_id, seq, seq // 2 + 1, seq % 2, "ignored", TurnStatus.OK, f"text {seq}",
+                "why", Usage(258, 1053, 800, Decimal(cost)), Decimal(cost), "reported",
+                "z-ai/glm-5", "stop", 1234, 1, NOW, NOW, "gen-1", "FakeProvider")
+
+
+async def test_migrating_a_blank_database_reaches_the_latest_version_and_rerunning_is_a_no_op(tmp_path):
+    async with aiosqlite.connect(tmp_path / "blank.db") as conn:
+        assert await schema_version(conn) == 0
+        assert await migrate(conn) == SCHEMA_VERSION == len(MIGRATIONS)
+        assert await migrate(conn) == SCHEMA_VERSION
+        async with conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cur:
+            tables = {row[0] for row in await cur.fetchall()}
+    assert {"dialogues", "participants", "turns", "calls_in_flight", "models"} <= tables
+
+
+def test_every_migration_says_why():
+    assert all(reason.strip() for reason, _ in MIGRATIONS)
+
+
+async def test_store_runs_in_wal_mode_with_foreign_keys(store):
+    rows = await store._fetchall("PRAGMA journal_mode")
+    assert rows[0][0] == "wal"
+    assert (await store._fetchall("PRAGMA foreign_keys"))[0][0] == 1
+
+
+async def test_a_dialogue_and_its_turns_round_trip(store):
+    dialogue = await store.create_dialogue(make_spec(budget="0.5", max_seconds=60.0), NOW)
+    assert dialogue.status is Status.PENDING and dialogue.limits.budget_usd == Decimal("0.5")
+    await store.add_turn(a_turn(dialogue.id, 0))
+    await store.add_turn(a_turn(dialogue.id, 1, "0.0045"))
+    await store.finish_dialogue(dialogue.id, StopReason.BUDGET, "detail", NOW)
+    again = await store.get_dialogue(dialogue.id)
+    assert again.status is Status.FINISHED and again.stop_reason is StopReason.BUDGET
+    assert again.totals.spent_usd == Decimal("0.0081")
+    assert again.totals.prompt_tokens == 516 and again.totals.reasoning_tokens == 1600
+    turns = await store.list_turns(dialogue.id)
+    assert turns[0] == replace(a_turn(dialogue.id, 0), speaker=dialogue.participants[0].name)
+    assert turns[1].speaker == dialogue.participants[1].name
+
+
+async def test_a_turn_that_cannot_be_written_leaves_the_totals_untouched(store):
+    dialogue = await store.create_dialogue(make_spec(), NOW)
+    await store.add_turn(a_turn(dialogue.id, 0))
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.add_turn(a_turn(dialogue.id, 0))  # the same seq twice: another process raced us
+    again = await store.get_dialogue(dialogue.id)
+    assert again.totals.spent_usd == Decimal("0.0036")
+    assert len(await store.list_turns(dialogue.id)) == 1
+
+
+async def test_unknown_dialogue_says_how_to_find_ids(store):
+    with pytest.raises(DialogueNotFound, match="voices list"):
+        await store.get_dialogue(99)
+
+
+async def test_catalogue_round_trips_with_exact_prices(store):
+    model = ModelInfo("z-ai/glm-5", "GLM", 202752, 131072,
+                      Pricing(Decimal("0.0000008"), Decimal("0.00000256"), Decimal(0), Decimal(0)))
+    await store.save_models("src", [model], NOW)
+    assert await store.load_models("src") == (NOW, [model])
+    assert await store.load_models("other") == (None, [])
+
+
+async def test_a_file_that_is_not_a_database_is_one_clear_error(tmp_path):
+    path = tmp_path / "voices.db"
+    path.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StoreError, match="unreadable.*move it aside"):
+        async with Store.open(path):
+            pass
+    assert path.read_bytes().startswith(b"this is not sqlite")
+
+
+async def test_a_newer_schema_is_refused_untouched(tmp_path):
+    path = tmp_path / "voices.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than this Voices knows"):
+        async with Store.open(path):
+            pass
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1

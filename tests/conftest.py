@@ -1,0 +1,114 @@
+"""Shared fixtures: a loopback OpenRouter, a tmp-path store, a real provider, and recording fakes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bot.catalogue import Catalogue
+from bot.dialogue import DialogueRunner, Ended, Event
+from bot.models import DialogueSpec, Limits, Persona
+from bot.providers.base import Provider
+from bot.providers.openai_compat import OpenAICompatProvider
+from bot.retry import RetryPolicy
+from bot.store import Store
+from tests.fake_openrouter import FakeOpenRouter
+
+API_KEY = "sk-or-v1-test-secret-0123456789"
+OPUS = "anthropic/claude-opus-4.6"
+GLM = "z-ai/glm-5"
+
+
+class SteppingClock:
+    """A clock that starts at a fixed moment and moves one second per reading."""
+
+    def __init__(self, start: datetime = datetime(2026, 2, 13, 16, 40, tzinfo=UTC)):
+        self.now = start
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(seconds=1)
+        return self.now
+
+
+class RecordingSleep:
+    """Stands in for asyncio.sleep: records each delay and returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOpenRouter]:
+    async with FakeOpenRouter() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with Store.open(tmp_path / "voices.db") as opened:
+        yield opened
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
+        yield client
+
+
+@pytest.fixture
+def provider(http: httpx.AsyncClient, server: FakeOpenRouter) -> OpenAICompatProvider:
+    return OpenAICompatProvider(http, server.base_url, API_KEY)
+
+
+@pytest.fixture
+def sleep() -> RecordingSleep:
+    return RecordingSleep()
+
+
+@pytest.fixture
+def clock() -> SteppingClock:
+    return SteppingClock()
+
+
+@pytest.fixture
+def make_runner(store: Store, sleep: RecordingSleep, clock: SteppingClock) -> Callable[[Provider], DialogueRunner]:
+    def build(provider: Provider) -> DialogueRunner:
+        catalogue = Catalogue(provider, store, timedelta(hours=1), clock)
+        return DialogueRunner(store, provider, catalogue, clock, max_rounds=50,
+                              max_budget=Decimal("10"), retry=RetryPolicy(), sleep=sleep)
+    return build
+
+
+@pytest.fixture
+def runner(make_runner: Callable[[Provider], DialogueRunner], provider: OpenAICompatProvider) -> DialogueRunner:
+    return make_runner(provider)
+
+
+def make_spec(
+    *models: str, rounds: int = 2, budget: str = "1", opening: str = "Hello. What is on your mind?",
+    max_tokens: int = 200, systems: tuple[str, ...] = (), **limits: object,
+) -> DialogueSpec:
+    """Return a spec with one ad-hoc persona per model (default: Opus and GLM)."""
+    models = models or (OPUS, GLM)
+    personas = tuple(
+        Persona(name=f"P{i}" if len(set(models)) < len(models) else m.split("/")[1], model=m,
+                system_prompt=systems[i] if i < len(systems) else f"You are speaker {i}.",
+                max_tokens=max_tokens)
+        for i, m in enumerate(models)
+    )
+    return DialogueSpec(personas, opening, Limits(rounds, Decimal(budget), **limits))  # type: ignore[arg-type]
+
+
+async def run_all(runner: DialogueRunner, dialogue_id: int, control: object = None) -> list[Event]:
+    """Run a dialogue to its end and return every event."""
+    events = [e async for e in runner.run(dialogue_id, control)]  # type: ignore[arg-type]
+    assert isinstance(events[-1], Ended)
+    return events

@@ -1,0 +1,250 @@
+"""A real HTTP/1.1 server on loopback that speaks OpenRouter's wire format, for tests and benchmarks.
+
+It serves `GET /api/v1/models` and streaming `POST /api/v1/chat/completions` (SSE with keep-alive
+comments, reasoning deltas, a usage-only final chunk, mid-stream errors, dropped connections and
+HTTP errors with `Retry-After`). Replies are queued with `enqueue`; with the queue empty it answers
+on its own, billing exactly price × tokens from its catalogue. Every request is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+PROCESSING = ": OPENROUTER PROCESSING"
+
+MODELS: list[dict[str, Any]] = [
+    {"id": "anthropic/claude-opus-4.6", "name": "Anthropic: Claude Opus 4.6", "context_length": 200000,
+     "pricing": {"prompt": "0.000005", "completion": "0.000025", "request": "0", "image": "0"},
+     "top_provider": {"context_length": 200000, "max_completion_tokens": 32000, "is_moderated": True}},
+    {"id": "z-ai/glm-5", "name": "Z.ai: GLM 5", "context_length": 202752,
+     "pricing": {"prompt": "0.0000008", "completion": "0.00000256", "internal_reasoning": "0.00000256"},
+     "top_provider": {"context_length": 202752, "max_completion_tokens": 131072}},
+    {"id": "tiny/short-context", "name": "Tiny", "context_length": 700,
+     "pricing": {"prompt": "0.000001", "completion": "0.000002"},
+     "top_provider": {"context_length": 700, "max_completion_tokens": 400}},
+    {"id": "openrouter/auto", "name": "Auto Router", "context_length": 2000000,
+     "pricing": {"prompt": "-1", "completion": "-1"}, "top_provider": {}},
+]
+
+
+@dataclass
+class Reply:
+    """One scripted answer to a chat request."""
+
+    text: str = "A scripted reply."
+    reasoning: str = ""
+    finish_reason: str | None = "stop"
+    status: int = 200
+    error: dict[str, Any] | None = None  # the JSON error body (status != 200) or mid-stream error
+    headers: dict[str, str] = field(default_factory=dict)
+    usage: dict[str, Any] | None = None  # None: computed from the request and the catalogue
+    send_usage: bool = True
+    keepalives: int = 1
+    drop_after_chunks: int | None = None
+    chunk_delay: float = 0.0
+    chunk_words: int = 3
+    send_done: bool = True
+
+
+@dataclass
+class Recorded:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None
+
+
+class FakeOpenRouter:
+    """`async with FakeOpenRouter() as server:` then point a client at `server.base_url`."""
+
+    def __init__(self, models: list[dict[str, Any]] | None = None, default_delay: float = 0.0):
+        self.models = models if models is not None else MODELS
+        self.requests: list[Recorded] = []
+        self.default_delay = default_delay
+        self._queue: deque[Reply] = deque()
+        self._server: asyncio.Server | None = None
+        self._ids = itertools.count(1)
+        self.reported_costs: list[Decimal] = []
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> FakeOpenRouter:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        # Close idle keep-alive connections so every handler ends on EOF, not by cancellation.
+        for writer in self._writers:
+            writer.transport.abort()
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=5)
+        await self._server.wait_closed()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/api/v1"
+
+    def enqueue(self, *replies: Reply) -> None:
+        """Answer the next chat requests with these replies, in order."""
+        self._queue.extend(replies)
+
+    @property
+    def chat_requests(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    # HTTP ------------------------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._writers.add(writer)
+        try:
+            while request := await _read_request(reader):
+                self.requests.append(request)
+                keep_open = await self._respond(request, writer)
+                if not keep_open:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+            self._writers.discard(writer)
+            self._handlers.discard(task)
+
+    async def _respond(self, request: Recorded, writer: asyncio.StreamWriter) -> bool:
+        if request.method == "GET" and request.path == "/api/v1/models":
+            await _send_json(writer, 200, {"data": self.models})
+            return True
+        if request.method == "POST" and request.path == "/api/v1/chat/completions":
+            reply = self._queue.popleft() if self._queue else self._default_reply(request)
+            return await self._chat(request, reply, writer)
+        await _send_json(writer, 404, {"error": {"code": 404, "message": "Not Found"}})
+        return True
+
+    def _default_reply(self, request: Recorded) -> Reply:
+        assert request.body is not None
+        turn = len(self.chat_requests)
+        speaker = request.body["model"]
+        return Reply(text=f"Reply {turn} from {speaker}: a thought worth answering, with some words.",
+                     chunk_delay=self.default_delay)
+
+    async def _chat(self, request: Recorded, reply: Reply, writer: asyncio.StreamWriter) -> bool:
+        if reply.status != 200:
+            await _send_json(writer, reply.status, reply.error or {}, reply.headers)
+            return True
+        generation = f"gen-{next(self._ids)}"
+        assert request.body is not None
+        model = request.body["model"]
+        head = ("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                f"X-Generation-Id: {generation}\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items()) + "\r\n")
+        writer.write(head.encode())
+        for _ in range(reply.keepalives):
+            await _chunk(writer, f"{PROCESSING}\n\n")
+        base = {"id": generation, "object": "chat.completion.chunk", "model": model,
+                "provider": "FakeProvider"}
+        pieces = [("reasoning", p) for p in _split(reply.reasoning, reply.chunk_words)]
+        pieces += [("content", p) for p in _split(reply.text, reply.chunk_words)]
+        for index, (kind, piece) in enumerate(pieces):
+            if reply.drop_after_chunks is not None and index >= reply.drop_after_chunks:
+                writer.transport.abort()  # mid-body, without the chunked terminator
+                return False
+            if reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
+            delta = {"role": "assistant", kind: piece}
+            await _event(writer, {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+        if reply.drop_after_chunks is not None:
+            writer.transport.abort()
+            return False
+        if reply.error is not None:
+            await _event(writer, {**base, "error": reply.error,
+                                  "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]})
+            await _end(writer)
+            return True
+        await _event(writer, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]})
+        if reply.send_usage:
+            usage = reply.usage or self._usage(request, reply)
+            await _chunk(writer, "data: " + _usage_json({**base, "choices": [], "usage": usage}) + "\n\n")
+        if reply.send_done:
+            await _chunk(writer, "data: [DONE]\n\n")
+        await _end(writer)
+        return True
+
+    def _usage(self, request: Recorded, reply: Reply) -> dict[str, Any]:
+        """Bill like OpenRouter would: the catalogue's price times the tokens."""
+        assert request.body is not None
+        prompt = sum(len(m["content"]) for m in request.body["messages"]) // 4 + 5
+        reasoning = len(reply.reasoning.split())
+        completion = len(reply.text.split()) + reasoning
+        pricing = next((m["pricing"] for m in self.models if m["id"] == request.body["model"]), {})
+        cost = (prompt * Decimal(pricing.get("prompt", "0"))
+                + completion * Decimal(pricing.get("completion", "0")))
+        self.reported_costs.append(cost)
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "completion_tokens_details": {"reasoning_tokens": reasoning},
+                "cost": cost}
+
+
+def _usage_json(obj: dict[str, Any]) -> str:
+    """Write JSON with Decimal costs as exact numbers, as the real server writes them."""
+    return json.dumps(obj, default=lambda d: f"@@{d}@@").replace('"@@', "").replace('@@"', "")
+
+
+def _split(text: str, words: int) -> list[str]:
+    if not text:
+        return []
+    parts = text.split(" ")
+    return [" ".join(parts[i:i + words]) + (" " if i + words < len(parts) else "")
+            for i in range(0, len(parts), words)]
+
+
+async def _read_request(reader: asyncio.StreamReader) -> Recorded | None:
+    line = await reader.readline()
+    if not line:
+        return None
+    method, path, _ = line.decode().split(" ", 2)
+    headers: dict[str, str] = {}
+    while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = header.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    raw = await reader.readexactly(length) if length else b""
+    return Recorded(method, path, headers, json.loads(raw) if raw else None)
+
+
+async def _send_json(writer: asyncio.StreamWriter, status: int, body: dict[str, Any],
+                     headers: dict[str, str] | None = None) -> None:
+    payload = json.dumps(body).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    writer.write(f"HTTP/1.1 {status} Status\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(payload)}\r\n{extra}\r\n".encode() + payload)
+    await writer.drain()
+
+
+async def _event(writer: asyncio.StreamWriter, chunk: dict[str, Any]) -> None:
+    await _chunk(writer, f"data: {json.dumps(chunk)}\n\n")
+
+
+async def _chunk(writer: asyncio.StreamWriter, text: str) -> None:
+    data = text.encode()
+    writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+    await writer.drain()
+
+
+async def _end(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
