@@ -48,27 +48,33 @@ def cli_defaults(settings: Settings) -> CliDefaults:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `voices` console script; return the exit status."""
     args = build_parser().parse_args(argv)
-    errors = Console(stderr=True, highlight=False)
     try:
         settings = Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
         name = "VOICES_" + "_".join(str(p) for p in first["loc"]).upper()
-        errors.print(f"error: {name}: {first['msg']}; fix it in .env or the environment", markup=False)
+        fail(f"{name}: {first['msg']}; fix it in .env or the environment")
         return 2
     config = engine_config(settings)
     setup_logging(settings.log_level, [config.api_key or ""])
     try:
-        return asyncio.run(dispatch(args, config, cli_defaults(settings), Console(highlight=False)))
+        # soft_wrap: long lines (paths, streamed text) are left to the terminal, never cut by rich.
+        console = Console(highlight=False, soft_wrap=True)
+        return asyncio.run(dispatch(args, config, cli_defaults(settings), console))
     except ProviderError as exc:
-        errors.print(f"error: {exc}", markup=False)
+        fail(str(exc))
         return 1
     except VoicesError as exc:
-        errors.print(f"error: {exc}", markup=False)
+        fail(str(exc))
         return 2
     except KeyboardInterrupt:
-        errors.print("interrupted", markup=False)
+        fail("interrupted")
         return 130
+
+
+def fail(message: str) -> None:
+    """Print one error line to stderr, unwrapped whatever the terminal width."""
+    print(f"error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

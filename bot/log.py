@@ -32,5 +32,6 @@ def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # httpx logs every request line at INFO; keep it for DEBUG only.
-    logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
+    # These libraries narrate every request and query; their detail helps nobody running Voices.
+    for noisy in ("httpx", "httpcore", "aiosqlite", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))

@@ -1,0 +1,230 @@
+"""The `voices` command as a user runs it: a real process against the loopback OpenRouter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import API_KEY, GLM, OPUS
+from tests.fake_openrouter import FakeOpenRouter, Reply
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def env(tmp_path, server):
+    values = {k: v for k, v in os.environ.items() if not k.startswith(("VOICES_", "OPENROUTER_"))}
+    values.update({
+        "OPENROUTER_API_KEY": API_KEY,
+        "VOICES_OPENROUTER_BASE_URL": server.base_url,
+        "VOICES_DATABASE": str(tmp_path / "voices.db"),
+        "VOICES_TRANSCRIPTS_DIR": str(tmp_path / "transcripts"),
+        "VOICES_LOG_LEVEL": "DEBUG",
+        "PYTHONPATH": str(ROOT),
+        "COLUMNS": "100",
+    })
+    return values
+
+
+async def start(env: dict[str, str], cwd: Path, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, env=env, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def voices(env: dict[str, str], cwd: Path, *args: str) -> Result:
+    process = await start(env, cwd, *args)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+RUN = ("run", "--a", OPUS, "--b", GLM, "--max-tokens", "300", "--rounds", "2", "--budget", "0.05",
+       "--opening", "Hello there.")
+
+
+def db_rows(env: dict[str, str], query: str) -> list[tuple]:
+    with sqlite3.connect(env["VOICES_DATABASE"]) as conn:
+        return conn.execute(query).fetchall()
+
+
+async def test_run_streams_the_dialogue_and_writes_both_transcripts(env, tmp_path, server):
+    result = await voices(env, tmp_path, *RUN, "--system-a", "You are Claude.")
+    assert result.code == 0, result.err
+    assert "Round 1 · claude-opus-4.6" in result.out and "Round 2 · glm-5" in result.out
+    assert "Reply 4 from z-ai/glm-5" in result.out
+    assert "Ended: all rounds completed" in result.out
+    md, js = tmp_path / "transcripts" / "1.md", tmp_path / "transcripts" / "1.json"
+    assert f"Transcripts: {md}  {js}" in result.out
+    assert md.read_text().startswith("# Voices Chat: claude-opus-4.6 <-> glm-5")
+    document = json.loads(js.read_text())
+    assert Decimal(document["totals"]["spent_usd"]) == sum(server.reported_costs)
+    assert server.chat_requests[0].body["messages"][0] == {"role": "system", "content": "You are Claude."}
+    # DEBUG logging is on, yet the key shows up nowhere a user could see.
+    for text in (result.out, result.err, md.read_text(), js.read_text()):
+        assert API_KEY not in text
+
+
+async def test_list_show_export_and_models(env, tmp_path):
+    assert (await voices(env, tmp_path, *RUN)).code == 0
+    listing = await voices(env, tmp_path, "list")
+    assert "claude-opus-4.6 ↔ glm-5" in listing.out and "max_rounds" in listing.out
+    shown = await voices(env, tmp_path, "show", "1")
+    assert shown.code == 0 and "## Round 2" in shown.out
+    out = tmp_path / "copy.json"
+    exported = await voices(env, tmp_path, "export", "1", "--format", "json", "--out", str(out))
+    assert exported.code == 0 and json.loads(out.read_text())["dialogue"]["id"] == 1
+    to_stdout = await voices(env, tmp_path, "export", "1", "--format", "md")
+    assert to_stdout.out == (tmp_path / "transcripts" / "1.md").read_text()
+    models = await voices(env, tmp_path, "models", "glm")
+    assert "z-ai/glm-5" in models.out and "claude" not in models.out and "1 models" in models.out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--rounds", "0"), "rounds must be between 1 and 50"),
+        (("--budget", "0"), "budget must be above $0"),
+        (("--budget", "9"), "budget must be above $0 and at most $5.00 (VOICES_MAX_BUDGET), not $9"),
+        (("--opening", " "), "the opening message is empty; give the first speaker something to answer"),
+        (("--b", "z-ai/glm5"), "unknown model 'z-ai/glm5'; did you mean z-ai/glm-5?"),
+        (("--b", "nobody"), "'nobody' is neither a persona"),
+    ],
+)
+async def test_bad_input_is_one_line_before_any_money_is_spent(env, tmp_path, server, args, message):
+    result = await voices(env, tmp_path, *RUN, *args)
+    assert result.code == 2
+    assert result.err.strip().splitlines()[-1] == result.err.strip().splitlines()[0]
+    assert f"error: {message}" in result.err
+    assert server.chat_requests == []
+    assert not (tmp_path / "transcripts").exists()
+
+
+async def test_missing_key_names_the_variable(env, tmp_path, server):
+    env["OPENROUTER_API_KEY"] = ""
+    result = await voices(env, tmp_path, *RUN)
+    assert result.code == 2
+    assert result.err.strip() == ("error: OPENROUTER_API_KEY is not set; put it in .env or the "
+                                  "environment (or add --dry-run to try Voices without one)")
+    assert server.requests == []
+
+
+async def test_unreachable_base_url_is_one_clear_line(env, tmp_path):
+    env["VOICES_OPENROUTER_BASE_URL"] = "http://127.0.0.1:9/api/v1"
+    result = await voices(env, tmp_path, *RUN)
+    assert result.code == 1
+    assert result.err.strip().startswith("error: cannot reach http://127.0.0.1:9/api/v1")
+    assert len(result.err.strip().splitlines()) == 1
+
+
+async def test_bad_setting_is_one_clear_line(env, tmp_path):
+    env["VOICES_MAX_ROUNDS"] = "many"
+    result = await voices(env, tmp_path, *RUN)
+    assert result.code == 2
+    assert result.err.strip().startswith("error: VOICES_MAX_ROUNDS: ")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"not a database" * 200, "unreadable"), (None, "newer than this Voices knows")],
+)
+async def test_unusable_database_is_refused_and_left_alone(env, tmp_path, content, message):
+    path = Path(env["VOICES_DATABASE"])
+    if content is None:
+        with sqlite3.connect(path) as conn:
+            conn.execute("PRAGMA user_version = 99")
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    result = await voices(env, tmp_path, *RUN)
+    assert result.code == 2 and message in result.err
+    assert path.read_bytes() == before
+
+
+async def test_provider_error_exits_non_zero_with_the_reason_recorded(env, tmp_path, server):
+    server.enqueue(Reply(status=402, error={"error": {"code": 402, "message": "Insufficient credits"}}))
+    result = await voices(env, tmp_path, *RUN)
+    assert result.code == 1
+    assert "out of credits (402: Insufficient credits)" in result.out
+    assert db_rows(env, "SELECT status, stop_reason FROM dialogues") == [("failed", "provider_error")]
+    assert (tmp_path / "transcripts" / "1.md").exists()
+
+
+async def test_dry_run_needs_no_key_and_no_network(env, tmp_path, server):
+    env["OPENROUTER_API_KEY"] = ""
+    result = await voices(env, tmp_path, *RUN, "--dry-run")
+    assert result.code == 0, result.err
+    assert "Dry-run reply" in result.out and "Ended: all rounds completed" in result.out
+    assert server.requests == []
+
+
+async def test_ctrl_c_stops_cleanly_and_still_writes_the_transcript(env, tmp_path):
+    async with FakeOpenRouter(default_delay=0.1) as slow:
+        env["VOICES_OPENROUTER_BASE_URL"] = slow.base_url
+        process = await start(env, tmp_path, *RUN[:-4], "--rounds", "5", "--opening", "Hi")
+        while len(slow.chat_requests) < 2:
+            await asyncio.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, err.decode()
+    assert "Ended: stopped by the user" in out.decode()
+    assert db_rows(env, "SELECT status, stop_reason FROM dialogues") == [("stopped", "user_stop")]
+    statuses = [row[0] for row in db_rows(env, "SELECT status FROM turns ORDER BY seq")]
+    assert statuses == ["ok", "cancelled"]
+    assert "stopped by the user" in (tmp_path / "transcripts" / "1.md").read_text()
+
+
+async def test_killed_mid_dialogue_then_resumed_loses_and_repeats_no_turn(env, tmp_path):
+    """kill -9 during round 2; `voices resume` finishes with every turn exactly once."""
+    async with FakeOpenRouter(default_delay=0.1) as slow:
+        env["VOICES_OPENROUTER_BASE_URL"] = slow.base_url
+        process = await start(env, tmp_path, *RUN[:-4], "--rounds", "3", "--opening", "Hi")
+        while len(slow.chat_requests) < 3:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.15)  # the third reply is streaming now
+        process.kill()
+        await process.wait()
+        assert db_rows(env, "SELECT seq FROM turns ORDER BY seq") == [(0,), (1,)]
+        assert db_rows(env, "SELECT status FROM dialogues") == [("running",)]
+        (reserved,) = db_rows(env, "SELECT reserved_usd FROM calls_in_flight")[0]
+
+        result = await voices(env, tmp_path, "resume", "1")
+    assert result.code == 0, result.err
+    turns = db_rows(env, "SELECT seq, round, seat, status FROM turns ORDER BY seq")
+    assert turns == [(s, s // 2 + 1, s % 2, "ok") for s in range(6)]
+    spent, interrupted = db_rows(env, "SELECT spent_usd, interrupted_calls FROM dialogues")[0]
+    turn_costs = sum(Decimal(c) for (c,) in db_rows(env, "SELECT cost_usd FROM turns"))
+    assert interrupted == 1
+    assert Decimal(spent) == turn_costs + Decimal(reserved)
+    transcript = (tmp_path / "transcripts" / "1.md").read_text()
+    assert transcript.count("## Round") == 3
+    assert "Interrupted calls:** 1" in transcript
+
+
+async def test_resume_of_a_finished_dialogue_is_refused(env, tmp_path):
+    assert (await voices(env, tmp_path, *RUN)).code == 0
+    result = await voices(env, tmp_path, "resume", "1")
+    assert result.code == 2
+    assert "dialogue 1 has ended (all rounds completed); start a new one" in result.err
+
+
+async def test_unknown_dialogue_id_is_one_line(env, tmp_path):
+    result = await voices(env, tmp_path, "show", "42")
+    assert result.code == 2 and result.err.strip() == "error: no dialogue 42; `voices list` shows the ids"
