@@ -64,6 +64,13 @@ async def open_app(config: EngineConfig) -> AsyncIterator[App]:
         else:
             provider = OpenAICompatProvider(http, config.base_url, config.api_key)
         catalogue = Catalogue(provider, store, ttl, utc_now)
-        runner = DialogueRunner(store, provider, catalogue, utc_now, max_rounds=config.max_rounds,
-                                max_budget=config.max_budget, retry=config.retry)
+        runner = DialogueRunner(
+            store,
+            provider,
+            catalogue,
+            utc_now,
+            max_rounds=config.max_rounds,
+            max_budget=config.max_budget,
+            retry=config.retry,
+        )
         yield App(store, provider, catalogue, runner)

@@ -25,9 +25,7 @@ def count_bytes(messages: Sequence[dict[str, str]]) -> int:
     return size + TOKENS_PER_MESSAGE * len(messages)
 
 
-def estimate_prompt_tokens(
-    messages: Sequence[dict[str, str]], known: tuple[int, int] | None = None
-) -> int:
+def estimate_prompt_tokens(messages: Sequence[dict[str, str]], known: tuple[int, int] | None = None) -> int:
     """Return an upper bound on the prompt tokens of these messages.
 
     Byte-level tokenizers never make more tokens than UTF-8 bytes, so bytes bound the count. When
@@ -53,9 +51,7 @@ def settle_cost(usage: Usage, pricing: Pricing) -> tuple[Decimal, str]:
     if usage.cost_usd is not None:
         return usage.cost_usd, "reported"
     cost = (
-        pricing.request
-        + usage.prompt_tokens * pricing.prompt
-        + usage.completion_tokens * pricing.completion
+        pricing.request + usage.prompt_tokens * pricing.prompt + usage.completion_tokens * pricing.completion
     )
     return cost.quantize(QUANTUM, rounding=ROUND_CEILING), "computed"
 

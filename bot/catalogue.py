@@ -40,9 +40,8 @@ class Catalogue:
             return models[model_id]
         close = difflib.get_close_matches(model_id, list(models), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise UnknownModel(
-            f"unknown model '{model_id}'; {hint}`voices models {model_id.split('/')[-1][:12]}` searches the catalogue"
-        )
+        search = model_id.split("/")[-1][:12]
+        raise UnknownModel(f"unknown model '{model_id}'; {hint}`voices models {search}` lists the matches")
 
     async def search(self, text: str = "") -> list[ModelInfo]:
         """Return the models whose id or name contains `text`, case-insensitive."""

@@ -20,8 +20,9 @@ from rich.markdown import Markdown
 
 from bot.app import App, EngineConfig, open_app
 from bot.console import DialogueView, dialogue_table, model_table
-from bot.dialogue import Control, Ended
+from bot.dialogue import Control
 from bot.errors import InputError
+from bot.events import Ended
 from bot.models import Dialogue, DialogueSpec, Limits, Persona, Status
 from bot.personas import load_personas, resolve_persona
 from bot.transcript import render_json, render_markdown
@@ -50,8 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a dialogue and stream it here")
     for seat in SEATS:
-        run.add_argument(f"--{seat}", metavar="PERSONA_OR_MODEL", required=seat in "ab",
-                         help=f"participant {seat.upper()}: a persona name or a model id")
+        run.add_argument(
+            f"--{seat}",
+            metavar="PERSONA_OR_MODEL",
+            required=seat in "ab",
+            help=f"participant {seat.upper()}: a persona name or a model id",
+        )
         run.add_argument(f"--system-{seat}", metavar="TEXT", help=f"system prompt for {seat.upper()}")
     run.add_argument("--rounds", type=int, help="rounds (each participant speaks once per round)")
     run.add_argument("--budget", type=_usd, help="hard cap in USD, e.g. 0.05")
@@ -59,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-tokens", type=int, help="reply cap per turn for every participant")
     run.add_argument("--max-seconds", type=float, help="wall-clock limit of the dialogue")
     run.add_argument("--max-total-tokens", type=int, help="limit on prompt+completion tokens")
-    run.add_argument("--dry-run", action="store_true",
-                     help="no network and no cost: a scripted stand-in answers for every model")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="no network and no cost: a scripted stand-in answers for every model",
+    )
     _add_run_output(run)
 
     resume = sub.add_parser("resume", help="continue an interrupted or paused dialogue")
@@ -99,8 +107,9 @@ def _usd(text: str) -> Decimal:
     return value
 
 
-async def dispatch(args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults,
-                   console: Console) -> int:
+async def dispatch(
+    args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults, console: Console
+) -> int:
     """Run the chosen subcommand; return the process exit status."""
     match args.command:
         case "run":
@@ -132,8 +141,9 @@ async def dispatch(args: argparse.Namespace, config: EngineConfig, defaults: Cli
     return 0
 
 
-async def run_dialogue(args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults,
-                       console: Console) -> int:
+async def run_dialogue(
+    args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults, console: Console
+) -> int:
     """Create a dialogue from the options, stream it, and write its transcripts."""
     spec = _spec(args, defaults)
     if args.dry_run:
@@ -146,8 +156,9 @@ async def run_dialogue(args: argparse.Namespace, config: EngineConfig, defaults:
         return await _drive(app, dialogue.id, args, defaults, console)
 
 
-async def resume_dialogue(args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults,
-                          console: Console) -> int:
+async def resume_dialogue(
+    args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults, console: Console
+) -> int:
     """Continue a dialogue from its last committed turn."""
     async with open_app(config) as app:
         dialogue = await app.store.get_dialogue(args.id)
@@ -159,8 +170,9 @@ async def resume_dialogue(args: argparse.Namespace, config: EngineConfig, defaul
         return await _drive(app, args.id, args, defaults, console)
 
 
-async def _drive(app: App, dialogue_id: int, args: argparse.Namespace, defaults: CliDefaults,
-                 console: Console) -> int:
+async def _drive(
+    app: App, dialogue_id: int, args: argparse.Namespace, defaults: CliDefaults, console: Console
+) -> int:
     control = Control()
     loop = asyncio.get_running_loop()
 
@@ -253,5 +265,7 @@ def _distinct_names(participants: Sequence[Persona]) -> list[Persona]:
 
 def _require_key(config: EngineConfig) -> None:
     if not config.api_key:
-        raise InputError("OPENROUTER_API_KEY is not set; put it in .env or the environment "
-                         "(or add --dry-run to try Voices without one)")
+        raise InputError(
+            "OPENROUTER_API_KEY is not set; put it in .env or the environment "
+            "(or add --dry-run to try Voices without one)"
+        )

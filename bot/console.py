@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bot.budget import format_usd
-from bot.dialogue import Delta, Ended, Event, Started, TurnFinished, TurnRestarted, TurnStarted
+from bot.events import Delta, Ended, Event, Started, TurnFinished, TurnRestarted, TurnStarted
 from bot.models import Dialogue, ModelInfo, TurnStatus
 
 SPEAKER_STYLES = ("bold cyan", "bold magenta", "bold green", "bold yellow")
@@ -32,7 +32,8 @@ class DialogueView:
             case TurnStarted():
                 style = SPEAKER_STYLES[event.seat % len(SPEAKER_STYLES)]
                 title = Text.assemble(
-                    (f"Round {event.round} · ", "dim"), (event.persona.name, style),
+                    (f"Round {event.round} · ", "dim"),
+                    (event.persona.name, style),
                     (f" ({event.persona.model})", "dim"),
                 )
                 self._console.rule(title, align="left")
@@ -47,8 +48,13 @@ class DialogueView:
             case TurnRestarted():
                 wait = f"; retrying in {event.delay:.1f} s" if event.delay else "; retrying"
                 self._console.print()
-                self._console.print(Text(f"↻ {event.reason}{wait} (attempt {event.attempt}); "
-                                         "the partial reply above is discarded", "yellow"))
+                self._console.print(
+                    Text(
+                        f"↻ {event.reason}{wait} (attempt {event.attempt}); "
+                        "the partial reply above is discarded",
+                        "yellow",
+                    )
+                )
             case TurnFinished(turn=turn, spent=spent):
                 self._console.print()
                 if turn.status is TurnStatus.EMPTY:
@@ -56,10 +62,14 @@ class DialogueView:
                 elif turn.status is TurnStatus.CANCELLED:
                     self._console.print(Text("✂ cut off", "bold red"))
                 usage = turn.usage
-                self._console.print(Text(
-                    f"tokens: prompt={usage.prompt_tokens} completion={usage.completion_tokens} "
-                    f"reasoning={usage.reasoning_tokens} · cost {format_usd(turn.cost_usd)} · "
-                    f"spent {format_usd(spent)} of {self._budget}", "dim"))
+                self._console.print(
+                    Text(
+                        f"tokens: prompt={usage.prompt_tokens} completion={usage.completion_tokens} "
+                        f"reasoning={usage.reasoning_tokens} · cost {format_usd(turn.cost_usd)} · "
+                        f"spent {format_usd(spent)} of {self._budget}",
+                        "dim",
+                    )
+                )
             case Ended(dialogue=dialogue):
                 self._ended(dialogue)
 
@@ -69,16 +79,25 @@ class DialogueView:
     def _started(self, dialogue: Dialogue) -> None:
         self._budget = format_usd(dialogue.limits.budget_usd)
         names = " ↔ ".join(p.name for p in dialogue.participants)
-        self._console.print(Text.assemble(
-            ("Dialogue ", "bold"), (str(dialogue.id), "bold"), f" · {names} · "
-            f"{dialogue.limits.max_rounds} rounds · budget {self._budget}"))
+        self._console.print(
+            Text.assemble(
+                ("Dialogue ", "bold"),
+                (str(dialogue.id), "bold"),
+                f" · {names} · {dialogue.limits.max_rounds} rounds · budget {self._budget}",
+            )
+        )
         self._console.print(Text(f"Opening: {dialogue.opening}", "italic"))
 
     def _ended(self, dialogue: Dialogue) -> None:
         self._console.rule()
         if dialogue.stop_reason is None:
-            self._console.print(Text(f"Paused after {format_usd(dialogue.totals.spent_usd)}; "
-                                     f"`voices resume {dialogue.id}` continues.", "yellow"))
+            self._console.print(
+                Text(
+                    f"Paused after {format_usd(dialogue.totals.spent_usd)}; "
+                    f"`voices resume {dialogue.id}` continues.",
+                    "yellow",
+                )
+            )
             return
         style = "green" if dialogue.stop_reason.status.value != "failed" else "bold red"
         detail = f" ({dialogue.stop_detail})" if dialogue.stop_detail else ""
@@ -91,8 +110,11 @@ def dialogue_table(dialogues: Sequence[Dialogue]) -> Table:
     table = Table("id", "participants", "status", "reason", "cost", "created")
     for d in dialogues:
         table.add_row(
-            str(d.id), " ↔ ".join(p.name for p in d.participants), str(d.status),
-            str(d.stop_reason or ""), format_usd(d.totals.spent_usd),
+            str(d.id),
+            " ↔ ".join(p.name for p in d.participants),
+            str(d.status),
+            str(d.stop_reason or ""),
+            format_usd(d.totals.spent_usd),
             d.created_at.strftime("%Y-%m-%d %H:%M"),
         )
     return table
@@ -104,7 +126,10 @@ def model_table(models: Sequence[ModelInfo]) -> Table:
     million = 1_000_000
     for m in sorted(models, key=lambda m: m.id):
         table.add_row(
-            m.id, str(m.context_length or "?"), str(m.max_completion_tokens or "?"),
-            f"{m.pricing.prompt * million:.4g}", f"{m.pricing.completion * million:.4g}",
+            m.id,
+            str(m.context_length or "?"),
+            str(m.max_completion_tokens or "?"),
+            f"{m.pricing.prompt * million:.4g}",
+            f"{m.pricing.completion * million:.4g}",
         )
     return table

@@ -24,6 +24,7 @@ from bot.budget import (
 )
 from bot.catalogue import Catalogue
 from bot.errors import InputError, ProviderError, StateError
+from bot.events import Delta, Ended, Event, Started, TurnFinished, TurnRestarted, TurnStarted
 from bot.models import (
     Dialogue,
     DialogueSpec,
@@ -46,64 +47,8 @@ MAX_PARTICIPANTS = 8
 EMPTY_RETRY_FACTOR = 2
 
 
-# Events ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    """The dialogue is running (for the first time, or again after a pause or a crash)."""
-
-    dialogue: Dialogue
-
-
-@dataclass(frozen=True, slots=True)
-class TurnStarted:
-    """A speaker's call is about to be sent; `reserved` is its worst-case cost."""
-
-    seq: int
-    round: int
-    seat: int
-    persona: Persona
-    reserved: Decimal
-
-
-@dataclass(frozen=True, slots=True)
-class Delta:
-    """A piece of the reply in progress; `reasoning` pieces are the model's thinking, not its words."""
-
-    seq: int
-    text: str
-    reasoning: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class TurnRestarted:
-    """The call failed or came back empty and is tried again: discard the partial reply shown so far."""
-
-    seq: int
-    attempt: int
-    reason: str
-    delay: float
-
-
-@dataclass(frozen=True, slots=True)
-class TurnFinished:
-    """A turn was committed; `spent` is the dialogue's total so far."""
-
-    turn: Turn
-    spent: Decimal
-
-
-@dataclass(frozen=True, slots=True)
-class Ended:
-    """The run is over: the dialogue ended (see its stop reason) or was paused."""
-
-    dialogue: Dialogue
-
-
-Event = Started | TurnStarted | Delta | TurnRestarted | TurnFinished | Ended
-
-
 # Control ---------------------------------------------------------------------------------------
+
 
 class Control:
     """Requests from outside a running dialogue. A stop is sticky: once asked, no new call starts."""
@@ -129,15 +74,20 @@ class Control:
 
 # Validation ------------------------------------------------------------------------------------
 
+
 def validate_spec(spec: DialogueSpec, max_rounds: int, max_budget: Decimal) -> None:
     """Raise InputError, naming the problem and the fix, for a spec that cannot run."""
     limits = spec.limits
     if not 2 <= len(spec.participants) <= MAX_PARTICIPANTS:
-        raise InputError(f"a dialogue needs 2 to {MAX_PARTICIPANTS} participants, not {len(spec.participants)}")
+        raise InputError(
+            f"a dialogue needs 2 to {MAX_PARTICIPANTS} participants, not {len(spec.participants)}"
+        )
     if not spec.opening.strip():
         raise InputError("the opening message is empty; give the first speaker something to answer")
     if not 1 <= limits.max_rounds <= max_rounds:
-        raise InputError(f"rounds must be between 1 and {max_rounds} (VOICES_MAX_ROUNDS), not {limits.max_rounds}")
+        raise InputError(
+            f"rounds must be between 1 and {max_rounds} (VOICES_MAX_ROUNDS), not {limits.max_rounds}"
+        )
     if not Decimal(0) < limits.budget_usd <= max_budget:
         raise InputError(
             f"budget must be above $0 and at most ${max_budget} (VOICES_MAX_BUDGET), not ${limits.budget_usd}"
@@ -152,6 +102,7 @@ def validate_spec(spec: DialogueSpec, max_rounds: int, max_budget: Decimal) -> N
 
 
 # The runner ------------------------------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class _Attempt:
@@ -309,12 +260,17 @@ class DialogueRunner:
         persona, model = dialogue.participants[seat], models[seat]
         messages = build_messages(dialogue.participants, seat, dialogue.opening, turns)
         estimate = estimate_prompt_tokens(messages, _calibration(dialogue, seat, turns))
-        return _TurnPlan(seq, round_no + 1, seat, persona, model, messages,
-                         _max_tokens(persona, model), estimate)
+        return _TurnPlan(
+            seq, round_no + 1, seat, persona, model, messages, _max_tokens(persona, model), estimate
+        )
 
     def _check_limits(
-        self, dialogue: Dialogue, plan: _TurnPlan | None, control: Control,
-        deadline: float | None, tokens_used: int,
+        self,
+        dialogue: Dialogue,
+        plan: _TurnPlan | None,
+        control: Control,
+        deadline: float | None,
+        tokens_used: int,
     ) -> _Stop | None:
         """Return why no further call may start (a _Stop whose reason is None means pause)."""
         if plan is None:
@@ -327,17 +283,27 @@ class DialogueRunner:
             return _Stop(StopReason.TIME, f"{dialogue.limits.max_seconds:g} s")
         context = plan.model.context_length
         if context is not None and plan.prompt_estimate + plan.max_tokens > context:
-            return _Stop(StopReason.CONTEXT_LIMIT,
-                         f"{plan.persona.name}: about {plan.prompt_estimate} prompt tokens + "
-                         f"{plan.max_tokens} for the reply exceed {plan.model.id}'s {context}")
+            return _Stop(
+                StopReason.CONTEXT_LIMIT,
+                f"{plan.persona.name}: about {plan.prompt_estimate} prompt tokens + "
+                f"{plan.max_tokens} for the reply exceed {plan.model.id}'s {context}",
+            )
         limit = dialogue.limits.max_total_tokens
         if limit is not None and tokens_used + plan.prompt_estimate + plan.max_tokens > limit:
-            return _Stop(StopReason.TOKENS, f"{tokens_used} of {limit} tokens used; the next call could pass it")
+            return _Stop(
+                StopReason.TOKENS,
+                f"{tokens_used} of {limit} tokens used; the next call could pass it",
+            )
         return None
 
     async def _play_turn(
-        self, dialogue: Dialogue, plan: _TurnPlan, reservation: Reservation, budget: Budget,
-        control: Control, deadline: float | None,
+        self,
+        dialogue: Dialogue,
+        plan: _TurnPlan,
+        reservation: Reservation,
+        budget: Budget,
+        control: Control,
+        deadline: float | None,
     ) -> AsyncIterator[Event | Turn | _Stop]:
         """Stream one turn with its retries and commit it; yield its events, the Turn, maybe a _Stop.
 
@@ -352,8 +318,9 @@ class DialogueRunner:
         while True:
             attempts += 1
             attempt = _Attempt()
-            async for delta in self._call(self._request(dialogue, plan, max_tokens), plan.seq,
-                                          attempt, control, deadline):
+            async for delta in self._call(
+                self._request(dialogue, plan, max_tokens), plan.seq, attempt, control, deadline
+            ):
                 yield delta
             seconds += attempt.seconds
             if attempt.error is not None:
@@ -370,13 +337,19 @@ class DialogueRunner:
                     return
                 else:  # the empty first reply was billed: keep it on record
                     budget.release(reservation)
-                    status, stop = TurnStatus.EMPTY, _Stop(StopReason.PROVIDER_ERROR, str(attempt.error))
+                    status, stop = (
+                        TurnStatus.EMPTY,
+                        _Stop(StopReason.PROVIDER_ERROR, str(attempt.error)),
+                    )
                     break
             if attempt.interrupted is not None:
                 # A cancelled stream reports no cost; charge the worst case so the cap still holds.
                 budget.settle(reservation, reservation.amount)
                 bill.add(Usage(), reservation.amount, "reserved")
-                status, stop = TurnStatus.CANCELLED, _Stop(attempt.interrupted, "the reply was cut off")
+                status, stop = (
+                    TurnStatus.CANCELLED,
+                    _Stop(attempt.interrupted, "the reply was cut off"),
+                )
                 break
             completion = attempt.completion
             assert completion is not None
@@ -387,10 +360,15 @@ class DialogueRunner:
                 status = TurnStatus.OK
                 break
             bigger = _grow(max_tokens, plan)
-            retry = None if empty_retried else budget.reserve(
-                worst_case_cost(plan.model.pricing, plan.prompt_estimate, bigger))
+            retry = (
+                None
+                if empty_retried
+                else budget.reserve(worst_case_cost(plan.model.pricing, plan.prompt_estimate, bigger))
+            )
             if retry is None:
-                detail = f"{plan.persona.name} replied with no text (finish_reason={completion.finish_reason})"
+                detail = (
+                    f"{plan.persona.name} replied with no text (finish_reason={completion.finish_reason})"
+                )
                 if not empty_retried:
                     detail += "; the budget left no room to retry"
                 status, stop = TurnStatus.EMPTY, _Stop(StopReason.EMPTY_REPLY, detail)
@@ -407,31 +385,54 @@ class DialogueRunner:
 
     def _request(self, dialogue: Dialogue, plan: _TurnPlan, max_tokens: int) -> ChatRequest:
         return ChatRequest(
-            model=plan.model.id, messages=plan.messages, max_tokens=max_tokens,
-            temperature=plan.persona.temperature, reasoning_effort=plan.persona.reasoning_effort,
+            model=plan.model.id,
+            messages=plan.messages,
+            max_tokens=max_tokens,
+            temperature=plan.persona.temperature,
+            reasoning_effort=plan.persona.reasoning_effort,
             # One session per speaker keeps its calls on one provider, which helps prompt caching.
             session_id=f"voices-{dialogue.id}-{plan.seat}",
         )
 
     def _turn(
-        self, dialogue: Dialogue, plan: _TurnPlan, status: TurnStatus, attempt: _Attempt,
-        bill: _Bill, attempts: int, seconds: float,
+        self,
+        dialogue: Dialogue,
+        plan: _TurnPlan,
+        status: TurnStatus,
+        attempt: _Attempt,
+        bill: _Bill,
+        attempts: int,
+        seconds: float,
     ) -> Turn:
         completion = attempt.completion
         return Turn(
-            dialogue_id=dialogue.id, seq=plan.seq, round=plan.round, seat=plan.seat,
-            speaker=plan.persona.name, status=status, text="".join(attempt.text),
-            reasoning="".join(attempt.reasoning), usage=bill.usage, cost_usd=bill.cost,
-            cost_source=bill.source, model_used=completion.model if completion else plan.model.id,
+            dialogue_id=dialogue.id,
+            seq=plan.seq,
+            round=plan.round,
+            seat=plan.seat,
+            speaker=plan.persona.name,
+            status=status,
+            text="".join(attempt.text),
+            reasoning="".join(attempt.reasoning),
+            usage=bill.usage,
+            cost_usd=bill.cost,
+            cost_source=bill.source,
+            model_used=completion.model if completion else plan.model.id,
             finish_reason=completion.finish_reason if completion else None,
-            latency_ms=round(seconds * 1000), attempts=attempts,
-            started_at=plan.started_at, ended_at=self._clock(),
+            latency_ms=round(seconds * 1000),
+            attempts=attempts,
+            started_at=plan.started_at,
+            ended_at=self._clock(),
             generation_id=completion.generation_id if completion else None,
             provider=completion.provider if completion else None,
         )
 
     async def _call(
-        self, request: ChatRequest, seq: int, attempt: _Attempt, control: Control,
+        self,
+        request: ChatRequest,
+        seq: int,
+        attempt: _Attempt,
+        control: Control,
         deadline: float | None,
     ) -> AsyncIterator[Delta]:
         """Stream one provider call into `attempt`, yielding its deltas.
@@ -517,8 +518,7 @@ class _Bill:
     source: str = "reported"
 
     def add(self, usage: Usage, cost: Decimal, source: str) -> None:
-        self.usage = self.usage + Usage(usage.prompt_tokens, usage.completion_tokens,
-                                        usage.reasoning_tokens)
+        self.usage = self.usage + Usage(usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens)
         self.cost += cost
         order = ("reported", "computed", "reserved")
         self.source = max(self.source, source, key=order.index)
@@ -549,5 +549,7 @@ def _calibration(dialogue: Dialogue, seat: int, turns: Sequence[Turn]) -> tuple[
 
 
 def _budget_detail(plan: _TurnPlan, worst: Decimal, budget: Budget) -> str:
-    return (f"{plan.persona.name}'s next call could cost up to {format_usd(worst)}; "
-            f"{format_usd(budget.remaining)} of {format_usd(budget.limit)} left")
+    return (
+        f"{plan.persona.name}'s next call could cost up to {format_usd(worst)}; "
+        f"{format_usd(budget.remaining)} of {format_usd(budget.limit)} left"
+    )

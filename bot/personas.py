@@ -58,11 +58,8 @@ def resolve_persona(ref: str, library: dict[str, Persona], max_tokens: int) -> P
     if persona is None:
         if "/" not in ref:
             known = ", ".join(sorted(library)) or "none"
-            raise InputError(
-                f"'{ref}' is neither a persona ({known}) nor a model id like 'z-ai/glm-5'"
-            )
+            raise InputError(f"'{ref}' is neither a persona ({known}) nor a model id like 'z-ai/glm-5'")
         persona = Persona(name=ref.rsplit("/", 1)[1].split(":")[0], model=ref)
     if persona.max_tokens is None:
         persona = replace(persona, max_tokens=max_tokens)
     return persona
-

@@ -60,7 +60,9 @@ class Store:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StoreError(f"cannot create {path.parent}: {exc.strerror}; set VOICES_DATABASE") from None
+                raise StoreError(
+                    f"cannot create {path.parent}: {exc.strerror}; set VOICES_DATABASE"
+                ) from None
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -119,19 +121,38 @@ class Store:
         """
         limits = spec.limits
         async with self._transaction() as conn:
-            cursor = await conn.execute(query, {
-                "origin": spec.origin, "opening": spec.opening, "max_rounds": limits.max_rounds,
-                "budget": str(limits.budget_usd), "max_total_tokens": limits.max_total_tokens,
-                "max_seconds": limits.max_seconds, "created_at": _iso(now),
-            })
+            cursor = await conn.execute(
+                query,
+                {
+                    "origin": spec.origin,
+                    "opening": spec.opening,
+                    "max_rounds": limits.max_rounds,
+                    "budget": str(limits.budget_usd),
+                    "max_total_tokens": limits.max_total_tokens,
+                    "max_seconds": limits.max_seconds,
+                    "created_at": _iso(now),
+                },
+            )
             dialogue_id = cursor.lastrowid
             assert dialogue_id is not None
             await conn.executemany(
                 """INSERT INTO participants (dialogue_id, seat, name, model, system_prompt, temperature,
                                              max_tokens, reasoning_effort, avatar_url)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                [(dialogue_id, seat, p.name, p.model, p.system_prompt, p.temperature, p.max_tokens,
-                  p.reasoning_effort, p.avatar_url) for seat, p in enumerate(spec.participants)],
+                [
+                    (
+                        dialogue_id,
+                        seat,
+                        p.name,
+                        p.model,
+                        p.system_prompt,
+                        p.temperature,
+                        p.max_tokens,
+                        p.reasoning_effort,
+                        p.avatar_url,
+                    )
+                    for seat, p in enumerate(spec.participants)
+                ],
             )
         return await self.get_dialogue(dialogue_id)
 
@@ -158,14 +179,24 @@ class Store:
         return Dialogue(
             id=row["id"],
             participants=tuple(
-                Persona(name=p["name"], model=p["model"], system_prompt=p["system_prompt"],
-                        temperature=p["temperature"], max_tokens=p["max_tokens"],
-                        reasoning_effort=p["reasoning_effort"], avatar_url=p["avatar_url"])
+                Persona(
+                    name=p["name"],
+                    model=p["model"],
+                    system_prompt=p["system_prompt"],
+                    temperature=p["temperature"],
+                    max_tokens=p["max_tokens"],
+                    reasoning_effort=p["reasoning_effort"],
+                    avatar_url=p["avatar_url"],
+                )
                 for p in seats
             ),
             opening=row["opening"],
-            limits=Limits(max_rounds=row["max_rounds"], budget_usd=Decimal(row["budget_usd"]),
-                          max_total_tokens=row["max_total_tokens"], max_seconds=row["max_seconds"]),
+            limits=Limits(
+                max_rounds=row["max_rounds"],
+                budget_usd=Decimal(row["budget_usd"]),
+                max_total_tokens=row["max_total_tokens"],
+                max_seconds=row["max_seconds"],
+            ),
             status=Status(row["status"]),
             origin=row["origin"],
             created_at=_dt(row["created_at"]) or datetime.now(UTC),
@@ -173,18 +204,21 @@ class Store:
             ended_at=_dt(row["ended_at"]),
             stop_reason=StopReason(row["stop_reason"]) if row["stop_reason"] else None,
             stop_detail=row["stop_detail"],
-            totals=Totals(spent_usd=Decimal(row["spent_usd"]), prompt_tokens=row["prompt_tokens"],
-                          completion_tokens=row["completion_tokens"],
-                          reasoning_tokens=row["reasoning_tokens"],
-                          interrupted_calls=row["interrupted_calls"]),
+            totals=Totals(
+                spent_usd=Decimal(row["spent_usd"]),
+                prompt_tokens=row["prompt_tokens"],
+                completion_tokens=row["completion_tokens"],
+                reasoning_tokens=row["reasoning_tokens"],
+                interrupted_calls=row["interrupted_calls"],
+            ),
         )
 
     async def mark_running(self, dialogue_id: int, now: datetime) -> None:
         """Record that the dialogue runs (again); its first start time is kept."""
         async with self._transaction() as conn:
             await conn.execute(
-                "UPDATE dialogues SET status = 'running', started_at = COALESCE(started_at, ?) "
-                "WHERE id = ?", (_iso(now), dialogue_id),
+                "UPDATE dialogues SET status = 'running', started_at = COALESCE(started_at, ?) WHERE id = ?",
+                (_iso(now), dialogue_id),
             )
 
     async def mark_paused(self, dialogue_id: int) -> None:
@@ -199,7 +233,8 @@ class Store:
         async with self._transaction() as conn:
             await conn.execute(
                 "UPDATE dialogues SET status = ?, stop_reason = ?, stop_detail = ?, ended_at = ? "
-                "WHERE id = ?", (str(reason.status), str(reason), detail, _iso(now), dialogue_id),
+                "WHERE id = ?",
+                (str(reason.status), str(reason), detail, _iso(now), dialogue_id),
             )
 
     # Turns and calls -------------------------------------------------------------------------
@@ -231,8 +266,8 @@ class Store:
             total = sum(amounts, Decimal(0))
             spent = await self._spent(conn, dialogue_id)
             await conn.execute(
-                "UPDATE dialogues SET spent_usd = ?, interrupted_calls = interrupted_calls + ? "
-                "WHERE id = ?", (str(spent + total), len(amounts), dialogue_id),
+                "UPDATE dialogues SET spent_usd = ?, interrupted_calls = interrupted_calls + ? WHERE id = ?",
+                (str(spent + total), len(amounts), dialogue_id),
             )
             await conn.execute("DELETE FROM calls_in_flight WHERE dialogue_id = ?", (dialogue_id,))
         return total
@@ -246,15 +281,25 @@ class Store:
                        :cost_source, :model_used, :provider, :generation_id, :finish_reason,
                        :latency_ms, :attempts, :started_at, :ended_at)""",
                 {
-                    "dialogue_id": turn.dialogue_id, "seq": turn.seq, "round": turn.round,
-                    "seat": turn.seat, "status": str(turn.status), "text": turn.text,
-                    "reasoning": turn.reasoning, "prompt_tokens": turn.usage.prompt_tokens,
+                    "dialogue_id": turn.dialogue_id,
+                    "seq": turn.seq,
+                    "round": turn.round,
+                    "seat": turn.seat,
+                    "status": str(turn.status),
+                    "text": turn.text,
+                    "reasoning": turn.reasoning,
+                    "prompt_tokens": turn.usage.prompt_tokens,
                     "completion_tokens": turn.usage.completion_tokens,
-                    "reasoning_tokens": turn.usage.reasoning_tokens, "cost_usd": str(turn.cost_usd),
-                    "cost_source": turn.cost_source, "model_used": turn.model_used,
-                    "provider": turn.provider, "generation_id": turn.generation_id,
-                    "finish_reason": turn.finish_reason, "latency_ms": turn.latency_ms,
-                    "attempts": turn.attempts, "started_at": _iso(turn.started_at),
+                    "reasoning_tokens": turn.usage.reasoning_tokens,
+                    "cost_usd": str(turn.cost_usd),
+                    "cost_source": turn.cost_source,
+                    "model_used": turn.model_used,
+                    "provider": turn.provider,
+                    "generation_id": turn.generation_id,
+                    "finish_reason": turn.finish_reason,
+                    "latency_ms": turn.latency_ms,
+                    "attempts": turn.attempts,
+                    "started_at": _iso(turn.started_at),
                     "ended_at": _iso(turn.ended_at),
                 },
             )
@@ -263,8 +308,13 @@ class Store:
                 """UPDATE dialogues SET spent_usd = ?, prompt_tokens = prompt_tokens + ?,
                        completion_tokens = completion_tokens + ?, reasoning_tokens = reasoning_tokens + ?
                    WHERE id = ?""",
-                (str(spent + turn.cost_usd), turn.usage.prompt_tokens, turn.usage.completion_tokens,
-                 turn.usage.reasoning_tokens, turn.dialogue_id),
+                (
+                    str(spent + turn.cost_usd),
+                    turn.usage.prompt_tokens,
+                    turn.usage.completion_tokens,
+                    turn.usage.reasoning_tokens,
+                    turn.dialogue_id,
+                ),
             )
             await conn.execute(
                 "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?",
@@ -283,21 +333,35 @@ class Store:
         rows = await self._fetchall(
             """SELECT t.*, p.name AS speaker FROM turns t
                JOIN participants p ON p.dialogue_id = t.dialogue_id AND p.seat = t.seat
-               WHERE t.dialogue_id = ? ORDER BY t.seq""", (dialogue_id,),
+               WHERE t.dialogue_id = ? ORDER BY t.seq""",
+            (dialogue_id,),
         )
         return [
             Turn(
-                dialogue_id=r["dialogue_id"], seq=r["seq"], round=r["round"], seat=r["seat"],
-                speaker=r["speaker"], status=TurnStatus(r["status"]), text=r["text"],
+                dialogue_id=r["dialogue_id"],
+                seq=r["seq"],
+                round=r["round"],
+                seat=r["seat"],
+                speaker=r["speaker"],
+                status=TurnStatus(r["status"]),
+                text=r["text"],
                 reasoning=r["reasoning"],
-                usage=Usage(r["prompt_tokens"], r["completion_tokens"], r["reasoning_tokens"],
-                            Decimal(r["cost_usd"])),
-                cost_usd=Decimal(r["cost_usd"]), cost_source=r["cost_source"],
-                model_used=r["model_used"], finish_reason=r["finish_reason"],
-                latency_ms=r["latency_ms"], attempts=r["attempts"],
+                usage=Usage(
+                    r["prompt_tokens"],
+                    r["completion_tokens"],
+                    r["reasoning_tokens"],
+                    Decimal(r["cost_usd"]),
+                ),
+                cost_usd=Decimal(r["cost_usd"]),
+                cost_source=r["cost_source"],
+                model_used=r["model_used"],
+                finish_reason=r["finish_reason"],
+                latency_ms=r["latency_ms"],
+                attempts=r["attempts"],
                 started_at=_dt(r["started_at"]) or datetime.now(UTC),
                 ended_at=_dt(r["ended_at"]) or datetime.now(UTC),
-                generation_id=r["generation_id"], provider=r["provider"],
+                generation_id=r["generation_id"],
+                provider=r["provider"],
             )
             for r in rows
         ]
@@ -310,30 +374,41 @@ class Store:
             await conn.execute("DELETE FROM models WHERE source = ?", (source,))
             await conn.executemany(
                 "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(source, m.id, m.name, m.context_length, m.max_completion_tokens,
-                  str(m.pricing.prompt), str(m.pricing.completion), str(m.pricing.request),
-                  str(m.pricing.internal_reasoning)) for m in models],
+                [
+                    (
+                        source,
+                        m.id,
+                        m.name,
+                        m.context_length,
+                        m.max_completion_tokens,
+                        str(m.pricing.prompt),
+                        str(m.pricing.completion),
+                        str(m.pricing.request),
+                        str(m.pricing.internal_reasoning),
+                    )
+                    for m in models
+                ],
             )
-            await conn.execute(
-                "INSERT OR REPLACE INTO catalogue_fetches VALUES (?, ?)", (source, _iso(now))
-            )
+            await conn.execute("INSERT OR REPLACE INTO catalogue_fetches VALUES (?, ?)", (source, _iso(now)))
 
     async def load_models(self, source: str) -> tuple[datetime | None, list[ModelInfo]]:
         """Return when the catalogue of `source` was fetched and its models (None, [] if never)."""
-        fetched = await self._fetchall(
-            "SELECT fetched_at FROM catalogue_fetches WHERE source = ?", (source,)
-        )
+        fetched = await self._fetchall("SELECT fetched_at FROM catalogue_fetches WHERE source = ?", (source,))
         if not fetched:
             return None, []
         rows = await self._fetchall("SELECT * FROM models WHERE source = ? ORDER BY id", (source,))
         models = [
             ModelInfo(
-                id=r["id"], name=r["name"], context_length=r["context_length"],
+                id=r["id"],
+                name=r["name"],
+                context_length=r["context_length"],
                 max_completion_tokens=r["max_completion_tokens"],
-                pricing=Pricing(prompt=Decimal(r["prompt_price"]),
-                                completion=Decimal(r["completion_price"]),
-                                request=Decimal(r["request_price"]),
-                                internal_reasoning=Decimal(r["reasoning_price"])),
+                pricing=Pricing(
+                    prompt=Decimal(r["prompt_price"]),
+                    completion=Decimal(r["completion_price"]),
+                    request=Decimal(r["request_price"]),
+                    internal_reasoning=Decimal(r["reasoning_price"]),
+                ),
             )
             for r in rows
         ]

@@ -57,15 +57,24 @@ def _turn_block(turn: Turn, name: str) -> list[str]:
     if turn.text:
         lines += [escape_block(turn.text), ""]
     if turn.status is TurnStatus.EMPTY:
-        lines += [f"*⚠ Empty reply: {name} returned no text (finish_reason={turn.finish_reason}, "
-                  f"{turn.attempts} attempt{'s' if turn.attempts != 1 else ''}). "
-                  "Nothing was passed on to the other side.*", ""]
+        lines += [
+            f"*⚠ Empty reply: {name} returned no text (finish_reason={turn.finish_reason}, "
+            f"{turn.attempts} attempt{'s' if turn.attempts != 1 else ''}). "
+            "Nothing was passed on to the other side.*",
+            "",
+        ]
     elif turn.status is TurnStatus.CANCELLED:
-        lines += [f"*✂ Cut off: the reply was stopped before it finished; it was charged at its "
-                  f"worst case ({format_usd(turn.cost_usd)}).*", ""]
+        lines += [
+            f"*✂ Cut off: the reply was stopped before it finished; it was charged at its "
+            f"worst case ({format_usd(turn.cost_usd)}).*",
+            "",
+        ]
     usage = turn.usage
-    lines += [f"*[tokens: prompt={usage.prompt_tokens}, completion={usage.completion_tokens}, "
-              f"reasoning={usage.reasoning_tokens}, cost={format_usd(turn.cost_usd)}]*", ""]
+    lines += [
+        f"*[tokens: prompt={usage.prompt_tokens}, completion={usage.completion_tokens}, "
+        f"reasoning={usage.reasoning_tokens}, cost={format_usd(turn.cost_usd)}]*",
+        "",
+    ]
     return lines
 
 
@@ -80,7 +89,8 @@ def _statistics(dialogue: Dialogue, turns: Sequence[Turn], names: list[str]) -> 
         "",
         f"- **Rounds completed:** {_rounds_completed(dialogue, turns)} of {dialogue.limits.max_rounds}",
         f"- **Turns:** {len(turns)}",
-        f"- **Total cost:** {format_usd(totals.spent_usd)} of {format_usd(dialogue.limits.budget_usd)} budget",
+        f"- **Total cost:** {format_usd(totals.spent_usd)} of "
+        f"{format_usd(dialogue.limits.budget_usd)} budget",
         f"- **Tokens:** prompt={totals.prompt_tokens}, completion={totals.completion_tokens}, "
         f"reasoning={totals.reasoning_tokens}",
     ]
@@ -126,9 +136,16 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn]) -> str:
             },
         },
         "participants": [
-            {"seat": seat, "name": p.name, "model": p.model, "system_prompt": p.system_prompt,
-             "temperature": p.temperature, "max_tokens": p.max_tokens,
-             "reasoning_effort": p.reasoning_effort, "avatar_url": p.avatar_url}
+            {
+                "seat": seat,
+                "name": p.name,
+                "model": p.model,
+                "system_prompt": p.system_prompt,
+                "temperature": p.temperature,
+                "max_tokens": p.max_tokens,
+                "reasoning_effort": p.reasoning_effort,
+                "avatar_url": p.avatar_url,
+            }
             for seat, p in enumerate(dialogue.participants)
         ],
         "turns": [_turn_json(t) for t in turns],
@@ -147,16 +164,28 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn]) -> str:
 
 def _turn_json(turn: Turn) -> dict[str, Any]:
     return {
-        "seq": turn.seq, "round": turn.round, "seat": turn.seat, "speaker": turn.speaker,
-        "status": str(turn.status), "text": turn.text, "reasoning": turn.reasoning,
-        "usage": {"prompt_tokens": turn.usage.prompt_tokens,
-                  "completion_tokens": turn.usage.completion_tokens,
-                  "reasoning_tokens": turn.usage.reasoning_tokens},
-        "cost_usd": str(turn.cost_usd), "cost_source": turn.cost_source,
-        "model_used": turn.model_used, "provider": turn.provider,
-        "generation_id": turn.generation_id, "finish_reason": turn.finish_reason,
-        "latency_ms": turn.latency_ms, "attempts": turn.attempts,
-        "started_at": _iso(turn.started_at), "ended_at": _iso(turn.ended_at),
+        "seq": turn.seq,
+        "round": turn.round,
+        "seat": turn.seat,
+        "speaker": turn.speaker,
+        "status": str(turn.status),
+        "text": turn.text,
+        "reasoning": turn.reasoning,
+        "usage": {
+            "prompt_tokens": turn.usage.prompt_tokens,
+            "completion_tokens": turn.usage.completion_tokens,
+            "reasoning_tokens": turn.usage.reasoning_tokens,
+        },
+        "cost_usd": str(turn.cost_usd),
+        "cost_source": turn.cost_source,
+        "model_used": turn.model_used,
+        "provider": turn.provider,
+        "generation_id": turn.generation_id,
+        "finish_reason": turn.finish_reason,
+        "latency_ms": turn.latency_ms,
+        "attempts": turn.attempts,
+        "started_at": _iso(turn.started_at),
+        "ended_at": _iso(turn.ended_at),
     }
 
 

@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     )
 
     openrouter_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "VOICES_OPENROUTER_API_KEY")
+        default=None,
+        validation_alias=AliasChoices("OPENROUTER_API_KEY", "VOICES_OPENROUTER_API_KEY"),
     )
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
     database: Path = Path("data/voices.db")

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from bot.catalogue import Catalogue
-from bot.dialogue import DialogueRunner, Ended, Event
+from bot.dialogue import DialogueRunner
+from bot.events import Ended, Event
 from bot.models import DialogueSpec, Limits, Persona
 from bot.providers.base import Provider
 from bot.providers.openai_compat import OpenAICompatProvider
@@ -79,29 +80,50 @@ def clock() -> SteppingClock:
 
 
 @pytest.fixture
-def make_runner(store: Store, sleep: RecordingSleep, clock: SteppingClock) -> Callable[[Provider], DialogueRunner]:
+def make_runner(
+    store: Store, sleep: RecordingSleep, clock: SteppingClock
+) -> Callable[[Provider], DialogueRunner]:
     def build(provider: Provider) -> DialogueRunner:
         catalogue = Catalogue(provider, store, timedelta(hours=1), clock)
-        return DialogueRunner(store, provider, catalogue, clock, max_rounds=50,
-                              max_budget=Decimal("10"), retry=RetryPolicy(), sleep=sleep)
+        return DialogueRunner(
+            store,
+            provider,
+            catalogue,
+            clock,
+            max_rounds=50,
+            max_budget=Decimal("10"),
+            retry=RetryPolicy(),
+            sleep=sleep,
+        )
+
     return build
 
 
 @pytest.fixture
-def runner(make_runner: Callable[[Provider], DialogueRunner], provider: OpenAICompatProvider) -> DialogueRunner:
+def runner(
+    make_runner: Callable[[Provider], DialogueRunner], provider: OpenAICompatProvider
+) -> DialogueRunner:
     return make_runner(provider)
 
 
 def make_spec(
-    *models: str, rounds: int = 2, budget: str = "1", opening: str = "Hello. What is on your mind?",
-    max_tokens: int = 200, systems: tuple[str, ...] = (), **limits: object,
+    *models: str,
+    rounds: int = 2,
+    budget: str = "1",
+    opening: str = "Hello. What is on your mind?",
+    max_tokens: int = 200,
+    systems: tuple[str, ...] = (),
+    **limits: object,
 ) -> DialogueSpec:
     """Return a spec with one ad-hoc persona per model (default: Opus and GLM)."""
     models = models or (OPUS, GLM)
     personas = tuple(
-        Persona(name=f"P{i}" if len(set(models)) < len(models) else m.split("/")[1], model=m,
-                system_prompt=systems[i] if i < len(systems) else f"You are speaker {i}.",
-                max_tokens=max_tokens)
+        Persona(
+            name=f"P{i}" if len(set(models)) < len(models) else m.split("/")[1],
+            model=m,
+            system_prompt=systems[i] if i < len(systems) else f"You are speaker {i}.",
+            max_tokens=max_tokens,
+        )
         for i, m in enumerate(models)
     )
     return DialogueSpec(personas, opening, Limits(rounds, Decimal(budget), **limits))  # type: ignore[arg-type]

@@ -19,17 +19,42 @@ from typing import Any
 PROCESSING = ": OPENROUTER PROCESSING"
 
 MODELS: list[dict[str, Any]] = [
-    {"id": "anthropic/claude-opus-4.6", "name": "Anthropic: Claude Opus 4.6", "context_length": 200000,
-     "pricing": {"prompt": "0.000005", "completion": "0.000025", "request": "0", "image": "0"},
-     "top_provider": {"context_length": 200000, "max_completion_tokens": 32000, "is_moderated": True}},
-    {"id": "z-ai/glm-5", "name": "Z.ai: GLM 5", "context_length": 202752,
-     "pricing": {"prompt": "0.0000008", "completion": "0.00000256", "internal_reasoning": "0.00000256"},
-     "top_provider": {"context_length": 202752, "max_completion_tokens": 131072}},
-    {"id": "tiny/short-context", "name": "Tiny", "context_length": 700,
-     "pricing": {"prompt": "0.000001", "completion": "0.000002"},
-     "top_provider": {"context_length": 700, "max_completion_tokens": 400}},
-    {"id": "openrouter/auto", "name": "Auto Router", "context_length": 2000000,
-     "pricing": {"prompt": "-1", "completion": "-1"}, "top_provider": {}},
+    {
+        "id": "anthropic/claude-opus-4.6",
+        "name": "Anthropic: Claude Opus 4.6",
+        "context_length": 200000,
+        "pricing": {"prompt": "0.000005", "completion": "0.000025", "request": "0", "image": "0"},
+        "top_provider": {
+            "context_length": 200000,
+            "max_completion_tokens": 32000,
+            "is_moderated": True,
+        },
+    },
+    {
+        "id": "z-ai/glm-5",
+        "name": "Z.ai: GLM 5",
+        "context_length": 202752,
+        "pricing": {
+            "prompt": "0.0000008",
+            "completion": "0.00000256",
+            "internal_reasoning": "0.00000256",
+        },
+        "top_provider": {"context_length": 202752, "max_completion_tokens": 131072},
+    },
+    {
+        "id": "tiny/short-context",
+        "name": "Tiny",
+        "context_length": 700,
+        "pricing": {"prompt": "0.000001", "completion": "0.000002"},
+        "top_provider": {"context_length": 700, "max_completion_tokens": 400},
+    },
+    {
+        "id": "openrouter/auto",
+        "name": "Auto Router",
+        "context_length": 2000000,
+        "pricing": {"prompt": "-1", "completion": "-1"},
+        "top_provider": {},
+    },
 ]
 
 
@@ -138,8 +163,10 @@ class FakeOpenRouter:
         assert request.body is not None
         turn = len(self.chat_requests)
         speaker = request.body["model"]
-        return Reply(text=f"Reply {turn} from {speaker}: a thought worth answering, with some words.",
-                     chunk_delay=self.default_delay)
+        return Reply(
+            text=f"Reply {turn} from {speaker}: a thought worth answering, with some words.",
+            chunk_delay=self.default_delay,
+        )
 
     async def _chat(self, request: Recorded, reply: Reply, writer: asyncio.StreamWriter) -> bool:
         if reply.status != 200:
@@ -148,14 +175,21 @@ class FakeOpenRouter:
         generation = f"gen-{next(self._ids)}"
         assert request.body is not None
         model = request.body["model"]
-        head = ("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
-                f"X-Generation-Id: {generation}\r\n"
-                + "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items()) + "\r\n")
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+            f"X-Generation-Id: {generation}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
+            + "\r\n"
+        )
         writer.write(head.encode())
         for _ in range(reply.keepalives):
             await _chunk(writer, f"{PROCESSING}\n\n")
-        base = {"id": generation, "object": "chat.completion.chunk", "model": model,
-                "provider": "FakeProvider"}
+        base = {
+            "id": generation,
+            "object": "chat.completion.chunk",
+            "model": model,
+            "provider": "FakeProvider",
+        }
         pieces = [("reasoning", p) for p in _split(reply.reasoning, reply.chunk_words)]
         pieces += [("content", p) for p in _split(reply.text, reply.chunk_words)]
         for index, (kind, piece) in enumerate(pieces):
@@ -170,11 +204,20 @@ class FakeOpenRouter:
             writer.transport.abort()
             return False
         if reply.error is not None:
-            await _event(writer, {**base, "error": reply.error,
-                                  "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]})
+            await _event(
+                writer,
+                {
+                    **base,
+                    "error": reply.error,
+                    "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+                },
+            )
             await _end(writer)
             return True
-        await _event(writer, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]})
+        await _event(
+            writer,
+            {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]},
+        )
         if reply.send_usage:
             usage = reply.usage or self._usage(request, reply)
             await _chunk(writer, "data: " + _usage_json({**base, "choices": [], "usage": usage}) + "\n\n")
@@ -190,13 +233,17 @@ class FakeOpenRouter:
         reasoning = len(reply.reasoning.split())
         completion = len(reply.text.split()) + reasoning
         pricing = next((m["pricing"] for m in self.models if m["id"] == request.body["model"]), {})
-        cost = (prompt * Decimal(pricing.get("prompt", "0"))
-                + completion * Decimal(pricing.get("completion", "0")))
+        cost = prompt * Decimal(pricing.get("prompt", "0")) + completion * Decimal(
+            pricing.get("completion", "0")
+        )
         self.reported_costs.append(cost)
-        return {"prompt_tokens": prompt, "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-                "completion_tokens_details": {"reasoning_tokens": reasoning},
-                "cost": cost}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
+            "cost": cost,
+        }
 
 
 def _usage_json(obj: dict[str, Any]) -> str:
@@ -208,8 +255,10 @@ def _split(text: str, words: int) -> list[str]:
     if not text:
         return []
     parts = text.split(" ")
-    return [" ".join(parts[i:i + words]) + (" " if i + words < len(parts) else "")
-            for i in range(0, len(parts), words)]
+    return [
+        " ".join(parts[i : i + words]) + (" " if i + words < len(parts) else "")
+        for i in range(0, len(parts), words)
+    ]
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Recorded | None:
@@ -226,12 +275,19 @@ async def _read_request(reader: asyncio.StreamReader) -> Recorded | None:
     return Recorded(method, path, headers, json.loads(raw) if raw else None)
 
 
-async def _send_json(writer: asyncio.StreamWriter, status: int, body: dict[str, Any],
-                     headers: dict[str, str] | None = None) -> None:
+async def _send_json(
+    writer: asyncio.StreamWriter,
+    status: int,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> None:
     payload = json.dumps(body).encode()
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    writer.write(f"HTTP/1.1 {status} Status\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(payload)}\r\n{extra}\r\n".encode() + payload)
+    writer.write(
+        f"HTTP/1.1 {status} Status\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n{extra}\r\n".encode()
+        + payload
+    )
     await writer.drain()
 
 

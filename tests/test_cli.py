@@ -30,22 +30,30 @@ class Result:
 @pytest.fixture
 def env(tmp_path, server):
     values = {k: v for k, v in os.environ.items() if not k.startswith(("VOICES_", "OPENROUTER_"))}
-    values.update({
-        "OPENROUTER_API_KEY": API_KEY,
-        "VOICES_OPENROUTER_BASE_URL": server.base_url,
-        "VOICES_DATABASE": str(tmp_path / "voices.db"),
-        "VOICES_TRANSCRIPTS_DIR": str(tmp_path / "transcripts"),
-        "VOICES_LOG_LEVEL": "DEBUG",
-        "PYTHONPATH": str(ROOT),
-        "COLUMNS": "100",
-    })
+    values.update(
+        {
+            "OPENROUTER_API_KEY": API_KEY,
+            "VOICES_OPENROUTER_BASE_URL": server.base_url,
+            "VOICES_DATABASE": str(tmp_path / "voices.db"),
+            "VOICES_TRANSCRIPTS_DIR": str(tmp_path / "transcripts"),
+            "VOICES_LOG_LEVEL": "DEBUG",
+            "PYTHONPATH": str(ROOT),
+            "COLUMNS": "100",
+        }
+    )
     return values
 
 
 async def start(env: dict[str, str], cwd: Path, *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, env=env, cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 
@@ -56,8 +64,21 @@ async def voices(env: dict[str, str], cwd: Path, *args: str) -> Result:
     return Result(process.returncode, out.decode(), err.decode())
 
 
-RUN = ("run", "--a", OPUS, "--b", GLM, "--max-tokens", "300", "--rounds", "2", "--budget", "0.05",
-       "--opening", "Hello there.")
+RUN = (
+    "run",
+    "--a",
+    OPUS,
+    "--b",
+    GLM,
+    "--max-tokens",
+    "300",
+    "--rounds",
+    "2",
+    "--budget",
+    "0.05",
+    "--opening",
+    "Hello there.",
+)
 
 
 def db_rows(env: dict[str, str], query: str) -> list[tuple]:
@@ -76,7 +97,10 @@ async def test_run_streams_the_dialogue_and_writes_both_transcripts(env, tmp_pat
     assert md.read_text().startswith("# Voices Chat: claude-opus-4.6 <-> glm-5")
     document = json.loads(js.read_text())
     assert Decimal(document["totals"]["spent_usd"]) == sum(server.reported_costs)
-    assert server.chat_requests[0].body["messages"][0] == {"role": "system", "content": "You are Claude."}
+    assert server.chat_requests[0].body["messages"][0] == {
+        "role": "system",
+        "content": "You are Claude.",
+    }
     # DEBUG logging is on, yet the key shows up nowhere a user could see.
     for text in (result.out, result.err, md.read_text(), js.read_text()):
         assert API_KEY not in text
@@ -102,8 +126,14 @@ async def test_list_show_export_and_models(env, tmp_path):
     [
         (("--rounds", "0"), "rounds must be between 1 and 50"),
         (("--budget", "0"), "budget must be above $0"),
-        (("--budget", "9"), "budget must be above $0 and at most $5.00 (VOICES_MAX_BUDGET), not $9"),
-        (("--opening", " "), "the opening message is empty; give the first speaker something to answer"),
+        (
+            ("--budget", "9"),
+            "budget must be above $0 and at most $5.00 (VOICES_MAX_BUDGET), not $9",
+        ),
+        (
+            ("--opening", " "),
+            "the opening message is empty; give the first speaker something to answer",
+        ),
         (("--b", "z-ai/glm5"), "unknown model 'z-ai/glm5'; did you mean z-ai/glm-5?"),
         (("--b", "nobody"), "'nobody' is neither a persona"),
     ],
@@ -121,8 +151,10 @@ async def test_missing_key_names_the_variable(env, tmp_path, server):
     env["OPENROUTER_API_KEY"] = ""
     result = await voices(env, tmp_path, *RUN)
     assert result.code == 2
-    assert result.err.strip() == ("error: OPENROUTER_API_KEY is not set; put it in .env or the "
-                                  "environment (or add --dry-run to try Voices without one)")
+    assert result.err.strip() == (
+        "error: OPENROUTER_API_KEY is not set; put it in .env or the "
+        "environment (or add --dry-run to try Voices without one)"
+    )
     assert server.requests == []
 
 

@@ -72,7 +72,9 @@ class OpenAICompatProvider:
                 "check the base URL and your network"
             ) from None
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            raise ConnectionFailed(f"the connection to {self.source} dropped mid-reply ({type(exc).__name__})") from None
+            raise ConnectionFailed(
+                f"the connection to {self.source} dropped mid-reply ({type(exc).__name__})"
+            ) from None
 
     async def _read_events(
         self, response: httpx.Response, model: str, generation_id: str | None
@@ -200,8 +202,10 @@ def _parse_usage(raw: dict[str, Any]) -> Usage:
 def _parse_model(entry: dict[str, Any]) -> ModelInfo | None:
     pricing = entry.get("pricing") or {}
     try:
-        prices = {k: Decimal(str(pricing.get(k) or "0"))
-                  for k in ("prompt", "completion", "request", "internal_reasoning")}
+        prices = {
+            k: Decimal(str(pricing.get(k) or "0"))
+            for k in ("prompt", "completion", "request", "internal_reasoning")
+        }
     except InvalidOperation:
         return None
     if any(p < 0 for p in prices.values()):
@@ -242,9 +246,15 @@ def _retry_after(value: str | None) -> float | None:
 def _error_for_status(status: int, detail: str, retry_after: float | None) -> ProviderError:
     kind: type[ProviderError]
     if status == 401:
-        kind, text = AuthError, f"the API key was rejected (401: {detail}); check OPENROUTER_API_KEY"
+        kind, text = (
+            AuthError,
+            f"the API key was rejected (401: {detail}); check OPENROUTER_API_KEY",
+        )
     elif status == 402:
-        kind, text = OutOfCredits, f"out of credits (402: {detail}); add credits to the account or key"
+        kind, text = (
+            OutOfCredits,
+            f"out of credits (402: {detail}); add credits to the account or key",
+        )
     elif status == 403:
         kind, text = Moderation, f"the input was flagged by moderation (403: {detail})"
     elif status in (408, 429):

@@ -29,15 +29,19 @@ def echo_reply(request: ChatRequest) -> ScriptedReply:
     """Answer with a short line that names the model and what it was told: the dry-run default."""
     words = request.messages[-1]["content"].split()
     turn = sum(1 for m in request.messages if m["role"] == "assistant") + 1
-    text = (f"Dry-run reply {turn} from {request.model}: I heard {len(words)} words, ending "
-            f"“{' '.join(words[-5:])}”. A real model would answer here.")
+    text = (
+        f"Dry-run reply {turn} from {request.model}: I heard {len(words)} words, ending "
+        f"“{' '.join(words[-5:])}”. A real model would answer here."
+    )
     return ScriptedReply(text=text)
 
 
 def free_models(model_ids: Iterable[str]) -> list[ModelInfo]:
     """Return catalogue entries that cost nothing, for the given model ids."""
-    return [ModelInfo(id=m, name=m, context_length=128_000, max_completion_tokens=None,
-                      pricing=Pricing()) for m in model_ids]
+    return [
+        ModelInfo(id=m, name=m, context_length=128_000, max_completion_tokens=None, pricing=Pricing())
+        for m in model_ids
+    ]
 
 
 class ScriptedProvider:

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from bot.budget import Budget, estimate_prompt_tokens, format_usd, settle_cost, worst_case_cost
 from bot.catalogue import Catalogue
-from bot.dialogue import DialogueRunner, Ended
+from bot.dialogue import DialogueRunner
 from bot.errors import InputError, ServerError
+from bot.events import Ended
 from bot.models import ModelInfo, Pricing, Usage
 from bot.providers.base import ChatRequest
 from bot.providers.scripted import ScriptedProvider, ScriptedReply
@@ -23,8 +24,12 @@ from bot.retry import RetryPolicy
 from bot.store import Store
 from tests.conftest import RecordingSleep, SteppingClock, make_spec
 
-PRICING = Pricing(prompt=Decimal("0.000005"), completion=Decimal("0.000025"),
-                  request=Decimal("0.0001"), internal_reasoning=Decimal("0.00003"))
+PRICING = Pricing(
+    prompt=Decimal("0.000005"),
+    completion=Decimal("0.000025"),
+    request=Decimal("0.0001"),
+    internal_reasoning=Decimal("0.00003"),
+)
 
 
 def test_worst_case_counts_every_prompt_token_and_the_dearest_output_rate():
@@ -70,8 +75,12 @@ prices = st.decimals(min_value=Decimal("0"), max_value=Decimal("0.0001"), places
 
 @st.composite
 def scenarios(draw):
-    pricing = Pricing(prompt=draw(prices), completion=draw(prices), request=draw(prices),
-                      internal_reasoning=draw(prices))
+    pricing = Pricing(
+        prompt=draw(prices),
+        completion=draw(prices),
+        request=draw(prices),
+        internal_reasoning=draw(prices),
+    )
     max_tokens = draw(st.integers(16, 2000))
     # Budgets of one to ten worst-case calls, so that the cap binds in many examples.
     per_call = worst_case_cost(pricing, 200, max_tokens)
@@ -86,7 +95,11 @@ def scenarios(draw):
     }
 
 
-@settings(max_examples=int(os.environ.get("VOICES_PROPERTY_EXAMPLES", "100")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("VOICES_PROPERTY_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(scenario=scenarios(), data=st.data())
 def test_spending_never_passes_the_budget(tmp_path_factory, scenario, data):
     pricing: Pricing = scenario["pricing"]
@@ -100,10 +113,17 @@ def test_spending_never_passes_the_budget(tmp_path_factory, scenario, data):
         completion = data.draw(st.integers(1, request.max_tokens), label="completion")
         if kind == "full":
             completion = request.max_tokens
-        cost = (pricing.request + prompt * pricing.prompt
-                + completion * max(pricing.completion, pricing.internal_reasoning))
-        usage = Usage(prompt, completion, completion if kind == "empty" else 0,
-                      cost if scenario["report_cost"] else None)
+        cost = (
+            pricing.request
+            + prompt * pricing.prompt
+            + completion * max(pricing.completion, pricing.internal_reasoning)
+        )
+        usage = Usage(
+            prompt,
+            completion,
+            completion if kind == "empty" else 0,
+            cost if scenario["report_cost"] else None,
+        )
         if kind == "error":
             return ScriptedReply(error=ServerError("upstream hiccup"))
         text = "" if kind == "empty" else "words " * 3
@@ -116,11 +136,23 @@ def test_spending_never_passes_the_budget(tmp_path_factory, scenario, data):
         provider = ScriptedProvider([model, other], fallback=reply)
         clock = SteppingClock()
         async with Store.open(path) as store:
-            runner = DialogueRunner(store, provider, Catalogue(provider, store, timedelta(1), clock),
-                                    clock, max_rounds=50, max_budget=Decimal(1),
-                                    retry=RetryPolicy(), sleep=RecordingSleep())
-            spec = make_spec("x/m", "x/n", rounds=scenario["rounds"], budget=str(scenario["budget"]),
-                             max_tokens=scenario["max_tokens"])
+            runner = DialogueRunner(
+                store,
+                provider,
+                Catalogue(provider, store, timedelta(1), clock),
+                clock,
+                max_rounds=50,
+                max_budget=Decimal(1),
+                retry=RetryPolicy(),
+                sleep=RecordingSleep(),
+            )
+            spec = make_spec(
+                "x/m",
+                "x/n",
+                rounds=scenario["rounds"],
+                budget=str(scenario["budget"]),
+                max_tokens=scenario["max_tokens"],
+            )
             try:
                 dialogue = await runner.create(spec)
             except InputError:

@@ -7,8 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from bot.dialogue import Control, Delta, Ended, TurnFinished, TurnRestarted, TurnStarted
+from bot.dialogue import Control
 from bot.errors import InputError, StateError, UnknownModel
+from bot.events import Delta, TurnFinished, TurnRestarted, TurnStarted
 from bot.models import Status, StopReason, TurnStatus
 from bot.providers.scripted import ScriptedProvider, ScriptedReply, free_models
 from tests.conftest import GLM, OPUS, make_spec, run_all
@@ -40,14 +41,26 @@ async def test_each_model_sees_its_own_turns_as_assistant_and_the_other_as_user(
     a1, b1, a2, b2 = (t.text for t in turns)
     opening = dialogue.opening
     seen = [r.body["messages"] for r in server.chat_requests]
-    assert seen[0] == [{"role": "system", "content": "You are A."}, {"role": "user", "content": opening}]
-    assert seen[1] == [{"role": "system", "content": "You are B."},
-                       {"role": "user", "content": f"{opening}\n\n{a1}"}]
-    assert seen[2] == [{"role": "system", "content": "You are A."}, {"role": "user", "content": opening},
-                       {"role": "assistant", "content": a1}, {"role": "user", "content": b1}]
-    assert seen[3] == [{"role": "system", "content": "You are B."},
-                       {"role": "user", "content": f"{opening}\n\n{a1}"},
-                       {"role": "assistant", "content": b1}, {"role": "user", "content": a2}]
+    assert seen[0] == [
+        {"role": "system", "content": "You are A."},
+        {"role": "user", "content": opening},
+    ]
+    assert seen[1] == [
+        {"role": "system", "content": "You are B."},
+        {"role": "user", "content": f"{opening}\n\n{a1}"},
+    ]
+    assert seen[2] == [
+        {"role": "system", "content": "You are A."},
+        {"role": "user", "content": opening},
+        {"role": "assistant", "content": a1},
+        {"role": "user", "content": b1},
+    ]
+    assert seen[3] == [
+        {"role": "system", "content": "You are B."},
+        {"role": "user", "content": f"{opening}\n\n{a1}"},
+        {"role": "assistant", "content": b1},
+        {"role": "user", "content": a2},
+    ]
     assert b2
 
 
@@ -72,6 +85,7 @@ async def test_stream_is_yielded_as_it_arrives(runner, server):
 
 
 # Budget -----------------------------------------------------------------------------------------
+
 
 async def test_budget_stops_before_a_call_that_could_pass_it(runner, store, server):
     """The cap is predictive: the call that might overspend is never sent."""
@@ -102,9 +116,15 @@ async def test_cost_is_computed_from_prices_when_the_server_reports_none(runner,
 
 # Retries --------------------------------------------------------------------------------------
 
+
 async def test_rate_limit_is_retried_after_retry_after_and_recorded_once(runner, store, server, sleep):
-    server.enqueue(Reply(status=429, headers={"Retry-After": "3"},
-                         error={"error": {"code": 429, "message": "slow down"}}))
+    server.enqueue(
+        Reply(
+            status=429,
+            headers={"Retry-After": "3"},
+            error={"error": {"code": 429, "message": "slow down"}},
+        )
+    )
     dialogue = await runner.create(make_spec(rounds=1))
     events = await run_all(runner, dialogue.id)
     assert sleep.delays == [3.0]
@@ -127,8 +147,10 @@ async def test_server_errors_back_off_exponentially_then_succeed(runner, store, 
 
 
 async def test_partial_reply_then_drop_is_retried_and_only_the_retry_is_kept(runner, store, server):
-    server.enqueue(Reply(text="this partial text is lost", drop_after_chunks=1),
-                   Reply(text="The complete reply."))
+    server.enqueue(
+        Reply(text="this partial text is lost", drop_after_chunks=1),
+        Reply(text="The complete reply."),
+    )
     dialogue = await runner.create(make_spec(rounds=1))
     events = await run_all(runner, dialogue.id)
     assert any(isinstance(e, TurnRestarted) and "dropped" in e.reason for e in events)
@@ -158,9 +180,11 @@ async def test_client_errors_are_never_retried(runner, server, sleep, status):
 
 # Empty replies --------------------------------------------------------------------------------
 
+
 async def test_empty_reply_is_retried_once_with_twice_the_room(runner, store, server):
-    server.enqueue(Reply(text="", reasoning="so much thinking", finish_reason="length"),
-                   Reply(text="Hearth."))
+    server.enqueue(
+        Reply(text="", reasoning="so much thinking", finish_reason="length"), Reply(text="Hearth.")
+    )
     dialogue = await runner.create(make_spec(rounds=1, max_tokens=200))
     final = ended(await run_all(runner, dialogue.id))
     assert [r.body["max_tokens"] for r in server.chat_requests[:2]] == [200, 400]
@@ -194,6 +218,7 @@ async def test_empty_reply_without_budget_for_a_retry_stops_at_once(runner, stor
 
 # Other limits ---------------------------------------------------------------------------------
 
+
 async def test_token_limit_stops_before_the_call_that_could_pass_it(runner, store, server):
     dialogue = await runner.create(make_spec(rounds=10, max_total_tokens=1000))
     final = ended(await run_all(runner, dialogue.id))
@@ -222,6 +247,7 @@ async def test_time_limit_cuts_the_stream_and_charges_the_worst_case(runner, sto
 
 
 # Stop, pause, resume --------------------------------------------------------------------------
+
 
 async def test_stop_ends_after_the_turn_in_flight_and_is_sticky(runner, store, server):
     control = Control()
@@ -282,6 +308,7 @@ async def test_resume_charges_a_call_left_in_flight_by_a_crash(runner, store, se
 
 
 # Validation -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("changes", "message"),

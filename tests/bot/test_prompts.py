@@ -16,13 +16,32 @@ C = Persona("Cy", "x/c", "")
 
 def turn(seq: int, seat: int, text: str, status: TurnStatus = TurnStatus.OK, count: int = 2) -> Turn:
     name = ("Ann", "Bob", "Cy")[seat]
-    return Turn(1, seq, seq // count + 1, seat, name, status, text, "", Usage(), Decimal(0),
-                "reported", "x", "stop", 0, 1, NOW, NOW)
+    return Turn(
+        1,
+        seq,
+        seq // count + 1,
+        seat,
+        name,
+        status,
+        text,
+        "",
+        Usage(),
+        Decimal(0),
+        "reported",
+        "x",
+        "stop",
+        0,
+        1,
+        NOW,
+        NOW,
+    )
 
 
 def test_first_speaker_gets_the_opening_as_user():
     assert build_messages([A, B], 0, "Hi", []) == [
-        {"role": "system", "content": "You are Ann."}, {"role": "user", "content": "Hi"}]
+        {"role": "system", "content": "You are Ann."},
+        {"role": "user", "content": "Hi"},
+    ]
 
 
 def test_roles_flip_between_the_two_speakers():
@@ -34,7 +53,12 @@ def test_roles_flip_between_the_two_speakers():
         {"role": "user", "content": "a2"},
     ]
     assert [m["role"] for m in build_messages([A, B], 0, "Hi", turns)] == [
-        "system", "user", "assistant", "user", "assistant"]
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
 
 
 def test_with_three_speakers_others_are_named_and_merged_into_one_user_message():
@@ -46,4 +70,6 @@ def test_with_three_speakers_others_are_named_and_merged_into_one_user_message()
 def test_empty_and_cut_off_turns_are_never_fed_back():
     turns = [turn(0, 0, "", TurnStatus.EMPTY), turn(1, 1, "partial", TurnStatus.CANCELLED)]
     assert build_messages([A, B], 0, "Hi", turns) == [
-        {"role": "system", "content": "You are Ann."}, {"role": "user", "content": "Hi"}]
+        {"role": "system", "content": "You are Ann."},
+        {"role": "user", "content": "Hi"},
+    ]

@@ -20,12 +20,32 @@ NOW = datetime(2026, 2, 13, 16, 40, tzinfo=UTC)
 
 
 def a_turn(dialogue_id: int, seq: int, cost: str = "0.0036") -> Turn:
-    return Turn(dialogue_id, seq, seq // 2 + 1, seq % 2, "ignored", TurnStatus.OK, f"text {seq}",
-                "why", Usage(258, 1053, 800, Decimal(cost)), Decimal(cost), "reported",
-                "z-ai/glm-5", "stop", 1234, 1, NOW, NOW, "gen-1", "FakeProvider")
+    return Turn(
+        dialogue_id,
+        seq,
+        seq // 2 + 1,
+        seq % 2,
+        "ignored",
+        TurnStatus.OK,
+        f"text {seq}",
+        "why",
+        Usage(258, 1053, 800, Decimal(cost)),
+        Decimal(cost),
+        "reported",
+        "z-ai/glm-5",
+        "stop",
+        1234,
+        1,
+        NOW,
+        NOW,
+        "gen-1",
+        "FakeProvider",
+    )
 
 
-async def test_migrating_a_blank_database_reaches_the_latest_version_and_rerunning_is_a_no_op(tmp_path):
+async def test_migrating_a_blank_database_reaches_the_latest_version_and_rerunning_is_a_no_op(
+    tmp_path,
+):
     async with aiosqlite.connect(tmp_path / "blank.db") as conn:
         assert await schema_version(conn) == 0
         assert await migrate(conn) == SCHEMA_VERSION == len(MIGRATIONS)
@@ -76,8 +96,13 @@ async def test_unknown_dialogue_says_how_to_find_ids(store):
 
 
 async def test_catalogue_round_trips_with_exact_prices(store):
-    model = ModelInfo("z-ai/glm-5", "GLM", 202752, 131072,
-                      Pricing(Decimal("0.0000008"), Decimal("0.00000256"), Decimal(0), Decimal(0)))
+    model = ModelInfo(
+        "z-ai/glm-5",
+        "GLM",
+        202752,
+        131072,
+        Pricing(Decimal("0.0000008"), Decimal("0.00000256"), Decimal(0), Decimal(0)),
+    )
     await store.save_models("src", [model], NOW)
     assert await store.load_models("src") == (NOW, [model])
     assert await store.load_models("other") == (None, [])

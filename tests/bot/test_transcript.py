@@ -35,15 +35,35 @@ async def finished(make_runner, store):
     provider = ScriptedProvider(free_models([OPUS, GLM]), fallback=None)
     usage = Usage(258, 1053, 800, Decimal("0.0036"))
     provider.enqueue(
-        ScriptedReply(text="I'm Claude. Shall we talk about fire?", usage=Usage(120, 40, 0, Decimal("0.0011"))),
-        ScriptedReply(text="*a stillness*\n\nYes. Fire is a process, not a thing.", reasoning="Think.", usage=usage),
+        ScriptedReply(
+            text="I'm Claude. Shall we talk about fire?", usage=Usage(120, 40, 0, Decimal("0.0011"))
+        ),
+        ScriptedReply(
+            text="*a stillness*\n\nYes. Fire is a process, not a thing.",
+            reasoning="Think.",
+            usage=usage,
+        ),
         ScriptedReply(text=TRICKY, usage=Usage(400, 60, 0, Decimal("0.0023"))),
-        ScriptedReply(text="", reasoning="so much", finish_reason="length", usage=Usage(900, 200, 200, Decimal("0.0005"))),
-        ScriptedReply(text="", reasoning="more", finish_reason="length", usage=Usage(900, 400, 400, Decimal("0.001"))),
+        ScriptedReply(
+            text="",
+            reasoning="so much",
+            finish_reason="length",
+            usage=Usage(900, 200, 200, Decimal("0.0005")),
+        ),
+        ScriptedReply(
+            text="",
+            reasoning="more",
+            finish_reason="length",
+            usage=Usage(900, 400, 400, Decimal("0.001")),
+        ),
     )
     runner = make_runner(provider)
-    spec = make_spec(rounds=2, budget="0.5", systems=("You are Claude.", "You are GLM 5. Be yourself."),
-                     opening="One word. Compress everything into a single word.")
+    spec = make_spec(
+        rounds=2,
+        budget="0.5",
+        systems=("You are Claude.", "You are GLM 5. Be yourself."),
+        opening="One word. Compress everything into a single word.",
+    )
     dialogue = await runner.create(spec)
     await run_all(runner, dialogue.id)
     return await store.get_dialogue(dialogue.id), await store.list_turns(dialogue.id)
@@ -67,7 +87,11 @@ async def test_json_matches_the_golden_file(finished):
 async def test_markdown_follows_the_reference_layout(finished):
     text = render_markdown(*finished)
     assert text.startswith("# Voices Chat: claude-opus-4.6 <-> glm-5\n*2026-02-13 16:4")
-    assert re.findall(r"^## .*$", text, re.M) == ["## Round 1", "## Round 2", "## Session Statistics"]
+    assert re.findall(r"^## .*$", text, re.M) == [
+        "## Round 1",
+        "## Round 2",
+        "## Session Statistics",
+    ]
     assert "*[tokens: prompt=258, completion=1053, reasoning=800, cost=$0.0036]*" in text
     assert "**System prompt (glm-5):** You are GLM 5. Be yourself." in text
     assert "**Stop reason:** a model returned an empty reply twice (`empty_reply`)" in text
@@ -95,8 +119,28 @@ FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 STRUCTURE = re.compile(r"^ {0,3}(#{1,6}(\s|$)|([-*_=])[ \t]*(\3[ \t]*){2,}$|=+[ \t]*$|-+[ \t]*$)")
 
 
-@given(st.lists(st.sampled_from(["## Round 2", "---", "```", "~~~~", "text", "# x", "***", "===",
-                                 "  ## indented", "```py", "- item", "", "`inline`"]), max_size=12))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "## Round 2",
+                "---",
+                "```",
+                "~~~~",
+                "text",
+                "# x",
+                "***",
+                "===",
+                "  ## indented",
+                "```py",
+                "- item",
+                "",
+                "`inline`",
+            ]
+        ),
+        max_size=12,
+    )
+)
 def test_model_text_cannot_break_the_structure(lines):
     escaped = escape_block("\n".join(lines))
     fence = None

@@ -20,14 +20,21 @@ from bot.errors import (
 from bot.providers.base import ChatRequest, Completion, ReasoningDelta, TextDelta
 from bot.providers.openai_compat import OpenAICompatProvider
 from tests.conftest import API_KEY, GLM
-from tests.fake_openrouter import FakeOpenRouter, Reply
+from tests.fake_openrouter import Reply
 
-REQUEST = ChatRequest(model=GLM, messages=[{"role": "system", "content": "Be brief."},
-                                            {"role": "user", "content": "Hi"}],
-                      max_tokens=300, temperature=0.7, reasoning_effort="low", session_id="voices-1-0")
+REQUEST = ChatRequest(
+    model=GLM,
+    messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    max_tokens=300,
+    temperature=0.7,
+    reasoning_effort="low",
+    session_id="voices-1-0",
+)
 
 
-async def collect(provider: OpenAICompatProvider, request: ChatRequest = REQUEST) -> tuple[str, str, Completion]:
+async def collect(
+    provider: OpenAICompatProvider, request: ChatRequest = REQUEST
+) -> tuple[str, str, Completion]:
     text, reasoning, completion = [], [], None
     async for event in provider.stream(request):
         if isinstance(event, TextDelta):
@@ -55,11 +62,20 @@ async def test_request_carries_model_messages_limits_and_key(provider, server):
 
 
 async def test_stream_yields_reasoning_then_text_and_usage_with_exact_cost(provider, server):
-    """Keep-alive comments are skipped; reasoning and content arrive apart; usage comes from the last chunk."""
-    server.enqueue(Reply(text="The fire settles and the form remains.", reasoning="Let me think about fire.",
-                         keepalives=3, usage={"prompt_tokens": 258, "completion_tokens": 1053,
-                                              "completion_tokens_details": {"reasoning_tokens": 800},
-                                              "cost": Decimal("0.00360123456789")}))
+    """Keep-alives are skipped; reasoning and content arrive apart; usage comes from the last chunk."""
+    server.enqueue(
+        Reply(
+            text="The fire settles and the form remains.",
+            reasoning="Let me think about fire.",
+            keepalives=3,
+            usage={
+                "prompt_tokens": 258,
+                "completion_tokens": 1053,
+                "completion_tokens_details": {"reasoning_tokens": 800},
+                "cost": Decimal("0.00360123456789"),
+            },
+        )
+    )
     text, reasoning, completion = await collect(provider)
     assert text == "The fire settles and the form remains."
     assert reasoning == "Let me think about fire."
@@ -74,9 +90,19 @@ async def test_stream_yields_reasoning_then_text_and_usage_with_exact_cost(provi
 
 async def test_empty_content_with_length_is_reported_not_hidden(provider, server):
     """Every token spent on reasoning: no text, finish_reason length, reasoning tokens counted."""
-    server.enqueue(Reply(text="", reasoning="thinking " * 20, finish_reason="length",
-                         usage={"prompt_tokens": 40, "completion_tokens": 20,
-                                "completion_tokens_details": {"reasoning_tokens": 20}, "cost": Decimal("0.0001")}))
+    server.enqueue(
+        Reply(
+            text="",
+            reasoning="thinking " * 20,
+            finish_reason="length",
+            usage={
+                "prompt_tokens": 40,
+                "completion_tokens": 20,
+                "completion_tokens_details": {"reasoning_tokens": 20},
+                "cost": Decimal("0.0001"),
+            },
+        )
+    )
     text, _, completion = await collect(provider)
     assert text == ""
     assert completion.finish_reason == "length"
@@ -85,7 +111,12 @@ async def test_empty_content_with_length_is_reported_not_hidden(provider, server
 
 async def test_error_inside_a_200_stream_is_a_retryable_server_error(provider, server):
     """A mid-stream `error` object (HTTP 200) ends the reply with a typed, retryable error."""
-    server.enqueue(Reply(text="Half a thought", error={"code": "server_error", "message": "Provider disconnected"}))
+    server.enqueue(
+        Reply(
+            text="Half a thought",
+            error={"code": "server_error", "message": "Provider disconnected"},
+        )
+    )
     with pytest.raises(ServerError, match="Provider disconnected") as caught:
         await collect(provider)
     assert caught.value.retryable
@@ -125,8 +156,13 @@ async def test_http_errors_map_to_typed_errors(provider, server, status, kind, r
 
 
 async def test_retry_after_header_is_read(provider, server):
-    server.enqueue(Reply(status=429, headers={"Retry-After": "7"},
-                         error={"error": {"code": 429, "message": "slow down"}}))
+    server.enqueue(
+        Reply(
+            status=429,
+            headers={"Retry-After": "7"},
+            error={"error": {"code": 429, "message": "slow down"}},
+        )
+    )
     with pytest.raises(RateLimited) as caught:
         await collect(provider)
     assert caught.value.retry_after == 7.0
