@@ -186,6 +186,21 @@ class Turn:
     generation_id: str | None = None
     provider: str | None = None
 
+    def record(self) -> dict[str, object]:
+        """Return every field as plain values (money as exact strings, times in ISO 8601)."""
+        return {
+            "dialogue_id": self.dialogue_id, "seq": self.seq, "round": self.round, "seat": self.seat,
+            "status": str(self.status), "text": self.text, "reasoning": self.reasoning,
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+            "reasoning_tokens": self.usage.reasoning_tokens,
+            "cost_usd": str(self.cost_usd), "cost_source": self.cost_source,
+            "model_used": self.model_used, "provider": self.provider,
+            "generation_id": self.generation_id, "finish_reason": self.finish_reason,
+            "latency_ms": self.latency_ms, "attempts": self.attempts,
+            "started_at": self.started_at.isoformat(), "ended_at": self.ended_at.isoformat(),
+        }  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Pricing:

@@ -163,30 +163,9 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn]) -> str:
 
 
 def _turn_json(turn: Turn) -> dict[str, Any]:
-    return {
-        "seq": turn.seq,
-        "round": turn.round,
-        "seat": turn.seat,
-        "speaker": turn.speaker,
-        "status": str(turn.status),
-        "text": turn.text,
-        "reasoning": turn.reasoning,
-        "usage": {
-            "prompt_tokens": turn.usage.prompt_tokens,
-            "completion_tokens": turn.usage.completion_tokens,
-            "reasoning_tokens": turn.usage.reasoning_tokens,
-        },
-        "cost_usd": str(turn.cost_usd),
-        "cost_source": turn.cost_source,
-        "model_used": turn.model_used,
-        "provider": turn.provider,
-        "generation_id": turn.generation_id,
-        "finish_reason": turn.finish_reason,
-        "latency_ms": turn.latency_ms,
-        "attempts": turn.attempts,
-        "started_at": _iso(turn.started_at),
-        "ended_at": _iso(turn.ended_at),
-    }
+    record = turn.record()
+    del record["dialogue_id"]
+    return {**record, "speaker": turn.speaker}
 
 
 def escape_block(text: str) -> str:

@@ -64,17 +64,19 @@ class OpenAICompatProvider:
                 generation_id = response.headers.get("x-generation-id")
                 async for event in self._read_events(response, request.model, generation_id):
                     yield event
-        except httpx.TimeoutException as exc:
-            raise ConnectionFailed(f"no answer from {self.source} in time ({type(exc).__name__})") from None
-        except httpx.ConnectError as exc:
-            raise ConnectionFailed(
-                f"cannot reach {self.source} ({self._scrub(str(exc)) or 'connection refused'}); "
-                "check the base URL and your network"
-            ) from None
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            raise ConnectionFailed(
-                f"the connection to {self.source} dropped mid-reply ({type(exc).__name__})"
-            ) from None
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from None
+
+    def _transport_error(self, exc: httpx.TransportError) -> ConnectionFailed:
+        """Say what went wrong with the connection, in one line, without the key."""
+        if isinstance(exc, httpx.TimeoutException):
+            return ConnectionFailed(f"no answer from {self.source} in time ({type(exc).__name__})")
+        if isinstance(exc, httpx.ConnectError):
+            reason = self._scrub(str(exc)) or "connection refused"
+            return ConnectionFailed(
+                f"cannot reach {self.source} ({reason}); check the base URL and your network"
+            )
+        return ConnectionFailed(f"the connection to {self.source} dropped ({type(exc).__name__})")
 
     async def _read_events(
         self, response: httpx.Response, model: str, generation_id: str | None
@@ -127,13 +129,8 @@ class OpenAICompatProvider:
         url = f"{self.source}/models"
         try:
             response = await self._http.get(url, headers=self._headers())
-        except httpx.TimeoutException:
-            raise ConnectionFailed(f"no answer from {self.source} in time") from None
         except httpx.TransportError as exc:
-            raise ConnectionFailed(
-                f"cannot reach {self.source} ({self._scrub(str(exc)) or type(exc).__name__}); "
-                "check VOICES_OPENROUTER_BASE_URL and your network"
-            ) from None
+            raise self._transport_error(exc) from None
         if response.status_code != 200:
             raise self._http_error(response)
         try:
