@@ -160,6 +160,8 @@ class DialogueRunner:
         self._max_budget = max_budget
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
+        # Dialogues running in this process: a second run of one would write every turn twice.
+        self._active: set[int] = set()
 
     async def create(self, spec: DialogueSpec) -> Dialogue:
         """Validate the spec against the limits and the catalogue, then store it as pending."""
@@ -179,7 +181,16 @@ class DialogueRunner:
 
     async def run(self, dialogue_id: int, control: Control | None = None) -> AsyncIterator[Event]:
         """Run (or resume) the dialogue until a limit, a stop, a pause or an error; yield what happens."""
-        control = control or Control()
+        if dialogue_id in self._active:
+            raise StateError(f"dialogue {dialogue_id} is already running")
+        self._active.add(dialogue_id)
+        try:
+            async for event in self._run(dialogue_id, control or Control()):
+                yield event
+        finally:
+            self._active.discard(dialogue_id)
+
+    async def _run(self, dialogue_id: int, control: Control) -> AsyncIterator[Event]:
         dialogue = await self.store.get_dialogue(dialogue_id)
         if dialogue.status.is_final:
             reason = dialogue.stop_reason.describe if dialogue.stop_reason else dialogue.status
@@ -199,6 +210,8 @@ class DialogueRunner:
                     yield event
         except ProviderError as exc:
             stop = _Stop(StopReason.PROVIDER_ERROR, str(exc))
+        except StateError:
+            raise  # another process owns the dialogue; its state is not ours to change
         except Exception as exc:
             log.exception("dialogue %s failed", dialogue_id)
             stop = _Stop(StopReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.errors import DialogueNotFound, StoreError
+from bot.errors import DialogueNotFound, StateError, StoreError
 from bot.migrations import SCHEMA_VERSION, migrate, schema_version
 from bot.models import (
     Dialogue,
@@ -275,13 +275,13 @@ class Store:
     async def add_turn(self, turn: Turn) -> None:
         """Commit a finished turn, settle its call and add it to the dialogue's totals, atomically."""
         async with self._transaction() as conn:
-            await conn.execute(
-                """INSERT INTO turns VALUES (:dialogue_id, :seq, :round, :seat, :status, :text,
-                       :reasoning, :prompt_tokens, :completion_tokens, :reasoning_tokens, :cost_usd,
-                       :cost_source, :model_used, :provider, :generation_id, :finish_reason,
-                       :latency_ms, :attempts, :started_at, :ended_at)""",
-                turn.record(),
-            )
+            try:
+                await self._insert_turn(conn, turn)
+            except sqlite3.IntegrityError:
+                raise StateError(
+                    f"turn {turn.seq + 1} of dialogue {turn.dialogue_id} was already written; "
+                    "another process is running this dialogue"
+                ) from None
             spent = await self._spent(conn, turn.dialogue_id)
             await conn.execute(
                 """UPDATE dialogues SET spent_usd = ?, prompt_tokens = prompt_tokens + ?,
@@ -299,6 +299,16 @@ class Store:
                 "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?",
                 (turn.dialogue_id, turn.seq),
             )
+
+    @staticmethod
+    async def _insert_turn(conn: aiosqlite.Connection, turn: Turn) -> None:
+        await conn.execute(
+            """INSERT INTO turns VALUES (:dialogue_id, :seq, :round, :seat, :status, :text,
+                       :reasoning, :prompt_tokens, :completion_tokens, :reasoning_tokens, :cost_usd,
+                       :cost_source, :model_used, :provider, :generation_id, :finish_reason,
+                       :latency_ms, :attempts, :started_at, :ended_at)""",
+            turn.record(),
+        )
 
     @staticmethod
     async def _spent(conn: aiosqlite.Connection, dialogue_id: int) -> Decimal:

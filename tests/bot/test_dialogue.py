@@ -297,6 +297,17 @@ async def test_pause_then_resume_continues_without_losing_or_repeating_a_turn(ru
     assert len(server.chat_requests) == 4
 
 
+async def test_a_dialogue_cannot_run_twice_at_once(runner, store, server):
+    dialogue = await runner.create(make_spec(rounds=1))
+    first = runner.run(dialogue.id)
+    await anext(first)
+    with pytest.raises(StateError, match="already running"):
+        await anext(runner.run(dialogue.id))
+    rest = [e async for e in first]
+    assert rest[-1].dialogue.stop_reason is StopReason.MAX_ROUNDS
+    assert len(await store.list_turns(dialogue.id)) == 2
+
+
 async def test_resume_charges_a_call_left_in_flight_by_a_crash(runner, store, server):
     """A process killed mid-call leaves its reservation on record; resuming charges it, then goes on."""
     dialogue = await runner.create(make_spec(rounds=1))

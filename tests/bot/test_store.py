@@ -10,7 +10,7 @@ from decimal import Decimal
 import aiosqlite
 import pytest
 
-from bot.errors import DialogueNotFound, StoreError
+from bot.errors import DialogueNotFound, StateError, StoreError
 from bot.migrations import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 from bot.models import ModelInfo, Pricing, Status, StopReason, Turn, TurnStatus, Usage
 from bot.store import Store
@@ -83,7 +83,7 @@ async def test_a_dialogue_and_its_turns_round_trip(store):
 async def test_a_turn_that_cannot_be_written_leaves_the_totals_untouched(store):
     dialogue = await store.create_dialogue(make_spec(), NOW)
     await store.add_turn(a_turn(dialogue.id, 0))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StateError, match="another process is running this dialogue"):
         await store.add_turn(a_turn(dialogue.id, 0))  # the same seq twice: another process raced us
     again = await store.get_dialogue(dialogue.id)
     assert again.totals.spent_usd == Decimal("0.0036")
