@@ -57,10 +57,20 @@ class Control:
         self.stop_requested = False
         self.stop_now = False
         self.pause_requested = False
+        self.reason = StopReason.USER_STOP
+        self.detail: str | None = None
         self._interrupt: Callable[[], None] | None = None
 
-    def stop(self, now: bool = False) -> None:
-        """Stop after the turn in flight, or, with `now`, cancel its stream at once."""
+    def stop(
+        self, now: bool = False, reason: StopReason = StopReason.USER_STOP, detail: str | None = None
+    ) -> None:
+        """Stop after the turn in flight, or, with `now`, cancel its stream at once.
+
+        `reason` is what gets recorded: a person's stop, or (say) the thread the dialogue was shown
+        in being deleted.
+        """
+        if not self.stop_requested:
+            self.reason, self.detail = reason, detail
         self.stop_requested = True
         if now:
             self.stop_now = True
@@ -165,6 +175,11 @@ class DialogueRunner:
 
     async def create(self, spec: DialogueSpec) -> Dialogue:
         """Validate the spec against the limits and the catalogue, then store it as pending."""
+        await self.check(spec)
+        return await self.store.create_dialogue(spec, self._clock())
+
+    async def check(self, spec: DialogueSpec) -> Decimal:
+        """Raise InputError for a spec that cannot run; return the first call's worst-case cost."""
         validate_spec(spec, self._max_rounds, self._max_budget)
         first = spec.participants[0]
         model = await self.catalogue.get(first.model)
@@ -177,7 +192,21 @@ class DialogueRunner:
                 f"budget ${spec.limits.budget_usd} is below the worst case of the first call "
                 f"(${worst:.6f}); raise the budget or lower max_tokens"
             )
-        return await self.store.create_dialogue(spec, self._clock())
+        return worst
+
+    async def extend(self, dialogue_id: int, rounds: int) -> Dialogue:
+        """Add rounds to a dialogue; one that ended on its round limit waits to be resumed."""
+        dialogue = await self.store.get_dialogue(dialogue_id)
+        reopen = dialogue.status.is_final
+        if reopen and dialogue.stop_reason is not StopReason.MAX_ROUNDS:
+            raise StateError(f"dialogue {dialogue_id} has ended ({dialogue.stop_reason}); start a new one")
+        total = dialogue.limits.max_rounds + rounds
+        if rounds < 1 or total > self._max_rounds:
+            raise InputError(
+                f"a dialogue can have at most {self._max_rounds} rounds; it has {dialogue.limits.max_rounds}"
+            )
+        await self.store.extend_rounds(dialogue_id, total, reopen)
+        return await self.store.get_dialogue(dialogue_id)
 
     async def run(self, dialogue_id: int, control: Control | None = None) -> AsyncIterator[Event]:
         """Run (or resume) the dialogue until a limit, a stop, a pause or an error; yield what happens."""
@@ -256,9 +285,11 @@ class DialogueRunner:
                     stop = item
                 else:
                     yield item
+            # Read the dialogue again: its totals moved, and its round limit may have been extended.
+            dialogue = await self.store.get_dialogue(dialogue.id)
+            totals = dialogue.totals
             if turn is not None:
                 turns.append(turn)
-                totals = (await self.store.get_dialogue(dialogue.id)).totals
                 yield TurnFinished(turn, totals.spent_usd)
             if stop is not None:
                 yield stop
@@ -289,7 +320,7 @@ class DialogueRunner:
         if plan is None:
             return _Stop(StopReason.MAX_ROUNDS, f"{dialogue.limits.max_rounds} rounds")
         if control.stop_requested:
-            return _Stop(StopReason.USER_STOP)
+            return _Stop(control.reason, control.detail)
         if control.pause_requested:
             return _Stop(None)
         if deadline is not None and asyncio.get_running_loop().time() >= deadline:
@@ -342,7 +373,7 @@ class DialogueRunner:
                     yield TurnRestarted(plan.seq, attempts + 1, str(attempt.error), delay)
                     if not await self._wait(delay, control):
                         continue
-                    attempt.interrupted = StopReason.USER_STOP
+                    attempt.interrupted = control.reason
                 elif not empty_retried:
                     budget.release(reservation)
                     await self.store.cancel_call(dialogue.id, plan.seq)
@@ -361,7 +392,7 @@ class DialogueRunner:
                 bill.add(Usage(), reservation.amount, "reserved")
                 status, stop = (
                     TurnStatus.CANCELLED,
-                    _Stop(attempt.interrupted, "the reply was cut off"),
+                    _Stop(attempt.interrupted, control.detail or "the reply was cut off"),
                 )
                 break
             completion = attempt.completion
@@ -477,7 +508,7 @@ class DialogueRunner:
 
         def interrupt() -> None:
             task.cancel()
-            queue.put_nowait(StopReason.USER_STOP)
+            queue.put_nowait(control.reason)
 
         control._interrupt = interrupt
         try:

@@ -96,6 +96,39 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX dialogues_by_status ON dialogues(status);
         """,
     ),
+    (
+        "The Discord bridge: where each dialogue is shown, per-guild limits, and bot bookkeeping.",
+        """
+        -- A room is a dialogue's place in a chat: its thread, who started it, and how far the
+        -- posting got, so that a restart posts no turn twice and loses none.
+        CREATE TABLE rooms (
+            dialogue_id       INTEGER PRIMARY KEY REFERENCES dialogues(id) ON DELETE CASCADE,
+            guild_id          INTEGER NOT NULL,
+            channel_id        INTEGER NOT NULL,
+            thread_id         INTEGER NOT NULL UNIQUE,
+            starter_id        INTEGER NOT NULL,
+            status_message_id INTEGER,
+            posted_seq        INTEGER NOT NULL DEFAULT -1,
+            live_message_ids  TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX rooms_by_guild ON rooms(guild_id);
+        -- NULL means "the deployment's default" for every column.
+        CREATE TABLE guild_settings (
+            guild_id         INTEGER PRIMARY KEY,
+            allowed_models   TEXT,
+            max_rounds       INTEGER,
+            max_budget       TEXT,
+            daily_cap_guild  TEXT,
+            daily_cap_member TEXT,
+            max_concurrent   INTEGER,
+            reasoning        TEXT
+        );
+        CREATE TABLE bot_state (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -37,6 +37,7 @@ class StopReason(StrEnum):
     PROVIDER_ERROR = "provider_error"
     EMPTY_REPLY = "empty_reply"
     CONTEXT_LIMIT = "context_limit"
+    THREAD_GONE = "thread_gone"
     INTERNAL_ERROR = "internal_error"
 
     @property
@@ -44,7 +45,8 @@ class StopReason(StrEnum):
         """Return the final status this reason leads to."""
         if self is StopReason.USER_STOP:
             return Status.STOPPED
-        if self in (StopReason.PROVIDER_ERROR, StopReason.EMPTY_REPLY, StopReason.INTERNAL_ERROR):
+        if self in (StopReason.PROVIDER_ERROR, StopReason.EMPTY_REPLY, StopReason.INTERNAL_ERROR,
+                    StopReason.THREAD_GONE):  # fmt: skip
             return Status.FAILED
         return Status.FINISHED
 
@@ -63,6 +65,7 @@ _REASON_WORDS = {
     StopReason.PROVIDER_ERROR: "the model provider returned an error",
     StopReason.EMPTY_REPLY: "a model returned an empty reply twice",
     StopReason.CONTEXT_LIMIT: "the history no longer fits a model's context",
+    StopReason.THREAD_GONE: "the dialogue's thread was deleted or locked",
     StopReason.INTERNAL_ERROR: "an internal error",
 }
 

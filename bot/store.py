@@ -95,7 +95,8 @@ class Store:
             ) from None
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Run the block as one write transaction (BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error)."""
         async with self._write_lock:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -105,7 +106,7 @@ class Store:
                 raise
             await self._conn.commit()
 
-    async def _fetchall(self, query: str, params: dict[str, Any] | tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    async def fetchall(self, query: str, params: dict[str, Any] | tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         async with self._conn.execute(query, params) as cursor:
             return list(await cursor.fetchall())
 
@@ -120,7 +121,7 @@ class Store:
                     :max_seconds, :created_at)
         """
         limits = spec.limits
-        async with self._transaction() as conn:
+        async with self.transaction() as conn:
             cursor = await conn.execute(
                 query,
                 {
@@ -158,7 +159,7 @@ class Store:
 
     async def get_dialogue(self, dialogue_id: int) -> Dialogue:
         """Return the dialogue with this id, or raise DialogueNotFound."""
-        rows = await self._fetchall("SELECT * FROM dialogues WHERE id = ?", (dialogue_id,))
+        rows = await self.fetchall("SELECT * FROM dialogues WHERE id = ?", (dialogue_id,))
         if not rows:
             raise DialogueNotFound(f"no dialogue {dialogue_id}; `voices list` shows the ids")
         return await self._dialogue(rows[0])
@@ -167,13 +168,13 @@ class Store:
         """Return the most recent dialogues, newest first, optionally only in the given states."""
         wanted = [str(s) for s in status]
         where = f"WHERE status IN ({','.join('?' * len(wanted))})" if wanted else ""
-        rows = await self._fetchall(
+        rows = await self.fetchall(
             f"SELECT * FROM dialogues {where} ORDER BY id DESC LIMIT ?", (*wanted, limit)
         )
         return [await self._dialogue(row) for row in rows]
 
     async def _dialogue(self, row: sqlite3.Row) -> Dialogue:
-        seats = await self._fetchall(
+        seats = await self.fetchall(
             "SELECT * FROM participants WHERE dialogue_id = ? ORDER BY seat", (row["id"],)
         )
         return Dialogue(
@@ -215,7 +216,7 @@ class Store:
 
     async def mark_running(self, dialogue_id: int, now: datetime) -> None:
         """Record that the dialogue runs (again); its first start time is kept."""
-        async with self._transaction() as conn:
+        async with self.transaction() as conn:
             await conn.execute(
                 "UPDATE dialogues SET status = 'running', started_at = COALESCE(started_at, ?) WHERE id = ?",
                 (_iso(now), dialogue_id),
@@ -223,14 +224,14 @@ class Store:
 
     async def mark_paused(self, dialogue_id: int) -> None:
         """Record that the dialogue waits to be resumed."""
-        async with self._transaction() as conn:
+        async with self.transaction() as conn:
             await conn.execute("UPDATE dialogues SET status = 'paused' WHERE id = ?", (dialogue_id,))
 
     async def finish_dialogue(
         self, dialogue_id: int, reason: StopReason, detail: str | None, now: datetime
     ) -> None:
         """Record the dialogue's end: its final status, the reason and when."""
-        async with self._transaction() as conn:
+        async with self.transaction() as conn:
             await conn.execute(
                 "UPDATE dialogues SET status = ?, stop_reason = ?, stop_detail = ?, ended_at = ? "
                 "WHERE id = ?",
@@ -241,7 +242,7 @@ class Store:
 
     async def begin_call(self, dialogue_id: int, seq: int, reserved: Decimal, now: datetime) -> None:
         """Note a call about to be sent, with its reservation, before any money can be spent."""
-        async with self._transaction() as conn:
+        async with self.transaction() as conn:
             await conn.execute(
                 "INSERT OR REPLACE INTO calls_in_flight VALUES (?, ?, ?, ?)",
                 (dialogue_id, seq, str(reserved), _iso(now)),
@@ -249,14 +250,14 @@ class Store:
 
     async def cancel_call(self, dialogue_id: int, seq: int) -> None:
         """Forget a call that was never billed (it failed before the provider accepted it)."""
-        async with self._transaction() as conn:
+        async with self.transaction() as conn:
             await conn.execute(
                 "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?", (dialogue_id, seq)
             )
 
     async def settle_interrupted_calls(self, dialogue_id: int) -> Decimal:
         """Charge every call a dead process left unsettled at its reservation; return the sum."""
-        async with self._transaction() as conn:
+        async with self.transaction() as conn:
             async with conn.execute(
                 "SELECT reserved_usd FROM calls_in_flight WHERE dialogue_id = ?", (dialogue_id,)
             ) as cursor:
@@ -274,7 +275,7 @@ class Store:
 
     async def add_turn(self, turn: Turn) -> None:
         """Commit a finished turn, settle its call and add it to the dialogue's totals, atomically."""
-        async with self._transaction() as conn:
+        async with self.transaction() as conn:
             try:
                 await self._insert_turn(conn, turn)
             except sqlite3.IntegrityError:
@@ -319,7 +320,7 @@ class Store:
 
     async def list_turns(self, dialogue_id: int) -> list[Turn]:
         """Return the dialogue's committed turns in order."""
-        rows = await self._fetchall(
+        rows = await self.fetchall(
             """SELECT t.*, p.name AS speaker FROM turns t
                JOIN participants p ON p.dialogue_id = t.dialogue_id AND p.seat = t.seat
                WHERE t.dialogue_id = ? ORDER BY t.seq""",
@@ -355,11 +356,34 @@ class Store:
             for r in rows
         ]
 
+    async def extend_rounds(self, dialogue_id: int, max_rounds: int, reopen: bool) -> None:
+        """Set a new round limit; with `reopen`, a dialogue that ended on it waits to be resumed."""
+        async with self.transaction() as conn:
+            await conn.execute("UPDATE dialogues SET max_rounds = ? WHERE id = ?", (max_rounds, dialogue_id))
+            if reopen:
+                await conn.execute(
+                    "UPDATE dialogues SET status = 'paused', stop_reason = NULL, stop_detail = NULL, "
+                    "ended_at = NULL WHERE id = ?",
+                    (dialogue_id,),
+                )
+
+    # Bookkeeping ---------------------------------------------------------------------------------
+
+    async def get_state(self, key: str) -> str | None:
+        """Return a bookkeeping value (such as the hash of the last synced commands)."""
+        rows = await self.fetchall("SELECT value FROM bot_state WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    async def set_state(self, key: str, value: str) -> None:
+        """Store a bookkeeping value."""
+        async with self.transaction() as conn:
+            await conn.execute("INSERT OR REPLACE INTO bot_state VALUES (?, ?)", (key, value))
+
     # Catalogue -------------------------------------------------------------------------------
 
     async def save_models(self, source: str, models: list[ModelInfo], now: datetime) -> None:
         """Replace the cached catalogue of `source`."""
-        async with self._transaction() as conn:
+        async with self.transaction() as conn:
             await conn.execute("DELETE FROM models WHERE source = ?", (source,))
             await conn.executemany(
                 "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -382,10 +406,10 @@ class Store:
 
     async def load_models(self, source: str) -> tuple[datetime | None, list[ModelInfo]]:
         """Return when the catalogue of `source` was fetched and its models (None, [] if never)."""
-        fetched = await self._fetchall("SELECT fetched_at FROM catalogue_fetches WHERE source = ?", (source,))
+        fetched = await self.fetchall("SELECT fetched_at FROM catalogue_fetches WHERE source = ?", (source,))
         if not fetched:
             return None, []
-        rows = await self._fetchall("SELECT * FROM models WHERE source = ? ORDER BY id", (source,))
+        rows = await self.fetchall("SELECT * FROM models WHERE source = ? ORDER BY id", (source,))
         models = [
             ModelInfo(
                 id=r["id"],

@@ -297,6 +297,44 @@ async def test_pause_then_resume_continues_without_losing_or_repeating_a_turn(ru
     assert len(server.chat_requests) == 4
 
 
+async def test_extend_adds_rounds_to_a_running_dialogue(runner, store, server):
+    dialogue = await runner.create(make_spec(rounds=1))
+    async for event in runner.run(dialogue.id):
+        if isinstance(event, TurnFinished) and event.turn.seq == 0:
+            await runner.extend(dialogue.id, 1)
+    assert len(await store.list_turns(dialogue.id)) == 4
+
+
+async def test_extend_reopens_a_dialogue_that_ran_out_of_rounds_but_not_a_stopped_one(runner, store):
+    dialogue = await runner.create(make_spec(rounds=1))
+    await run_all(runner, dialogue.id)
+    reopened = await runner.extend(dialogue.id, 2)
+    assert reopened.status is Status.PAUSED and reopened.limits.max_rounds == 3
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.stop_reason is StopReason.MAX_ROUNDS
+    assert len(await store.list_turns(dialogue.id)) == 6
+    with pytest.raises(InputError, match="at most 50 rounds"):
+        await runner.extend(dialogue.id, 48)
+    control = Control()
+    control.stop()
+    other = await runner.create(make_spec(rounds=1))
+    await run_all(runner, other.id, control)
+    with pytest.raises(StateError, match="has ended"):
+        await runner.extend(other.id, 1)
+
+
+async def test_a_stop_can_record_why_it_happened(runner, store, server):
+    server.enqueue(Reply(text="word " * 100, chunk_delay=0.01, chunk_words=1))
+    control = Control()
+    dialogue = await runner.create(make_spec(rounds=2))
+    async for event in runner.run(dialogue.id, control):
+        if isinstance(event, Delta):
+            control.stop(now=True, reason=StopReason.THREAD_GONE, detail="thread 7 was deleted")
+    final = await store.get_dialogue(dialogue.id)
+    assert final.status is Status.FAILED and final.stop_reason is StopReason.THREAD_GONE
+    assert final.stop_detail == "thread 7 was deleted"
+
+
 async def test_a_dialogue_cannot_run_twice_at_once(runner, store, server):
     dialogue = await runner.create(make_spec(rounds=1))
     first = runner.run(dialogue.id)

@@ -60,9 +60,9 @@ def test_every_migration_says_why():
 
 
 async def test_store_runs_in_wal_mode_with_foreign_keys(store):
-    rows = await store._fetchall("PRAGMA journal_mode")
+    rows = await store.fetchall("PRAGMA journal_mode")
     assert rows[0][0] == "wal"
-    assert (await store._fetchall("PRAGMA foreign_keys"))[0][0] == 1
+    assert (await store.fetchall("PRAGMA foreign_keys"))[0][0] == 1
 
 
 async def test_a_dialogue_and_its_turns_round_trip(store):

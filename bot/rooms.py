@@ -1,0 +1,130 @@
+"""Rooms: where a dialogue is shown in a chat (guild, channel, thread), who started it, how far posting got.
+
+Ids are plain integers; nothing here knows which chat service they belong to.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from bot.errors import DialogueNotFound
+from bot.models import Status
+from bot.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """One dialogue's place: its thread, its starter, its status message and posting progress."""
+
+    dialogue_id: int
+    guild_id: int
+    channel_id: int
+    thread_id: int
+    starter_id: int
+    status_message_id: int | None = None
+    posted_seq: int = -1
+    live_message_ids: tuple[int, ...] = ()
+
+
+def _room(row: sqlite3.Row) -> Room:
+    live = tuple(int(i) for i in row["live_message_ids"].split(",") if i)
+    return Room(row["dialogue_id"], row["guild_id"], row["channel_id"], row["thread_id"],
+                row["starter_id"], row["status_message_id"], row["posted_seq"], live)  # fmt: skip
+
+
+class RoomStore:
+    """Rooms in the dialogue database."""
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    async def create(self, room: Room) -> Room:
+        """Record a new room."""
+        async with self._store.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO rooms (dialogue_id, guild_id, channel_id, thread_id, starter_id) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (room.dialogue_id, room.guild_id, room.channel_id, room.thread_id, room.starter_id),
+            )
+        return await self.get(room.dialogue_id)
+
+    async def get(self, dialogue_id: int) -> Room:
+        """Return the room of a dialogue, or raise DialogueNotFound."""
+        rows = await self._store.fetchall("SELECT * FROM rooms WHERE dialogue_id = ?", (dialogue_id,))
+        if not rows:
+            raise DialogueNotFound(f"no dialogue {dialogue_id} in this server; `/voices list` shows them")
+        return _room(rows[0])
+
+    async def in_thread(self, thread_id: int) -> Room | None:
+        """Return the room shown in this thread, if any."""
+        rows = await self._store.fetchall("SELECT * FROM rooms WHERE thread_id = ?", (thread_id,))
+        return _room(rows[0]) if rows else None
+
+    async def in_states(self, *states: Status) -> list[Room]:
+        """Return the rooms whose dialogue is in one of these states, oldest first."""
+        marks = ",".join("?" * len(states))
+        rows = await self._store.fetchall(
+            f"SELECT r.* FROM rooms r JOIN dialogues d ON d.id = r.dialogue_id "
+            f"WHERE d.status IN ({marks}) ORDER BY r.dialogue_id",
+            tuple(str(s) for s in states),
+        )
+        return [_room(r) for r in rows]
+
+    async def recent(self, guild_id: int, limit: int = 10) -> list[Room]:
+        """Return the guild's most recent rooms, newest first."""
+        rows = await self._store.fetchall(
+            "SELECT * FROM rooms WHERE guild_id = ? ORDER BY dialogue_id DESC LIMIT ?", (guild_id, limit)
+        )
+        return [_room(r) for r in rows]
+
+    async def set_status_message(self, dialogue_id: int, message_id: int) -> None:
+        """Remember the message that shows the dialogue's status."""
+        await self._update(dialogue_id, "status_message_id = ?", message_id)
+
+    async def set_live_messages(self, dialogue_id: int, message_ids: tuple[int, ...]) -> None:
+        """Remember the messages of the turn being streamed, to clean them up after a crash."""
+        await self._update(dialogue_id, "live_message_ids = ?", ",".join(map(str, message_ids)))
+
+    async def mark_posted(self, dialogue_id: int, seq: int) -> None:
+        """Record that turn `seq` is fully posted; its live messages are now final."""
+        async with self._store.transaction() as conn:
+            await conn.execute(
+                "UPDATE rooms SET posted_seq = ?, live_message_ids = '' WHERE dialogue_id = ?",
+                (seq, dialogue_id),
+            )
+
+    async def _update(self, dialogue_id: int, assignment: str, value: object) -> None:
+        async with self._store.transaction() as conn:
+            await conn.execute(f"UPDATE rooms SET {assignment} WHERE dialogue_id = ?", (value, dialogue_id))
+
+    async def committed(self, guild_id: int, since: datetime, starter_id: int | None = None) -> Decimal:
+        """Return the money a guild (or one member) has committed since `since`.
+
+        A dialogue still able to spend counts at its whole budget, an ended one at what it spent,
+        so that daily caps hold even while dialogues run side by side.
+        """
+        query = (
+            "SELECT d.status, d.budget_usd, d.spent_usd FROM rooms r "
+            "JOIN dialogues d ON d.id = r.dialogue_id WHERE r.guild_id = ? AND d.created_at >= ?"
+        )
+        params: tuple[object, ...] = (guild_id, since.isoformat())
+        if starter_id is not None:
+            query += " AND r.starter_id = ?"
+            params += (starter_id,)
+        total = Decimal(0)
+        for row in await self._store.fetchall(query, params):
+            final = Status(row["status"]).is_final
+            total += Decimal(row["spent_usd"] if final else row["budget_usd"])
+        return total
+
+    async def active_count(self, guild_id: int) -> int:
+        """Return how many of the guild's dialogues are pending, running or paused."""
+        rows = await self._store.fetchall(
+            "SELECT COUNT(*) FROM rooms r JOIN dialogues d ON d.id = r.dialogue_id "
+            "WHERE r.guild_id = ? AND d.status IN ('pending', 'running', 'paused')",
+            (guild_id,),
+        )
+        return int(rows[0][0])
