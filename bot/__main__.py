@@ -5,31 +5,14 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
 
 from pydantic import ValidationError
 from rich.console import Console
 
-from bot.app import EngineConfig
 from bot.cli import CliDefaults, build_parser, dispatch
 from bot.errors import ProviderError, VoicesError
 from bot.log import setup_logging
 from config import Settings
-
-
-def engine_config(settings: Settings) -> EngineConfig:
-    """Return the engine's share of the settings as plain values."""
-    key = settings.openrouter_api_key
-    return EngineConfig(
-        database=settings.database,
-        base_url=settings.openrouter_base_url,
-        api_key=key.get_secret_value() if key else None,
-        max_rounds=settings.max_rounds,
-        max_budget=settings.max_budget,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        catalogue_ttl=timedelta(hours=settings.catalogue_ttl_hours),
-    )
 
 
 def cli_defaults(settings: Settings) -> CliDefaults:
@@ -55,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = "VOICES_" + "_".join(str(p) for p in first["loc"]).upper()
         fail(f"{name}: {first['msg']}; fix it in .env or the environment")
         return 2
-    config = engine_config(settings)
+    config = settings.engine_config()
     setup_logging(settings.log_level, [config.api_key or ""])
     try:
         # soft_wrap: long lines (paths, streamed text) are left to the terminal, never cut by rich.

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.app import EngineConfig
+from bot.guilds import GuildPolicy
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -39,13 +44,23 @@ class Settings(BaseSettings):
     max_seconds: float | None = Field(default=3600.0, gt=0)
     max_total_tokens: int | None = Field(default=None, ge=1)
 
+    # The Discord bridge (`voices bot`).
+    discord_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "VOICES_DISCORD_TOKEN")
+    )
+    dev_guild_id: int | None = None
+    daily_cap_guild: Decimal = Field(default=Decimal("5.00"), ge=0)
+    daily_cap_member: Decimal = Field(default=Decimal("1.00"), ge=0)
+    max_concurrent: int = Field(default=3, ge=1)
+    reasoning: Literal["hide", "spoiler", "file"] = "hide"
+
     connect_timeout: float = Field(default=10.0, gt=0)
     # Reasoning models may send nothing but keep-alive comments for minutes; reads wait this long.
     read_timeout: float = Field(default=300.0, gt=0)
     catalogue_ttl_hours: float = Field(default=24.0, ge=0)
     log_level: str = "WARNING"
 
-    @field_validator("openrouter_api_key", mode="before")
+    @field_validator("openrouter_api_key", "discord_token", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -56,3 +71,28 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    def engine_config(self) -> EngineConfig:
+        """Return the engine's share of the settings as plain values."""
+        key = self.openrouter_api_key
+        return EngineConfig(
+            database=self.database,
+            base_url=self.openrouter_base_url,
+            api_key=key.get_secret_value() if key else None,
+            max_rounds=self.max_rounds,
+            max_budget=self.max_budget,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            catalogue_ttl=timedelta(hours=self.catalogue_ttl_hours),
+        )
+
+    def guild_defaults(self) -> GuildPolicy:
+        """Return the policy of a guild that has set nothing itself."""
+        return GuildPolicy(
+            max_rounds=self.max_rounds,
+            max_budget=self.max_budget,
+            daily_cap_guild=self.daily_cap_guild,
+            daily_cap_member=self.daily_cap_member,
+            max_concurrent=self.max_concurrent,
+            reasoning=self.reasoning,
+        )

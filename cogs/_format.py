@@ -1,0 +1,97 @@
+"""Discord's text limits: splitting long replies and making safe webhook names. Pure functions."""
+
+from __future__ import annotations
+
+import re
+
+MESSAGE_LIMIT = 2000
+NAME_LIMIT = 80
+# Room kept in each chunk for a code fence closed at its end and reopened at the next one's start.
+FENCE_ROOM = 42
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_BLOCKED_NAME_PARTS = re.compile(r"(?i)(dis)(cord)|(cl)(yde)")
+HAIR_SPACE = "\u200a"
+# An invisible character Discord accepts, to pad a one-character name to the two it requires.
+PAD = "\u17b5"
+
+
+def split_pieces(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """Cut text into consecutive pieces that fit a message with room for fences; joined, they are the text.
+
+    A cut falls at a paragraph break if one is near the end of the window, else after a sentence or a
+    line, else at a space, and only as a last resort inside a word.
+    """
+    window = limit - FENCE_ROOM
+    pieces: list[str] = []
+    rest = text
+    while len(rest) > window:
+        cut = _cut_point(rest[:window])
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+def _cut_point(window: str) -> int:
+    size = len(window)
+    paragraph = window.rfind("\n\n")
+    if paragraph > size // 2:
+        return paragraph + 2
+    sentence = max(window.rfind(mark) for mark in (". ", "! ", "? ", "\n"))
+    if sentence > size // 3:
+        return sentence + 1 if window[sentence] == "\n" else sentence + 2
+    space = window.rfind(" ")
+    if space > size // 3:
+        return space + 1
+    return size
+
+
+def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """Return the text as messages of at most `limit` characters, each with its code fences balanced.
+
+    A code block cut in two is closed at the end of one message and reopened (same fence and
+    language) at the start of the next, so every message renders on its own.
+    """
+    if len(text) <= limit and fence_open_after(text, None) is None:
+        return [text] if text else []
+    chunks = []
+    opener: str | None = None
+    for piece in split_pieces(text, limit):
+        head = f"{opener}\n" if opener else ""
+        opener_after = fence_open_after(piece, opener)
+        tail = f"\n{_fence_of(opener_after)}" if opener_after else ""
+        chunks.append(f"{head}{piece}{tail}")
+        opener = opener_after
+    return chunks
+
+
+def fence_open_after(text: str, opener: str | None) -> str | None:
+    """Return the opening line of the code fence still open after `text` (None if all are closed)."""
+    for line in text.split("\n"):
+        match = _FENCE.match(line)
+        if not match:
+            continue
+        if opener is None:
+            opener = line.strip()[:16]
+        elif match.group(1)[0] == opener[0] and len(match.group(1)) >= len(_fence_of(opener)):
+            opener = None
+    return opener
+
+
+def _fence_of(opener: str) -> str:
+    return re.match(r"`+|~+", opener).group(0)  # type: ignore[union-attr]
+
+
+def sanitize_name(name: str) -> str:
+    """Return a webhook username Discord accepts: 1–80 characters, no "discord" or "clyde".
+
+    Blocked words are broken with a hair space, the way PluralKit does, so the name still reads
+    the same.
+    """
+    clean = " ".join(name.split()) or "Voice"
+    clean = _BLOCKED_NAME_PARTS.sub(lambda m: HAIR_SPACE.join(g for g in m.groups() if g), clean)
+    if clean.lower() in ("everyone", "here"):
+        clean = f"{clean}{PAD}"
+    clean = clean[:NAME_LIMIT]
+    return clean if len(clean) > 1 else clean + PAD
