@@ -147,16 +147,21 @@ async def migrate(conn: aiosqlite.Connection) -> int:
     for number, (_reason, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
         # executescript would commit on its own; run the statements inside one explicit transaction
         # so a failed migration leaves the file at the version before it.
-        await conn.execute("BEGIN")
+        await _run(conn, "BEGIN")
         try:
             for statement in _statements(sql):
-                await conn.execute(statement)
-            await conn.execute(f"PRAGMA user_version = {number}")
+                await _run(conn, statement)
+            await _run(conn, f"PRAGMA user_version = {number}")
             await conn.commit()
         except BaseException:
             await conn.rollback()
             raise
     return await schema_version(conn)
+
+
+async def _run(conn: aiosqlite.Connection, sql: str) -> None:
+    async with conn.execute(sql):  # closed at once, or COMMIT would find it "in progress"
+        pass
 
 
 def _statements(sql: str) -> list[str]:

@@ -43,6 +43,29 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+class Writer:
+    """The connection inside a transaction. Each statement's cursor is closed at once: an open one
+    (say, the row PRAGMA journal_mode returns) would keep a statement "in progress" and block COMMIT."""
+
+    def __init__(self, conn: aiosqlite.Connection):
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Any = ()) -> int | None:
+        """Run one statement; return the row id it inserted, if any."""
+        async with self._conn.execute(sql, params) as cursor:
+            return cursor.lastrowid
+
+    async def executemany(self, sql: str, rows: Iterable[Any]) -> None:
+        """Run one statement for each row."""
+        async with self._conn.executemany(sql, rows):
+            pass
+
+    async def fetchall(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        """Return the rows of a query run inside the transaction."""
+        async with self._conn.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+
 class Store:
     """The dialogue database. Open it with `async with Store.open(path) as store`."""
 
@@ -83,11 +106,12 @@ class Store:
                     f"database {path} has schema {version}, newer than this Voices knows "
                     f"({SCHEMA_VERSION}); upgrade Voices or point VOICES_DATABASE elsewhere"
                 )
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA foreign_keys = ON")
+            writer = Writer(conn)
+            await writer.execute("PRAGMA journal_mode = WAL")
+            await writer.execute("PRAGMA foreign_keys = ON")
             # NORMAL is durable in WAL mode except for the last commits on power loss, not on a crash.
-            await conn.execute("PRAGMA synchronous = NORMAL")
-            await conn.execute("PRAGMA busy_timeout = 5000")
+            await writer.execute("PRAGMA synchronous = NORMAL")
+            await writer.execute("PRAGMA busy_timeout = 5000")
             await migrate(conn)
         except sqlite3.DatabaseError as exc:
             raise StoreError(
@@ -95,12 +119,13 @@ class Store:
             ) from None
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self) -> AsyncIterator[Writer]:
         """Run the block as one write transaction (BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error)."""
         async with self._write_lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            writer = Writer(self._conn)
+            await writer.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
+                yield writer
             except BaseException:
                 await self._conn.rollback()
                 raise
@@ -122,7 +147,7 @@ class Store:
         """
         limits = spec.limits
         async with self.transaction() as conn:
-            cursor = await conn.execute(
+            dialogue_id = await conn.execute(
                 query,
                 {
                     "origin": spec.origin,
@@ -134,7 +159,6 @@ class Store:
                     "created_at": _iso(now),
                 },
             )
-            dialogue_id = cursor.lastrowid
             assert dialogue_id is not None
             await conn.executemany(
                 """INSERT INTO participants (dialogue_id, seat, name, model, system_prompt, temperature,
@@ -258,10 +282,10 @@ class Store:
     async def settle_interrupted_calls(self, dialogue_id: int) -> Decimal:
         """Charge every call a dead process left unsettled at its reservation; return the sum."""
         async with self.transaction() as conn:
-            async with conn.execute(
+            rows = await conn.fetchall(
                 "SELECT reserved_usd FROM calls_in_flight WHERE dialogue_id = ?", (dialogue_id,)
-            ) as cursor:
-                amounts = [Decimal(r["reserved_usd"]) for r in await cursor.fetchall()]
+            )
+            amounts = [Decimal(r["reserved_usd"]) for r in rows]
             if not amounts:
                 return Decimal(0)
             total = sum(amounts, Decimal(0))
@@ -302,7 +326,7 @@ class Store:
             )
 
     @staticmethod
-    async def _insert_turn(conn: aiosqlite.Connection, turn: Turn) -> None:
+    async def _insert_turn(conn: Writer, turn: Turn) -> None:
         await conn.execute(
             """INSERT INTO turns VALUES (:dialogue_id, :seq, :round, :seat, :status, :text,
                        :reasoning, :prompt_tokens, :completion_tokens, :reasoning_tokens, :cost_usd,
@@ -312,11 +336,9 @@ class Store:
         )
 
     @staticmethod
-    async def _spent(conn: aiosqlite.Connection, dialogue_id: int) -> Decimal:
-        async with conn.execute("SELECT spent_usd FROM dialogues WHERE id = ?", (dialogue_id,)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return Decimal(row[0])
+    async def _spent(conn: Writer, dialogue_id: int) -> Decimal:
+        rows = await conn.fetchall("SELECT spent_usd FROM dialogues WHERE id = ?", (dialogue_id,))
+        return Decimal(rows[0][0])
 
     async def list_turns(self, dialogue_id: int) -> list[Turn]:
         """Return the dialogue's committed turns in order."""

@@ -1,4 +1,19 @@
-"""The Discord adapter (the `/voices` commands). It arrives with the Discord bridge issue; the engine
-in `bot/` already holds everything a dialogue is, so this package will stay thin."""
+"""The Discord adapter: `/voices` commands, threads, webhooks. Thin: every rule lives in `bot/`."""
 
-EXTENSIONS: tuple[str, ...] = ()
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cogs.client import VoicesBot
+    from config import Settings
+
+# Loaded in this order by VoicesBot.setup_hook, explicitly, like RoboDanny's initial_extensions.
+EXTENSIONS: tuple[str, ...] = ("cogs.errors", "cogs.voices")
+
+
+def create_bot(settings: Settings) -> VoicesBot:
+    """Build the whole bot (store, HTTP client, providers, cogs load in setup_hook) without connecting."""
+    from cogs.client import VoicesBot
+
+    return VoicesBot(settings)

@@ -1,0 +1,290 @@
+"""Showing a running dialogue in its thread: the status message, each persona's streamed turns, the end.
+
+The engine decides everything; this module only turns its events into Discord messages. One
+`Relay` task per dialogue, kept by `Relays`, so an error in one dialogue never touches another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import logging
+from dataclasses import dataclass, field
+
+import discord
+
+from bot.app import utc_now
+from bot.dialogue import Control, DialogueRunner
+from bot.events import Delta, Ended, Event, Started, TurnFinished, TurnRestarted, TurnStarted
+from bot.guilds import GuildStore
+from bot.models import Dialogue, Status, StopReason, Turn, TurnStatus
+from bot.rooms import Room, RoomStore
+from bot.store import Store
+from bot.transcript import render_json, render_markdown
+from cogs._format import split_message
+from cogs.status import ControlButton, status_embed
+from cogs.webhooks import NO_MENTIONS, WebhookPool
+
+log = logging.getLogger(__name__)
+
+# Discord tolerates about five edits per five seconds on a message; one a second leaves room.
+EDIT_INTERVAL = 1.0
+
+
+@dataclass
+class _Live:
+    """The turn being streamed: its text so far and the messages showing it."""
+
+    seq: int
+    name: str
+    avatar_url: str | None
+    text: str = ""
+    messages: list[int] = field(default_factory=list)
+    shown: list[str] = field(default_factory=list)
+    edited_at: list[float] = field(default_factory=list)
+
+
+class Relay:
+    """Post one dialogue's events into its thread."""
+
+    def __init__(self, services: Services, room: Room, thread: discord.Thread, control: Control):
+        self._s = services
+        self.room = room
+        self.thread = thread
+        self.control = control
+        self._live: _Live | None = None
+        self._status: discord.Message | None = None
+        self._speaker: str | None = None
+        self._gone = False
+
+    async def run(self) -> None:
+        """Catch up on what a crash left unposted, then follow the dialogue to its end or pause."""
+        await self._catch_up()
+        async for event in self._s.runner.run(self.room.dialogue_id, self.control):
+            try:
+                await self._show(event)
+            except (discord.NotFound, discord.Forbidden) as exc:
+                self._lost(exc)
+
+    def _lost(self, exc: discord.HTTPException) -> None:
+        """The thread was deleted or locked: stop the dialogue with that reason, post nothing more."""
+        if not self._gone:
+            log.warning("dialogue %s lost its thread: %s", self.room.dialogue_id, exc)
+            self._gone = True
+            self.control.stop(
+                now=True, reason=StopReason.THREAD_GONE, detail=f"Discord said: {exc.text or exc}"
+            )
+
+    async def _show(self, event: Event) -> None:
+        if self._gone:
+            return
+        match event:
+            case Started(dialogue=dialogue):
+                await self._update_status(dialogue)
+            case TurnStarted():
+                self._speaker = event.persona.name
+                self._live = _Live(event.seq, event.persona.name, event.persona.avatar_url)
+                await self._update_status(None)
+            case Delta(reasoning=False):
+                assert self._live is not None
+                self._live.text += event.text
+                await self._flush(force=False)
+            case TurnRestarted():
+                await self._discard_live()
+            case TurnFinished(turn=turn):
+                await self._finish_turn(turn)
+                self._speaker = None
+                await self._update_status(None)
+            case Ended(dialogue=dialogue):
+                await self._update_status(dialogue)
+                if dialogue.status.is_final:
+                    await self._post_end(dialogue)
+
+    # Turns -----------------------------------------------------------------------------------
+
+    async def _flush(self, force: bool) -> None:
+        live = self._live
+        assert live is not None
+        now = asyncio.get_running_loop().time()
+        for index, chunk in enumerate(split_message(live.text)):
+            if not chunk.strip():
+                continue
+            if index >= len(live.messages):
+                # Earlier messages are complete once a new one starts: show their final text now.
+                await self._edit_all(live, now, upto=index)
+                message = await self._s.webhooks.send(self.thread, live.name, live.avatar_url, chunk)
+                live.messages.append(message.id)
+                live.shown.append(chunk)
+                live.edited_at.append(now)
+                await self._s.rooms.set_live_messages(self.room.dialogue_id, tuple(live.messages))
+            elif chunk != live.shown[index] and (force or now - live.edited_at[index] >= EDIT_INTERVAL):
+                await self._s.webhooks.edit(self.thread, live.messages[index], chunk)
+                live.shown[index], live.edited_at[index] = chunk, now
+
+    async def _edit_all(self, live: _Live, now: float, upto: int) -> None:
+        chunks = split_message(live.text)
+        for index in range(min(upto, len(live.messages))):
+            if chunks[index] != live.shown[index]:
+                await self._s.webhooks.edit(self.thread, live.messages[index], chunks[index])
+                live.shown[index], live.edited_at[index] = chunks[index], now
+
+    async def _discard_live(self) -> None:
+        """A retry starts the reply again: remove what was shown of the failed attempt."""
+        live = self._live
+        if live is None:
+            return
+        for message_id in live.messages:
+            await self._s.webhooks.delete(self.thread, message_id)
+        self._live = _Live(live.seq, live.name, live.avatar_url)
+        await self._s.rooms.set_live_messages(self.room.dialogue_id, ())
+
+    async def _finish_turn(self, turn: Turn) -> None:
+        live = self._live or _Live(turn.seq, turn.speaker, None)
+        live.text = turn.text  # the committed text is the truth, whatever the stream showed
+        await self._flush(force=True)
+        if turn.status is TurnStatus.EMPTY:
+            await self._s.webhooks.send(self.thread, live.name, live.avatar_url,
+                                        "*⚠ Empty reply: nothing was passed on to the other side.*")  # fmt: skip
+        elif turn.status is TurnStatus.CANCELLED:
+            await self._s.webhooks.send(self.thread, live.name, live.avatar_url, "*✂ Cut off.*")
+        await self._post_reasoning(turn, live)
+        await self._s.rooms.mark_posted(self.room.dialogue_id, turn.seq)
+        self._live = None
+
+    async def _post_reasoning(self, turn: Turn, live: _Live) -> None:
+        if not turn.reasoning.strip():
+            return
+        mode = (await self._s.guilds.policy(self.room.guild_id)).reasoning
+        if mode == "file":
+            file = discord.File(io.BytesIO(turn.reasoning.encode()), filename=f"reasoning-{turn.seq + 1}.txt")
+            await self._s.webhooks.send(self.thread, live.name, live.avatar_url, "*Reasoning:*", file=file)
+        elif mode == "spoiler":
+            text = turn.reasoning.replace("||", "|\u200b|")
+            for chunk in split_message(text, limit=1990):
+                await self._s.webhooks.send(self.thread, live.name, live.avatar_url, f"||{chunk}||")
+
+    async def _catch_up(self) -> None:
+        """After a restart: drop the half-streamed turn's messages, post committed turns not yet shown."""
+        for message_id in self.room.live_message_ids:
+            await self._s.webhooks.delete(self.thread, message_id)
+        dialogue = await self._s.store.get_dialogue(self.room.dialogue_id)
+        for turn in await self._s.store.list_turns(self.room.dialogue_id):
+            if turn.seq > self.room.posted_seq:
+                persona = dialogue.participants[turn.seat]
+                self._live = _Live(turn.seq, persona.name, persona.avatar_url)
+                await self._finish_turn(turn)
+
+    # Status and end --------------------------------------------------------------------------
+
+    async def _update_status(self, dialogue: Dialogue | None) -> None:
+        dialogue = dialogue or await self._s.store.get_dialogue(self.room.dialogue_id)
+        turns = await self._s.store.list_turns(dialogue.id)
+        embed = status_embed(dialogue, turns, self._speaker)
+        view = ControlButton.view_for(dialogue)
+        if self._status is None and self.room.status_message_id is not None:
+            self._status = self.thread.get_partial_message(self.room.status_message_id)  # type: ignore[assignment]
+        if self._status is None:
+            self._status = await self.thread.send(embed=embed, view=view, allowed_mentions=NO_MENTIONS)
+            await self._s.rooms.set_status_message(dialogue.id, self._status.id)
+        else:
+            await self._status.edit(embed=embed, view=view)
+
+    async def _post_end(self, dialogue: Dialogue) -> None:
+        files = await transcript_files(self._s.store, dialogue.id, self.thread.guild.filesize_limit)
+        reason = dialogue.stop_reason.describe if dialogue.stop_reason else str(dialogue.status)
+        await self.thread.send(
+            f"Dialogue {dialogue.id} ended: {reason}.", files=files, allowed_mentions=NO_MENTIONS
+        )
+        parent = self.thread.parent
+        if isinstance(parent, discord.TextChannel):
+            names = " ↔ ".join(p.name for p in dialogue.participants)
+            await parent.send(f"Dialogue {dialogue.id} ({names}) ended: {reason}. {self.thread.jump_url}",
+                              allowed_mentions=NO_MENTIONS)  # fmt: skip
+
+
+async def transcript_files(store: Store, dialogue_id: int, size_limit: int) -> list[discord.File]:
+    """Return `transcript-<id>.md` and `.json`, each gzip-compressed if it would pass the upload limit."""
+    dialogue = await store.get_dialogue(dialogue_id)
+    turns = await store.list_turns(dialogue_id)
+    files = []
+    for extension, text in (("md", render_markdown(dialogue, turns)), ("json", render_json(dialogue, turns))):
+        data, name = text.encode(), f"transcript-{dialogue_id}.{extension}"
+        if len(data) > size_limit:
+            data, name = gzip.compress(data), f"{name}.gz"
+        files.append(discord.File(io.BytesIO(data), filename=name))
+    return files
+
+
+@dataclass
+class Services:
+    """What the Discord side uses of the engine."""
+
+    store: Store
+    runner: DialogueRunner
+    rooms: RoomStore
+    guilds: GuildStore
+    webhooks: WebhookPool
+
+
+class Relays:
+    """The running relay of each dialogue, with its Control; at most one per dialogue."""
+
+    def __init__(self, client: discord.Client, services: Services):
+        self._client = client
+        self._s = services
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self.controls: dict[int, Control] = {}
+
+    def is_running(self, dialogue_id: int) -> bool:
+        return dialogue_id in self._tasks
+
+    async def start(self, room: Room, stop: bool = False) -> None:
+        """Run the dialogue of this room in the background, posting into its thread.
+
+        With `stop`, the run ends at once as stopped by the user: how a paused dialogue is stopped,
+        with its final status and transcript posted like any other end.
+        """
+        if room.dialogue_id in self._tasks:
+            return
+        thread = self._client.get_channel(room.thread_id) or await self._client.fetch_channel(room.thread_id)
+        assert isinstance(thread, discord.Thread)
+        control = Control()
+        if stop:
+            control.stop()
+        relay = Relay(self._s, room, thread, control)
+        self.controls[room.dialogue_id] = control
+        task = asyncio.create_task(self._guard(relay), name=f"voices-dialogue-{room.dialogue_id}")
+        self._tasks[room.dialogue_id] = task
+
+    async def _guard(self, relay: Relay) -> None:
+        dialogue_id = relay.room.dialogue_id
+        try:
+            await relay.run()
+        except Exception:  # one dialogue's failure is logged and never reaches another
+            log.exception("relay of dialogue %s failed", dialogue_id)
+        finally:
+            self._tasks.pop(dialogue_id, None)
+            self.controls.pop(dialogue_id, None)
+
+    async def resume_all(self) -> None:
+        """After a restart, carry on every dialogue that was running or about to."""
+        for room in await self._s.rooms.in_states(Status.RUNNING, Status.PENDING):
+            try:
+                await self.start(room)
+            except (discord.NotFound, discord.Forbidden):
+                await self._s.store.finish_dialogue(room.dialogue_id, StopReason.THREAD_GONE,
+                                                    "the thread is gone", utc_now())  # fmt: skip
+
+    async def wait(self, dialogue_id: int) -> None:
+        """Wait until the dialogue's relay has finished (for tests and shutdown)."""
+        task = self._tasks.get(dialogue_id)
+        if task is not None:
+            await asyncio.wait({task})
+
+    async def close(self) -> None:
+        """Cancel every relay; their dialogues stay `running` and resume on the next start."""
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()))

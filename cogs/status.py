@@ -1,0 +1,107 @@
+"""The status message at the top of a dialogue's thread, and its Stop / Pause / Resume buttons.
+
+The buttons' custom ids carry the dialogue id, so they keep working after a restart: the click is
+handled from the store, not from anything held in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.budget import format_usd
+from bot.models import Dialogue, Status, Turn
+
+if TYPE_CHECKING:
+    from cogs.client import VoicesBot
+
+COLOURS = {
+    Status.PENDING: discord.Colour.light_grey(),
+    Status.RUNNING: discord.Colour.blurple(),
+    Status.PAUSED: discord.Colour.orange(),
+    Status.FINISHED: discord.Colour.green(),
+    Status.STOPPED: discord.Colour.dark_grey(),
+    Status.FAILED: discord.Colour.red(),
+}
+
+
+def status_embed(dialogue: Dialogue, turns: Sequence[Turn], speaker: str | None) -> discord.Embed:
+    """Return the live figures of a dialogue: round, speaker, money, tokens per speaker, time."""
+    names = " ↔ ".join(p.name for p in dialogue.participants)
+    count = len(dialogue.participants)
+    done = len(turns)
+    round_no = min(done // count + 1, dialogue.limits.max_rounds)
+    embed = discord.Embed(title=names, colour=COLOURS[dialogue.status])
+    if dialogue.status.is_final and dialogue.stop_reason is not None:
+        detail = f" ({dialogue.stop_detail})" if dialogue.stop_detail else ""
+        embed.description = f"**Ended:** {dialogue.stop_reason.describe}{detail}"[:4000]
+    elif dialogue.status is Status.PAUSED:
+        embed.description = "**Paused.** Resume to carry on."
+    else:
+        embed.description = f"**Speaking:** {speaker}" if speaker else "**Running.**"
+    embed.add_field(name="Round", value=f"{round_no}/{dialogue.limits.max_rounds}")
+    embed.add_field(
+        name="Spent",
+        value=f"{format_usd(dialogue.totals.spent_usd)} of {format_usd(dialogue.limits.budget_usd)}",
+    )
+    embed.add_field(name="Time", value=_elapsed(dialogue))
+    for seat, persona in enumerate(dialogue.participants):
+        mine = [t for t in turns if t.seat == seat]
+        embed.add_field(
+            name=f"{persona.name} · {persona.model}"[:256],
+            value=(
+                f"prompt {sum(t.usage.prompt_tokens for t in mine)} · "
+                f"completion {sum(t.usage.completion_tokens for t in mine)} · "
+                f"reasoning {sum(t.usage.reasoning_tokens for t in mine)}"
+            ),
+            inline=False,
+        )
+    embed.set_footer(text=f"Dialogue {dialogue.id}")
+    return embed
+
+
+def _elapsed(dialogue: Dialogue) -> str:
+    if dialogue.started_at is None:
+        return "0 s"
+    end = dialogue.ended_at or datetime.now(UTC)
+    seconds = int((end - dialogue.started_at).total_seconds())
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+class ControlButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"voices:(?P<action>stop|pause|resume):(?P<id>[0-9]+)"):  # fmt: skip
+    """Stop, Pause or Resume one dialogue; only its starter and members who manage threads may."""
+
+    LABELS = {"stop": ("Stop", discord.ButtonStyle.danger), "pause": ("Pause", discord.ButtonStyle.secondary),
+              "resume": ("Resume", discord.ButtonStyle.success)}  # fmt: skip
+
+    def __init__(self, action: str, dialogue_id: int):
+        label, style = self.LABELS[action]
+        super().__init__(
+            discord.ui.Button(label=label, style=style, custom_id=f"voices:{action}:{dialogue_id}")
+        )
+        self.action = action
+        self.dialogue_id = dialogue_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: Any, /
+    ) -> ControlButton:
+        return cls(match["action"], int(match["id"]))
+
+    @staticmethod
+    def view_for(dialogue: Dialogue) -> discord.ui.View | None:
+        """Return the buttons that fit the dialogue's state (none once it has ended)."""
+        if dialogue.status.is_final:
+            return None
+        view = discord.ui.View(timeout=None)
+        toggle = "resume" if dialogue.status is Status.PAUSED else "pause"
+        view.add_item(ControlButton(toggle, dialogue.id))
+        view.add_item(ControlButton("stop", dialogue.id))
+        return view
+
+    async def callback(self, interaction: discord.Interaction[VoicesBot]) -> None:  # type: ignore[override]
+        cog: Any = interaction.client.get_cog("VoicesCog")
+        await cog.control(interaction, self.action, self.dialogue_id)

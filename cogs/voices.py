@@ -1,0 +1,352 @@
+"""The `/voices` command group: start, stop, pause, resume, extend, status, list, transcript, personas, config."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.budget import format_usd
+from bot.errors import InputError, StateError
+from bot.guilds import GuildLoad, check_start
+from bot.models import Dialogue, DialogueSpec, Limits, Status
+from bot.personas import resolve_persona
+from bot.rooms import Room
+from cogs.errors import reply, user_message
+from cogs.relay import transcript_files
+from cogs.status import status_embed
+from cogs.webhooks import NO_MENTIONS
+
+if TYPE_CHECKING:
+    from cogs.client import VoicesBot
+
+# What the bot needs in the channel where /voices start is used.
+NEEDED = dict(view_channel=True, send_messages=True, create_public_threads=True, send_messages_in_threads=True,
+              manage_webhooks=True, embed_links=True, attach_files=True, read_message_history=True)  # fmt: skip
+Action = Literal["stop", "pause", "resume"]
+
+
+def parse_usd(text: str, what: str = "budget") -> Decimal:
+    """Return a USD amount typed by a member, or raise InputError saying what is expected."""
+    try:
+        value = Decimal(text.strip().lstrip("$"))
+    except InvalidOperation:
+        raise InputError(f"{what} must be an amount in USD such as 0.25, not '{text}'") from None
+    if not value.is_finite():
+        raise InputError(f"{what} must be an amount in USD such as 0.25, not '{text}'")
+    return value
+
+
+@app_commands.guild_only()
+class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let AI models talk to each other"):
+    """Slash commands that hand everything to the engine and show the result."""
+
+    def __init__(self, bot: VoicesBot):
+        self.bot = bot
+        self.s = bot.services
+
+    # Autocomplete ----------------------------------------------------------------------------
+
+    async def speaker_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        """Offer personas first, then catalogue models, matching what was typed."""
+        needle = current.lower()
+        names = [k for k in self.bot.personas if needle in k.lower()]
+        try:
+            models = [m.id for m in await self.bot.catalogue.search(current)]
+        except Exception:  # noqa: BLE001 - a catalogue outage must not break typing
+            models = []
+        return [app_commands.Choice(name=v[:100], value=v) for v in (names + models)[:25]]
+
+    # Start -----------------------------------------------------------------------------------
+
+    @app_commands.command(name="start")
+    @app_commands.describe(
+        a="Who speaks first: a persona (see /voices personas) or a model id like z-ai/glm-5",
+        b="Who answers: a persona or a model id",
+        opening="The first message, given to the first speaker",
+        rounds="Rounds: each speaker talks once per round",
+        budget="Hard cap in USD, e.g. 0.25: no call is made that could pass it",
+        system_a="System prompt for the first speaker (replaces the persona's)",
+        system_b="System prompt for the second speaker (replaces the persona's)",
+    )
+    @app_commands.autocomplete(a=speaker_choices, b=speaker_choices)
+    @app_commands.checks.bot_has_permissions(**NEEDED)
+    async def start(
+        self,
+        interaction: discord.Interaction,
+        a: app_commands.Range[str, 1, 200],
+        b: app_commands.Range[str, 1, 200],
+        opening: app_commands.Range[str, 1, 4000],
+        rounds: app_commands.Range[int, 1, 100] | None = None,
+        budget: app_commands.Range[str, 1, 20] | None = None,
+        system_a: app_commands.Range[str, 1, 4000] | None = None,
+        system_b: app_commands.Range[str, 1, 4000] | None = None,
+    ) -> None:
+        """Start a dialogue between two models in a new public thread."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        channel = interaction.channel
+        if not isinstance(channel, discord.TextChannel):
+            raise InputError("use /voices start in a text channel; it opens a thread of its own")
+        spec = self._spec(a, b, opening, rounds, budget, system_a, system_b)
+        await self._check_guild(interaction, spec)
+        worst = await self.s.runner.check(spec)
+        names = " ↔ ".join(p.name for p in spec.participants)
+        thread = await channel.create_thread(name=names[:100], type=discord.ChannelType.public_thread,
+                                             auto_archive_duration=1440, reason="a Voices dialogue")  # fmt: skip
+        dialogue = await self.s.runner.create(spec)
+        room = await self.s.rooms.create(
+            Room(dialogue.id, channel.guild.id, channel.id, thread.id, interaction.user.id)
+        )
+        await self.bot.relays.start(room)
+        await interaction.followup.send(
+            f"Started dialogue {dialogue.id} in {thread.mention}: {spec.limits.max_rounds} rounds, budget "
+            f"{format_usd(spec.limits.budget_usd)} (each call reserves its worst case; the first at most "
+            f"{format_usd(worst)}).",
+            ephemeral=True, allowed_mentions=NO_MENTIONS,
+        )  # fmt: skip
+
+    def _spec(self, a: str, b: str, opening: str, rounds: int | None, budget: str | None,
+              system_a: str | None, system_b: str | None) -> DialogueSpec:  # fmt: skip
+        settings = self.bot.settings
+        personas = []
+        for ref, system in ((a, system_a), (b, system_b)):
+            persona = resolve_persona(ref, self.bot.personas, settings.default_max_tokens)
+            personas.append(replace(persona, system_prompt=system) if system else persona)
+        if personas[0].name == personas[1].name:
+            personas[1] = replace(personas[1], name=f"{personas[1].name} 2")
+        limits = Limits(
+            max_rounds=rounds or settings.default_rounds,
+            budget_usd=parse_usd(budget) if budget else settings.default_budget,
+            max_total_tokens=settings.max_total_tokens,
+            max_seconds=settings.max_seconds,
+        )
+        return DialogueSpec(tuple(personas), opening, limits, origin="discord")
+
+    async def _check_guild(self, interaction: discord.Interaction, spec: DialogueSpec) -> None:
+        assert interaction.guild_id is not None
+        policy = await self.s.guilds.policy(interaction.guild_id)
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        load = GuildLoad(
+            guild_today=await self.s.rooms.committed(interaction.guild_id, today),
+            member_today=await self.s.rooms.committed(interaction.guild_id, today, interaction.user.id),
+            active=await self.s.rooms.active_count(interaction.guild_id),
+        )
+        check_start(policy, spec, load)
+
+    # Control ---------------------------------------------------------------------------------
+
+    async def _room(self, interaction: discord.Interaction, dialogue: int | None) -> Room:
+        """Return the room named by id, or the one of the thread the command was used in."""
+        if dialogue is not None:
+            room = await self.s.rooms.get(dialogue)
+        else:
+            found = await self.s.rooms.in_thread(interaction.channel_id or 0)
+            if found is None:
+                raise InputError("use this in a dialogue's thread, or give the dialogue's id")
+            room = found
+        if room.guild_id != interaction.guild_id:
+            raise InputError(f"no dialogue {room.dialogue_id} in this server; `/voices list` shows them")
+        return room
+
+    def _may_control(self, interaction: discord.Interaction, room: Room) -> None:
+        perms = interaction.permissions
+        if interaction.user.id != room.starter_id and not perms.manage_threads:
+            raise InputError(
+                "only whoever started this dialogue, or members who can manage threads, may do that"
+            )
+
+    async def control(
+        self, interaction: discord.Interaction, action: Action, dialogue_id: int | None
+    ) -> None:
+        """Stop, pause or resume a dialogue (from a command or a button); refusals are ephemeral."""
+        try:
+            room = await self._room(interaction, dialogue_id)
+            self._may_control(interaction, room)
+            text = await self._apply(action, room, interaction.user)
+        except (InputError, StateError) as exc:
+            await reply(interaction, f"⚠ {user_message(exc)}")
+            return
+        await reply(interaction, text)
+
+    async def _apply(self, action: Action, room: Room, who: discord.abc.User) -> str:
+        dialogue = await self.s.store.get_dialogue(room.dialogue_id)
+        relays = self.bot.relays
+        running = relays.is_running(room.dialogue_id)
+        if dialogue.status.is_final:
+            raise StateError(f"dialogue {dialogue.id} has already ended ({dialogue.stop_reason})")
+        if action == "stop":
+            if running:
+                relays.controls[room.dialogue_id].stop(now=True)
+            else:
+                await relays.start(room, stop=True)
+            return f"Stopping dialogue {dialogue.id}."
+        if action == "pause":
+            if not running:
+                raise StateError(f"dialogue {dialogue.id} is not running")
+            relays.controls[room.dialogue_id].pause()
+            return f"Dialogue {dialogue.id} pauses after the turn in flight."
+        if running:
+            raise StateError(f"dialogue {dialogue.id} is already running")
+        await relays.start(room)
+        return f"Resuming dialogue {dialogue.id}."
+
+    @app_commands.command(name="stop")
+    @app_commands.describe(dialogue="The dialogue's id (default: the one of this thread)")
+    async def stop(self, interaction: discord.Interaction, dialogue: int | None = None) -> None:
+        """Stop a dialogue now; its transcript is still posted."""
+        await self.control(interaction, "stop", dialogue)
+
+    @app_commands.command(name="pause")
+    @app_commands.describe(dialogue="The dialogue's id (default: the one of this thread)")
+    async def pause(self, interaction: discord.Interaction, dialogue: int | None = None) -> None:
+        """Pause a dialogue after the turn in flight."""
+        await self.control(interaction, "pause", dialogue)
+
+    @app_commands.command(name="resume")
+    @app_commands.describe(dialogue="The dialogue's id (default: the one of this thread)")
+    async def resume(self, interaction: discord.Interaction, dialogue: int | None = None) -> None:
+        """Resume a paused dialogue."""
+        await self.control(interaction, "resume", dialogue)
+
+    @app_commands.command(name="extend")
+    @app_commands.describe(
+        rounds="Rounds to add", dialogue="The dialogue's id (default: the one of this thread)"
+    )
+    async def extend(self, interaction: discord.Interaction, rounds: app_commands.Range[int, 1, 100],
+                     dialogue: int | None = None) -> None:  # fmt: skip
+        """Add rounds to a dialogue (one that ran out of rounds carries on)."""
+        room = await self._room(interaction, dialogue)
+        self._may_control(interaction, room)
+        current = await self.s.store.get_dialogue(room.dialogue_id)
+        policy = await self.s.guilds.policy(room.guild_id)
+        if current.limits.max_rounds + rounds > policy.max_rounds:
+            raise InputError(f"this server allows at most {policy.max_rounds} rounds per dialogue")
+        extended = await self.s.runner.extend(room.dialogue_id, rounds)
+        if extended.status is Status.PAUSED and current.status.is_final:
+            await self.bot.relays.start(room)
+        await reply(interaction, f"Dialogue {extended.id} now has {extended.limits.max_rounds} rounds.")
+
+    # Looking ---------------------------------------------------------------------------------
+
+    @app_commands.command(name="status")
+    @app_commands.describe(dialogue="The dialogue's id (default: the one of this thread)")
+    async def status(self, interaction: discord.Interaction, dialogue: int | None = None) -> None:
+        """Show the live figures of a dialogue."""
+        room = await self._room(interaction, dialogue)
+        found = await self.s.store.get_dialogue(room.dialogue_id)
+        embed = status_embed(found, await self.s.store.list_turns(found.id), None)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="list")
+    async def list_(self, interaction: discord.Interaction) -> None:
+        """List this server's recent dialogues and how they ended."""
+        assert interaction.guild_id is not None
+        lines = []
+        for room in await self.s.rooms.recent(interaction.guild_id):
+            lines.append(_line(await self.s.store.get_dialogue(room.dialogue_id), room))
+        await reply(interaction, "\n".join(lines) or "No dialogues yet: `/voices start` begins one.")
+
+    @app_commands.command(name="transcript")
+    @app_commands.describe(dialogue="The dialogue's id")
+    async def transcript(self, interaction: discord.Interaction, dialogue: int) -> None:
+        """Post a finished dialogue's transcript files (.md and .json) here."""
+        room = await self._room(interaction, dialogue)
+        found = await self.s.store.get_dialogue(room.dialogue_id)
+        if not found.status.is_final:
+            raise StateError(f"dialogue {dialogue} has not ended yet; its transcript comes when it does")
+        await interaction.response.defer(thinking=True)
+        limit = (
+            interaction.guild.filesize_limit
+            if interaction.guild
+            else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+        )
+        files = await transcript_files(self.s.store, found.id, limit)
+        await interaction.followup.send(
+            f"Transcript of dialogue {found.id}.", files=files, allowed_mentions=NO_MENTIONS
+        )
+
+    @app_commands.command(name="personas")
+    async def personas(self, interaction: discord.Interaction) -> None:
+        """List the personas you can name in /voices start."""
+        lines = [f"**{key}** · {p.name} · `{p.model}`" for key, p in sorted(self.bot.personas.items())]
+        lines.append("Any model id from the catalogue works too, e.g. `z-ai/glm-5`.")
+        await reply(interaction, "\n".join(lines))
+
+    # Settings --------------------------------------------------------------------------------
+
+    @app_commands.command(name="config")
+    @app_commands.describe(
+        max_rounds="Most rounds one dialogue may have",
+        max_budget="Most USD one dialogue may spend",
+        daily_cap_server="Most USD the whole server may commit per day (UTC)",
+        daily_cap_member="Most USD one member may commit per day (UTC)",
+        max_concurrent="Most dialogues going at once in this server",
+        reasoning="What to do with a model's reasoning text",
+        allowed_models="Comma-separated model ids, or 'all'",
+    )
+    async def config(
+        self,
+        interaction: discord.Interaction,
+        max_rounds: app_commands.Range[int, 1, 1000] | None = None,
+        max_budget: str | None = None,
+        daily_cap_server: str | None = None,
+        daily_cap_member: str | None = None,
+        max_concurrent: app_commands.Range[int, 1, 100] | None = None,
+        reasoning: Literal["hide", "spoiler", "file"] | None = None,
+        allowed_models: str | None = None,
+    ) -> None:
+        """Show or change this server's limits (Manage Server needed to change them)."""
+        assert interaction.guild_id is not None
+        changes: dict[str, object] = {}
+        for name, value in (
+            ("max_rounds", max_rounds),
+            ("max_concurrent", max_concurrent),
+            ("reasoning", reasoning),
+        ):
+            if value is not None:
+                changes[name] = value
+        for name, text in (("max_budget", max_budget), ("daily_cap_guild", daily_cap_server),
+                           ("daily_cap_member", daily_cap_member)):  # fmt: skip
+            if text is not None:
+                changes[name] = parse_usd(text, name.replace("_", " "))
+        if allowed_models is not None:
+            changes["allowed_models"] = await self._models(allowed_models)
+        if changes and not interaction.permissions.manage_guild:
+            raise InputError("changing the server's limits needs the Manage Server permission")
+        guilds = self.s.guilds
+        policy = (
+            await guilds.update(interaction.guild_id, **changes)
+            if changes
+            else await guilds.policy(interaction.guild_id)
+        )
+        models = "all" if policy.allowed_models is None else ", ".join(sorted(policy.allowed_models))
+        await reply(interaction, (
+            f"Rounds ≤ {policy.max_rounds} · budget ≤ {format_usd(policy.max_budget)} · per day: server "
+            f"{format_usd(policy.daily_cap_guild)}, member {format_usd(policy.daily_cap_member)} · "
+            f"{policy.max_concurrent} at once · reasoning: {policy.reasoning} · models: {models}"
+        ))  # fmt: skip
+
+    async def _models(self, text: str) -> frozenset[str] | None:
+        if text.strip().lower() == "all":
+            return None
+        ids = frozenset(part.strip() for part in text.split(",") if part.strip())
+        for model_id in ids:
+            await self.bot.catalogue.get(model_id)  # an unknown id is refused by name
+        return ids
+
+
+def _line(dialogue: Dialogue, room: Room) -> str:
+    names = " ↔ ".join(p.name for p in dialogue.participants)
+    state = str(dialogue.stop_reason) if dialogue.stop_reason else str(dialogue.status)
+    return f"**{dialogue.id}** · {names} · {state} · {format_usd(dialogue.totals.spent_usd)} · <#{room.thread_id}>"
+
+
+async def setup(bot: VoicesBot) -> None:
+    await bot.add_cog(VoicesCog(bot))

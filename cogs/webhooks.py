@@ -1,0 +1,85 @@
+"""One bot-owned webhook per parent channel, found or created once and recreated when deleted.
+
+Discord allows 15 webhooks per channel, so personas share one and differ by username and avatar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import discord
+
+from cogs._format import sanitize_name
+
+WEBHOOK_NAME = "Voices"
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+class WebhookPool:
+    """Hand out the bot's webhook of a channel; `send` and `edit` recreate a deleted one once."""
+
+    def __init__(self, client: discord.Client):
+        self._client = client
+        self._hooks: dict[int, discord.Webhook] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    async def get(self, channel: discord.TextChannel) -> discord.Webhook:
+        """Return the bot's webhook on `channel`, reusing one that exists."""
+        lock = self._locks.setdefault(channel.id, asyncio.Lock())
+        async with lock:  # two dialogues starting at once must not create two webhooks
+            if channel.id not in self._hooks:
+                self._hooks[channel.id] = await self._find_or_create(channel)
+            return self._hooks[channel.id]
+
+    async def _find_or_create(self, channel: discord.TextChannel) -> discord.Webhook:
+        me = self._client.user
+        for hook in await channel.webhooks():
+            if hook.user is not None and me is not None and hook.user.id == me.id and hook.token:
+                return hook
+        return await channel.create_webhook(name=WEBHOOK_NAME, reason="Voices posts each persona through it")
+
+    async def send(
+        self, thread: discord.Thread, name: str, avatar_url: str | None, content: str = "", **extra: Any
+    ) -> discord.WebhookMessage:
+        """Post into the thread as a persona; mentions are never delivered."""
+        return await self._with_retry(
+            thread,
+            lambda hook: hook.send(
+                content,
+                username=sanitize_name(name),
+                avatar_url=avatar_url,
+                thread=thread,
+                wait=True,
+                allowed_mentions=NO_MENTIONS,
+                **extra,
+            ),  # fmt: skip
+        )
+
+    async def edit(self, thread: discord.Thread, message_id: int, content: str) -> None:
+        """Replace the text of a persona's message."""
+        await self._with_retry(
+            thread,
+            lambda hook: hook.edit_message(
+                message_id, content=content, thread=thread, allowed_mentions=NO_MENTIONS
+            ),
+        )
+
+    async def delete(self, thread: discord.Thread, message_id: int) -> None:
+        """Delete a persona's message (a reply that was restarted); a missing one is already gone."""
+        try:
+            await self._with_retry(thread, lambda hook: hook.delete_message(message_id, thread=thread))
+        except discord.NotFound:
+            pass
+
+    async def _with_retry(self, thread: discord.Thread, call: Any) -> Any:
+        parent = thread.parent
+        assert isinstance(parent, discord.TextChannel)
+        hook = await self.get(parent)
+        try:
+            return await call(hook)
+        except discord.NotFound as exc:
+            if exc.code != 10015:  # Unknown Webhook; anything else is the caller's business
+                raise
+            self._hooks.pop(parent.id, None)
+            return await call(await self.get(parent))

@@ -1,0 +1,94 @@
+"""SimCord fixtures: the real bot from `cogs.create_bot`, a simulated Discord, the loopback OpenRouter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+import simcord
+from simcord.http.routes import interactions as webhook_routes
+
+from cogs import create_bot
+from cogs.client import VoicesBot
+from config import Settings
+from tests.conftest import API_KEY
+from tests.fake_openrouter import FakeOpenRouter
+
+
+class _InThread:
+    """A webhook seen through a `thread_id` query: the same webhook, filing into the thread."""
+
+    def __init__(self, webhook: Any, thread_id: int):
+        self._webhook = webhook
+        self.channel_id = thread_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._webhook, name)
+
+
+@pytest.fixture(autouse=True)
+def webhooks_post_into_threads(monkeypatch):
+    """SimCord 3.2.1 ignores `thread_id` on webhook execute and edit, filing the message in the parent
+    channel; Discord posts it into the thread. This makes SimCord do what Discord does, so tests can
+    read a thread's history. (shared/reference/discord.md, "A SimCord gap to know about")."""
+    original = webhook_routes._incoming_webhook
+
+    def incoming(ctx: Any) -> Any:
+        webhook = original(ctx)
+        thread_id = ctx.params.get("thread_id")
+        return _InThread(webhook, int(thread_id)) if thread_id else webhook
+
+    monkeypatch.setattr(webhook_routes, "_incoming_webhook", incoming)
+
+
+def make_settings(tmp_path: Path, server: FakeOpenRouter, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "openrouter_api_key": API_KEY,
+        "openrouter_base_url": server.base_url,
+        "database": tmp_path / "voices.db",
+        "discord_token": "not-a-real-token",
+        "default_max_tokens": 300,
+        "default_budget": "0.50",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@dataclass
+class World:
+    """A simulated server with a channel, two members, and the bot."""
+
+    env: simcord.Env
+    bot: VoicesBot
+    guild: Any
+    channel: Any
+    alice: Any
+    bob: Any
+    server: FakeOpenRouter
+
+    def thread(self, index: int = -1) -> Any:
+        return self.channel.threads[index]
+
+    async def finish(self, dialogue_id: int) -> None:
+        """Let the dialogue's background relay run to its end."""
+        await self.bot.relays.wait(dialogue_id)
+        await self.env.settle()
+
+
+@pytest.fixture
+def simcord_bot(tmp_path, server) -> VoicesBot:
+    """The bot as `voices bot` builds it, pointed at the loopback OpenRouter and a tmp database."""
+    return create_bot(make_settings(tmp_path, server))
+
+
+@pytest.fixture
+def world(simcord_env, simcord_bot, server) -> World:
+    env = simcord_env
+    guild = env.create_guild()
+    channel = guild.create_text_channel("general")
+    alice = guild.add_member(env.create_user("alice"))
+    bob = guild.add_member(env.create_user("bob"))
+    return World(env, simcord_bot, guild, channel, alice, bob, server)
