@@ -547,7 +547,11 @@ class DialogueRunner:
         task = asyncio.ensure_future(self._sleep(delay))
         control._interrupt = task.cancel
         try:
-            await asyncio.wait({task})
+            await task  # awaited directly, so schedulers and test harnesses see a plain timer
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are being cancelled ourselves, not interrupted by a stop
         finally:
             control._interrupt = None
         return task.cancelled() or control.stop_now

@@ -4,23 +4,283 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import GLM, OPUS
+import discord
+import pytest
+
+from bot.models import Status, StopReason
+from cogs import create_bot
+from tests.cogs.conftest import make_settings
+from tests.conftest import API_KEY, GLM, OPUS
+from tests.fake_openrouter import Reply
 
 
-async def start(world, **options):
+async def start(world, member=None, **options):
     values = {"a": OPUS, "b": GLM, "opening": "Hello there.", "rounds": 2, "budget": "0.25"} | options
-    return await world.alice.slash(world.channel, "voices start", **values)
+    return await (member or world.alice).slash(world.channel, "voices start", **values)
 
 
-async def test_start_runs_a_dialogue_in_a_thread_as_two_personas(world):
+def hold_second_turn(world, seconds: int = 30) -> None:
+    """Make the second call meet a 429 with Retry-After, so the dialogue waits there (in SimCord's
+    virtual time) until the test moves the clock on: the moment to click, stop or restart."""
+    limited = {"error": {"code": 429, "message": "slow down"}}
+    world.server.enqueue(Reply(text="First turn."), Reply(status=429, headers={"Retry-After": str(seconds)},
+                                                          error=limited))  # fmt: skip
+
+
+def persona_posts(thread):
+    return [m for m in thread.history() if m.webhook_id is not None]
+
+
+def status_message(thread):
+    return next(m for m in thread.history() if m.embeds)
+
+
+def sent_payloads(world):
+    """Every message the bot or its webhook created or edited, as Discord received it."""
+    return [r for r in world.env.http_requests if r.method in ("POST", "PATCH") and isinstance(r.json, dict)
+            and ("/messages" in r.path or r.path.startswith("/webhooks/"))]  # fmt: skip
+
+
+async def test_start_runs_a_dialogue_in_a_public_thread_as_two_personas(world):
     result = await start(world)
-    assert result.ephemeral and result.response.content.startswith("Started dialogue 1 in <#")
+    assert result.ephemeral
+    assert "Started dialogue 1 in <#" in result.response.content
+    assert "budget $0.2500" in result.response.content and "at most $" in result.response.content
     await world.finish(1)
     thread = world.thread()
     assert thread.name == "claude-opus-4.6 ↔ glm-5"
-    history = thread.history()
-    authors = [m.author.name for m in history]
-    print(authors, [m.content[:40] for m in history])
-    assert authors.count("claude-opus-4.6") == 2 and authors.count("glm-5") == 2
-    files = [a.filename for m in history for a in m.attachments]
-    assert files == ["transcript-1.md", "transcript-1.json"]
+    (created,) = [r for r in world.env.http_requests if r.path == f"/channels/{world.channel.id}/threads"]
+    assert created.json["type"] == discord.ChannelType.public_thread.value
+    posts = persona_posts(thread)
+    assert [m.author.name for m in posts] == ["claude-opus-4.6", "glm-5"] * 2
+    assert posts[3].content.startswith("Reply 4 from z-ai/glm-5")
+    # One webhook on the parent channel serves both personas.
+    assert len({m.webhook_id for m in posts}) == 1
+    creates = [r for r in world.env.http_requests if r.method == "POST" and r.path.endswith("/webhooks")]
+    assert len(creates) == 1 and creates[0].path == f"/channels/{world.channel.id}/webhooks"
+
+
+async def test_the_end_posts_status_transcripts_and_a_notice_in_the_channel(world):
+    await start(world)
+    await world.finish(1)
+    thread = world.thread()
+    status = status_message(thread)
+    assert status.embeds[0].description.startswith("**Ended:** all rounds completed")
+    assert status.components == []
+    last = thread.history()[-1]
+    assert [a.filename for a in last.attachments] == ["transcript-1.md", "transcript-1.json"]
+    markdown = (await last.attachments[0].read()).decode()
+    document = json.loads(await last.attachments[1].read())
+    assert markdown.startswith("# Voices Chat: claude-opus-4.6 <-> glm-5")
+    assert document["dialogue"]["stop_reason"] == "max_rounds" and len(document["turns"]) == 4
+    notice = world.channel.history()[-1]
+    assert "Dialogue 1 (claude-opus-4.6 ↔ glm-5) ended: all rounds completed." in notice.content
+    assert str(thread.id) in notice.content
+
+
+async def test_model_output_never_pings_anyone_and_the_key_never_shows(world):
+    world.server.enqueue(Reply(text="Hey @everyone and @here and <@123> look at this"))
+    await start(world, rounds=1)
+    await world.finish(1)
+    assert "@everyone" in persona_posts(world.thread())[0].content
+    for request in sent_payloads(world):
+        if "content" in request.json or "embeds" in request.json:
+            if request.method == "POST":
+                assert request.json.get("allowed_mentions") == {"parse": []}, request
+    everything = json.dumps([r.json for r in world.env.http_requests], default=str)
+    assert API_KEY not in everything
+
+
+async def test_a_long_reply_with_code_is_split_with_fences_kept_balanced(world):
+    code = "```python\n" + "\n".join(f"print('line {i}')" for i in range(250)) + "\n```"
+    text = "Here is the program.\n\n" + code + "\n\nThat is all. " + "More words. " * 100
+    assert len(text) > 5000
+    world.server.enqueue(Reply(text=text, chunk_words=50))
+    await start(world, rounds=1)
+    await world.finish(1)
+    posts = [m for m in persona_posts(world.thread()) if m.author.name == "claude-opus-4.6"]
+    assert len(posts) >= 3
+    for post in posts:
+        assert len(post.content) <= 2000
+        assert post.content.count("```") % 2 == 0
+    assert "print('line 249')" in "".join(p.content for p in posts)
+
+
+async def test_a_streamed_reply_is_edited_at_most_once_a_second(world):
+    world.server.enqueue(Reply(text=" ".join(f"w{i}" for i in range(60)), chunk_words=2, chunk_delay=0.1))
+    await start(world, rounds=1)
+    await world.finish(1)
+    first = persona_posts(world.thread())[0]
+    edits = [r for r in world.env.http_requests if r.method == "PATCH" and r.path.endswith(f"/messages/{first.id}")]
+    # About three seconds of streaming: a post, a few throttled edits and the final one.
+    assert 1 <= len(edits) <= 6
+    assert first.content.endswith("w59")
+
+
+async def test_bad_options_are_refused_ephemerally_and_nothing_is_created(world):
+    cases = [
+        ({"b": "z-ai/glm5"}, "unknown model 'z-ai/glm5'; did you mean z-ai/glm-5?"),
+        ({"budget": "lots"}, "budget must be an amount in USD such as 0.25, not 'lots'"),
+        ({"budget": "0"}, "budget must be above $0"),
+        ({"b": "nobody"}, "'nobody' is neither a persona"),
+        ({"budget": "0.00001"}, "below the worst case of the first call"),
+    ]
+    for options, message in cases:
+        result = await start(world, **options)
+        assert result.ephemeral and message in result.response.content, result.response.content
+    assert world.channel.threads == []
+    assert world.server.chat_requests == []
+
+
+async def test_server_limits_are_enforced_and_only_managers_change_them(world):
+    refused = await world.alice.slash(world.channel, "voices config", max_rounds=3)
+    assert "Manage Server" in refused.response.content
+    owner = world.guild.add_member(world.guild.owner) if False else None
+    assert owner is None
+    bot = world.bot
+    await bot.services.guilds.update(world.guild.id, max_rounds=3, max_concurrent=1)
+    too_long = await start(world, rounds=4)
+    assert "at most 3 rounds" in too_long.response.content
+    shown = await world.alice.slash(world.channel, "voices config")
+    assert "Rounds ≤ 3" in shown.response.content and "1 at once" in shown.response.content
+
+
+async def test_the_bot_names_the_permissions_it_lacks(world):
+    me = world.guild.me
+    locked = world.guild.create_text_channel(
+        "locked", overwrites={me: discord.PermissionOverwrite(manage_webhooks=False, create_public_threads=False)}
+    )
+    result = await world.alice.slash(locked, "voices start", a=OPUS, b=GLM, opening="Hi")
+    assert result.ephemeral
+    assert "Manage Webhooks" in result.response.content and "Create Public Threads" in result.response.content
+    assert locked.threads == []
+
+
+async def test_pause_and_resume_buttons_and_a_refusal_for_others(world):
+    hold_second_turn(world)
+    await start(world, rounds=3)
+    thread = world.thread()
+    refused = await world.bob.click(status_message(thread), label="Pause")
+    assert refused.ephemeral and "only whoever started this dialogue" in refused.response.content
+    await world.alice.click(status_message(thread), label="Pause")
+    await world.env.advance_time(30)
+    await world.finish(1)
+    dialogue = await world.bot.services.store.get_dialogue(1)
+    assert dialogue.status is Status.PAUSED
+    assert status_message(thread).embeds[0].description.startswith("**Paused.**")
+    await world.alice.click(status_message(thread), label="Resume")
+    await world.finish(1)
+    dialogue = await world.bot.services.store.get_dialogue(1)
+    assert dialogue.stop_reason is StopReason.MAX_ROUNDS
+    assert [m.author.name for m in persona_posts(thread)] == ["claude-opus-4.6", "glm-5"] * 3
+
+
+async def test_stop_command_in_the_thread_ends_the_dialogue_and_still_posts_the_transcript(world):
+    hold_second_turn(world)
+    await start(world, rounds=5)
+    thread = world.thread()
+    result = await world.alice.slash(thread, "voices stop")
+    assert result.ephemeral and "Stopping dialogue 1" in result.response.content
+    await world.finish(1)
+    dialogue = await world.bot.services.store.get_dialogue(1)
+    assert dialogue.status is Status.STOPPED and dialogue.stop_reason is StopReason.USER_STOP
+    assert thread.history()[-1].attachments[0].filename == "transcript-1.md"
+    again = await world.alice.slash(thread, "voices stop")
+    assert "has already ended" in again.response.content
+
+
+async def test_extend_gives_a_finished_dialogue_more_rounds(world):
+    await start(world, rounds=1)
+    await world.finish(1)
+    refused = await world.bob.slash(world.thread(), "voices extend", rounds=1)
+    assert "only whoever started" in refused.response.content
+    result = await world.alice.slash(world.thread(), "voices extend", rounds=1)
+    assert "now has 2 rounds" in result.response.content
+    await world.finish(1)
+    assert len(await world.bot.services.store.list_turns(1)) == 4
+
+
+async def test_status_list_transcript_and_personas(world):
+    await start(world, rounds=1)
+    await world.finish(1)
+    status = await world.alice.slash(world.thread(), "voices status")
+    assert status.ephemeral and status.response.embeds[0].footer.text == "Dialogue 1"
+    listing = await world.alice.slash(world.channel, "voices list")
+    assert "**1** · claude-opus-4.6 ↔ glm-5 · max_rounds" in listing.response.content
+    again = await world.bob.slash(world.channel, "voices transcript", dialogue=1)
+    assert [a.filename for a in again.response.attachments] == ["transcript-1.md", "transcript-1.json"]
+    personas = await world.alice.slash(world.channel, "voices personas")
+    assert "**glm** · GLM · `z-ai/glm-5`" in personas.response.content
+
+
+async def test_autocomplete_offers_personas_and_models(world):
+    choices = await world.alice.autocomplete(world.channel, "voices start", "a", "gl")
+    assert [c["value"] for c in choices] == ["glm", "z-ai/glm-5"]
+
+
+async def test_a_provider_error_is_a_short_notice_and_a_recorded_reason(world):
+    world.server.enqueue(Reply(status=402, error={"error": {"code": 402, "message": "Insufficient credits"}}))
+    await start(world)
+    await world.finish(1)
+    dialogue = await world.bot.services.store.get_dialogue(1)
+    assert dialogue.stop_reason is StopReason.PROVIDER_ERROR
+    assert "out of credits (402: Insufficient credits)" in status_message(world.thread()).embeds[0].description
+
+
+async def test_reasoning_is_hidden_by_default_and_attached_as_a_file_when_asked(world):
+    world.server.enqueue(Reply(text="Visible.", reasoning="secret thoughts"), Reply(text="Also visible."))
+    await start(world, rounds=1)
+    await world.finish(1)
+    assert all("secret thoughts" not in m.content for m in world.thread().history())
+    await world.bot.services.guilds.update(world.guild.id, reasoning="file")
+    world.server.enqueue(Reply(text="Visible.", reasoning="secret thoughts"), Reply(text="Also visible."))
+    await start(world, rounds=1)
+    await world.finish(2)
+    files = [a for m in persona_posts(world.thread()) for a in m.attachments]
+    assert [a.filename for a in files] == ["reasoning-1.txt"]
+    assert (await files[0].read()).decode() == "secret thoughts"
+
+
+async def test_a_deleted_webhook_is_recreated(world):
+    await start(world, rounds=1)
+    await world.finish(1)
+    channel = world.bot.get_channel(world.channel.id)
+    for hook in await channel.webhooks():
+        await hook.delete()
+    await start(world, rounds=1)
+    await world.finish(2)
+    assert len(persona_posts(world.thread())) == 2
+    assert len(await channel.webhooks()) == 1
+
+
+async def test_a_deleted_thread_stops_the_dialogue_with_a_recorded_reason(world):
+    hold_second_turn(world)
+    await start(world, rounds=5)
+    await world.bot.get_channel(world.thread().id).delete()
+    await world.env.advance_time(30)
+    await world.finish(1)
+    dialogue = await world.bot.services.store.get_dialogue(1)
+    assert dialogue.stop_reason is StopReason.THREAD_GONE and dialogue.status is Status.FAILED
+
+
+async def test_a_restart_mid_dialogue_resumes_with_no_turn_posted_twice_or_lost(world, tmp_path, server):
+    hold_second_turn(world)
+    await start(world, rounds=3)
+    assert len(await world.bot.services.store.list_turns(1)) == 1
+    fresh = create_bot(make_settings(tmp_path, server))
+    await world.env.restart_bot(fresh)
+    await world.env.settle()
+    await fresh.relays.wait(1)
+    await world.env.settle()
+    dialogue = await fresh.services.store.get_dialogue(1)
+    assert dialogue.stop_reason is StopReason.MAX_ROUNDS
+    posts = persona_posts(world.thread())
+    assert [m.author.name for m in posts] == ["claude-opus-4.6", "glm-5"] * 3
+    texts = [m.content for m in posts]
+    assert len(set(texts)) == 6
+
+
+@pytest.mark.parametrize("action", ["stop", "pause", "resume"])
+async def test_control_outside_a_dialogue_thread_says_how_to_name_one(world, action):
+    result = await world.alice.slash(world.channel, f"voices {action}")
+    assert "use this in a dialogue's thread, or give the dialogue's id" in result.response.content
