@@ -20,4 +20,4 @@ WORKDIR /home/voices
 RUN mkdir -p data transcripts
 VOLUME ["/home/voices/data", "/home/voices/transcripts"]
 ENTRYPOINT ["voices"]
-CMD ["--help"]
+CMD ["bot"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -39,7 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(f"{name}: {first['msg']}; fix it in .env or the environment")
         return 2
     config = settings.engine_config()
-    setup_logging(settings.log_level, [config.api_key or ""])
+    token = settings.discord_token
+    setup_logging(settings.log_level, [config.api_key or "", token.get_secret_value() if token else ""])
+    if args.command == "bot":
+        return run_bot(settings)
     try:
         # soft_wrap: long lines (paths, streamed text) are left to the terminal, never cut by rich.
         console = Console(highlight=False, soft_wrap=True)
@@ -55,10 +59,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def run_bot(settings: Settings) -> int:
+    """Run the Discord bot until it is stopped; a missing or rejected token is one line."""
+    import aiohttp
+    import discord  # only the bot needs discord.py; the CLI starts faster without it
+
+    from cogs import create_bot
+
+    # Voices never joins voice channels; discord.py's warnings about voice libraries are noise.
+    logging.getLogger("discord.client").addFilter(
+        lambda r: "voice will NOT be supported" not in r.getMessage()
+    )
+
+    token = settings.discord_token
+    if token is None:
+        fail("DISCORD_TOKEN is not set; put the bot's token in .env or the environment")
+        return 2
+
+    async def serve() -> None:
+        async with create_bot(settings) as bot:
+            await bot.start(token.get_secret_value())
+
+    try:
+        asyncio.run(serve())
+    except discord.LoginFailure:
+        fail("Discord rejected DISCORD_TOKEN; reset the token in the Developer Portal and set it again")
+        return 2
+    except (aiohttp.ClientError, OSError) as exc:
+        fail(f"cannot reach Discord ({type(exc).__name__}: {exc}); check the network")
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def fail(message: str) -> None:
     """Print one error line to stderr, unwrapped whatever the terminal width."""
     print(f"error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m bot` with no arguments runs the Discord bot (the Docker image's default).
+    sys.exit(main(sys.argv[1:] or ["bot"]))

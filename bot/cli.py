@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("md", "json"), default="md")
     export.add_argument("--out", type=Path, help="file to write (default: standard output)")
 
+    sub.add_parser("bot", help="run the Discord bot (needs DISCORD_TOKEN)")
+
     models = sub.add_parser("models", help="search the model catalogue")
     models.add_argument("search", nargs="?", default="")
     models.add_argument("--refresh", action="store_true", help="fetch the catalogue again now")

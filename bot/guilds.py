@@ -71,8 +71,15 @@ def check_start(policy: GuildPolicy, spec: DialogueSpec, usage: GuildLoad) -> No
         )
 
 
-_COLUMNS = ("max_rounds", "max_budget", "daily_cap_guild", "daily_cap_member", "max_concurrent", "reasoning",
-            "allowed_models")  # fmt: skip
+_COLUMNS = (
+    "max_rounds",
+    "max_budget",
+    "daily_cap_guild",
+    "daily_cap_member",
+    "max_concurrent",
+    "reasoning",
+    "allowed_models",
+)
 _MONEY = {"max_budget", "daily_cap_guild", "daily_cap_member"}
 
 

@@ -45,8 +45,12 @@ class StopReason(StrEnum):
         """Return the final status this reason leads to."""
         if self is StopReason.USER_STOP:
             return Status.STOPPED
-        if self in (StopReason.PROVIDER_ERROR, StopReason.EMPTY_REPLY, StopReason.INTERNAL_ERROR,
-                    StopReason.THREAD_GONE):  # fmt: skip
+        if self in (
+            StopReason.PROVIDER_ERROR,
+            StopReason.EMPTY_REPLY,
+            StopReason.INTERNAL_ERROR,
+            StopReason.THREAD_GONE,
+        ):
             return Status.FAILED
         return Status.FINISHED
 
@@ -192,17 +196,27 @@ class Turn:
     def record(self) -> dict[str, object]:
         """Return every field as plain values (money as exact strings, times in ISO 8601)."""
         return {
-            "dialogue_id": self.dialogue_id, "seq": self.seq, "round": self.round, "seat": self.seat,
-            "status": str(self.status), "text": self.text, "reasoning": self.reasoning,
+            "dialogue_id": self.dialogue_id,
+            "seq": self.seq,
+            "round": self.round,
+            "seat": self.seat,
+            "status": str(self.status),
+            "text": self.text,
+            "reasoning": self.reasoning,
             "prompt_tokens": self.usage.prompt_tokens,
             "completion_tokens": self.usage.completion_tokens,
             "reasoning_tokens": self.usage.reasoning_tokens,
-            "cost_usd": str(self.cost_usd), "cost_source": self.cost_source,
-            "model_used": self.model_used, "provider": self.provider,
-            "generation_id": self.generation_id, "finish_reason": self.finish_reason,
-            "latency_ms": self.latency_ms, "attempts": self.attempts,
-            "started_at": self.started_at.isoformat(), "ended_at": self.ended_at.isoformat(),
-        }  # fmt: skip
+            "cost_usd": str(self.cost_usd),
+            "cost_source": self.cost_source,
+            "model_used": self.model_used,
+            "provider": self.provider,
+            "generation_id": self.generation_id,
+            "finish_reason": self.finish_reason,
+            "latency_ms": self.latency_ms,
+            "attempts": self.attempts,
+            "started_at": self.started_at.isoformat(),
+            "ended_at": self.ended_at.isoformat(),
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,16 @@ class Room:
 
 def _room(row: sqlite3.Row) -> Room:
     live = tuple(int(i) for i in row["live_message_ids"].split(",") if i)
-    return Room(row["dialogue_id"], row["guild_id"], row["channel_id"], row["thread_id"],
-                row["starter_id"], row["status_message_id"], row["posted_seq"], live)  # fmt: skip
+    return Room(
+        row["dialogue_id"],
+        row["guild_id"],
+        row["channel_id"],
+        row["thread_id"],
+        row["starter_id"],
+        row["status_message_id"],
+        row["posted_seq"],
+        live,
+    )
 
 
 class RoomStore:

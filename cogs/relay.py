@@ -144,8 +144,12 @@ class Relay:
         live.text = turn.text  # the committed text is the truth, whatever the stream showed
         await self._flush(force=True)
         if turn.status is TurnStatus.EMPTY:
-            await self._s.webhooks.send(self.thread, live.name, live.avatar_url,
-                                        "*⚠ Empty reply: nothing was passed on to the other side.*")  # fmt: skip
+            await self._s.webhooks.send(
+                self.thread,
+                live.name,
+                live.avatar_url,
+                "*⚠ Empty reply: nothing was passed on to the other side.*",
+            )
         elif turn.status is TurnStatus.CANCELLED:
             await self._s.webhooks.send(self.thread, live.name, live.avatar_url, "*✂ Cut off.*")
         await self._post_reasoning(turn, live)
@@ -199,8 +203,10 @@ class Relay:
         parent = self.thread.parent
         if isinstance(parent, discord.TextChannel):
             names = " ↔ ".join(p.name for p in dialogue.participants)
-            await parent.send(f"Dialogue {dialogue.id} ({names}) ended: {reason}. {self.thread.jump_url}",
-                              allowed_mentions=NO_MENTIONS)  # fmt: skip
+            await parent.send(
+                f"Dialogue {dialogue.id} ({names}) ended: {reason}. {self.thread.jump_url}",
+                allowed_mentions=NO_MENTIONS,
+            )
 
 
 async def transcript_files(store: Store, dialogue_id: int, size_limit: int) -> list[discord.File]:
@@ -273,8 +279,9 @@ class Relays:
             try:
                 await self.start(room)
             except (discord.NotFound, discord.Forbidden):
-                await self._s.store.finish_dialogue(room.dialogue_id, StopReason.THREAD_GONE,
-                                                    "the thread is gone", utc_now())  # fmt: skip
+                await self._s.store.finish_dialogue(
+                    room.dialogue_id, StopReason.THREAD_GONE, "the thread is gone", utc_now()
+                )
 
     async def wait(self, dialogue_id: int) -> None:
         """Wait until the dialogue's relay has finished (for tests and shutdown)."""

@@ -71,11 +71,17 @@ def _elapsed(dialogue: Dialogue) -> str:
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 
-class ControlButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"voices:(?P<action>stop|pause|resume):(?P<id>[0-9]+)"):  # fmt: skip
+TEMPLATE = r"voices:(?P<action>stop|pause|resume):(?P<id>[0-9]+)"
+
+
+class ControlButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEMPLATE):
     """Stop, Pause or Resume one dialogue; only its starter and members who manage threads may."""
 
-    LABELS = {"stop": ("Stop", discord.ButtonStyle.danger), "pause": ("Pause", discord.ButtonStyle.secondary),
-              "resume": ("Resume", discord.ButtonStyle.success)}  # fmt: skip
+    LABELS = {
+        "stop": ("Stop", discord.ButtonStyle.danger),
+        "pause": ("Pause", discord.ButtonStyle.secondary),
+        "resume": ("Resume", discord.ButtonStyle.success),
+    }
 
     def __init__(self, action: str, dialogue_id: int):
         label, style = self.LABELS[action]

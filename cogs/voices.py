@@ -1,4 +1,5 @@
-"""The `/voices` command group: start, stop, pause, resume, extend, status, list, transcript, personas, config."""
+"""The `/voices` command group: start; stop, pause, resume, extend; status, list, transcript, personas;
+config. Each command turns options into engine calls and shows the result."""
 
 from __future__ import annotations
 
@@ -26,8 +27,16 @@ if TYPE_CHECKING:
     from cogs.client import VoicesBot
 
 # What the bot needs in the channel where /voices start is used.
-NEEDED = dict(view_channel=True, send_messages=True, create_public_threads=True, send_messages_in_threads=True,
-              manage_webhooks=True, embed_links=True, attach_files=True, read_message_history=True)  # fmt: skip
+NEEDED = dict(
+    view_channel=True,
+    send_messages=True,
+    create_public_threads=True,
+    send_messages_in_threads=True,
+    manage_webhooks=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+)
 Action = Literal["stop", "pause", "resume"]
 
 
@@ -98,8 +107,12 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         await self._check_guild(interaction, spec)
         worst = await self.s.runner.check(spec)
         names = " ↔ ".join(p.name for p in spec.participants)
-        thread = await channel.create_thread(name=names[:100], type=discord.ChannelType.public_thread,
-                                             auto_archive_duration=1440, reason="a Voices dialogue")  # fmt: skip
+        thread = await channel.create_thread(
+            name=names[:100],
+            type=discord.ChannelType.public_thread,
+            auto_archive_duration=1440,
+            reason="a Voices dialogue",
+        )
         dialogue = await self.s.runner.create(spec)
         room = await self.s.rooms.create(
             Room(dialogue.id, channel.guild.id, channel.id, thread.id, interaction.user.id)
@@ -109,11 +122,20 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             f"Started dialogue {dialogue.id} in {thread.mention}: {spec.limits.max_rounds} rounds, budget "
             f"{format_usd(spec.limits.budget_usd)} (each call reserves its worst case; the first at most "
             f"{format_usd(worst)}).",
-            ephemeral=True, allowed_mentions=NO_MENTIONS,
-        )  # fmt: skip
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
 
-    def _spec(self, a: str, b: str, opening: str, rounds: int | None, budget: str | None,
-              system_a: str | None, system_b: str | None) -> DialogueSpec:  # fmt: skip
+    def _spec(
+        self,
+        a: str,
+        b: str,
+        opening: str,
+        rounds: int | None,
+        budget: str | None,
+        system_a: str | None,
+        system_b: str | None,
+    ) -> DialogueSpec:
         settings = self.bot.settings
         personas = []
         for ref, system in ((a, system_a), (b, system_b)):
@@ -219,8 +241,12 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
     @app_commands.describe(
         rounds="Rounds to add", dialogue="The dialogue's id (default: the one of this thread)"
     )
-    async def extend(self, interaction: discord.Interaction, rounds: app_commands.Range[int, 1, 100],
-                     dialogue: int | None = None) -> None:  # fmt: skip
+    async def extend(
+        self,
+        interaction: discord.Interaction,
+        rounds: app_commands.Range[int, 1, 100],
+        dialogue: int | None = None,
+    ) -> None:
         """Add rounds to a dialogue (one that ran out of rounds carries on)."""
         room = await self._room(interaction, dialogue)
         self._may_control(interaction, room)
@@ -312,8 +338,11 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         ):
             if value is not None:
                 changes[name] = value
-        for name, text in (("max_budget", max_budget), ("daily_cap_guild", daily_cap_server),
-                           ("daily_cap_member", daily_cap_member)):  # fmt: skip
+        for name, text in (
+            ("max_budget", max_budget),
+            ("daily_cap_guild", daily_cap_server),
+            ("daily_cap_member", daily_cap_member),
+        ):
             if text is not None:
                 changes[name] = parse_usd(text, name.replace("_", " "))
         if allowed_models is not None:
@@ -327,11 +356,14 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             else await guilds.policy(interaction.guild_id)
         )
         models = "all" if policy.allowed_models is None else ", ".join(sorted(policy.allowed_models))
-        await reply(interaction, (
-            f"Rounds ≤ {policy.max_rounds} · budget ≤ {format_usd(policy.max_budget)} · per day: server "
-            f"{format_usd(policy.daily_cap_guild)}, member {format_usd(policy.daily_cap_member)} · "
-            f"{policy.max_concurrent} at once · reasoning: {policy.reasoning} · models: {models}"
-        ))  # fmt: skip
+        await reply(
+            interaction,
+            (
+                f"Rounds ≤ {policy.max_rounds} · budget ≤ {format_usd(policy.max_budget)} · per day: server "
+                f"{format_usd(policy.daily_cap_guild)}, member {format_usd(policy.daily_cap_member)} · "
+                f"{policy.max_concurrent} at once · reasoning: {policy.reasoning} · models: {models}"
+            ),
+        )
 
     async def _models(self, text: str) -> frozenset[str] | None:
         if text.strip().lower() == "all":
@@ -345,7 +377,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
 def _line(dialogue: Dialogue, room: Room) -> str:
     names = " ↔ ".join(p.name for p in dialogue.participants)
     state = str(dialogue.stop_reason) if dialogue.stop_reason else str(dialogue.status)
-    return f"**{dialogue.id}** · {names} · {state} · {format_usd(dialogue.totals.spent_usd)} · <#{room.thread_id}>"
+    spent = format_usd(dialogue.totals.spent_usd)
+    return f"**{dialogue.id}** · {names} · {state} · {spent} · <#{room.thread_id}>"
 
 
 async def setup(bot: VoicesBot) -> None:

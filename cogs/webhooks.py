@@ -53,7 +53,7 @@ class WebhookPool:
                 wait=True,
                 allowed_mentions=NO_MENTIONS,
                 **extra,
-            ),  # fmt: skip
+            ),
         )
 
     async def edit(self, thread: discord.Thread, message_id: int, content: str) -> None:

@@ -98,6 +98,8 @@ class FakeOpenRouter:
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
         self.reported_costs: list[Decimal] = []
+        #: Fixed answers for other paths (method, path) -> (status, JSON body), e.g. a Discord login.
+        self.routes: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -156,7 +158,8 @@ class FakeOpenRouter:
         if request.method == "POST" and request.path == "/api/v1/chat/completions":
             reply = self._queue.popleft() if self._queue else self._default_reply(request)
             return await self._chat(request, reply, writer)
-        await _send_json(writer, 404, {"error": {"code": 404, "message": "Not Found"}})
+        status, body = self.routes.get((request.method, request.path), (404, {"error": {"code": 404}}))
+        await _send_json(writer, status, body)
         return True
 
     def _default_reply(self, request: Recorded) -> Reply:

@@ -260,3 +260,46 @@ async def test_resume_of_a_finished_dialogue_is_refused(env, tmp_path):
 async def test_unknown_dialogue_id_is_one_line(env, tmp_path):
     result = await voices(env, tmp_path, "show", "42")
     assert result.code == 2 and result.err.strip() == "error: no dialogue 42; `voices list` shows the ids"
+
+
+async def test_bot_without_a_token_is_one_line(env, tmp_path):
+    env["DISCORD_TOKEN"] = ""
+    result = await voices(env, tmp_path, "bot")
+    assert result.code == 2
+    assert (
+        result.err.strip()
+        == "error: DISCORD_TOKEN is not set; put the bot's token in .env or the environment"
+    )
+
+
+def test_bot_with_a_rejected_token_is_one_line(tmp_path, monkeypatch, capsys):
+    """Discord answers the login with 401: one line, no traceback (Discord's API is on loopback)."""
+    import asyncio
+    import threading
+
+    import discord
+
+    from bot.__main__ import main
+
+    server = FakeOpenRouter()
+    server.routes[("GET", "/api/v10/users/@me")] = (401, {"message": "401: Unauthorized", "code": 0})
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(server.__aenter__())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setattr(discord.http.Route, "BASE", server.base_url.replace("/api/v1", "/api/v10"))
+        monkeypatch.setenv("DISCORD_TOKEN", "MTIz.rejected.token")
+        monkeypatch.setenv("VOICES_DATABASE", str(tmp_path / "voices.db"))
+        monkeypatch.chdir(tmp_path)
+        assert main(["bot"]) == 2
+    finally:
+        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        "error: Discord rejected DISCORD_TOKEN; reset the token in the Developer Portal and set it again"
+    )
+    assert "MTIz.rejected.token" not in err and "Traceback" not in err

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import discord
 import pytest
 import simcord
 from simcord.http.routes import interactions as webhook_routes

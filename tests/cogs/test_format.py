@@ -16,8 +16,9 @@ from cogs._format import (
     split_pieces,
 )
 
-words = st.sampled_from(["word", "fire", "```", "```python", "~~~", "\n", "\n\n", ". ", "@everyone",
-                         "x" * 300, " ", "ü", "日本"])  # fmt: skip
+words = st.sampled_from(
+    ["word", "fire", "```", "```python", "~~~", "\n", "\n\n", ". ", "@everyone", "x" * 300, " ", "ü", "日本"]
+)
 texts = st.lists(words, max_size=800).map("".join)
 
 

@@ -23,8 +23,9 @@ def hold_second_turn(world, seconds: int = 30) -> None:
     """Make the second call meet a 429 with Retry-After, so the dialogue waits there (in SimCord's
     virtual time) until the test moves the clock on: the moment to click, stop or restart."""
     limited = {"error": {"code": 429, "message": "slow down"}}
-    world.server.enqueue(Reply(text="First turn."), Reply(status=429, headers={"Retry-After": str(seconds)},
-                                                          error=limited))  # fmt: skip
+    world.server.enqueue(
+        Reply(text="First turn."), Reply(status=429, headers={"Retry-After": str(seconds)}, error=limited)
+    )
 
 
 def persona_posts(thread):
@@ -37,8 +38,13 @@ def status_message(thread):
 
 def sent_payloads(world):
     """Every message the bot or its webhook created or edited, as Discord received it."""
-    return [r for r in world.env.http_requests if r.method in ("POST", "PATCH") and isinstance(r.json, dict)
-            and ("/messages" in r.path or r.path.startswith("/webhooks/"))]  # fmt: skip
+    return [
+        r
+        for r in world.env.http_requests
+        if r.method in ("POST", "PATCH")
+        and isinstance(r.json, dict)
+        and ("/messages" in r.path or r.path.startswith("/webhooks/"))
+    ]
 
 
 async def test_start_runs_a_dialogue_in_a_public_thread_as_two_personas(world):
@@ -111,7 +117,9 @@ async def test_a_streamed_reply_is_edited_at_most_once_a_second(world):
     await start(world, rounds=1)
     await world.finish(1)
     first = persona_posts(world.thread())[0]
-    edits = [r for r in world.env.http_requests if r.method == "PATCH" and r.path.endswith(f"/messages/{first.id}")]
+    edits = [
+        r for r in world.env.http_requests if r.method == "PATCH" and r.path.endswith(f"/messages/{first.id}")
+    ]
     # About three seconds of streaming: a post, a few throttled edits and the final one.
     assert 1 <= len(edits) <= 6
     assert first.content.endswith("w59")
@@ -148,7 +156,8 @@ async def test_server_limits_are_enforced_and_only_managers_change_them(world):
 async def test_the_bot_names_the_permissions_it_lacks(world):
     me = world.guild.me
     locked = world.guild.create_text_channel(
-        "locked", overwrites={me: discord.PermissionOverwrite(manage_webhooks=False, create_public_threads=False)}
+        "locked",
+        overwrites={me: discord.PermissionOverwrite(manage_webhooks=False, create_public_threads=False)},
     )
     result = await world.alice.slash(locked, "voices start", a=OPUS, b=GLM, opening="Hi")
     assert result.ephemeral
@@ -224,7 +233,9 @@ async def test_a_provider_error_is_a_short_notice_and_a_recorded_reason(world):
     await world.finish(1)
     dialogue = await world.bot.services.store.get_dialogue(1)
     assert dialogue.stop_reason is StopReason.PROVIDER_ERROR
-    assert "out of credits (402: Insufficient credits)" in status_message(world.thread()).embeds[0].description
+    assert (
+        "out of credits (402: Insufficient credits)" in status_message(world.thread()).embeds[0].description
+    )
 
 
 async def test_reasoning_is_hidden_by_default_and_attached_as_a_file_when_asked(world):
