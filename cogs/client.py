@@ -43,6 +43,7 @@ class VoicesBot(commands.Bot):
         )
         self.settings = settings
         self._resources = AsyncExitStack()
+        self._closing = False
 
     async def setup_hook(self) -> None:
         app = await self._resources.enter_async_context(open_app(self.settings.engine_config()))
@@ -85,7 +86,13 @@ class VoicesBot(commands.Bot):
         return True
 
     async def close(self) -> None:
-        """Stop relaying (dialogues stay `running`, to resume next start), then close everything."""
+        """Stop relaying (dialogues stay `running`, to resume next start), then close everything.
+
+        Safe to call more than once, and from two tasks at once (a signal and a harness, say).
+        """
+        if self._closing:
+            return
+        self._closing = True
         if hasattr(self, "relays"):
             await self.relays.close()
         await super().close()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import discord
 import pytest
 
 from bot.models import Status, StopReason
+from bot.personas import load_personas
 from cogs import create_bot
+from cogs.relay import transcript_files
 from tests.cogs.conftest import make_settings
 from tests.conftest import API_KEY, GLM, OPUS
 from tests.fake_openrouter import Reply
@@ -143,8 +146,6 @@ async def test_bad_options_are_refused_ephemerally_and_nothing_is_created(world)
 async def test_server_limits_are_enforced_and_only_managers_change_them(world):
     refused = await world.alice.slash(world.channel, "voices config", max_rounds=3)
     assert "Manage Server" in refused.response.content
-    owner = world.guild.add_member(world.guild.owner) if False else None
-    assert owner is None
     bot = world.bot
     await bot.services.guilds.update(world.guild.id, max_rounds=3, max_concurrent=1)
     too_long = await start(world, rounds=4)
@@ -295,3 +296,110 @@ async def test_a_restart_mid_dialogue_resumes_with_no_turn_posted_twice_or_lost(
 async def test_control_outside_a_dialogue_thread_says_how_to_name_one(world, action):
     result = await world.alice.slash(world.channel, f"voices {action}")
     assert "use this in a dialogue's thread, or give the dialogue's id" in result.response.content
+
+
+async def test_commands_are_synced_once_not_on_every_start(world, tmp_path, server):
+    def syncs():
+        return [r for r in world.env.http_requests if r.method == "PUT" and r.path.endswith("/commands")]
+
+    assert len(syncs()) == 1
+    await world.env.restart_bot(create_bot(make_settings(tmp_path, server)))
+    assert len(syncs()) == 1
+    assert "voices start" in world.alice.available_commands(world.channel)
+
+
+async def test_a_manager_sets_the_limits_and_they_bind(world):
+    manager_role = world.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+    carol = world.guild.add_member(world.env.create_user("carol"), roles=[manager_role])
+    result = await carol.slash(
+        world.channel,
+        "voices config",
+        max_concurrent=2,
+        daily_cap_member="0.30",
+        allowed_models=f"{OPUS}, {GLM}",
+    )
+    assert "2 at once" in result.response.content and "member $0.3000" in result.response.content
+    bad = await carol.slash(world.channel, "voices config", allowed_models="z-ai/glm5")
+    assert "unknown model 'z-ai/glm5'" in bad.response.content
+    hold_second_turn(world)
+    await start(world, rounds=3, budget="0.25")
+    # A running dialogue counts at its whole budget against the member's daily cap.
+    capped = await start(world, budget="0.25")
+    assert "your daily cap leaves $0.0500 today; lower the budget" in capped.response.content
+    hold_second_turn(world)
+    assert "Started dialogue 2" in (await start(world, member=world.bob)).response.content
+    busy = await start(world, member=world.bob, budget="0.01")
+    assert "already has 2 dialogues going (at most 2)" in busy.response.content
+
+
+async def test_models_outside_the_allowed_list_are_refused(world):
+    await world.bot.services.guilds.update(world.guild.id, allowed_models=frozenset({OPUS}))
+    result = await start(world)
+    assert f"{GLM} is not allowed in this server" in result.response.content
+
+
+async def test_persona_avatar_and_name_reach_the_webhook(world, tmp_path):
+    library = tmp_path / "personas.toml"
+    library.write_text(
+        '[sage]\nname = "Discord Sage"\nmodel = "z-ai/glm-5"\navatar_url = "https://example.org/sage.png"\n'
+    )
+    world.bot.personas = load_personas(library)
+    await start(world, a="sage", rounds=1)
+    await world.finish(1)
+    executes = [
+        r
+        for r in world.env.http_requests
+        if r.method == "POST"
+        and r.path.startswith("/webhooks/")
+        and r.json
+        and r.json.get("username") == "Dis\u200acord Sage"
+    ]
+    assert executes and executes[0].json["avatar_url"] == "https://example.org/sage.png"
+
+
+async def test_buttons_keep_working_after_a_restart(world, tmp_path, server):
+    hold_second_turn(world)
+    await start(world, rounds=2)
+    await world.alice.click(status_message(world.thread()), label="Pause")
+    await world.env.advance_time(30)
+    await world.finish(1)
+    fresh = create_bot(make_settings(tmp_path, server))
+    await world.env.restart_bot(fresh)
+    result = await world.alice.click(status_message(world.thread()), label="Resume")
+    assert "Resuming dialogue 1" in result.response.content
+    await fresh.relays.wait(1)
+    await world.env.settle()
+    assert (await fresh.services.store.get_dialogue(1)).stop_reason is StopReason.MAX_ROUNDS
+    assert len(persona_posts(world.thread())) == 4
+
+
+async def test_a_discord_error_on_a_post_delays_the_turn_and_drops_nothing(world):
+    world.env.inject_error("POST", "/webhooks/*", status=500, times=1)
+    await start(world, rounds=1)
+    await world.finish(1)
+    assert [m.author.name for m in persona_posts(world.thread())] == ["claude-opus-4.6", "glm-5"]
+
+
+async def test_one_dialogue_failing_leaves_another_running(world):
+    await world.bot.services.guilds.update(world.guild.id, max_concurrent=5)
+    hold_second_turn(world)
+    await start(world, rounds=2)
+    hold_second_turn(world)
+    await start(world, rounds=2, member=world.bob)
+    first, second = world.channel.threads
+    await world.bot.get_channel(first.id).delete()
+    await world.env.advance_time(30)
+    await world.finish(1)
+    await world.finish(2)
+    store = world.bot.services.store
+    assert (await store.get_dialogue(1)).stop_reason is StopReason.THREAD_GONE
+    assert (await store.get_dialogue(2)).stop_reason is StopReason.MAX_ROUNDS
+    assert len(persona_posts(second)) == 4
+
+
+async def test_a_transcript_over_the_upload_limit_is_compressed(world):
+    await start(world, rounds=1)
+    await world.finish(1)
+    files = await transcript_files(world.bot.services.store, 1, size_limit=100)
+    assert [f.filename for f in files] == ["transcript-1.md.gz", "transcript-1.json.gz"]
+    assert gzip.decompress(files[0].fp.read()).decode().startswith("# Voices Chat")
