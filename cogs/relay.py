@@ -66,6 +66,10 @@ class Relay:
                 await self._show(event)
             except (discord.NotFound, discord.Forbidden) as exc:
                 self._lost(exc)
+            except discord.HTTPException as exc:
+                # discord.py already retried rate limits and 5xx; one post that still fails must not
+                # end the dialogue, and the transcript keeps the whole turn either way.
+                log.warning("dialogue %s: a post failed (%s); carrying on", self.room.dialogue_id, exc)
 
     def _lost(self, exc: discord.HTTPException) -> None:
         """The thread was deleted or locked: stop the dialogue with that reason, post nothing more."""

@@ -403,3 +403,14 @@ async def test_a_transcript_over_the_upload_limit_is_compressed(world):
     files = await transcript_files(world.bot.services.store, 1, size_limit=100)
     assert [f.filename for f in files] == ["transcript-1.md.gz", "transcript-1.json.gz"]
     assert gzip.decompress(files[0].fp.read()).decode().startswith("# Voices Chat")
+
+
+async def test_a_failed_post_is_tried_again_at_the_next_flush_and_the_dialogue_goes_on(world):
+    world.env.inject_error(
+        "POST", "/webhooks/*", status=400, code=50035, message="Invalid Form Body", times=1
+    )
+    await start(world, rounds=1)
+    await world.finish(1)
+    dialogue = await world.bot.services.store.get_dialogue(1)
+    assert dialogue.stop_reason is StopReason.MAX_ROUNDS
+    assert [m.author.name for m in persona_posts(world.thread())] == ["claude-opus-4.6", "glm-5"]
