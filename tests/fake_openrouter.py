@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -79,21 +80,32 @@ class Reply:
 
 @dataclass
 class Recorded:
-    """One request as the server saw it."""
+    """One request as the server saw it, with when it arrived and when its answer ended (monotonic)."""
 
     method: str
     path: str
     headers: dict[str, str]
     body: dict[str, Any] | None
+    received_at: float = 0.0
+    finished_at: float | None = None
 
 
 class FakeOpenRouter:
     """`async with FakeOpenRouter() as server:` then point a client at `server.base_url`."""
 
-    def __init__(self, models: list[dict[str, Any]] | None = None, default_delay: float = 0.0):
+    def __init__(
+        self,
+        models: list[dict[str, Any]] | None = None,
+        default_delay: float = 0.0,
+        default_words: int | None = None,
+        port: int = 0,
+    ):
         self.models = models if models is not None else MODELS
         self.requests: list[Recorded] = []
         self.default_delay = default_delay
+        #: With a number, default replies are that many words streamed one word per chunk (benchmarks).
+        self.default_words = default_words
+        self._port = port
         self._queue: deque[Reply] = deque()
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
@@ -104,7 +116,8 @@ class FakeOpenRouter:
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> FakeOpenRouter:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        # A deep backlog: benchmarks open a thousand connections at once.
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self._port, backlog=4096)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -142,6 +155,7 @@ class FakeOpenRouter:
             while request := await _read_request(reader):
                 self.requests.append(request)
                 keep_open = await self._respond(request, writer)
+                request.finished_at = time.monotonic()
                 if not keep_open:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -158,14 +172,31 @@ class FakeOpenRouter:
         if request.method == "POST" and request.path == "/api/v1/chat/completions":
             reply = self._queue.popleft() if self._queue else self._default_reply(request)
             return await self._chat(request, reply, writer)
+        if request.method == "GET" and request.path == "/_stats":
+            await _send_json(writer, 200, self.stats())
+            return True
         status, body = self.routes.get((request.method, request.path), (404, {"error": {"code": 404}}))
         await _send_json(writer, status, body)
         return True
+
+    def stats(self) -> dict[str, Any]:
+        """Return each chat request's timing and session, and the exact sum of reported costs."""
+        return {
+            "requests": [
+                [r.received_at, r.finished_at, (r.body or {}).get("session_id")] for r in self.chat_requests
+            ],
+            "reported_cost_sum": str(sum(self.reported_costs, Decimal(0))),
+        }
 
     def _default_reply(self, request: Recorded) -> Reply:
         assert request.body is not None
         turn = len(self.chat_requests)
         speaker = request.body["model"]
+        if self.default_words is not None:
+            words = " ".join(f"w{i}" for i in range(self.default_words))
+            return Reply(
+                text=f"{speaker}: {words}", chunk_delay=self.default_delay, chunk_words=1, keepalives=0
+            )
         return Reply(
             text=f"Reply {turn} from {speaker}: a thought worth answering, with some words.",
             chunk_delay=self.default_delay,
@@ -268,6 +299,7 @@ async def _read_request(reader: asyncio.StreamReader) -> Recorded | None:
     line = await reader.readline()
     if not line:
         return None
+    received = time.monotonic()
     method, path, _ = line.decode().split(" ", 2)
     headers: dict[str, str] = {}
     while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
@@ -275,7 +307,7 @@ async def _read_request(reader: asyncio.StreamReader) -> Recorded | None:
         headers[name.strip().lower()] = value.strip()
     length = int(headers.get("content-length", "0"))
     raw = await reader.readexactly(length) if length else b""
-    return Recorded(method, path, headers, json.loads(raw) if raw else None)
+    return Recorded(method, path, headers, json.loads(raw) if raw else None, received)
 
 
 async def _send_json(
@@ -307,3 +339,27 @@ async def _chunk(writer: asyncio.StreamWriter, text: str) -> None:
 async def _end(writer: asyncio.StreamWriter) -> None:
     writer.write(b"0\r\n\r\n")
     await writer.drain()
+
+
+def main() -> None:
+    """Serve on loopback until killed (benchmarks run the server in a process of its own)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A fake OpenRouter on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between streamed words")
+    parser.add_argument("--words", type=int, default=None, help="words per default reply")
+    args = parser.parse_args()
+
+    async def serve() -> None:
+        async with FakeOpenRouter(
+            default_delay=args.delay, default_words=args.words, port=args.port
+        ) as server:
+            print(server.base_url, flush=True)
+            await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

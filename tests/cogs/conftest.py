@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,14 @@ class World:
 
 
 @pytest.fixture
-def simcord_bot(tmp_path, server) -> VoicesBot:
-    """The bot as `voices bot` builds it, pointed at the loopback OpenRouter and a tmp database."""
-    return create_bot(make_settings(tmp_path, server))
+async def simcord_bot(tmp_path, server) -> AsyncIterator[VoicesBot]:
+    """The bot as `voices bot` builds it, pointed at the loopback OpenRouter and a tmp database.
+
+    SimCord detaches the bot without closing it; closing it here releases the database and the
+    HTTP client, as a real shutdown would."""
+    bot = create_bot(make_settings(tmp_path, server))
+    yield bot
+    await bot.close()
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Benchmarks: programs that measure what the bridge itself costs. `python -m bench --help`."""

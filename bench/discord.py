@@ -1,0 +1,76 @@
+"""Discord calls per turn: a 1,500-character reply streamed over 30 s, posted through the real bot.
+
+SimCord stands in for Discord and counts every call; the bot's own webhook pool notes when each
+edit went out. Targets: ≤ 35 calls for the turn, never more than one edit a second per message.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import simcord
+
+from bench.harness import MODELS, fake_server
+from cogs import create_bot
+from cogs.webhooks import WebhookPool
+from config import Settings
+
+CHARS = 1500
+
+
+async def measure(seconds: float) -> dict[str, str]:
+    """Stream one reply of about 1,500 characters over `seconds` and count what reached Discord."""
+    words = CHARS // 5  # "w123 " is about five characters
+    edits: list[tuple[float, int]] = []
+    original_edit = WebhookPool.edit
+
+    async def timed_edit(self: WebhookPool, thread, message_id: int, content: str) -> None:  # noqa: ANN001
+        edits.append((time.monotonic(), message_id))
+        await original_edit(self, thread, message_id, content)
+
+    WebhookPool.edit = timed_edit  # type: ignore[method-assign]
+    try:
+        async with fake_server(seconds / words, words) as server:
+            with tempfile.TemporaryDirectory() as folder:
+                settings = Settings(
+                    _env_file=None,
+                    openrouter_api_key="bench",
+                    openrouter_base_url=server.base_url,
+                    database=Path(folder) / "bench.db",
+                    discord_token="bench",
+                    default_max_tokens=4000,
+                    max_budget="100",
+                    daily_cap_guild="100",
+                    daily_cap_member="100",
+                )
+                bot = create_bot(settings)
+                async with simcord.run(bot, settle_timeout=seconds * 4 + 30) as env:
+                    guild = env.create_guild()
+                    channel = guild.create_text_channel("general")
+                    alice = guild.add_member(env.create_user("alice"))
+                    before = len(env.http_requests)
+                    await alice.slash(
+                        channel, "voices start", a=MODELS[0], b=MODELS[1], opening="Go.", rounds=1, budget="5"
+                    )
+                    await bot.relays.wait(1)
+                    await env.settle()
+                    calls = env.http_requests[before:]
+                    turn = await bot.services.store.list_turns(1)
+                await bot.close()  # SimCord detaches the bot without closing it
+    finally:
+        WebhookPool.edit = original_edit  # type: ignore[method-assign]
+    webhook_calls = [
+        c for c in calls if c.path.startswith("/webhooks/") and "simcord_interaction" not in c.path
+    ]
+    per_turn = len(webhook_calls) / len(turn)
+    first_message = edits[0][1] if edits else None
+    per_second = Counter(int(at - edits[0][0]) for at, m in edits if m == first_message)
+    return {
+        "reply length": f"{len(turn[0].text)} characters over {seconds:g} s",
+        "webhook calls per turn (sends + edits)": f"{per_turn:.1f}",
+        "most edits of one message in one second": str(max(per_second.values(), default=0)),
+        "all Discord calls for the dialogue": str(len(calls)),
+    }

@@ -1,0 +1,123 @@
+"""What every benchmark shares: a fake OpenRouter in its own process, the real engine, and statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bot.app import App, EngineConfig, open_app
+from bot.models import DialogueSpec, Limits, Persona
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("anthropic/claude-opus-4.6", "z-ai/glm-5")
+
+
+@dataclass
+class Server:
+    """The fake OpenRouter's address, and a way to read what it measured."""
+
+    base_url: str
+
+    def stats(self) -> dict[str, Any]:
+        root = self.base_url.rsplit("/api/v1", 1)[0]
+        with urllib.request.urlopen(f"{root}/_stats", timeout=30) as response:  # noqa: S310 - loopback
+            return json.loads(response.read())
+
+
+@asynccontextmanager
+async def fake_server(delay: float, words: int) -> AsyncIterator[Server]:
+    """Run tests/fake_openrouter.py in a process of its own, so its work is not counted as ours."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.fake_openrouter",
+        "--delay",
+        str(delay),
+        "--words",
+        str(words),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+    try:
+        yield Server(line.decode().strip())
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+@asynccontextmanager
+async def engine(folder: Path, base_url: str) -> AsyncIterator[App]:
+    """Open the real engine on a fresh database, with limits that never bind before the rounds do."""
+    config = EngineConfig(
+        database=folder / "bench.db",
+        base_url=base_url,
+        api_key="bench-key",
+        max_rounds=10_000,
+        max_budget=Decimal(1_000),
+    )
+    async with open_app(config) as app:
+        yield app
+
+
+def spec(rounds: int, max_tokens: int = 2000) -> DialogueSpec:
+    """Return a two-model dialogue spec of `rounds` rounds."""
+    personas = tuple(
+        Persona(name=m.split("/")[1], model=m, system_prompt="Be brief.", max_tokens=max_tokens)
+        for m in MODELS
+    )
+    return DialogueSpec(personas, "Let us begin.", Limits(rounds, Decimal(500)), origin="bench")
+
+
+async def run_dialogue(app: App, dialogue_id: int) -> None:
+    """Run a dialogue to its end, consuming its events as a quiet front end would."""
+    async for _ in app.runner.run(dialogue_id):
+        pass
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Return the p-th percentile (0–100) by nearest rank; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def gaps_and_streams(stats: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Split the server's timings into relay gaps (end of a reply to the next request of the same
+    dialogue) and stream times (request to the end of its reply)."""
+    by_dialogue: dict[str, list[tuple[float, float]]] = {}
+    for received, finished, session in stats["requests"]:
+        dialogue = session.rsplit("-", 1)[0]
+        by_dialogue.setdefault(dialogue, []).append((received, finished))
+    gaps, streams = [], []
+    for timings in by_dialogue.values():
+        timings.sort()
+        streams += [end - start for start, end in timings]
+        gaps += [timings[i + 1][0] - timings[i][1] for i in range(len(timings) - 1)]
+    return gaps, streams
+
+
+def rss_bytes() -> int:
+    """Return this process's resident memory."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
