@@ -56,7 +56,11 @@ class App:
 async def open_app(config: EngineConfig) -> AsyncIterator[App]:
     """Open the store and one shared HTTP client, wire the engine, and close both on exit."""
     timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout)
-    async with Store.open(config.database) as store, httpx.AsyncClient(timeout=timeout) as http:
+    # httpx allows 100 connections by default; past that, a dialogue's next request would wait for
+    # another's stream to end (bench/scale.py showed it). Guild limits bound how many dialogues run.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+    client = httpx.AsyncClient(timeout=timeout, limits=limits)
+    async with Store.open(config.database) as store, client as http:
         provider: Provider
         ttl = config.catalogue_ttl
         if config.dry_run_models:
