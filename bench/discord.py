@@ -7,14 +7,14 @@ edit went out. Targets: ≤ 35 calls for the turn, never more than one edit a se
 from __future__ import annotations
 
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 import simcord
+from simcord._dpy_internals import real_monotonic
 
 from bench.harness import MODELS, fake_server
-from cogs import create_bot
+from cogs import create_bot, relay
 from cogs.webhooks import WebhookPool
 from config import Settings
 
@@ -28,10 +28,12 @@ async def measure(seconds: float) -> dict[str, str]:
     original_edit = WebhookPool.edit
 
     async def timed_edit(self: WebhookPool, thread, message_id: int, content: str) -> None:  # noqa: ANN001
-        edits.append((time.monotonic(), message_id))
+        edits.append((real_monotonic(), message_id))
         await original_edit(self, thread, message_id, content)
 
     WebhookPool.edit = timed_edit  # type: ignore[method-assign]
+    # SimCord's clock only moves when told to; the edit throttle must run on real seconds here.
+    virtual_now, relay.now = relay.now, real_monotonic
     try:
         async with fake_server(seconds / words, words) as server:
             with tempfile.TemporaryDirectory() as folder:
@@ -62,6 +64,7 @@ async def measure(seconds: float) -> dict[str, str]:
                 await bot.close()  # SimCord detaches the bot without closing it
     finally:
         WebhookPool.edit = original_edit  # type: ignore[method-assign]
+        relay.now = virtual_now
     webhook_calls = [
         c for c in calls if c.path.startswith("/webhooks/") and "simcord_interaction" not in c.path
     ]

@@ -13,7 +13,10 @@ import httpx
 
 from bot.catalogue import Catalogue
 from bot.dialogue import DialogueRunner
+from bot.personas import ProviderSpec
+from bot.providers import Route, Router
 from bot.providers.base import Provider
+from bot.providers.local import LocalCatalogue, LocalModels, LocalProvider
 from bot.providers.openai_compat import OpenAICompatProvider
 from bot.providers.scripted import ScriptedProvider, free_models
 from bot.retry import RetryPolicy
@@ -39,6 +42,8 @@ class EngineConfig:
     catalogue_ttl: timedelta = timedelta(hours=24)
     #: With models listed here, nothing goes over the network: a scripted provider answers for free.
     dry_run_models: tuple[str, ...] = ()
+    #: OpenAI-compatible servers named in the persona library.
+    providers: tuple[ProviderSpec, ...] = ()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -68,10 +73,15 @@ async def open_app(config: EngineConfig) -> AsyncIterator[App]:
         else:
             provider = OpenAICompatProvider(http, config.base_url, config.api_key)
         catalogue = Catalogue(provider, store, ttl, utc_now)
+        named = {}
+        for spec in config.providers:
+            server = OpenAICompatProvider(http, spec.base_url, spec.api_key)
+            named[spec.name] = Route(server, Catalogue(server, store, ttl, utc_now))
+        local = LocalModels()
+        router = Router(Route(provider, catalogue), named, Route(LocalProvider(local), LocalCatalogue(local)))
         runner = DialogueRunner(
             store,
-            provider,
-            catalogue,
+            router,
             utc_now,
             max_rounds=config.max_rounds,
             max_budget=config.max_budget,

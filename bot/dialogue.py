@@ -22,7 +22,6 @@ from bot.budget import (
     settle_cost,
     worst_case_cost,
 )
-from bot.catalogue import Catalogue
 from bot.errors import InputError, ProviderError, StateError
 from bot.events import Delta, Ended, Event, Started, TurnFinished, TurnRestarted, TurnStarted
 from bot.models import (
@@ -36,6 +35,7 @@ from bot.models import (
     Usage,
 )
 from bot.prompts import build_messages
+from bot.providers import Router
 from bot.providers.base import ChatRequest, Completion, Provider, ReasoningDelta, TextDelta
 from bot.retry import RetryPolicy
 from bot.store import Store
@@ -153,8 +153,7 @@ class DialogueRunner:
     def __init__(
         self,
         store: Store,
-        provider: Provider,
-        catalogue: Catalogue,
+        router: Router,
         clock: Callable[[], datetime],
         *,
         max_rounds: int,
@@ -163,8 +162,7 @@ class DialogueRunner:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ):
         self.store = store
-        self.provider = provider
-        self.catalogue = catalogue
+        self.router = router
         self._clock = clock
         self._max_rounds = max_rounds
         self._max_budget = max_budget
@@ -182,9 +180,9 @@ class DialogueRunner:
         """Raise InputError for a spec that cannot run; return the first call's worst-case cost."""
         validate_spec(spec, self._max_rounds, self._max_budget)
         first = spec.participants[0]
-        model = await self.catalogue.get(first.model)
+        model = await self.router.model(first)
         for persona in spec.participants[1:]:
-            await self.catalogue.get(persona.model)
+            await self.router.model(persona)
         messages = build_messages(spec.participants, 0, spec.opening, [])
         worst = worst_case_cost(model.pricing, estimate_prompt_tokens(messages), _max_tokens(first, model))
         if worst > spec.limits.budget_usd:
@@ -224,7 +222,7 @@ class DialogueRunner:
         if dialogue.status.is_final:
             reason = dialogue.stop_reason.describe if dialogue.stop_reason else dialogue.status
             raise StateError(f"dialogue {dialogue_id} has ended ({reason}); start a new one")
-        models = [await self.catalogue.get(p.model) for p in dialogue.participants]
+        models = [await self.router.model(p) for p in dialogue.participants]
         await self.store.settle_interrupted_calls(dialogue_id)
         await self.store.mark_running(dialogue_id, self._clock())
         dialogue = await self.store.get_dialogue(dialogue_id)
@@ -362,9 +360,9 @@ class DialogueRunner:
         while True:
             attempts += 1
             attempt = _Attempt()
-            async for delta in self._call(
-                self._request(dialogue, plan, max_tokens), plan.seq, attempt, control, deadline
-            ):
+            provider = self.router.route(plan.persona).provider
+            request = self._request(dialogue, plan, max_tokens)
+            async for delta in self._call(provider, request, plan.seq, attempt, control, deadline):
                 yield delta
             seconds += attempt.seconds
             if attempt.error is not None:
@@ -473,6 +471,7 @@ class DialogueRunner:
 
     async def _call(
         self,
+        provider: Provider,
         request: ChatRequest,
         seq: int,
         attempt: _Attempt,
@@ -493,7 +492,7 @@ class DialogueRunner:
             outcome: object = None
             try:
                 async with asyncio.timeout_at(deadline):
-                    async for event in self.provider.stream(request):
+                    async for event in provider.stream(request):
                         queue.put_nowait(event)
             except TimeoutError:
                 outcome = StopReason.TIME

@@ -129,6 +129,14 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    (
+        "Participants on other providers: a named OpenAI-compatible server, with optional prices.",
+        """
+        ALTER TABLE participants ADD COLUMN provider TEXT;
+        ALTER TABLE participants ADD COLUMN prompt_price TEXT;
+        ALTER TABLE participants ADD COLUMN completion_price TEXT;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

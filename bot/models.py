@@ -93,6 +93,12 @@ class Persona:
     max_tokens: int | None = None
     reasoning_effort: str | None = None
     avatar_url: str | None = None
+    #: A provider named in the persona library; None means the default (OpenRouter). Models whose
+    #: id starts with `local:` always run in this process.
+    provider: str | None = None
+    #: USD per token, for providers that publish no prices (a local server is free unless set).
+    prompt_price: Decimal | None = None
+    completion_price: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)

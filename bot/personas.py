@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -25,16 +26,54 @@ class _PersonaEntry(BaseModel):
     max_tokens: int | None = Field(default=None, ge=16)
     reasoning_effort: Effort | None = None
     avatar_url: str | None = None
+    provider: str | None = Field(default=None, min_length=1)
+    prompt_price: Decimal | None = Field(default=None, ge=0)
+    completion_price: Decimal | None = Field(default=None, ge=0)
 
 
-def load_personas(path: Path) -> dict[str, Persona]:
-    """Read the persona library, keyed by its table names; a bad file is one clear InputError."""
+class _ProviderEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(pattern=r"^https?://")
+    api_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """An OpenAI-compatible server named in the persona library (Ollama, LM Studio, vLLM, …)."""
+
+    name: str
+    base_url: str
+    api_key: str | None = None
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"persona file {path} not found; set VOICES_PERSONAS_FILE") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"persona file {path} is not valid TOML: {exc}") from None
+
+
+def load_providers(path: Path) -> dict[str, ProviderSpec]:
+    """Read the `[providers.NAME]` tables of the persona library."""
+    providers = {}
+    for name, table in _read(path).get("providers", {}).items():
+        try:
+            entry = _ProviderEntry.model_validate(table)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InputError(f"provider '{name}' in {path}: {where}: {first['msg']}") from None
+        providers[name] = ProviderSpec(name, entry.base_url.rstrip("/"), entry.api_key)
+    return providers
+
+
+def load_personas(path: Path) -> dict[str, Persona]:
+    """Read the persona library, keyed by its table names; a bad file is one clear InputError."""
+    data = _read(path)
+    providers = set(data.pop("providers", {}))
     personas = {}
     for key, table in data.items():
         try:
@@ -43,6 +82,11 @@ def load_personas(path: Path) -> dict[str, Persona]:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise InputError(f"persona '{key}' in {path}: {where}: {first['msg']}") from None
+        if entry.provider is not None and entry.provider not in providers:
+            raise InputError(
+                f"persona '{key}' in {path} names provider '{entry.provider}', "
+                "which has no [providers.NAME] table there"
+            )
         personas[key] = Persona(name=entry.name or key, **entry.model_dump(exclude={"name"}))
     return personas
 
@@ -56,10 +100,14 @@ def resolve_persona(ref: str, library: dict[str, Persona], max_tokens: int) -> P
     ref = ref.strip()
     persona = library.get(ref)
     if persona is None:
-        if "/" not in ref:
+        if ref.startswith("local:"):
+            stem = Path(ref.removeprefix("local:")).stem or "model"
+            persona = Persona(name=f"local-{stem}", model=ref)
+        elif "/" in ref:
+            persona = Persona(name=ref.rsplit("/", 1)[1].split(":")[0], model=ref)
+        else:
             known = ", ".join(sorted(library)) or "none"
             raise InputError(f"'{ref}' is neither a persona ({known}) nor a model id like 'z-ai/glm-5'")
-        persona = Persona(name=ref.rsplit("/", 1)[1].split(":")[0], model=ref)
     if persona.max_tokens is None:
         persona = replace(persona, max_tokens=max_tokens)
     return persona

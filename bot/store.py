@@ -39,6 +39,10 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
+def _money(amount: Decimal | None) -> str | None:
+    return str(amount) if amount is not None else None
+
+
 def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
@@ -162,8 +166,9 @@ class Store:
             assert dialogue_id is not None
             await conn.executemany(
                 """INSERT INTO participants (dialogue_id, seat, name, model, system_prompt, temperature,
-                                             max_tokens, reasoning_effort, avatar_url)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                             max_tokens, reasoning_effort, avatar_url, provider,
+                                             prompt_price, completion_price)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 [
                     (
                         dialogue_id,
@@ -175,6 +180,9 @@ class Store:
                         p.max_tokens,
                         p.reasoning_effort,
                         p.avatar_url,
+                        p.provider,
+                        _money(p.prompt_price),
+                        _money(p.completion_price),
                     )
                     for seat, p in enumerate(spec.participants)
                 ],
@@ -212,6 +220,9 @@ class Store:
                     max_tokens=p["max_tokens"],
                     reasoning_effort=p["reasoning_effort"],
                     avatar_url=p["avatar_url"],
+                    provider=p["provider"],
+                    prompt_price=Decimal(p["prompt_price"]) if p["prompt_price"] else None,
+                    completion_price=Decimal(p["completion_price"]) if p["completion_price"] else None,
                 )
                 for p in seats
             ),

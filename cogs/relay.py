@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import io
 import logging
+import time
 from dataclasses import dataclass, field
 
 import discord
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 
 # Discord tolerates about five edits per five seconds on a message; one a second leaves room.
 EDIT_INTERVAL = 1.0
+
+
+def now() -> float:
+    """Seconds for the edit throttle. A test harness with virtual time (SimCord) may swap in a
+    real clock, since Discord's rate limits run on real time."""
+    return time.monotonic()
 
 
 @dataclass
@@ -110,21 +117,21 @@ class Relay:
     async def _flush(self, force: bool) -> None:
         live = self._live
         assert live is not None
-        now = asyncio.get_running_loop().time()
+        moment = now()
         for index, chunk in enumerate(split_message(live.text)):
             if not chunk.strip():
                 continue
             if index >= len(live.messages):
                 # Earlier messages are complete once a new one starts: show their final text now.
-                await self._edit_all(live, now, upto=index)
+                await self._edit_all(live, moment, upto=index)
                 message = await self._s.webhooks.send(self.thread, live.name, live.avatar_url, chunk)
                 live.messages.append(message.id)
                 live.shown.append(chunk)
-                live.edited_at.append(now)
+                live.edited_at.append(moment)
                 await self._s.rooms.set_live_messages(self.room.dialogue_id, tuple(live.messages))
-            elif chunk != live.shown[index] and (force or now - live.edited_at[index] >= EDIT_INTERVAL):
+            elif chunk != live.shown[index] and (force or moment - live.edited_at[index] >= EDIT_INTERVAL):
                 await self._s.webhooks.edit(self.thread, live.messages[index], chunk)
-                live.shown[index], live.edited_at[index] = chunk, now
+                live.shown[index], live.edited_at[index] = chunk, moment
 
     async def _edit_all(self, live: _Live, now: float, upto: int) -> None:
         chunks = split_message(live.text)

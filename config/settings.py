@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.app import EngineConfig
 from bot.guilds import GuildPolicy
+from bot.personas import load_providers
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -84,6 +85,9 @@ class Settings(BaseSettings):
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             catalogue_ttl=timedelta(hours=self.catalogue_ttl_hours),
+            providers=tuple(load_providers(self.personas_file).values())
+            if self.personas_file.exists()
+            else (),
         )
 
     def guild_defaults(self) -> GuildPolicy:

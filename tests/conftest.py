@@ -14,6 +14,7 @@ from bot.catalogue import Catalogue
 from bot.dialogue import DialogueRunner
 from bot.events import Ended, Event
 from bot.models import DialogueSpec, Limits, Persona
+from bot.providers import Route, Router
 from bot.providers.base import Provider
 from bot.providers.openai_compat import OpenAICompatProvider
 from bot.retry import RetryPolicy
@@ -87,8 +88,7 @@ def make_runner(
         catalogue = Catalogue(provider, store, timedelta(hours=1), clock)
         return DialogueRunner(
             store,
-            provider,
-            catalogue,
+            Router(Route(provider, catalogue)),
             clock,
             max_rounds=50,
             max_budget=Decimal("10"),

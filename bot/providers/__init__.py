@@ -1,0 +1,64 @@
+"""Which provider and catalogue serve a persona.
+
+`local:` models run in this process; a persona may name one of the OpenAI-compatible servers of the
+persona library; every other persona goes to the default provider (OpenRouter). Never guessed from
+a model's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from bot.errors import InputError
+from bot.models import ModelInfo, Persona, Pricing
+from bot.providers.base import Provider
+from bot.providers.local import is_local
+
+LOCAL = "local"
+
+
+class ModelLookup(Protocol):
+    """What the engine needs of a catalogue."""
+
+    async def get(self, model_id: str) -> ModelInfo: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A provider with the catalogue its model ids belong to."""
+
+    provider: Provider
+    catalogue: ModelLookup
+
+
+class Router:
+    """Pick the route of each persona: local, a named server, or the default."""
+
+    def __init__(self, default: Route, named: dict[str, Route] | None = None, local: Route | None = None):
+        self.default = default
+        self._named = dict(named or {})
+        self._local = local
+
+    def route(self, persona: Persona) -> Route:
+        """Return the route that serves this persona, or raise InputError naming what is missing."""
+        if is_local(persona.model):
+            if self._local is None:
+                raise InputError(f"{persona.model} is a local model, and local models are off here")
+            return self._local
+        if persona.provider is None:
+            return self.default
+        if persona.provider not in self._named:
+            raise InputError(f"{persona.name} names provider '{persona.provider}', which is not configured")
+        return self._named[persona.provider]
+
+    async def model(self, persona: Persona) -> ModelInfo:
+        """Return the persona's model from its catalogue, with the persona's own prices if it sets any."""
+        info = await self.route(persona).catalogue.get(persona.model)
+        if persona.prompt_price is None and persona.completion_price is None:
+            return info
+        pricing = Pricing(
+            prompt=persona.prompt_price or info.pricing.prompt,
+            completion=persona.completion_price or info.pricing.completion,
+        )
+        return replace(info, pricing=pricing)

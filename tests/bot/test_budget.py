@@ -18,6 +18,7 @@ from bot.dialogue import DialogueRunner
 from bot.errors import InputError, ServerError
 from bot.events import Ended
 from bot.models import ModelInfo, Pricing, Usage
+from bot.providers import Route, Router
 from bot.providers.base import ChatRequest
 from bot.providers.scripted import ScriptedProvider, ScriptedReply
 from bot.retry import RetryPolicy
@@ -136,10 +137,10 @@ def test_spending_never_passes_the_budget(tmp_path_factory, scenario, data):
         provider = ScriptedProvider([model, other], fallback=reply)
         clock = SteppingClock()
         async with Store.open(path) as store:
+            route = Route(provider, Catalogue(provider, store, timedelta(1), clock))
             runner = DialogueRunner(
                 store,
-                provider,
-                Catalogue(provider, store, timedelta(1), clock),
+                Router(route),
                 clock,
                 max_rounds=50,
                 max_budget=Decimal(1),

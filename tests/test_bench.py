@@ -1,0 +1,27 @@
+"""The benchmarks run (in their quick mode) and report every figure; no timing is asserted here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_benchmarks_report_every_figure():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for title in ("Relay overhead", "Concurrency", "Store and transcripts", "Discord calls per turn"):
+        assert f"## {title}" in out
+    assert "| True ($" in out  # the transcript's costs add up to what the server reported, exactly
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_benchmark_is_one_clear_line():
+    result = subprocess.run([sys.executable, "-m", "bench", "nope"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "unknown benchmark nope; choose from relay, scale, store, discord" in result.stderr
