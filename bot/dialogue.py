@@ -434,6 +434,7 @@ class DialogueRunner:
             reasoning_effort=plan.persona.reasoning_effort,
             # One session per speaker keeps its calls on one provider, which helps prompt caching.
             session_id=f"voices-{dialogue.id}-{plan.seat}",
+            chat_format=plan.persona.chat_format,
         )
 
     def _turn(

@@ -130,11 +130,13 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
-        "Participants on other providers: a named OpenAI-compatible server, with optional prices.",
+        "Participants on other providers: a named OpenAI-compatible server with optional prices, or a "
+        "local model with its own chat format.",
         """
         ALTER TABLE participants ADD COLUMN provider TEXT;
         ALTER TABLE participants ADD COLUMN prompt_price TEXT;
         ALTER TABLE participants ADD COLUMN completion_price TEXT;
+        ALTER TABLE participants ADD COLUMN chat_format TEXT;
         """,
     ),
 )

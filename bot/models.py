@@ -99,6 +99,8 @@ class Persona:
     #: USD per token, for providers that publish no prices (a local server is free unless set).
     prompt_price: Decimal | None = None
     completion_price: Decimal | None = None
+    #: For a local model: a llama.cpp chat format ("chatml", "gemma", …) instead of the file's own.
+    chat_format: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

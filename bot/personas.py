@@ -29,6 +29,7 @@ class _PersonaEntry(BaseModel):
     provider: str | None = Field(default=None, min_length=1)
     prompt_price: Decimal | None = Field(default=None, ge=0)
     completion_price: Decimal | None = Field(default=None, ge=0)
+    chat_format: str | None = Field(default=None, min_length=1)
 
 
 class _ProviderEntry(BaseModel):

