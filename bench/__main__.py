@@ -12,7 +12,7 @@ import os
 import platform
 from collections.abc import Awaitable, Callable
 
-from bench import discord, relay, scale, store
+from bench import discord, local, relay, scale, store
 
 Bench = Callable[[bool], list[Awaitable[dict[str, str]]]]
 
@@ -35,6 +35,10 @@ BENCHES: dict[str, tuple[str, Bench]] = {
         ],
     ),
     "store": ("Store and transcripts", lambda quick: [store.measure(100 if quick else 1000)]),
+    "local": (
+        "Local model (llama.cpp, Gemma 3 270M Q4_K_M)",
+        lambda quick: [local.measure(rounds=1 if quick else 5, max_tokens=16 if quick else 96)],
+    ),
     "discord": (
         "Discord calls per turn (1,500 characters)",
         lambda quick: [discord.measure(seconds=2 if quick else 30)],

@@ -266,7 +266,7 @@ class FakeOpenRouter:
         prompt = sum(len(m["content"]) for m in request.body["messages"]) // 4 + 5
         reasoning = len(reply.reasoning.split())
         completion = len(reply.text.split()) + reasoning
-        pricing = next((m["pricing"] for m in self.models if m["id"] == request.body["model"]), {})
+        pricing = next((m.get("pricing", {}) for m in self.models if m["id"] == request.body["model"]), {})
         cost = prompt * Decimal(pricing.get("prompt", "0")) + completion * Decimal(
             pricing.get("completion", "0")
         )

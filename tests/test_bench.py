@@ -15,7 +15,13 @@ def test_quick_benchmarks_report_every_figure():
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for title in ("Relay overhead", "Concurrency", "Store and transcripts", "Discord calls per turn"):
+    for title in (
+        "Relay overhead",
+        "Concurrency",
+        "Store and transcripts",
+        "Local model",
+        "Discord calls per turn",
+    ):
         assert f"## {title}" in out
     assert "| True ($" in out  # the transcript's costs add up to what the server reported, exactly
     assert "Traceback" not in result.stderr
@@ -24,4 +30,4 @@ def test_quick_benchmarks_report_every_figure():
 def test_an_unknown_benchmark_is_one_clear_line():
     result = subprocess.run([sys.executable, "-m", "bench", "nope"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
-    assert "unknown benchmark nope; choose from relay, scale, store, discord" in result.stderr
+    assert "unknown benchmark nope; choose from relay, scale, store, local, discord" in result.stderr

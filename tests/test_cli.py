@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.providers.local import local_available
 from tests.conftest import API_KEY, GLM, OPUS
 from tests.fake_openrouter import FakeOpenRouter, Reply
 
@@ -303,3 +304,36 @@ def test_bot_with_a_rejected_token_is_one_line(tmp_path, monkeypatch, capsys):
         "error: Discord rejected DISCORD_TOKEN; reset the token in the Developer Portal and set it again"
     )
     assert "MTIz.rejected.token" not in err and "Traceback" not in err
+
+
+@pytest.mark.local
+@pytest.mark.skipif(not local_available(), reason="the voices[local] extra is not installed")
+async def test_with_no_key_voices_run_talks_with_the_free_local_model(env, tmp_path, server):
+    env["OPENROUTER_API_KEY"] = ""
+    env["VOICES_LOG_LEVEL"] = "WARNING"
+    result = await voices(env, tmp_path, "run", "--rounds", "1")
+    assert result.code == 0, result.err
+    assert "Ada ↔ Basil" in result.out and "Ended: all rounds completed" in result.out
+    assert result.err == ""  # llama.cpp's own chatter goes to DEBUG logging, not the terminal
+    document = json.loads((tmp_path / "transcripts" / "1.json").read_text())
+    assert [t["model_used"] for t in document["turns"]] == ["local:default", "local:default"]
+    assert document["totals"]["spent_usd"] == "0" and server.requests == []
+
+
+def test_with_neither_key_nor_local_model_the_error_names_both_ways(tmp_path, monkeypatch, capsys):
+    from bot.__main__ import main
+
+    monkeypatch.setattr("bot.cli.local_available", lambda: False)
+    monkeypatch.setenv("OPENROUTER_API_KEY", "")
+    monkeypatch.setenv("VOICES_DATABASE", str(tmp_path / "voices.db"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: nobody to talk: set OPENROUTER_API_KEY for cloud models, or install the free local model "
+        "with pip install -e '.[local]'"
+    )
+
+
+async def test_one_of_a_and_b_alone_is_refused(env, tmp_path):
+    result = await voices(env, tmp_path, "run", "--a", OPUS)
+    assert result.code == 2 and "give both --a and --b, or neither" in result.err

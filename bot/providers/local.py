@@ -145,15 +145,21 @@ class LocalProvider:
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancelled = threading.Event()
 
+        def hand(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop closed (the process is ending): nobody is listening
+                cancelled.set()
+
         def work() -> None:
             try:
                 with self._models.lock(path):
                     for piece in _generate(llm, request, cancelled):
-                        loop.call_soon_threadsafe(queue.put_nowait, piece)
+                        hand(piece)
             except Exception as exc:  # noqa: BLE001 - handed to the loop, which raises it there
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                hand(exc)
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
+                hand(None)
 
         worker = threading.Thread(target=work, name="voices-local", daemon=True)
         worker.start()
@@ -196,7 +202,7 @@ def _generate(llm: Any, request: ChatRequest, cancelled: threading.Event) -> Ite
 
         try:
             handler = llama_chat_format.get_chat_completion_handler(request.chat_format)
-        except ValueError:
+        except Exception:  # llama-cpp-python raises a bare Exception for an unknown name
             raise InputError(f"llama.cpp knows no chat format '{request.chat_format}'") from None
         chunks = handler(llama=llm, messages=request.messages, **options)
         pieces = (

