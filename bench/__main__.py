@@ -31,7 +31,7 @@ BENCHES: dict[str, tuple[str, Bench]] = {
             scale.measure(
                 n, rounds=1 if quick else 3, tokens_per_second=500 if quick else 50, words=10 if quick else 50
             )
-            for n in ((10, 50) if quick else (10, 100, 1000))
+            for n in ((10, 50) if quick else (10, 50, 100, 1000))
         ],
     ),
     "store": ("Store and transcripts", lambda quick: [store.measure(100 if quick else 1000)]),
