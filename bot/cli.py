@@ -24,7 +24,7 @@ from bot.dialogue import Control
 from bot.errors import InputError
 from bot.events import Ended
 from bot.models import Dialogue, DialogueSpec, Limits, Persona, Status
-from bot.personas import load_personas, resolve_persona
+from bot.personas import distinct_names, load_personas, resolve_persona
 from bot.providers.local import is_local, local_available
 from bot.transcript import render_json, render_markdown
 
@@ -266,7 +266,7 @@ def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]
         if args.max_tokens:
             persona = replace(persona, max_tokens=args.max_tokens)
         participants.append(persona)
-    participants = _distinct_names(participants)
+    participants = distinct_names(participants)
     limits = Limits(
         max_rounds=args.rounds if args.rounds is not None else defaults.rounds,
         budget_usd=args.budget if args.budget is not None else defaults.budget,
@@ -274,17 +274,6 @@ def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]
         max_seconds=args.max_seconds or defaults.max_seconds,
     )
     return DialogueSpec(tuple(participants), args.opening, limits)
-
-
-def _distinct_names(participants: Sequence[Persona]) -> list[Persona]:
-    """Return the participants with repeated names numbered (a model talking to itself: glm-5, glm-5 2)."""
-    seen: dict[str, int] = {}
-    named = []
-    for persona in participants:
-        seen[persona.name] = seen.get(persona.name, 0) + 1
-        count = seen[persona.name]
-        named.append(persona if count == 1 else replace(persona, name=f"{persona.name} {count}"))
-    return named
 
 
 def _require_key(config: EngineConfig, participants: Sequence[Persona]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
@@ -112,3 +113,14 @@ def resolve_persona(ref: str, library: dict[str, Persona], max_tokens: int) -> P
     if persona.max_tokens is None:
         persona = replace(persona, max_tokens=max_tokens)
     return persona
+
+
+def distinct_names(participants: Sequence[Persona]) -> list[Persona]:
+    """Return the participants with repeated names numbered (a model talking to itself: glm-5, glm-5 2)."""
+    seen: dict[str, int] = {}
+    named = []
+    for persona in participants:
+        seen[persona.name] = seen.get(persona.name, 0) + 1
+        count = seen[persona.name]
+        named.append(persona if count == 1 else replace(persona, name=f"{persona.name} {count}"))
+    return named

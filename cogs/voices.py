@@ -16,7 +16,7 @@ from bot.budget import format_usd
 from bot.errors import InputError, StateError
 from bot.guilds import GuildLoad, check_start
 from bot.models import Dialogue, DialogueSpec, Limits, Status
-from bot.personas import resolve_persona
+from bot.personas import distinct_names, resolve_persona
 from bot.rooms import Room
 from cogs.errors import reply, user_message
 from cogs.relay import transcript_files
@@ -141,8 +141,7 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         for ref, system in ((a, system_a), (b, system_b)):
             persona = resolve_persona(ref, self.bot.personas, settings.default_max_tokens)
             personas.append(replace(persona, system_prompt=system) if system else persona)
-        if personas[0].name == personas[1].name:
-            personas[1] = replace(personas[1], name=f"{personas[1].name} 2")
+        personas = distinct_names(personas)
         limits = Limits(
             max_rounds=rounds or settings.default_rounds,
             budget_usd=parse_usd(budget) if budget else settings.default_budget,
