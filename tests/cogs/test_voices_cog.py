@@ -432,3 +432,14 @@ async def test_local_personas_talk_in_discord_and_obey_the_allowed_list(world):
     await world.finish(1)
     assert [m.author.name for m in persona_posts(world.thread())] == ["Ada", "Basil"]
     assert world.server.chat_requests == []
+
+
+async def test_a_member_who_manages_threads_may_stop_anyones_dialogue(world):
+    mods = world.guild.create_role("mods", permissions=discord.Permissions(manage_threads=True))
+    carol = world.guild.add_member(world.env.create_user("carol"), roles=[mods])
+    hold_second_turn(world)
+    await start(world, rounds=3)
+    result = await carol.click(status_message(world.thread()), label="Stop")
+    assert "Stopping dialogue 1" in result.response.content
+    await world.finish(1)
+    assert (await world.bot.services.store.get_dialogue(1)).stop_reason is StopReason.USER_STOP
