@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.errors import InputError
 from bot.models import Persona
 
+_Entry = TypeVar("_Entry", bound=BaseModel)
 Effort = Literal["max", "xhigh", "high", "medium", "low", "minimal", "none"]
 
 
@@ -58,16 +59,21 @@ def _read(path: Path) -> dict[str, Any]:
         raise InputError(f"persona file {path} is not valid TOML: {exc}") from None
 
 
+def _validate(kind: type[_Entry], table: Any, what: str) -> _Entry:
+    """Return the table as `kind`, or raise InputError naming its first problem in one line."""
+    try:
+        return kind.model_validate(table)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"{what}: {where}: {first['msg']}") from None
+
+
 def load_providers(path: Path) -> dict[str, ProviderSpec]:
     """Read the `[providers.NAME]` tables of the persona library."""
     providers = {}
     for name, table in _read(path).get("providers", {}).items():
-        try:
-            entry = _ProviderEntry.model_validate(table)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise InputError(f"provider '{name}' in {path}: {where}: {first['msg']}") from None
+        entry = _validate(_ProviderEntry, table, f"provider '{name}' in {path}")
         providers[name] = ProviderSpec(name, entry.base_url.rstrip("/"), entry.api_key)
     return providers
 
@@ -78,12 +84,7 @@ def load_personas(path: Path) -> dict[str, Persona]:
     providers = set(data.pop("providers", {}))
     personas = {}
     for key, table in data.items():
-        try:
-            entry = _PersonaEntry.model_validate(table)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise InputError(f"persona '{key}' in {path}: {where}: {first['msg']}") from None
+        entry = _validate(_PersonaEntry, table, f"persona '{key}' in {path}")
         if entry.provider is not None and entry.provider not in providers:
             raise InputError(
                 f"persona '{key}' in {path} names provider '{entry.provider}', "

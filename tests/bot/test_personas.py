@@ -58,3 +58,27 @@ def test_a_bad_library_is_one_clear_line(tmp_path, text, message):
 def test_a_missing_library_names_the_setting(tmp_path):
     with pytest.raises(InputError, match="VOICES_PERSONAS_FILE"):
         load_personas(tmp_path / "absent.toml")
+
+
+def test_provider_tables_are_read_and_checked(tmp_path):
+    from bot.personas import load_providers
+
+    path = tmp_path / "p.toml"
+    path.write_text(
+        '[providers.lab]\nbase_url = "http://localhost:11434/v1/"\n'
+        '[llama]\nprovider = "lab"\nmodel = "llama3.2"\ncompletion_price = "0.000002"\n'
+    )
+    (lab,) = load_providers(path).values()
+    assert (lab.name, lab.base_url, lab.api_key) == ("lab", "http://localhost:11434/v1", None)
+    assert load_personas(path)["llama"].provider == "lab"
+    path.write_text('[providers.lab]\napi_key = "x"\n')
+    with pytest.raises(InputError, match="provider 'lab' in .*: base_url: Field required"):
+        load_providers(path)
+    path.write_text('[llama]\nprovider = "nowhere"\nmodel = "llama3.2"\n')
+    with pytest.raises(InputError, match="names provider 'nowhere', which has no \\[providers.NAME\\] table"):
+        load_personas(path)
+
+
+def test_a_local_model_id_becomes_a_local_persona():
+    persona = resolve_persona("local:default", {}, max_tokens=64)
+    assert (persona.name, persona.model) == ("local-default", "local:default")
