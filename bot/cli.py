@@ -20,7 +20,7 @@ from rich.markdown import Markdown
 
 from bot.app import App, EngineConfig, open_app
 from bot.console import DialogueView, dialogue_table, model_table
-from bot.dialogue import Control
+from bot.control import Control
 from bot.errors import InputError
 from bot.events import Ended
 from bot.models import Dialogue, DialogueSpec, Limits, Persona, Status

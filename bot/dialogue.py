@@ -22,8 +22,10 @@ from bot.budget import (
     settle_cost,
     worst_case_cost,
 )
+from bot.call import Attempt, stream_call, wait_or_stop
+from bot.control import Control
 from bot.errors import InputError, ProviderError, StateError
-from bot.events import Delta, Ended, Event, Started, TurnFinished, TurnRestarted, TurnStarted
+from bot.events import Ended, Event, Started, TurnFinished, TurnRestarted, TurnStarted
 from bot.models import (
     Dialogue,
     DialogueSpec,
@@ -36,7 +38,7 @@ from bot.models import (
 )
 from bot.prompts import build_messages
 from bot.providers import Router
-from bot.providers.base import ChatRequest, Completion, Provider, ReasoningDelta, TextDelta
+from bot.providers.base import ChatRequest
 from bot.retry import RetryPolicy
 from bot.store import Store
 
@@ -45,41 +47,6 @@ log = logging.getLogger(__name__)
 MAX_PARTICIPANTS = 8
 # An empty reply is retried once with this much more room, since reasoning usually ate it all.
 EMPTY_RETRY_FACTOR = 2
-
-
-# Control ---------------------------------------------------------------------------------------
-
-
-class Control:
-    """Requests from outside a running dialogue. A stop is sticky: once asked, no new call starts."""
-
-    def __init__(self) -> None:
-        self.stop_requested = False
-        self.stop_now = False
-        self.pause_requested = False
-        self.reason = StopReason.USER_STOP
-        self.detail: str | None = None
-        self._interrupt: Callable[[], None] | None = None
-
-    def stop(
-        self, now: bool = False, reason: StopReason = StopReason.USER_STOP, detail: str | None = None
-    ) -> None:
-        """Stop after the turn in flight, or, with `now`, cancel its stream at once.
-
-        `reason` is what gets recorded: a person's stop, or (say) the thread the dialogue was shown
-        in being deleted.
-        """
-        if not self.stop_requested:
-            self.reason, self.detail = reason, detail
-        self.stop_requested = True
-        if now:
-            self.stop_now = True
-            if self._interrupt is not None:
-                self._interrupt()
-
-    def pause(self) -> None:
-        """Pause after the turn in flight; `run` on the same dialogue resumes it."""
-        self.pause_requested = True
 
 
 # Validation ------------------------------------------------------------------------------------
@@ -112,18 +79,6 @@ def validate_spec(spec: DialogueSpec, max_rounds: int, max_budget: Decimal) -> N
 
 
 # The runner ------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Attempt:
-    """What one call produced."""
-
-    text: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    completion: Completion | None = None
-    error: ProviderError | None = None
-    interrupted: StopReason | None = None
-    seconds: float = 0.0
 
 
 @dataclass(slots=True)
@@ -359,17 +314,17 @@ class DialogueRunner:
         stop: _Stop | None = None
         while True:
             attempts += 1
-            attempt = _Attempt()
+            attempt = Attempt()
             provider = self.router.route(plan.persona).provider
             request = self._request(dialogue, plan, max_tokens)
-            async for delta in self._call(provider, request, plan.seq, attempt, control, deadline):
+            async for delta in stream_call(provider, request, plan.seq, attempt, control, deadline):
                 yield delta
             seconds += attempt.seconds
             if attempt.error is not None:
                 delay = self._retry.delay(attempt.error, attempts)
                 if delay is not None:
                     yield TurnRestarted(plan.seq, attempts + 1, str(attempt.error), delay)
-                    if not await self._wait(delay, control):
+                    if not await wait_or_stop(self._sleep, delay, control):
                         continue
                     attempt.interrupted = control.reason
                 elif not empty_retried:
@@ -442,7 +397,7 @@ class DialogueRunner:
         dialogue: Dialogue,
         plan: _TurnPlan,
         status: TurnStatus,
-        attempt: _Attempt,
+        attempt: Attempt,
         bill: _Bill,
         attempts: int,
         seconds: float,
@@ -469,92 +424,6 @@ class DialogueRunner:
             generation_id=completion.generation_id if completion else None,
             provider=completion.provider if completion else None,
         )
-
-    async def _call(
-        self,
-        provider: Provider,
-        request: ChatRequest,
-        seq: int,
-        attempt: _Attempt,
-        control: Control,
-        deadline: float | None,
-    ) -> AsyncIterator[Delta]:
-        """Stream one provider call into `attempt`, yielding its deltas.
-
-        The stream runs in its own task feeding a queue, so a stop-now or the time limit can cut it
-        off at once without cancelling whoever consumes the events.
-        """
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-
-        async def pump() -> None:
-            # Whatever happens, the consumer gets one last item, or it would wait forever.
-            outcome: object = None
-            try:
-                async with asyncio.timeout_at(deadline):
-                    async for event in provider.stream(request):
-                        queue.put_nowait(event)
-            except TimeoutError:
-                outcome = StopReason.TIME
-            except BaseException as exc:
-                outcome = exc
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-            finally:
-                queue.put_nowait(outcome)
-
-        task = asyncio.create_task(pump())
-
-        def interrupt() -> None:
-            task.cancel()
-            queue.put_nowait(control.reason)
-
-        control._interrupt = interrupt
-        try:
-            if control.stop_now:
-                interrupt()
-            while (item := await queue.get()) is not None:
-                if isinstance(item, TextDelta):
-                    attempt.text.append(item.text)
-                    yield Delta(seq, item.text)
-                elif isinstance(item, ReasoningDelta):
-                    attempt.reasoning.append(item.text)
-                    yield Delta(seq, item.text, reasoning=True)
-                elif isinstance(item, Completion):
-                    attempt.completion = item
-                elif isinstance(item, StopReason):
-                    attempt.interrupted = item
-                    break
-                elif isinstance(item, ProviderError):
-                    attempt.error = item
-                    break
-                elif isinstance(item, BaseException):
-                    raise item
-            if attempt.completion is None and attempt.error is None and attempt.interrupted is None:
-                attempt.completion = Completion(None, None, request.model)
-        finally:
-            control._interrupt = None
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task})
-            attempt.seconds = loop.time() - started
-
-    async def _wait(self, delay: float, control: Control) -> bool:
-        """Sleep before a retry; return True when a stop-now cut the wait short."""
-        if control.stop_now:
-            return True
-        task = asyncio.ensure_future(self._sleep(delay))
-        control._interrupt = task.cancel
-        try:
-            await task  # awaited directly, so schedulers and test harnesses see a plain timer
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # we are being cancelled ourselves, not interrupted by a stop
-        finally:
-            control._interrupt = None
-        return task.cancelled() or control.stop_now
 
 
 @dataclass(slots=True)

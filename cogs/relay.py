@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import discord
 
 from bot.app import utc_now
-from bot.dialogue import Control, DialogueRunner
+from bot.control import Control
+from bot.dialogue import DialogueRunner
 from bot.events import Delta, Ended, Event, Started, TurnFinished, TurnRestarted, TurnStarted
 from bot.guilds import GuildStore
 from bot.models import Dialogue, Status, StopReason, Turn, TurnStatus

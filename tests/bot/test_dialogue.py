@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from bot.dialogue import Control
+from bot.control import Control
 from bot.errors import InputError, StateError, UnknownModel
 from bot.events import Delta, TurnFinished, TurnRestarted, TurnStarted
 from bot.models import Status, StopReason, TurnStatus

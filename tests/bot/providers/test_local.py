@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from bot.catalogue import Catalogue
-from bot.dialogue import Control
+from bot.control import Control
 from bot.errors import InputError
 from bot.events import Delta
 from bot.models import Status, StopReason, TurnStatus
