@@ -41,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     config = settings.engine_config()
     token = settings.discord_token
-    setup_logging(settings.log_level, [config.api_key or "", token.get_secret_value() if token else ""])
+    secrets = [config.api_key or "", token.get_secret_value() if token else ""]
+    secrets += [spec.api_key for spec in config.providers if spec.api_key]
+    setup_logging(settings.log_level, secrets)
     if args.command == "bot":
         return run_bot(settings)
     try:

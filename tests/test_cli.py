@@ -337,3 +337,23 @@ def test_with_neither_key_nor_local_model_the_error_names_both_ways(tmp_path, mo
 async def test_one_of_a_and_b_alone_is_refused(env, tmp_path):
     result = await voices(env, tmp_path, "run", "--a", OPUS)
     assert result.code == 2 and "give both --a and --b, or neither" in result.err
+
+
+def test_logs_mask_every_secret(tmp_path, monkeypatch, capsys):
+    """The OpenRouter key, the Discord token and a named server's key never reach the log."""
+    import logging
+
+    from bot.__main__ import main
+
+    personas = tmp_path / "personas.toml"
+    personas.write_text('[providers.lab]\nbase_url = "http://127.0.0.1:9/v1"\napi_key = "lab-secret-key"\n')
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-secret-key")
+    monkeypatch.setenv("DISCORD_TOKEN", "discord-secret-token")
+    monkeypatch.setenv("VOICES_PERSONAS_FILE", str(personas))
+    monkeypatch.setenv("VOICES_DATABASE", str(tmp_path / "voices.db"))
+    monkeypatch.chdir(tmp_path)
+    main(["list"])
+    logging.getLogger("probe").warning("keys: sk-or-secret-key discord-secret-token lab-secret-key")
+    err = capsys.readouterr().err
+    assert "keys: *** *** ***" in err
+    assert "secret" not in err.replace("keys: *** *** ***", "")
