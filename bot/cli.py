@@ -25,6 +25,7 @@ from bot.errors import InputError
 from bot.events import Ended
 from bot.models import Dialogue, DialogueSpec, Limits, Persona, Status
 from bot.personas import distinct_names, load_personas, resolve_persona
+from bot.providers import local
 from bot.providers.local import is_local, local_available
 from bot.transcript import render_json, render_markdown
 
@@ -144,6 +145,8 @@ async def dispatch(
                 if args.refresh:
                     await app.catalogue.models(refresh=True)
                 found = await app.catalogue.search(args.search)
+            if local_available() and args.search.lower() in local.DEFAULT:
+                found.append(local.info(local.DEFAULT))  # the free model this install carries
             console.print(model_table(found))
             console.print(f"{len(found)} models", style="dim")
     return 0

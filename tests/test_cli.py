@@ -120,6 +120,8 @@ async def test_list_show_export_and_models(env, tmp_path):
     assert to_stdout.out == (tmp_path / "transcripts" / "1.md").read_text()
     models = await voices(env, tmp_path, "models", "glm")
     assert "z-ai/glm-5" in models.out and "claude" not in models.out and "1 models" in models.out
+    if local_available():
+        assert "local:default" in (await voices(env, tmp_path, "models", "local")).out
 
 
 @pytest.mark.parametrize(
