@@ -184,19 +184,23 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             )
 
     async def control(
-        self, interaction: discord.Interaction, action: Action, dialogue_id: int | None
+        self, interaction: discord.Interaction, action: Action, dialogue_id: int | None, now: bool = True
     ) -> None:
-        """Stop, pause or resume a dialogue (from a command or a button); refusals are ephemeral."""
+        """Stop, pause or resume a dialogue (from a command or a button); refusals are ephemeral.
+
+        A stop cuts the reply in flight at once unless `now` is False; then the turn finishes first
+        (and is paid for in full, as it would be anyway by the providers that cannot cancel).
+        """
         try:
             room = await self._room(interaction, dialogue_id)
             self._may_control(interaction, room)
-            text = await self._apply(action, room, interaction.user)
+            text = await self._apply(action, room, now)
         except (InputError, StateError) as exc:
             await reply(interaction, f"⚠ {user_message(exc)}")
             return
         await reply(interaction, text)
 
-    async def _apply(self, action: Action, room: Room, who: discord.abc.User) -> str:
+    async def _apply(self, action: Action, room: Room, now: bool) -> str:
         dialogue = await self.s.store.get_dialogue(room.dialogue_id)
         relays = self.bot.relays
         running = relays.is_running(room.dialogue_id)
@@ -204,10 +208,12 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             raise StateError(f"dialogue {dialogue.id} has already ended ({dialogue.stop_reason})")
         if action == "stop":
             if running:
-                relays.controls[room.dialogue_id].stop(now=True)
+                relays.controls[room.dialogue_id].stop(now=now)
             else:
                 await relays.start(room, stop=True)
-            return f"Stopping dialogue {dialogue.id}."
+            return f"Stopping dialogue {dialogue.id}" + (
+                "." if now or not running else " after the turn in flight."
+            )
         if action == "pause":
             if not running:
                 raise StateError(f"dialogue {dialogue.id} is not running")
@@ -219,10 +225,15 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         return f"Resuming dialogue {dialogue.id}."
 
     @app_commands.command(name="stop")
-    @app_commands.describe(dialogue="The dialogue's id (default: the one of this thread)")
-    async def stop(self, interaction: discord.Interaction, dialogue: int | None = None) -> None:
-        """Stop a dialogue now; its transcript is still posted."""
-        await self.control(interaction, "stop", dialogue)
+    @app_commands.describe(
+        dialogue="The dialogue's id (default: the one of this thread)",
+        after_turn="Let the reply in flight finish first (default: cut it off now)",
+    )
+    async def stop(
+        self, interaction: discord.Interaction, dialogue: int | None = None, after_turn: bool = False
+    ) -> None:
+        """Stop a dialogue; its transcript is still posted."""
+        await self.control(interaction, "stop", dialogue, now=not after_turn)
 
     @app_commands.command(name="pause")
     @app_commands.describe(dialogue="The dialogue's id (default: the one of this thread)")

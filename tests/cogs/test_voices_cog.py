@@ -443,3 +443,15 @@ async def test_a_member_who_manages_threads_may_stop_anyones_dialogue(world):
     assert "Stopping dialogue 1" in result.response.content
     await world.finish(1)
     assert (await world.bot.services.store.get_dialogue(1)).stop_reason is StopReason.USER_STOP
+
+
+async def test_stop_after_the_turn_lets_the_reply_in_flight_finish(world):
+    hold_second_turn(world)
+    await start(world, rounds=3)
+    result = await world.alice.slash(world.thread(), "voices stop", after_turn=True)
+    assert "Stopping dialogue 1 after the turn in flight." in result.response.content
+    await world.env.advance_time(30)
+    await world.finish(1)
+    turns = await world.bot.services.store.list_turns(1)
+    assert [t.status.value for t in turns] == ["ok", "ok"]
+    assert (await world.bot.services.store.get_dialogue(1)).stop_reason is StopReason.USER_STOP
