@@ -390,6 +390,8 @@ class DialogueRunner:
             # One session per speaker keeps its calls on one provider, which helps prompt caching.
             session_id=f"voices-{dialogue.id}-{plan.seat}",
             chat_format=plan.persona.chat_format,
+            speaker=plan.persona.name,
+            others=tuple(p.name for seat, p in enumerate(dialogue.participants) if seat != plan.seat),
         )
 
     def _turn(

@@ -20,6 +20,9 @@ class ChatRequest:
     reasoning_effort: str | None = None
     session_id: str | None = None
     chat_format: str | None = None
+    #: Who speaks and who else is in the dialogue, for models prompted as a plain "Name: text" script.
+    speaker: str | None = None
+    others: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,9 +216,10 @@ def _generate(llm: Any, request: ChatRequest, cancelled: threading.Event) -> Ite
             for c in chunks
         )
     else:
-        # A base model has no chat template: a plain transcript still gets it to answer in turn.
-        prompt = "".join(f"{_speaker(m['role'])}: {m['content']}\n" for m in request.messages) + "Assistant:"
-        chunks = llm.create_completion(prompt=prompt, stop=["\nUser:", "\nSystem:"], **options)
+        # A base model has no chat template: a script of "Name: text" lines still gets it to answer
+        # in turn; it stops where the next speaker's name would start, and repeats itself less.
+        prompt, stop = _script(request)
+        chunks = llm.create_completion(prompt=prompt, stop=stop, repeat_penalty=1.3, **options)
         pieces = ((c["choices"][0].get("text") or "", c["choices"][0].get("finish_reason")) for c in chunks)
     started = False
     for piece, finish in pieces:
@@ -234,8 +235,18 @@ def _generate(llm: Any, request: ChatRequest, cancelled: threading.Event) -> Ite
             yield "finish", finish
 
 
-def _speaker(role: str) -> str:
-    return {"assistant": "Assistant", "system": "System"}.get(role, "User")
+def _script(request: ChatRequest) -> tuple[str, list[str]]:
+    """Return the dialogue as a plain script ending with the speaker's name, and where to stop."""
+    me = request.speaker or "Assistant"
+    other = request.others[0] if len(request.others) == 1 else "User"
+    lines = []
+    for message in request.messages:
+        if message["role"] == "system":
+            lines.append(f"{message['content']}\n")
+        else:
+            lines.append(f"{me if message['role'] == 'assistant' else other}: {message['content']}")
+    stop = [f"\n{name}:" for name in (*request.others, me, "User")] + ["\n\n"]
+    return "\n".join(lines) + f"\n{me}:", stop
 
 
 def _count(llm: Any, text: str) -> int:

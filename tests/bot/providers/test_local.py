@@ -125,3 +125,24 @@ async def test_without_the_extra_the_error_says_how_to_install_it(monkeypatch, t
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     with pytest.raises(InputError, match="local models need llama-cpp-python; install the extra"):
         await LocalCatalogue(LocalModels()).get(f"local:{model}")
+
+
+def test_a_model_without_a_template_gets_a_named_script():
+    """The packaged GGUF has no chat template: it is prompted as a script of "Name: text" lines."""
+    from bot.providers.local import _script
+
+    request = ChatRequest(
+        model="local:default",
+        messages=[
+            {"role": "system", "content": "You are Ada."},
+            {"role": "user", "content": "Hi, Ada."},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "How are you?"},
+        ],
+        max_tokens=16,
+        speaker="Ada",
+        others=("Basil",),
+    )
+    prompt, stop = _script(request)
+    assert prompt == "You are Ada.\n\nBasil: Hi, Ada.\nAda: Hello.\nBasil: How are you?\nAda:"
+    assert "\nBasil:" in stop and "\nAda:" in stop and "\n\n" in stop
