@@ -102,7 +102,11 @@ async def wait_or_stop(sleep: Callable[[float], Awaitable[None]], delay: float, 
     if control.stop_now:
         return True
     task = asyncio.ensure_future(sleep(delay))
-    control._interrupt = task.cancel
+
+    def interrupt() -> None:
+        task.cancel()
+
+    control._interrupt = interrupt
     try:
         await task  # awaited directly, so schedulers and test harnesses see a plain timer
     except asyncio.CancelledError:

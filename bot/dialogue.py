@@ -197,7 +197,7 @@ class DialogueRunner:
         except Exception as exc:
             log.exception("dialogue %s failed", dialogue_id)
             stop = _Stop(StopReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-        if stop is None:
+        if stop is None or stop.reason is None:
             await self.store.mark_paused(dialogue_id)
         else:
             await self.store.finish_dialogue(dialogue_id, stop.reason, stop.detail, self._clock())
@@ -405,6 +405,7 @@ class DialogueRunner:
         seconds: float,
     ) -> Turn:
         completion = attempt.completion
+        assert plan.started_at is not None
         return Turn(
             dialogue_id=dialogue.id,
             seq=plan.seq,

@@ -24,5 +24,6 @@ class RetryPolicy:
         if error.retry_after is not None:
             # The server knows its own limits; waiting less only earns another 429.
             return min(error.retry_after, self.max_delay * 4)
-        backoff = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
-        return backoff + (rng or random).uniform(0, self.jitter * backoff)
+        backoff = min(self.base_delay * 2.0 ** (attempt - 1), self.max_delay)
+        uniform = rng.uniform if rng is not None else random.uniform
+        return backoff + uniform(0, self.jitter * backoff)

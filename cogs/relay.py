@@ -201,7 +201,10 @@ class Relay:
         if self._status is None and self.room.status_message_id is not None:
             self._status = self.thread.get_partial_message(self.room.status_message_id)  # type: ignore[assignment]
         if self._status is None:
-            self._status = await self.thread.send(embed=embed, view=view, allowed_mentions=NO_MENTIONS)
+            if view is None:  # an already ended dialogue: no buttons
+                self._status = await self.thread.send(embed=embed, allowed_mentions=NO_MENTIONS)
+            else:
+                self._status = await self.thread.send(embed=embed, view=view, allowed_mentions=NO_MENTIONS)
             await self._s.rooms.set_status_message(dialogue.id, self._status.id)
         else:
             await self._status.edit(embed=embed, view=view)

@@ -93,7 +93,7 @@ class ControlButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEM
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: Any, /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: Any, /
     ) -> ControlButton:
         return cls(match["action"], int(match["id"]))
 

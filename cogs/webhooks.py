@@ -43,7 +43,7 @@ class WebhookPool:
         self, thread: discord.Thread, name: str, avatar_url: str | None, content: str = "", **extra: Any
     ) -> discord.WebhookMessage:
         """Post into the thread as a persona; mentions are never delivered."""
-        return await self._with_retry(
+        message: discord.WebhookMessage = await self._with_retry(
             thread,
             lambda hook: hook.send(
                 content,
@@ -55,6 +55,7 @@ class WebhookPool:
                 **extra,
             ),
         )
+        return message
 
     async def edit(self, thread: discord.Thread, message_id: int, content: str) -> None:
         """Replace the text of a persona's message."""

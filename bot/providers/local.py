@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bot.errors import InputError, ProviderError
 from bot.models import ModelInfo, Pricing, Usage
@@ -47,7 +47,7 @@ def model_path(model_id: str) -> Path:
         except ImportError:
             raise InputError(f"local:default needs the packaged model; {INSTALL}") from None
         try:
-            return packaged.assemble()
+            return Path(packaged.assemble())
         except (OSError, ValueError) as exc:
             raise InputError(
                 f"the packaged local model could not be assembled ({exc}); reinstall the extra"
@@ -168,7 +168,7 @@ class LocalProvider:
             while (item := await queue.get()) is not None:
                 if isinstance(item, Exception):
                     raise ProviderError(f"the local model failed: {item}") from None
-                kind, value = item  # type: ignore[misc]
+                kind, value = cast(tuple[str, str], item)
                 if kind == "text":
                     text.append(value)
                     yield TextDelta(value)
@@ -204,23 +204,16 @@ def _generate(llm: Any, request: ChatRequest, cancelled: threading.Event) -> Ite
             handler = llama_chat_format.get_chat_completion_handler(request.chat_format)
         except Exception:  # llama-cpp-python raises a bare Exception for an unknown name
             raise InputError(f"llama.cpp knows no chat format '{request.chat_format}'") from None
-        chunks = handler(llama=llm, messages=request.messages, **options)
-        pieces = (
-            (c["choices"][0]["delta"].get("content") or "", c["choices"][0].get("finish_reason"))
-            for c in chunks
-        )
+        chunks = handler(llama=llm, messages=request.messages, **options)  # type: ignore[arg-type]
+        pieces = _pieces(chunks, chat=True)
     elif llm.metadata.get("tokenizer.chat_template"):
-        chunks = llm.create_chat_completion(messages=request.messages, **options)
-        pieces = (
-            (c["choices"][0]["delta"].get("content") or "", c["choices"][0].get("finish_reason"))
-            for c in chunks
-        )
+        pieces = _pieces(llm.create_chat_completion(messages=request.messages, **options), chat=True)
     else:
         # A base model has no chat template: a script of "Name: text" lines still gets it to answer
         # in turn; it stops where the next speaker's name would start, and repeats itself less.
         prompt, stop = _script(request)
         chunks = llm.create_completion(prompt=prompt, stop=stop, repeat_penalty=1.3, **options)
-        pieces = ((c["choices"][0].get("text") or "", c["choices"][0].get("finish_reason")) for c in chunks)
+        pieces = _pieces(chunks, chat=False)
     started = False
     for piece, finish in pieces:
         if cancelled.is_set():
@@ -233,6 +226,14 @@ def _generate(llm: Any, request: ChatRequest, cancelled: threading.Event) -> Ite
             yield "text", piece
         if finish:
             yield "finish", finish
+
+
+def _pieces(chunks: Any, chat: bool) -> Iterator[tuple[str, str | None]]:
+    """Yield (text, finish reason) from llama-cpp-python's streamed chunks, chat or plain."""
+    for chunk in chunks:
+        choice = chunk["choices"][0]
+        text = choice["delta"].get("content") if chat else choice.get("text")
+        yield str(text or ""), choice.get("finish_reason")
 
 
 def _script(request: ChatRequest) -> tuple[str, list[str]]:
