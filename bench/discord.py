@@ -6,7 +6,9 @@ edit went out. Targets: ≤ 35 calls for the turn, never more than one edit a se
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
+import time
 from pathlib import Path
 
 import simcord
@@ -31,8 +33,14 @@ async def measure(seconds: float) -> dict[str, str]:
         await original_edit(self, thread, message_id, content)
 
     WebhookPool.edit = timed_edit  # type: ignore[method-assign]
-    # SimCord's clock only moves when told to; the edit throttle must run on real seconds here.
+
+    # SimCord's clock only moves when told to; the edit throttle must run on real seconds here,
+    # and an edit that waits out its second must wait real time (SimCord waits for executor work).
+    async def real_pause(seconds: float) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, time.sleep, seconds)
+
     virtual_now, relay.now = relay.now, real_monotonic
+    virtual_pause, relay.pause = relay.pause, real_pause
     try:
         async with fake_server(seconds / words, words) as server:
             with tempfile.TemporaryDirectory() as folder:
@@ -64,6 +72,7 @@ async def measure(seconds: float) -> dict[str, str]:
     finally:
         WebhookPool.edit = original_edit  # type: ignore[method-assign]
         relay.now = virtual_now
+        relay.pause = virtual_pause
     webhook_calls = [
         c for c in calls if c.path.startswith("/webhooks/") and "simcord_interaction" not in c.path
     ]

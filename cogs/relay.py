@@ -40,6 +40,11 @@ def now() -> float:
     return time.monotonic()
 
 
+async def pause(seconds: float) -> None:
+    """Wait before an edit that would come too soon; a harness may swap in a real-time wait."""
+    await asyncio.sleep(seconds)
+
+
 @dataclass
 class _Live:
     """The turn being streamed: its text so far and the messages showing it."""
@@ -65,10 +70,18 @@ class Relay:
         self._status: discord.Message | None = None
         self._speaker: str | None = None
         self._gone = False
+        self._deferred: dict[int, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
         """Catch up on what a crash left unposted, then follow the dialogue to its end or pause."""
         await self._catch_up()
+        try:
+            await self._follow()
+        finally:
+            for task in self._deferred.values():
+                task.cancel()
+
+    async def _follow(self) -> None:
         async for event in self._s.runner.run(self.room.dialogue_id, self.control):
             try:
                 await self._show(event)
@@ -109,6 +122,7 @@ class Relay:
                 self._speaker = None
                 await self._update_status(None)
             case Ended(dialogue=dialogue):
+                await self._settle_edits()
                 await self._update_status(dialogue)
                 if dialogue.status.is_final:
                     await self._post_end(dialogue)
@@ -124,22 +138,51 @@ class Relay:
                 continue
             if index >= len(live.messages):
                 # Earlier messages are complete once a new one starts: show their final text now.
-                await self._edit_all(live, moment, upto=index)
+                await self._edit_all(live, upto=index)
                 message = await self._s.webhooks.send(self.thread, live.name, live.avatar_url, chunk)
                 live.messages.append(message.id)
                 live.shown.append(chunk)
                 live.edited_at.append(moment)
                 await self._s.rooms.set_live_messages(self.room.dialogue_id, tuple(live.messages))
             elif chunk != live.shown[index] and (force or moment - live.edited_at[index] >= EDIT_INTERVAL):
-                await self._s.webhooks.edit(self.thread, live.messages[index], chunk)
-                live.shown[index], live.edited_at[index] = chunk, moment
+                await self._edit(live, index, chunk)
 
-    async def _edit_all(self, live: _Live, now: float, upto: int) -> None:
+    async def _edit_all(self, live: _Live, upto: int) -> None:
         chunks = split_message(live.text)
         for index in range(min(upto, len(live.messages))):
             if chunks[index] != live.shown[index]:
-                await self._s.webhooks.edit(self.thread, live.messages[index], chunks[index])
-                live.shown[index], live.edited_at[index] = chunks[index], now
+                await self._edit(live, index, chunks[index])
+
+    async def _edit(self, live: _Live, index: int, chunk: str) -> None:
+        """Edit one message now, or, if its last edit was under a second ago, in the background
+        once the second is over: never two edits a second, and the dialogue never waits for it."""
+        wait = EDIT_INTERVAL - (now() - live.edited_at[index])
+        message_id = live.messages[index]
+        live.shown[index], live.edited_at[index] = chunk, now() + max(wait, 0)
+        if wait <= 0:
+            await self._s.webhooks.edit(self.thread, message_id, chunk)
+            return
+        previous = self._deferred.pop(message_id, None)
+        if previous is not None:
+            previous.cancel()
+        self._deferred[message_id] = asyncio.create_task(self._edit_later(wait, message_id, chunk))
+
+    async def _edit_later(self, wait: float, message_id: int, chunk: str) -> None:
+        await pause(wait)
+        try:
+            await self._s.webhooks.edit(self.thread, message_id, chunk)
+        except (discord.NotFound, discord.Forbidden) as exc:
+            self._lost(exc)
+        except discord.HTTPException as exc:
+            log.warning("dialogue %s: an edit failed (%s)", self.room.dialogue_id, exc)
+        finally:
+            if self._deferred.get(message_id) is asyncio.current_task():
+                del self._deferred[message_id]
+
+    async def _settle_edits(self) -> None:
+        """Wait for the edits still waiting out their second (before the dialogue's end is posted)."""
+        if self._deferred:
+            await asyncio.gather(*self._deferred.values(), return_exceptions=True)
 
     async def _discard_live(self) -> None:
         """A retry starts the reply again: remove what was shown of the failed attempt."""
@@ -147,6 +190,8 @@ class Relay:
         if live is None:
             return
         for message_id in live.messages:
+            if (pending := self._deferred.pop(message_id, None)) is not None:
+                pending.cancel()
             await self._s.webhooks.delete(self.thread, message_id)
         self._live = _Live(live.seq, live.name, live.avatar_url)
         await self._s.rooms.set_live_messages(self.room.dialogue_id, ())

@@ -73,7 +73,12 @@ class World:
         return self.channel.threads[index]
 
     async def finish(self, dialogue_id: int) -> None:
-        """Let the dialogue's background relay run to its end."""
+        """Let the dialogue's background relay run to its end, moving SimCord's clock along for the
+        edits that wait out their second (SimCord's time only moves when a test moves it)."""
+        for _ in range(600):
+            if not self.bot.relays.is_running(dialogue_id):
+                break
+            await self.env.advance_time(1.0)
         await self.bot.relays.wait(dialogue_id)
         await self.env.settle()
 

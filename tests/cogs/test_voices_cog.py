@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import time
 
 import discord
 import pytest
@@ -14,6 +16,7 @@ from bot.personas import load_personas
 from bot.providers.local import local_available
 from cogs import create_bot
 from cogs.relay import transcript_files
+from cogs.webhooks import WebhookPool
 from tests.cogs.conftest import make_settings
 from tests.conftest import API_KEY, GLM, OPUS
 from tests.fake_openrouter import Reply
@@ -118,18 +121,31 @@ async def test_a_long_reply_with_code_is_split_with_fences_kept_balanced(world):
 
 
 async def test_a_streamed_reply_is_edited_at_most_once_a_second(world, monkeypatch):
-    # SimCord's clock only moves when told to; the edit throttle must see real seconds.
+    # SimCord's clock only moves when told to; here the throttle reads real seconds, and an edit
+    # that waits out its second waits real time (in an executor, which SimCord waits for).
+    async def real_pause(seconds: float) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, time.sleep, seconds)
+
     monkeypatch.setattr("cogs.relay.now", real_monotonic)
+    monkeypatch.setattr("cogs.relay.pause", real_pause)
+    edited: dict[int, list[float]] = {}
+    original = WebhookPool.edit
+
+    async def timed(self, thread, message_id, content):
+        edited.setdefault(message_id, []).append(real_monotonic())
+        await original(self, thread, message_id, content)
+
+    monkeypatch.setattr(WebhookPool, "edit", timed)
     world.server.enqueue(Reply(text=" ".join(f"w{i}" for i in range(60)), chunk_words=2, chunk_delay=0.1))
     await start(world, rounds=1)
     await world.finish(1)
     first = persona_posts(world.thread())[0]
-    edits = [
-        r for r in world.env.http_requests if r.method == "PATCH" and r.path.endswith(f"/messages/{first.id}")
-    ]
-    # About three seconds of streaming: a post, a few throttled edits and the final one.
-    assert 2 <= len(edits) <= 5
     assert first.content.endswith("w59")
+    # About three seconds of streaming: a post, a few throttled edits and the closing one, which
+    # waits out its second rather than following the last edit at once.
+    assert 2 <= len(edited[first.id]) <= 5
+    for times in edited.values():
+        assert all(b - a >= 0.99 for a, b in zip(times, times[1:], strict=False)), times
 
 
 async def test_bad_options_are_refused_ephemerally_and_nothing_is_created(world):
