@@ -109,6 +109,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             starter_id        INTEGER NOT NULL,
             status_message_id INTEGER,
             posted_seq        INTEGER NOT NULL DEFAULT -1,
+            posted_message_ids TEXT NOT NULL DEFAULT '',
             live_message_ids  TEXT NOT NULL DEFAULT ''
         );
         CREATE INDEX rooms_by_guild ON rooms(guild_id);

@@ -27,10 +27,15 @@ class Room:
     status_message_id: int | None = None
     posted_seq: int = -1
     live_message_ids: tuple[int, ...] = ()
+    #: The messages of turn `posted_seq`: its last edit may still have been on its way at a crash.
+    posted_message_ids: tuple[int, ...] = ()
+
+
+def _ids(text: str) -> tuple[int, ...]:
+    return tuple(int(i) for i in text.split(",") if i)
 
 
 def _room(row: sqlite3.Row) -> Room:
-    live = tuple(int(i) for i in row["live_message_ids"].split(",") if i)
     return Room(
         row["dialogue_id"],
         row["guild_id"],
@@ -39,7 +44,8 @@ def _room(row: sqlite3.Row) -> Room:
         row["starter_id"],
         row["status_message_id"],
         row["posted_seq"],
-        live,
+        _ids(row["live_message_ids"]),
+        _ids(row["posted_message_ids"]),
     )
 
 
@@ -96,12 +102,13 @@ class RoomStore:
         """Remember the messages of the turn being streamed, to clean them up after a crash."""
         await self._update(dialogue_id, "live_message_ids = ?", ",".join(map(str, message_ids)))
 
-    async def mark_posted(self, dialogue_id: int, seq: int) -> None:
-        """Record that turn `seq` is fully posted; its live messages are now final."""
+    async def mark_posted(self, dialogue_id: int, seq: int, message_ids: tuple[int, ...]) -> None:
+        """Record that turn `seq` is posted in these messages; no message is live any more."""
         async with self._store.transaction() as conn:
             await conn.execute(
-                "UPDATE rooms SET posted_seq = ?, live_message_ids = '' WHERE dialogue_id = ?",
-                (seq, dialogue_id),
+                "UPDATE rooms SET posted_seq = ?, posted_message_ids = ?, live_message_ids = '' "
+                "WHERE dialogue_id = ?",
+                (seq, ",".join(map(str, message_ids)), dialogue_id),
             )
 
     async def _update(self, dialogue_id: int, assignment: str, value: object) -> None:

@@ -210,7 +210,7 @@ class Relay:
         elif turn.status is TurnStatus.CANCELLED:
             await self._s.webhooks.send(self.thread, live.name, live.avatar_url, "*✂ Cut off.*")
         await self._post_reasoning(turn, live)
-        await self._s.rooms.mark_posted(self.room.dialogue_id, turn.seq)
+        await self._s.rooms.mark_posted(self.room.dialogue_id, turn.seq, tuple(live.messages))
         self._live = None
 
     async def _post_reasoning(self, turn: Turn, live: _Live) -> None:
@@ -226,11 +226,20 @@ class Relay:
                 await self._s.webhooks.send(self.thread, live.name, live.avatar_url, f"||{chunk}||")
 
     async def _catch_up(self) -> None:
-        """After a restart: drop the half-streamed turn's messages, post committed turns not yet shown."""
+        """After a restart: finish the last posted turn's text (its closing edit may have been
+        waiting out its second), drop the half-streamed turn's messages, post the turns not shown."""
+        turns = await self._s.store.list_turns(self.room.dialogue_id)
+        if self.room.posted_message_ids and 0 <= self.room.posted_seq < len(turns):
+            chunks = [c for c in split_message(turns[self.room.posted_seq].text) if c.strip()]
+            for message_id, chunk in zip(self.room.posted_message_ids, chunks, strict=False):
+                try:
+                    await self._s.webhooks.edit(self.thread, message_id, chunk)
+                except discord.NotFound:
+                    pass
         for message_id in self.room.live_message_ids:
             await self._s.webhooks.delete(self.thread, message_id)
         dialogue = await self._s.store.get_dialogue(self.room.dialogue_id)
-        for turn in await self._s.store.list_turns(self.room.dialogue_id):
+        for turn in turns:
             if turn.seq > self.room.posted_seq:
                 persona = dialogue.participants[turn.seat]
                 self._live = _Live(turn.seq, persona.name, persona.avatar_url)

@@ -471,3 +471,33 @@ async def test_stop_after_the_turn_lets_the_reply_in_flight_finish(world):
     turns = await world.bot.services.store.list_turns(1)
     assert [t.status.value for t in turns] == ["ok", "ok"]
     assert (await world.bot.services.store.get_dialogue(1)).stop_reason is StopReason.USER_STOP
+
+
+async def test_a_restart_during_a_waiting_closing_edit_still_shows_the_whole_reply(
+    world, tmp_path, server, monkeypatch
+):
+    # Hold the closing edit back past the restart, as a crash inside its second would.
+    held = {"on": True}
+
+    async def held_pause(seconds: float) -> None:
+        await asyncio.sleep(3600 if held["on"] else seconds)
+
+    monkeypatch.setattr("cogs.relay.pause", held_pause)
+    limited = {"error": {"code": 429, "message": "slow down"}}
+    full = "one two three four five six seven"
+    world.server.enqueue(
+        Reply(text=full, chunk_words=2), Reply(status=429, headers={"Retry-After": "30"}, error=limited)
+    )
+    await start(world, rounds=2)
+    assert persona_posts(world.thread())[0].content == "one two "
+    fresh = create_bot(make_settings(tmp_path, server))
+    await world.env.restart_bot(fresh)
+    held["on"] = False
+    for _ in range(60):
+        await world.env.advance_time(1.0)
+        ended = (await fresh.services.store.get_dialogue(1)).status.is_final
+        if ended and not fresh.relays.is_running(1):
+            break
+    posts = persona_posts(world.thread())
+    assert posts[0].content == full
+    assert [m.author.name for m in posts] == ["claude-opus-4.6", "glm-5"] * 2
