@@ -133,12 +133,13 @@ class Relay:
         live = self._live
         assert live is not None
         moment = now()
-        for index, chunk in enumerate(split_message(live.text)):
+        chunks = split_message(live.text)
+        for index, chunk in enumerate(chunks):
             if not chunk.strip():
                 continue
             if index >= len(live.messages):
                 # Earlier messages are complete once a new one starts: show their final text now.
-                await self._edit_all(live, upto=index)
+                await self._edit_all(live, chunks[:index])
                 message = await self._s.webhooks.send(self.thread, live.name, live.avatar_url, chunk)
                 live.messages.append(message.id)
                 live.shown.append(chunk)
@@ -147,11 +148,10 @@ class Relay:
             elif chunk != live.shown[index] and (force or moment - live.edited_at[index] >= EDIT_INTERVAL):
                 await self._edit(live, index, chunk)
 
-    async def _edit_all(self, live: _Live, upto: int) -> None:
-        chunks = split_message(live.text)
-        for index in range(min(upto, len(live.messages))):
-            if chunks[index] != live.shown[index]:
-                await self._edit(live, index, chunks[index])
+    async def _edit_all(self, live: _Live, chunks: list[str]) -> None:
+        for index, chunk in enumerate(chunks[: len(live.messages)]):
+            if chunk != live.shown[index]:
+                await self._edit(live, index, chunk)
 
     async def _edit(self, live: _Live, index: int, chunk: str) -> None:
         """Edit one message now, or, if its last edit was under a second ago, in the background
