@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
+from bot.errors import InputError
 from bot.models import Pricing, Usage
 
 # Chat templates wrap every message in a few special tokens (role markers, separators). 16 is
@@ -54,6 +55,17 @@ def settle_cost(usage: Usage, pricing: Pricing) -> tuple[Decimal, str]:
         pricing.request + usage.prompt_tokens * pricing.prompt + usage.completion_tokens * pricing.completion
     )
     return cost.quantize(QUANTUM, rounding=ROUND_CEILING), "computed"
+
+
+def parse_usd(text: str, what: str = "budget") -> Decimal:
+    """Return a USD amount a person typed ("0.25" or "$0.25"), or raise InputError saying what is expected."""
+    try:
+        value = Decimal(text.strip().lstrip("$"))
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite():
+        raise InputError(f"{what} must be an amount in USD such as 0.25, not '{text}'")
+    return value
 
 
 def format_usd(amount: Decimal) -> str:

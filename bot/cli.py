@@ -12,19 +12,20 @@ import signal
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
 from rich.markdown import Markdown
 
 from bot.app import App, EngineConfig, open_app
+from bot.budget import parse_usd
 from bot.console import DialogueView, dialogue_table, model_table
 from bot.control import Control
 from bot.errors import InputError
 from bot.events import Ended
 from bot.models import Dialogue, DialogueSpec, Limits, Persona, Status
-from bot.personas import distinct_names, load_personas, resolve_persona
+from bot.personas import load_personas, resolve_participants
 from bot.providers import local
 from bot.providers.local import is_local, local_available
 from bot.transcript import render_json, render_markdown
@@ -108,12 +109,9 @@ def _add_run_output(parser: argparse.ArgumentParser) -> None:
 
 def _usd(text: str) -> Decimal:
     try:
-        value = Decimal(text.strip().lstrip("$"))
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an amount in USD, e.g. 0.05") from None
-    if not value.is_finite():
-        raise argparse.ArgumentTypeError(f"'{text}' is not an amount in USD, e.g. 0.05")
-    return value
+        return parse_usd(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 async def dispatch(
@@ -255,21 +253,13 @@ def _default_pair(args: argparse.Namespace, config: EngineConfig) -> tuple[str, 
 
 
 def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]) -> DialogueSpec:
-    library = load_personas(defaults.personas_file)
-    max_tokens = args.max_tokens or defaults.max_tokens
-    participants: list[Persona] = []
-    for seat in SEATS:
-        ref = pair[SEATS.index(seat)] if seat in "ab" else getattr(args, seat)
-        if ref is None:
-            continue
-        persona = resolve_persona(ref, library, max_tokens)
-        system = getattr(args, f"system_{seat}")
-        if system is not None:
-            persona = replace(persona, system_prompt=system)
-        if args.max_tokens:
-            persona = replace(persona, max_tokens=args.max_tokens)
-        participants.append(persona)
-    participants = distinct_names(participants)
+    refs = [(seat, pair[SEATS.index(seat)] if seat in "ab" else getattr(args, seat)) for seat in SEATS]
+    participants = resolve_participants(
+        [(ref, getattr(args, f"system_{seat}")) for seat, ref in refs if ref is not None],
+        load_personas(defaults.personas_file),
+        args.max_tokens or defaults.max_tokens,
+        force_max_tokens=bool(args.max_tokens),
+    )
     limits = Limits(
         max_rounds=args.rounds if args.rounds is not None else defaults.rounds,
         budget_usd=args.budget if args.budget is not None else defaults.budget,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
@@ -114,6 +114,28 @@ def resolve_persona(ref: str, library: dict[str, Persona], max_tokens: int) -> P
     if persona.max_tokens is None:
         persona = replace(persona, max_tokens=max_tokens)
     return persona
+
+
+def resolve_participants(
+    seats: Iterable[tuple[str, str | None]],
+    library: dict[str, Persona],
+    max_tokens: int,
+    force_max_tokens: bool = False,
+) -> list[Persona]:
+    """Return one persona per (persona name or model id, system prompt or None), names made distinct.
+
+    A given system prompt replaces the persona's; with `force_max_tokens`, `max_tokens` replaces
+    every persona's own cap too.
+    """
+    participants = []
+    for ref, system in seats:
+        persona = resolve_persona(ref, library, max_tokens)
+        if system is not None:
+            persona = replace(persona, system_prompt=system)
+        if force_max_tokens:
+            persona = replace(persona, max_tokens=max_tokens)
+        participants.append(persona)
+    return distinct_names(participants)
 
 
 def distinct_names(participants: Sequence[Persona]) -> list[Persona]:

@@ -3,20 +3,18 @@ config. Each command turns options into engine calls and shows the result."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.budget import format_usd
+from bot.budget import format_usd, parse_usd
 from bot.errors import InputError, StateError
 from bot.guilds import GuildLoad, check_start
 from bot.models import Dialogue, DialogueSpec, Limits, Status
-from bot.personas import distinct_names, resolve_persona
+from bot.personas import resolve_participants
 from bot.rooms import Room
 from cogs.errors import reply, user_message
 from cogs.relay import transcript_files
@@ -38,17 +36,6 @@ NEEDED = dict(
     read_message_history=True,
 )
 Action = Literal["stop", "pause", "resume"]
-
-
-def parse_usd(text: str, what: str = "budget") -> Decimal:
-    """Return a USD amount typed by a member, or raise InputError saying what is expected."""
-    try:
-        value = Decimal(text.strip().lstrip("$"))
-    except InvalidOperation:
-        raise InputError(f"{what} must be an amount in USD such as 0.25, not '{text}'") from None
-    if not value.is_finite():
-        raise InputError(f"{what} must be an amount in USD such as 0.25, not '{text}'")
-    return value
 
 
 @app_commands.guild_only()
@@ -137,11 +124,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         system_b: str | None,
     ) -> DialogueSpec:
         settings = self.bot.settings
-        personas = []
-        for ref, system in ((a, system_a), (b, system_b)):
-            persona = resolve_persona(ref, self.bot.personas, settings.default_max_tokens)
-            personas.append(replace(persona, system_prompt=system) if system else persona)
-        personas = distinct_names(personas)
+        personas = resolve_participants(
+            [(a, system_a), (b, system_b)], self.bot.personas, settings.default_max_tokens
+        )
         limits = Limits(
             max_rounds=rounds or settings.default_rounds,
             budget_usd=parse_usd(budget) if budget else settings.default_budget,
