@@ -12,7 +12,7 @@ import os
 import platform
 from collections.abc import Awaitable, Callable
 
-from bench import discord, local, relay, scale, store
+from bench import caching, discord, local, relay, scale, store
 
 Bench = Callable[[bool], list[Awaitable[dict[str, str]]]]
 
@@ -38,6 +38,10 @@ BENCHES: dict[str, tuple[str, Bench]] = {
     "local": (
         "Local model (llama.cpp, Gemma 3 270M Q4_K_M)",
         lambda quick: [local.measure(rounds=1 if quick else 5, max_tokens=16 if quick else 96)],
+    ),
+    "caching": (
+        "Prompt caching (20 rounds, Anthropic-style cache prices)",
+        lambda quick: [caching.measure(rounds=3 if quick else 20, words=20 if quick else 150)],
     ),
     "discord": (
         "Discord calls per turn (1,500 characters)",

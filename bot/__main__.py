@@ -26,6 +26,9 @@ def cli_defaults(settings: Settings) -> CliDefaults:
         personas_file=settings.personas_file,
         max_seconds=settings.max_seconds,
         max_total_tokens=settings.max_total_tokens,
+        context_policy=settings.context_policy,
+        loop_action=settings.loop_action,
+        summary_model=settings.summary_model,
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from bot.catalogue import Catalogue
-from bot.dialogue import DialogueRunner
+from bot.dialogue import DialogueRunner, Tuning
 from bot.personas import ProviderSpec
 from bot.providers import Route, Router
 from bot.providers.base import Provider
@@ -45,6 +45,7 @@ class EngineConfig:
     #: OpenAI-compatible servers named in the persona library.
     providers: tuple[ProviderSpec, ...] = ()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    tuning: Tuning = field(default_factory=Tuning)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,5 +87,6 @@ async def open_app(config: EngineConfig) -> AsyncIterator[App]:
             max_rounds=config.max_rounds,
             max_budget=config.max_budget,
             retry=config.retry,
+            tuning=config.tuning,
         )
         yield App(store, provider, catalogue, runner)

@@ -5,6 +5,7 @@ Pure and synchronous. Money is Decimal throughout; a float never touches it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
@@ -40,10 +41,29 @@ def estimate_prompt_tokens(messages: Sequence[dict[str, str]], known: tuple[int,
     return min(bound, prior_tokens + max(0, bound - prior_bound) + TOKENS_PER_MESSAGE)
 
 
+# Tokenizers differ between models; an expectation drawn from one model's counts gets this margin.
+EXPECTATION_MARGIN = 1.15
+
+
+def expected_tokens(messages: Sequence[dict[str, str]], tokens_per_byte: float) -> int:
+    """Return the prompt tokens these messages are expected to make, from the dialogue's observed rate.
+
+    For deciding what fits a context, not for money: the byte bound of `estimate_prompt_tokens` is
+    what reservations use, since only it is a true upper bound.
+    """
+    bound = count_bytes(messages)
+    return min(bound, math.ceil(bound * tokens_per_byte * EXPECTATION_MARGIN) + TOKENS_PER_MESSAGE)
+
+
 def worst_case_cost(pricing: Pricing, prompt_tokens: int, max_tokens: int) -> Decimal:
-    """Return the most a call can cost: every prompt token and max_tokens of output at the dearest rate."""
+    """Return the most a call can cost: every prompt token and max_tokens of output at the dearest rate.
+
+    A cache write costs more than a plain prompt token (1.25× at Anthropic), so whatever the cache
+    does with the prompt, it is bounded at the dearest of the prompt prices.
+    """
+    prompt_price = max(pricing.prompt, pricing.cache_write or 0, pricing.cache_read or 0)
     output_price = max(pricing.completion, pricing.internal_reasoning)
-    cost = pricing.request + prompt_tokens * pricing.prompt + max_tokens * output_price
+    cost = pricing.request + prompt_tokens * prompt_price + max_tokens * output_price
     return cost.quantize(QUANTUM, rounding=ROUND_CEILING)
 
 
@@ -51,10 +71,25 @@ def settle_cost(usage: Usage, pricing: Pricing) -> tuple[Decimal, str]:
     """Return what a call cost and where that figure came from ("reported" or "computed")."""
     if usage.cost_usd is not None:
         return usage.cost_usd, "reported"
-    cost = (
-        pricing.request + usage.prompt_tokens * pricing.prompt + usage.completion_tokens * pricing.completion
-    )
+    cost = pricing.request + _prompt_cost(usage, pricing) + usage.completion_tokens * pricing.completion
     return cost.quantize(QUANTUM, rounding=ROUND_CEILING), "computed"
+
+
+def cache_saving(usage: Usage, pricing: Pricing) -> Decimal:
+    """Return what the prompt cache saved on a call: its prompt at the plain price minus what it cost.
+
+    Negative when the call only wrote to the cache (a write costs more than a plain token); the
+    reads of later calls pay it back.
+    """
+    saving = (usage.prompt_tokens * pricing.prompt - _prompt_cost(usage, pricing)).quantize(QUANTUM)
+    return saving if saving else Decimal(0)
+
+
+def _prompt_cost(usage: Usage, pricing: Pricing) -> Decimal:
+    plain = usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens
+    read = pricing.cache_read if pricing.cache_read is not None else pricing.prompt
+    write = pricing.cache_write if pricing.cache_write is not None else pricing.prompt
+    return plain * pricing.prompt + usage.cached_tokens * read + usage.cache_write_tokens * write
 
 
 def parse_usd(text: str, what: str = "budget") -> Decimal:

@@ -24,7 +24,7 @@ from bot.console import DialogueView, dialogue_table, model_table
 from bot.control import Control
 from bot.errors import InputError
 from bot.events import Ended
-from bot.models import Dialogue, DialogueSpec, Limits, Persona, Status
+from bot.models import ContextPolicy, Dialogue, DialogueSpec, Limits, LoopAction, Persona, Status
 from bot.personas import load_personas, resolve_participants
 from bot.providers import local
 from bot.providers.local import is_local, local_available
@@ -51,6 +51,9 @@ class CliDefaults:
     personas_file: Path
     max_seconds: float | None = None
     max_total_tokens: int | None = None
+    context_policy: ContextPolicy = ContextPolicy.STOP
+    loop_action: LoopAction = LoopAction.NOTIFY
+    summary_model: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-tokens", type=int, help="reply cap per turn for every participant")
     run.add_argument("--max-seconds", type=float, help="wall-clock limit of the dialogue")
     run.add_argument("--max-total-tokens", type=int, help="limit on prompt+completion tokens")
+    run.add_argument(
+        "--context",
+        choices=[str(p) for p in ContextPolicy],
+        help="when the history outgrows a model's context: stop, truncate the oldest turns, or "
+        "compact them into a summary (default: VOICES_CONTEXT_POLICY)",
+    )
+    run.add_argument("--summary-model", metavar="MODEL", help="the model that writes compaction summaries")
+    run.add_argument(
+        "--on-loop",
+        choices=[str(a) for a in LoopAction],
+        help="when the dialogue goes in circles: notify, pause or stop (default: VOICES_LOOP_ACTION)",
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -156,7 +171,7 @@ async def run_dialogue(
     """Create a dialogue from the options, stream it, and write its transcripts."""
     spec = _spec(args, defaults, _default_pair(args, config))
     if args.dry_run:
-        config = replace(config, dry_run_models=tuple(p.model for p in spec.participants))
+        config = replace(config, dry_run_models=_models_of(spec.participants, spec.summary_model))
         spec = replace(spec, origin=DRY_RUN)
     else:
         _require_key(config, spec.participants)
@@ -172,7 +187,7 @@ async def resume_dialogue(
     async with open_app(config) as app:
         dialogue = await app.store.get_dialogue(args.id)
     if dialogue.origin == DRY_RUN:
-        config = replace(config, dry_run_models=tuple(p.model for p in dialogue.participants))
+        config = replace(config, dry_run_models=_models_of(dialogue.participants, dialogue.summary_model))
     else:
         _require_key(config, dialogue.participants)
     async with open_app(config) as app:
@@ -212,10 +227,9 @@ async def _drive(
 async def write_transcripts(app: App, dialogue_id: int, folder: Path) -> tuple[Path, Path]:
     """Write `<id>.md` and `<id>.json` into `folder`; return their paths."""
     paths = (folder / f"{dialogue_id}.md", folder / f"{dialogue_id}.json")
-    dialogue = await app.store.get_dialogue(dialogue_id)
-    turns = await app.store.list_turns(dialogue_id)
-    write_atomically(paths[0], render_markdown(dialogue, turns))
-    write_atomically(paths[1], render_json(dialogue, turns))
+    history = await app.store.history(dialogue_id)
+    write_atomically(paths[0], render_markdown(*history))
+    write_atomically(paths[1], render_json(*history))
     return paths
 
 
@@ -231,9 +245,8 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 async def _render(app: App, dialogue_id: int, fmt: str) -> str:
-    dialogue = await app.store.get_dialogue(dialogue_id)
-    turns = await app.store.list_turns(dialogue_id)
-    return render_markdown(dialogue, turns) if fmt == "md" else render_json(dialogue, turns)
+    history = await app.store.history(dialogue_id)
+    return render_markdown(*history) if fmt == "md" else render_json(*history)
 
 
 def _default_pair(args: argparse.Namespace, config: EngineConfig) -> tuple[str, str]:
@@ -266,7 +279,19 @@ def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]
         max_total_tokens=args.max_total_tokens or defaults.max_total_tokens,
         max_seconds=args.max_seconds or defaults.max_seconds,
     )
-    return DialogueSpec(tuple(participants), args.opening, limits)
+    return DialogueSpec(
+        tuple(participants),
+        args.opening,
+        limits,
+        context_policy=ContextPolicy(args.context or defaults.context_policy),
+        loop_action=LoopAction(args.on_loop or defaults.loop_action),
+        summary_model=args.summary_model or defaults.summary_model,
+    )
+
+
+def _models_of(participants: Sequence[Persona], summary_model: str | None) -> tuple[str, ...]:
+    """Return every model a dialogue may call: its participants' and its summariser's."""
+    return tuple(p.model for p in participants) + ((summary_model,) if summary_model else ())
 
 
 def _require_key(config: EngineConfig, participants: Sequence[Persona]) -> None:

@@ -9,8 +9,9 @@ from rich.table import Table
 from rich.text import Text
 
 from bot.budget import format_usd
-from bot.events import Delta, Ended, Event, Started, TurnFinished, TurnRestarted, TurnStarted
-from bot.models import Dialogue, ModelInfo, TurnStatus
+from bot.events import Delta, Ended, Event, Noted, Started, TurnFinished, TurnRestarted, TurnStarted
+from bot.models import Dialogue, ModelInfo, NoteKind, TurnStatus
+from bot.transcript import headline
 
 SPEAKER_STYLES = ("bold cyan", "bold magenta", "bold green", "bold yellow")
 
@@ -62,14 +63,19 @@ class DialogueView:
                 elif turn.status is TurnStatus.CANCELLED:
                     self._console.print(Text("✂ cut off", "bold red"))
                 usage = turn.usage
+                cached = f" (cached {usage.cached_tokens})" if usage.cached_tokens else ""
                 self._console.print(
                     Text(
-                        f"tokens: prompt={usage.prompt_tokens} completion={usage.completion_tokens} "
+                        f"tokens: prompt={usage.prompt_tokens}{cached} completion={usage.completion_tokens} "
                         f"reasoning={usage.reasoning_tokens} · cost {format_usd(turn.cost_usd)} · "
                         f"spent {format_usd(spent)} of {self._budget}",
                         "dim",
                     )
                 )
+            case Noted(note=note):
+                self._console.print(Text(headline(note), "bold yellow"))
+                if note.kind is NoteKind.COMPACTED:
+                    self._console.print(Text(note.text, "dim italic"))
             case Ended(dialogue=dialogue):
                 self._ended(dialogue)
 

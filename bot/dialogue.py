@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
 from bot.budget import (
     Budget,
     Reservation,
+    cache_saving,
     count_bytes,
     estimate_prompt_tokens,
+    expected_tokens,
     format_usd,
     settle_cost,
     worst_case_cost,
@@ -25,18 +27,23 @@ from bot.budget import (
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
 from bot.errors import InputError, ProviderError, StateError
-from bot.events import Ended, Event, Started, TurnFinished, TurnRestarted, TurnStarted
+from bot.events import Ended, Event, Noted, Started, TurnFinished, TurnRestarted, TurnStarted
+from bot.loops import LoopThresholds, notice
 from bot.models import (
+    ContextPolicy,
     Dialogue,
     DialogueSpec,
+    LoopAction,
     ModelInfo,
+    Note,
+    NoteKind,
     Persona,
     StopReason,
     Turn,
     TurnStatus,
     Usage,
 )
-from bot.prompts import build_messages
+from bot.prompts import Window, build_messages, cache_breakpoints, current_window
 from bot.providers import Router
 from bot.providers.base import ChatRequest
 from bot.retry import RetryPolicy
@@ -47,6 +54,19 @@ log = logging.getLogger(__name__)
 MAX_PARTICIPANTS = 8
 # An empty reply is retried once with this much more room, since reasoning usually ate it all.
 EMPTY_RETRY_FACTOR = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """How long dialogues are kept cheap and going; the values come from the settings."""
+
+    #: Model id prefixes that cache only at explicit breakpoints; others cache on their own.
+    cache_breakpoint_models: tuple[str, ...] = ("anthropic/", "google/gemini")
+    #: Turns a compaction keeps verbatim (fewer only when the context leaves no room for them).
+    keep_recent: int = 4
+    #: Room for a compaction's summary.
+    summary_max_tokens: int = 600
+    loops: LoopThresholds = field(default_factory=LoopThresholds)
 
 
 # Validation ------------------------------------------------------------------------------------
@@ -99,7 +119,25 @@ class _TurnPlan:
     messages: list[dict[str, str]]
     max_tokens: int
     prompt_estimate: int
+    window: Window = field(default_factory=Window)
+    #: Prompt tokens per byte of the bound, as the dialogue's latest call showed (1.0 before any).
+    tokens_per_byte: float = 1.0
     started_at: datetime | None = None
+
+    def expected(self, messages: Sequence[dict[str, str]]) -> int:
+        """Return the prompt tokens messages are expected to make (for fitting, not for money)."""
+        return expected_tokens(messages, self.tokens_per_byte)
+
+    def overflow(self) -> str | None:
+        """Say how the request would pass the model's context, or return None when it fits."""
+        context = self.model.context_length
+        expected = min(self.prompt_estimate, self.expected(self.messages))
+        if context is None or expected + self.max_tokens <= context:
+            return None
+        return (
+            f"{self.persona.name}: about {expected} prompt tokens + {self.max_tokens} for "
+            f"the reply exceed {self.model.id}'s {context}"
+        )
 
 
 class DialogueRunner:
@@ -115,6 +153,7 @@ class DialogueRunner:
         max_budget: Decimal,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tuning: Tuning | None = None,
     ):
         self.store = store
         self.router = router
@@ -123,6 +162,7 @@ class DialogueRunner:
         self._max_budget = max_budget
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
+        self.tuning = tuning or Tuning()
         # Dialogues running in this process: a second run of one would write every turn twice.
         self._active: set[int] = set()
 
@@ -138,6 +178,8 @@ class DialogueRunner:
         model = await self.router.model(first)
         for persona in spec.participants[1:]:
             await self.router.model(persona)
+        if spec.summary_model is not None:
+            await self.router.model(_summariser(spec.summary_model, spec.participants[0], 16))
         messages = build_messages(spec.participants, 0, spec.opening, [])
         worst = worst_case_cost(model.pricing, estimate_prompt_tokens(messages), _max_tokens(first, model))
         if worst > spec.limits.budget_usd:
@@ -208,6 +250,7 @@ class DialogueRunner:
     ) -> AsyncIterator[Event | _Stop]:
         """Yield events turn after turn, then one _Stop; return without one to pause."""
         turns = await self.store.list_turns(dialogue.id)
+        notes = await self.store.list_notes(dialogue.id)
         totals = dialogue.totals
         budget = Budget(dialogue.limits.budget_usd, totals.spent_usd)
         loop = asyncio.get_running_loop()
@@ -217,12 +260,33 @@ class DialogueRunner:
             used = sum(t.latency_ms for t in turns) / 1000
             deadline = loop.time() + dialogue.limits.max_seconds - used
         while True:
-            plan = self._plan(dialogue, models, turns)
-            if limit := self._check_limits(dialogue, plan, control, deadline, totals.total_tokens):
+            plan = self._plan(dialogue, models, turns, notes)
+            if limit := self._check_limits(dialogue, plan, control, deadline):
                 if limit.reason is not None:
                     yield limit
                 return
             assert plan is not None
+            if (overflow := plan.overflow()) is not None:
+                if dialogue.context_policy is ContextPolicy.STOP:
+                    yield _Stop(StopReason.CONTEXT_LIMIT, overflow)
+                    return
+                stop: _Stop | None = None
+                async for step in self._make_room(dialogue, plan, turns, budget, control, deadline):
+                    if isinstance(step, _Stop):
+                        stop = step
+                    else:
+                        if isinstance(step, Noted):
+                            notes.append(step.note)
+                        yield step
+                if stop is not None:
+                    yield stop
+                    return
+                dialogue = await self.store.get_dialogue(dialogue.id)
+                totals = dialogue.totals
+                continue
+            if limit := self._check_tokens(dialogue, plan, totals.total_tokens):
+                yield limit
+                return
             worst = worst_case_cost(plan.model.pricing, plan.prompt_estimate, plan.max_tokens)
             reservation = budget.reserve(worst)
             if reservation is None:
@@ -230,7 +294,7 @@ class DialogueRunner:
                 return
             yield TurnStarted(plan.seq, plan.round, plan.seat, plan.persona, worst)
             turn: Turn | None = None
-            stop: _Stop | None = None
+            stop = None
             async for item in self._play_turn(dialogue, plan, reservation, budget, control, deadline):
                 if isinstance(item, Turn):
                     turn = item
@@ -244,21 +308,40 @@ class DialogueRunner:
             if turn is not None:
                 turns.append(turn)
                 yield TurnFinished(turn, totals.spent_usd)
+                if stop is None and turn.status is TurnStatus.OK:
+                    async for found in self._notice_loops(dialogue, turns):
+                        if isinstance(found, _Stop):
+                            stop = found
+                        else:
+                            yield found
             if stop is not None:
-                yield stop
+                if stop.reason is not None:
+                    yield stop
                 return
 
-    def _plan(self, dialogue: Dialogue, models: list[ModelInfo], turns: Sequence[Turn]) -> _TurnPlan | None:
+    def _plan(
+        self, dialogue: Dialogue, models: list[ModelInfo], turns: Sequence[Turn], notes: Sequence[Note]
+    ) -> _TurnPlan | None:
         seq = len(turns)
         count = len(dialogue.participants)
         round_no, seat = divmod(seq, count)
         if round_no >= dialogue.limits.max_rounds:
             return None
         persona, model = dialogue.participants[seat], models[seat]
-        messages = build_messages(dialogue.participants, seat, dialogue.opening, turns)
-        estimate = estimate_prompt_tokens(messages, _calibration(dialogue, seat, turns))
+        window = current_window(notes)
+        messages = build_messages(dialogue.participants, seat, dialogue.opening, turns, window)
+        estimate = estimate_prompt_tokens(messages, _calibration(dialogue, seat, turns, notes))
         return _TurnPlan(
-            seq, round_no + 1, seat, persona, model, messages, _max_tokens(persona, model), estimate
+            seq,
+            round_no + 1,
+            seat,
+            persona,
+            model,
+            messages,
+            _max_tokens(persona, model),
+            estimate,
+            window,
+            _tokens_per_byte(dialogue, turns, notes),
         )
 
     def _check_limits(
@@ -267,7 +350,6 @@ class DialogueRunner:
         plan: _TurnPlan | None,
         control: Control,
         deadline: float | None,
-        tokens_used: int,
     ) -> _Stop | None:
         """Return why no further call may start (a _Stop whose reason is None means pause)."""
         if plan is None:
@@ -278,13 +360,10 @@ class DialogueRunner:
             return _Stop(None)
         if deadline is not None and asyncio.get_running_loop().time() >= deadline:
             return _Stop(StopReason.TIME, f"{dialogue.limits.max_seconds:g} s")
-        context = plan.model.context_length
-        if context is not None and plan.prompt_estimate + plan.max_tokens > context:
-            return _Stop(
-                StopReason.CONTEXT_LIMIT,
-                f"{plan.persona.name}: about {plan.prompt_estimate} prompt tokens + "
-                f"{plan.max_tokens} for the reply exceed {plan.model.id}'s {context}",
-            )
+        return None
+
+    @staticmethod
+    def _check_tokens(dialogue: Dialogue, plan: _TurnPlan, tokens_used: int) -> _Stop | None:
         limit = dialogue.limits.max_total_tokens
         if limit is not None and tokens_used + plan.prompt_estimate + plan.max_tokens > limit:
             return _Stop(
@@ -380,6 +459,174 @@ class DialogueRunner:
         if stop is not None:
             yield stop
 
+    # Long dialogues ---------------------------------------------------------------------------
+
+    async def _make_room(
+        self,
+        dialogue: Dialogue,
+        plan: _TurnPlan,
+        turns: Sequence[Turn],
+        budget: Budget,
+        control: Control,
+        deadline: float | None,
+    ) -> AsyncIterator[Event | _Stop]:
+        """The next request will not fit: drop or summarise the oldest turns, per the dialogue's policy.
+
+        Yields the stored note's event (the window follows from the notes), or a _Stop when no
+        window can fit: at least the last turn is always kept, so the speaker has something to answer.
+        """
+        overflow = plan.overflow()
+        window = plan.window
+        last = len(turns) - 1
+        if dialogue.context_policy is ContextPolicy.TRUNCATE:
+            first = next(
+                (k for k in range(window.first_kept + 1, last + 1) if self._fits(dialogue, plan, turns, k)),
+                None,
+            )
+            if first is None:
+                yield _Stop(StopReason.CONTEXT_LIMIT, f"{overflow}, even with only the last turn kept")
+                return
+            note = Note(
+                dialogue.id,
+                plan.seq,
+                NoteKind.TRUNCATED,
+                f"{_first_turns(first)} left out to fit {plan.model.id}'s context; the opening stays.",
+                self._clock(),
+                first_kept_seq=first,
+            )
+            yield Noted(await self.store.add_note(note))
+            return
+        # Compact: keep a recent window verbatim (smaller only if it must be) and summarise the rest.
+        # The summary takes at most half of what the reply leaves of the context.
+        context = plan.model.context_length or 0
+        room = max(16, min(self.tuning.summary_max_tokens, (context - plan.max_tokens) // 2))
+        keep = min(self.tuning.keep_recent, last)
+        start = max(len(turns) - keep, window.first_kept + 1)
+        upto = next((k for k in range(start, last + 1) if self._fits(dialogue, plan, turns, k, room)), None)
+        if upto is None or upto <= window.first_kept:
+            yield _Stop(StopReason.CONTEXT_LIMIT, f"{overflow}, even with the history summarised")
+            return
+        async for item in self._summarise(
+            dialogue, plan, turns, window, upto, room, budget, control, deadline
+        ):
+            yield item
+
+    @staticmethod
+    def _fits(
+        dialogue: Dialogue, plan: _TurnPlan, turns: Sequence[Turn], first_kept: int, extra: int = 0
+    ) -> bool:
+        """Return whether the speaker's request fits its context with turns from `first_kept` on
+        (and `extra` tokens of summary)."""
+        context = plan.model.context_length
+        assert context is not None
+        placeholder = Window(first_kept, "" if extra else None, plan.seq)
+        messages = build_messages(dialogue.participants, plan.seat, dialogue.opening, turns, placeholder)
+        return plan.expected(messages) + extra + plan.max_tokens <= context
+
+    async def _summarise(
+        self,
+        dialogue: Dialogue,
+        plan: _TurnPlan,
+        turns: Sequence[Turn],
+        window: Window,
+        upto: int,
+        room: int,
+        budget: Budget,
+        control: Control,
+        deadline: float | None,
+    ) -> AsyncIterator[Event | _Stop]:
+        """Summarise turns before `upto` (with the previous summary, in at most `room` tokens) into a
+        compaction note.
+
+        The summary's call is budgeted like a turn: reserved at its worst case first, recorded as in
+        flight (under the next turn's number) so a crash charges it, and settled into the totals
+        with the note in one transaction.
+        """
+        persona = _summariser(dialogue.summary_model or plan.persona.model, plan.persona, room)
+        model = await self.router.model(persona)
+        max_tokens = _max_tokens(persona, model)
+        context = model.context_length
+        words = max(50, max_tokens * 3 // 5)
+        messages = _summary_messages(dialogue, turns[window.first_kept : upto], window.summary, words)
+        # The summariser must hold what it reads: with a small context it reads fewer turns.
+        while context is not None and plan.expected(messages) + max_tokens > context:
+            if upto - 1 <= window.first_kept:
+                yield _Stop(StopReason.CONTEXT_LIMIT, f"{model.id} cannot hold a single turn to summarise")
+                return
+            upto -= 1
+            messages = _summary_messages(dialogue, turns[window.first_kept : upto], window.summary, words)
+        worst = worst_case_cost(model.pricing, estimate_prompt_tokens(messages), max_tokens)
+        reservation = budget.reserve(worst)
+        if reservation is None:
+            yield _Stop(
+                StopReason.BUDGET,
+                f"compacting the history could cost up to {format_usd(worst)}; "
+                f"{format_usd(budget.remaining)} of {format_usd(budget.limit)} left",
+            )
+            return
+        await self.store.begin_call(dialogue.id, plan.seq, worst, self._clock())
+        provider = self.router.route(persona).provider
+        request = ChatRequest(model=model.id, messages=messages, max_tokens=max_tokens)
+        attempts = 0
+        while True:
+            attempts += 1
+            attempt = Attempt()
+            async for _ in stream_call(provider, request, plan.seq, attempt, control, deadline):
+                pass  # the summary is shown whole, once it is kept
+            if attempt.error is None or attempt.interrupted is not None:
+                break
+            delay = self._retry.delay(attempt.error, attempts)
+            stopped = delay is not None and await wait_or_stop(self._sleep, delay, control)
+            if delay is None or stopped:
+                budget.release(reservation)
+                await self.store.cancel_call(dialogue.id, plan.seq)
+                if stopped:
+                    yield _Stop(control.reason, control.detail)
+                else:
+                    yield _Stop(StopReason.PROVIDER_ERROR, f"the summary call failed: {attempt.error}")
+                return
+        if attempt.interrupted is not None:
+            budget.settle(reservation, reservation.amount)
+            await self.store.settle_interrupted_calls(dialogue.id)
+            yield _Stop(attempt.interrupted, control.detail or "stopped while summarising")
+            return
+        completion = attempt.completion
+        assert completion is not None
+        usage = completion.usage or Usage()
+        cost, _source = settle_cost(usage, model.pricing)
+        budget.settle(reservation, cost)
+        summary = "".join(attempt.text).strip()
+        kind, text = NoteKind.COMPACTED, summary
+        if not summary:  # paid for but empty: fall back to leaving the turns out
+            kind = NoteKind.TRUNCATED
+            text = f"The summary came back empty, so {_first_turns(upto).lower()} left out instead."
+        note = Note(
+            dialogue.id,
+            plan.seq,
+            kind,
+            text,
+            self._clock(),
+            first_kept_seq=upto,
+            model=completion.model,
+            usage=usage,
+            cost_usd=cost,
+        )
+        yield Noted(await self.store.add_note(note, settles_seq=plan.seq))
+
+    async def _notice_loops(self, dialogue: Dialogue, turns: Sequence[Turn]) -> AsyncIterator[Event | _Stop]:
+        """Note each new sign of going in circles; pause or stop if the dialogue asks for it."""
+        names = [p.name for p in dialogue.participants]
+        findings = notice(turns, names, self.tuning.loops)
+        for finding in findings:
+            note = Note(dialogue.id, len(turns), finding.kind, finding.detail, self._clock())
+            yield Noted(await self.store.add_note(note))
+        if not findings:
+            return
+        if dialogue.loop_action is LoopAction.STOP:
+            yield _Stop(StopReason.CONVERGENCE, "; ".join(f.detail for f in findings))
+        elif dialogue.loop_action is LoopAction.PAUSE:
+            yield _Stop(None)
+
     def _request(self, dialogue: Dialogue, plan: _TurnPlan, max_tokens: int) -> ChatRequest:
         return ChatRequest(
             model=plan.model.id,
@@ -392,7 +639,13 @@ class DialogueRunner:
             chat_format=plan.persona.chat_format,
             speaker=plan.persona.name,
             others=tuple(p.name for seat, p in enumerate(dialogue.participants) if seat != plan.seat),
+            cache_breakpoints=self._breakpoints(plan.model.id, plan.messages),
         )
+
+    def _breakpoints(self, model_id: str, messages: list[dict[str, str]]) -> tuple[int, ...]:
+        if not model_id.startswith(self.tuning.cache_breakpoint_models):
+            return ()  # models that cache on their own need only the sticky session_id
+        return cache_breakpoints(messages)
 
     def _turn(
         self,
@@ -426,6 +679,7 @@ class DialogueRunner:
             ended_at=self._clock(),
             generation_id=completion.generation_id if completion else None,
             provider=completion.provider if completion else None,
+            cache_saving_usd=cache_saving(bill.usage, plan.model.pricing),
         )
 
 
@@ -438,7 +692,13 @@ class _Bill:
     source: str = "reported"
 
     def add(self, usage: Usage, cost: Decimal, source: str) -> None:
-        self.usage = self.usage + Usage(usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens)
+        self.usage = self.usage + Usage(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.reasoning_tokens,
+            cached_tokens=usage.cached_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+        )
         self.cost += cost
         order = ("reported", "computed", "reserved")
         self.source = max(self.source, source, key=order.index)
@@ -459,13 +719,67 @@ def _grow(max_tokens: int, plan: _TurnPlan) -> int:
     return max(bigger, max_tokens)
 
 
-def _calibration(dialogue: Dialogue, seat: int, turns: Sequence[Turn]) -> tuple[int, int] | None:
-    """Return (prompt tokens, byte bound) of this seat's last answered call, to tighten the estimate."""
+def _calibration(
+    dialogue: Dialogue, seat: int, turns: Sequence[Turn], notes: Sequence[Note]
+) -> tuple[int, int] | None:
+    """Return (prompt tokens, byte bound) of this seat's last answered call, to tighten the estimate.
+
+    Only a call made under the same window counts: after a compaction the old prompt is no longer
+    a prefix of the new one, and its count would say nothing about it.
+    """
+    window = current_window(notes)
     for turn in reversed(turns):
+        if turn.seq < window.since:
+            return None
         if turn.seat == seat and turn.status is TurnStatus.OK and turn.usage.prompt_tokens:
-            earlier = build_messages(dialogue.participants, seat, dialogue.opening, turns[: turn.seq])
+            earlier = build_messages(dialogue.participants, seat, dialogue.opening, turns[: turn.seq], window)
             return turn.usage.prompt_tokens, count_bytes(earlier)
     return None
+
+
+def _tokens_per_byte(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]) -> float:
+    """Return prompt tokens per byte of the bound on the latest answered call (1.0 before any)."""
+    for turn in reversed(turns):
+        if turn.status is TurnStatus.OK and turn.usage.prompt_tokens and turn.attempts == 1:
+            window = current_window(notes, at=turn.seq)
+            sent = build_messages(
+                dialogue.participants, turn.seat, dialogue.opening, turns[: turn.seq], window
+            )
+            return min(1.0, turn.usage.prompt_tokens / count_bytes(sent))
+    return 1.0
+
+
+def _first_turns(count: int) -> str:
+    return "Turn 1 is" if count == 1 else f"Turns 1–{count} are"
+
+
+def _summariser(model: str, speaker: Persona, max_tokens: int) -> Persona:
+    """Return the persona that writes a compaction's summary: the configured model, or the speaker's."""
+    if model == speaker.model:
+        return replace(
+            speaker, name="Summary", max_tokens=max_tokens, system_prompt="", reasoning_effort=None
+        )
+    return Persona(name="Summary", model=model, max_tokens=max_tokens)
+
+
+def _summary_messages(
+    dialogue: Dialogue, turns: Sequence[Turn], previous: str | None, words: int
+) -> list[dict[str, str]]:
+    names = " and ".join(p.name for p in dialogue.participants)
+    lines = [f"{t.speaker}: {t.text}" for t in turns if t.status is TurnStatus.OK]
+    earlier = f"What came before, in summary:\n{previous}\n\n" if previous else ""
+    return [
+        {
+            "role": "system",
+            "content": (
+                f"You keep the record of a conversation between {names}, which opened with: "
+                f"{dialogue.opening!r}. Summarise the part below so that they can carry on from it: "
+                "who said what, the positions and claims each holds, and the questions still open. "
+                f"Plain prose in the third person, at most {words} words. Write only the summary."
+            ),
+        },
+        {"role": "user", "content": earlier + "The conversation:\n\n" + "\n\n".join(lines)},
+    ]
 
 
 def _budget_detail(plan: _TurnPlan, worst: Decimal, budget: Budget) -> str:

@@ -1,5 +1,6 @@
 """What a running dialogue reports, in order: Started, then per turn TurnStarted, Delta…,
-maybe TurnRestarted, TurnFinished; finally Ended. Front ends render these and nothing else.
+maybe TurnRestarted, TurnFinished; Noted between turns; finally Ended. Front ends render these and
+nothing else.
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from bot.models import Dialogue, Persona, Turn
+from bot.models import Dialogue, Note, Persona, Turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +57,17 @@ class TurnFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class Noted:
+    """Something happened between turns (the history was compacted, a loop was noticed); it is stored."""
+
+    note: Note
+
+
+@dataclass(frozen=True, slots=True)
 class Ended:
     """The run is over: the dialogue ended (see its stop reason) or was paused."""
 
     dialogue: Dialogue
 
 
-Event = Started | TurnStarted | Delta | TurnRestarted | TurnFinished | Ended
+Event = Started | TurnStarted | Delta | TurnRestarted | TurnFinished | Noted | Ended

@@ -140,6 +140,36 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE participants ADD COLUMN chat_format TEXT;
         """,
     ),
+    (
+        "Long dialogues: prompt-cache tokens and savings per turn, cache prices in the catalogue, each "
+        "dialogue's context and loop policies, and notes between turns (compactions, loops noticed).",
+        """
+        ALTER TABLE turns ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE turns ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE turns ADD COLUMN cache_saving_usd TEXT NOT NULL DEFAULT '0';
+        ALTER TABLE models ADD COLUMN cache_read_price TEXT;
+        ALTER TABLE models ADD COLUMN cache_write_price TEXT;
+        ALTER TABLE dialogues ADD COLUMN context_policy TEXT NOT NULL DEFAULT 'stop';
+        ALTER TABLE dialogues ADD COLUMN loop_action TEXT NOT NULL DEFAULT 'notify';
+        ALTER TABLE dialogues ADD COLUMN summary_model TEXT;
+        -- A note sits before turn `before_seq`. Context notes say from which turn the models see the
+        -- history verbatim; a compaction also holds the summary that stands for the turns before.
+        CREATE TABLE notes (
+            id                INTEGER PRIMARY KEY,
+            dialogue_id       INTEGER NOT NULL REFERENCES dialogues(id) ON DELETE CASCADE,
+            before_seq        INTEGER NOT NULL,
+            kind              TEXT NOT NULL,
+            text              TEXT NOT NULL,
+            first_kept_seq    INTEGER,
+            model             TEXT,
+            prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd          TEXT NOT NULL DEFAULT '0',
+            created_at        TEXT NOT NULL
+        );
+        CREATE INDEX notes_by_dialogue ON notes(dialogue_id, before_seq);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

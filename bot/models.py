@@ -37,6 +37,7 @@ class StopReason(StrEnum):
     PROVIDER_ERROR = "provider_error"
     EMPTY_REPLY = "empty_reply"
     CONTEXT_LIMIT = "context_limit"
+    CONVERGENCE = "convergence"
     THREAD_GONE = "thread_gone"
     INTERNAL_ERROR = "internal_error"
 
@@ -69,6 +70,7 @@ _REASON_WORDS = {
     StopReason.PROVIDER_ERROR: "the model provider returned an error",
     StopReason.EMPTY_REPLY: "a model returned an empty reply twice",
     StopReason.CONTEXT_LIMIT: "the history no longer fits a model's context",
+    StopReason.CONVERGENCE: "the dialogue was going in circles",
     StopReason.THREAD_GONE: "the dialogue's thread was deleted or locked",
     StopReason.INTERNAL_ERROR: "an internal error",
 }
@@ -80,6 +82,22 @@ class TurnStatus(StrEnum):
     OK = "ok"
     EMPTY = "empty"
     CANCELLED = "cancelled"
+
+
+class ContextPolicy(StrEnum):
+    """What happens when the next request would not fit a model's context."""
+
+    STOP = "stop"  # end the dialogue with `context_limit`
+    TRUNCATE = "truncate"  # drop the oldest turns, keep the opening
+    COMPACT = "compact"  # summarise the oldest turns, keep a recent window verbatim
+
+
+class LoopAction(StrEnum):
+    """What happens when the dialogue goes in circles."""
+
+    NOTIFY = "notify"
+    PAUSE = "pause"
+    STOP = "stop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +139,10 @@ class DialogueSpec:
     opening: str
     limits: Limits
     origin: str = "cli"
+    context_policy: ContextPolicy = ContextPolicy.STOP
+    loop_action: LoopAction = LoopAction.NOTIFY
+    #: The model that writes summaries when compacting; None means the speaker's own model.
+    summary_model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,16 +176,25 @@ class Dialogue:
     stop_reason: StopReason | None = None
     stop_detail: str | None = None
     totals: Totals = field(default_factory=Totals)
+    context_policy: ContextPolicy = ContextPolicy.STOP
+    loop_action: LoopAction = LoopAction.NOTIFY
+    summary_model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts and cost of one model call, as the provider reported them."""
+    """Token counts and cost of one model call, as the provider reported them.
+
+    `cached_tokens` (read from the prompt cache) and `cache_write_tokens` (written to it) are part
+    of `prompt_tokens`, as OpenRouter reports them.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     cost_usd: Decimal | None = None
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         cost = None
@@ -174,6 +205,8 @@ class Usage:
             self.completion_tokens + other.completion_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
             cost,
+            self.cached_tokens + other.cached_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
         )
 
 
@@ -200,6 +233,8 @@ class Turn:
     ended_at: datetime
     generation_id: str | None = None
     provider: str | None = None
+    #: What the prompt cache saved on this turn against the uncached price (negative when it only wrote).
+    cache_saving_usd: Decimal = Decimal(0)
 
     def record(self) -> dict[str, object]:
         """Return every field as plain values (money as exact strings, times in ISO 8601)."""
@@ -214,7 +249,10 @@ class Turn:
             "prompt_tokens": self.usage.prompt_tokens,
             "completion_tokens": self.usage.completion_tokens,
             "reasoning_tokens": self.usage.reasoning_tokens,
+            "cached_tokens": self.usage.cached_tokens,
+            "cache_write_tokens": self.usage.cache_write_tokens,
             "cost_usd": str(self.cost_usd),
+            "cache_saving_usd": str(self.cache_saving_usd),
             "cost_source": self.cost_source,
             "model_used": self.model_used,
             "provider": self.provider,
@@ -235,6 +273,9 @@ class Pricing:
     completion: Decimal = Decimal(0)
     request: Decimal = Decimal(0)
     internal_reasoning: Decimal = Decimal(0)
+    #: Prompt-cache prices; None when the model publishes none (its tokens then cost `prompt`).
+    cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,3 +287,52 @@ class ModelInfo:
     context_length: int | None
     max_completion_tokens: int | None
     pricing: Pricing
+
+
+class NoteKind(StrEnum):
+    """Something that happened between turns, kept in its place in the transcript."""
+
+    TRUNCATED = "truncated"
+    COMPACTED = "compacted"
+    REPETITION = "repetition"
+    FAREWELLS = "farewells"
+    IMPERSONATION = "impersonation"
+
+    @property
+    def is_context(self) -> bool:
+        """True for the notes that change what the models are shown."""
+        return self in (NoteKind.TRUNCATED, NoteKind.COMPACTED)
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One note between turns: shown before turn `before_seq` (0-based), in the thread and transcript.
+
+    A context note says which turns the models still see verbatim (from `first_kept_seq`) and, for a
+    compaction, the summary that stands for the rest and what writing it cost.
+    """
+
+    dialogue_id: int
+    before_seq: int
+    kind: NoteKind
+    text: str
+    created_at: datetime
+    first_kept_seq: int | None = None
+    model: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: Decimal = Decimal(0)
+    id: int | None = None
+
+    def record(self) -> dict[str, object]:
+        """Return every field as plain values (money as an exact string)."""
+        return {
+            "before_seq": self.before_seq,
+            "kind": str(self.kind),
+            "text": self.text,
+            "first_kept_seq": self.first_kept_seq,
+            "model": self.model,
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+            "cost_usd": str(self.cost_usd),
+            "created_at": self.created_at.isoformat(),
+        }

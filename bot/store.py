@@ -10,6 +10,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,10 +21,14 @@ import aiosqlite
 from bot.errors import DialogueNotFound, StateError, StoreError
 from bot.migrations import SCHEMA_VERSION, migrate, schema_version
 from bot.models import (
+    ContextPolicy,
     Dialogue,
     DialogueSpec,
     Limits,
+    LoopAction,
     ModelInfo,
+    Note,
+    NoteKind,
     Persona,
     Pricing,
     Status,
@@ -145,9 +150,9 @@ class Store:
         """Store a new pending dialogue with its participants and return it."""
         query = """
             INSERT INTO dialogues (origin, status, opening, max_rounds, budget_usd, max_total_tokens,
-                                   max_seconds, created_at)
+                                   max_seconds, created_at, context_policy, loop_action, summary_model)
             VALUES (:origin, 'pending', :opening, :max_rounds, :budget, :max_total_tokens,
-                    :max_seconds, :created_at)
+                    :max_seconds, :created_at, :context_policy, :loop_action, :summary_model)
         """
         limits = spec.limits
         async with self.transaction() as conn:
@@ -161,6 +166,9 @@ class Store:
                     "max_total_tokens": limits.max_total_tokens,
                     "max_seconds": limits.max_seconds,
                     "created_at": _iso(now),
+                    "context_policy": str(spec.context_policy),
+                    "loop_action": str(spec.loop_action),
+                    "summary_model": spec.summary_model,
                 },
             )
             assert dialogue_id is not None
@@ -249,6 +257,9 @@ class Store:
                 reasoning_tokens=row["reasoning_tokens"],
                 interrupted_calls=row["interrupted_calls"],
             ),
+            context_policy=ContextPolicy(row["context_policy"]),
+            loop_action=LoopAction(row["loop_action"]),
+            summary_model=row["summary_model"],
         )
 
     async def mark_running(self, dialogue_id: int, now: datetime) -> None:
@@ -340,13 +351,10 @@ class Store:
 
     @staticmethod
     async def _insert_turn(conn: Writer, turn: Turn) -> None:
-        await conn.execute(
-            """INSERT INTO turns VALUES (:dialogue_id, :seq, :round, :seat, :status, :text,
-                       :reasoning, :prompt_tokens, :completion_tokens, :reasoning_tokens, :cost_usd,
-                       :cost_source, :model_used, :provider, :generation_id, :finish_reason,
-                       :latency_ms, :attempts, :started_at, :ended_at)""",
-            turn.record(),
-        )
+        record = turn.record()
+        columns = ", ".join(record)
+        values = ", ".join(f":{name}" for name in record)
+        await conn.execute(f"INSERT INTO turns ({columns}) VALUES ({values})", record)
 
     @staticmethod
     async def _spent(conn: Writer, dialogue_id: int) -> Decimal:
@@ -376,6 +384,8 @@ class Store:
                     r["completion_tokens"],
                     r["reasoning_tokens"],
                     Decimal(r["cost_usd"]),
+                    r["cached_tokens"],
+                    r["cache_write_tokens"],
                 ),
                 cost_usd=Decimal(r["cost_usd"]),
                 cost_source=r["cost_source"],
@@ -387,6 +397,66 @@ class Store:
                 ended_at=_dt(r["ended_at"]) or datetime.now(UTC),
                 generation_id=r["generation_id"],
                 provider=r["provider"],
+                cache_saving_usd=Decimal(r["cache_saving_usd"]),
+            )
+            for r in rows
+        ]
+
+    async def history(self, dialogue_id: int) -> tuple[Dialogue, list[Turn], list[Note]]:
+        """Return the dialogue with its turns and notes: everything a transcript shows."""
+        return (
+            await self.get_dialogue(dialogue_id),
+            await self.list_turns(dialogue_id),
+            await self.list_notes(dialogue_id),
+        )
+
+    # Notes -----------------------------------------------------------------------------------
+
+    async def add_note(self, note: Note, settles_seq: int | None = None) -> Note:
+        """Store a note; a compaction's cost joins the dialogue's totals in the same transaction.
+
+        `settles_seq` names the call in flight whose reservation the note's call used (the summary
+        is made under the next turn's number), so a crash after this commit charges it only once.
+        """
+        record = {"dialogue_id": note.dialogue_id, **note.record()}
+        columns = ", ".join(record)
+        values = ", ".join(f":{name}" for name in record)
+        async with self.transaction() as conn:
+            note_id = await conn.execute(f"INSERT INTO notes ({columns}) VALUES ({values})", record)
+            if note.cost_usd or note.usage.prompt_tokens:
+                spent = await self._spent(conn, note.dialogue_id)
+                await conn.execute(
+                    """UPDATE dialogues SET spent_usd = ?, prompt_tokens = prompt_tokens + ?,
+                           completion_tokens = completion_tokens + ? WHERE id = ?""",
+                    (
+                        str(spent + note.cost_usd),
+                        note.usage.prompt_tokens,
+                        note.usage.completion_tokens,
+                        note.dialogue_id,
+                    ),
+                )
+            if settles_seq is not None:
+                await conn.execute(
+                    "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?",
+                    (note.dialogue_id, settles_seq),
+                )
+        return replace(note, id=note_id)
+
+    async def list_notes(self, dialogue_id: int) -> list[Note]:
+        """Return the dialogue's notes in the order they were made."""
+        rows = await self.fetchall("SELECT * FROM notes WHERE dialogue_id = ? ORDER BY id", (dialogue_id,))
+        return [
+            Note(
+                dialogue_id=r["dialogue_id"],
+                before_seq=r["before_seq"],
+                kind=NoteKind(r["kind"]),
+                text=r["text"],
+                created_at=_dt(r["created_at"]) or datetime.now(UTC),
+                first_kept_seq=r["first_kept_seq"],
+                model=r["model"],
+                usage=Usage(r["prompt_tokens"], r["completion_tokens"]),
+                cost_usd=Decimal(r["cost_usd"]),
+                id=r["id"],
             )
             for r in rows
         ]
@@ -421,7 +491,7 @@ class Store:
         async with self.transaction() as conn:
             await conn.execute("DELETE FROM models WHERE source = ?", (source,))
             await conn.executemany(
-                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         source,
@@ -433,6 +503,8 @@ class Store:
                         str(m.pricing.completion),
                         str(m.pricing.request),
                         str(m.pricing.internal_reasoning),
+                        _money(m.pricing.cache_read),
+                        _money(m.pricing.cache_write),
                     )
                     for m in models
                 ],
@@ -456,6 +528,8 @@ class Store:
                     completion=Decimal(r["completion_price"]),
                     request=Decimal(r["request_price"]),
                     internal_reasoning=Decimal(r["reasoning_price"]),
+                    cache_read=Decimal(r["cache_read_price"]) if r["cache_read_price"] else None,
+                    cache_write=Decimal(r["cache_write_price"]) if r["cache_write_price"] else None,
                 ),
             )
             for r in rows

@@ -13,9 +13,10 @@ from decimal import Decimal
 from typing import Any
 
 from bot.budget import format_usd
-from bot.models import Dialogue, Turn, TurnStatus
+from bot.models import Dialogue, Note, NoteKind, Turn, TurnStatus
 
-SCHEMA_VERSION = 1
+# 2: prompt-cache tokens and savings, the context and loop policies, and notes between turns.
+SCHEMA_VERSION = 2
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 # Lines that would start a heading, a thematic break or a setext underline at the document level.
@@ -23,8 +24,11 @@ _STRUCTURE = re.compile(r"^ {0,3}(#{1,6}(\s|$)|([-*_=])[ \t]*(\3[ \t]*){2,}$|=+[
 _INLINE_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
 
 
-def render_markdown(dialogue: Dialogue, turns: Sequence[Turn]) -> str:
-    """Return the transcript in the reference format: header, rounds with token lines, statistics."""
+def render_markdown(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note] = ()) -> str:
+    """Return the transcript in the reference format: header, rounds with token lines, statistics.
+
+    Notes (a compaction, a loop noticed) appear in their place, before the turn they preceded.
+    """
     names = [_inline(p.name) for p in dialogue.participants]
     lines = [f"# Voices Chat: {' <-> '.join(names)}", f"*{_when(dialogue.created_at)}*", ""]
     for name, persona in zip(names, dialogue.participants, strict=True):
@@ -45,10 +49,16 @@ def render_markdown(dialogue: Dialogue, turns: Sequence[Turn]) -> str:
                 lines += ["---", ""]
             current_round = turn.round
             lines += [f"## Round {turn.round}", ""]
+        for note in notes:
+            if note.before_seq == turn.seq:
+                lines += _note_block(note)
         lines += _turn_block(turn, names[turn.seat])
+    for note in notes:
+        if note.before_seq >= len(turns):
+            lines += _note_block(note)
     if current_round:
         lines += ["---", ""]
-    lines += _statistics(dialogue, turns, names)
+    lines += _statistics(dialogue, turns, names, notes)
     return "\n".join(lines) + "\n"
 
 
@@ -70,15 +80,39 @@ def _turn_block(turn: Turn, name: str) -> list[str]:
             "",
         ]
     usage = turn.usage
+    cache = ""
+    if usage.cached_tokens or usage.cache_write_tokens:
+        cache = f", cached={usage.cached_tokens}, cache_write={usage.cache_write_tokens}"
     lines += [
-        f"*[tokens: prompt={usage.prompt_tokens}, completion={usage.completion_tokens}, "
+        f"*[tokens: prompt={usage.prompt_tokens}{cache}, completion={usage.completion_tokens}, "
         f"reasoning={usage.reasoning_tokens}, cost={format_usd(turn.cost_usd)}]*",
         "",
     ]
     return lines
 
 
-def _statistics(dialogue: Dialogue, turns: Sequence[Turn], names: list[str]) -> list[str]:
+def headline(note: Note) -> str:
+    """Return a note in one line of plain text, as the thread and the terminal show it."""
+    if note.kind is NoteKind.COMPACTED:
+        return (
+            f"⟲ Context compacted: the first {note.first_kept_seq} turns are now a summary by "
+            f"{note.model} (cost {format_usd(note.cost_usd)}); the models see it instead"
+        )
+    if note.kind is NoteKind.TRUNCATED:
+        return f"✂ Context truncated: {note.text}"
+    return f"🔁 Going in circles ({note.kind}): {note.text}"
+
+
+def _note_block(note: Note) -> list[str]:
+    lines = [f"*{_inline(headline(note))}*", ""]
+    if note.kind is NoteKind.COMPACTED:
+        lines += [*_quote(note.text), ""]
+    return lines
+
+
+def _statistics(
+    dialogue: Dialogue, turns: Sequence[Turn], names: list[str], notes: Sequence[Note]
+) -> list[str]:
     totals = dialogue.totals
     reason = dialogue.stop_reason
     ended = f"{reason.describe} (`{reason}`)" if reason else f"not ended ({dialogue.status})"
@@ -102,6 +136,23 @@ def _statistics(dialogue: Dialogue, turns: Sequence[Turn], names: list[str]) -> 
             f"completion={sum(t.usage.completion_tokens for t in mine)}, "
             f"reasoning={sum(t.usage.reasoning_tokens for t in mine)}, cost={format_usd(cost)}"
         )
+    cached, written, saved = cache_totals(turns)
+    if cached or written:
+        lines.append(
+            f"- **Prompt cache:** read={cached}, written={written} tokens; saved {format_usd(saved)} "
+            "against uncached prompts"
+        )
+    compactions = [n for n in notes if n.kind is NoteKind.COMPACTED]
+    truncations = [n for n in notes if n.kind is NoteKind.TRUNCATED]
+    if compactions or truncations:
+        cost = sum((n.cost_usd for n in notes if n.kind.is_context), start=Decimal(0))
+        lines.append(
+            f"- **Context:** {len(compactions)} compactions, {len(truncations)} truncations "
+            f"(summaries cost {format_usd(cost)})"
+        )
+    loops = [n for n in notes if not n.kind.is_context]
+    if loops:
+        lines.append(f"- **Loops noticed:** {', '.join(str(n.kind) for n in loops)}")
     if totals.interrupted_calls:
         lines.append(f"- **Interrupted calls:** {totals.interrupted_calls} (charged at their worst case)")
     lines += [
@@ -112,10 +163,20 @@ def _statistics(dialogue: Dialogue, turns: Sequence[Turn], names: list[str]) -> 
     return lines
 
 
-def render_json(dialogue: Dialogue, turns: Sequence[Turn]) -> str:
+def cache_totals(turns: Sequence[Turn]) -> tuple[int, int, Decimal]:
+    """Return the tokens read from and written to the prompt cache, and what it saved, over the turns."""
+    return (
+        sum(t.usage.cached_tokens for t in turns),
+        sum(t.usage.cache_write_tokens for t in turns),
+        sum((t.cache_saving_usd for t in turns), start=Decimal(0)),
+    )
+
+
+def render_json(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note] = ()) -> str:
     """Return every stored field as JSON; money is a decimal string so no digit is lost."""
     limits = dialogue.limits
     totals = dialogue.totals
+    cached, written, saved = cache_totals(turns)
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "dialogue": {
@@ -134,6 +195,9 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn]) -> str:
                 "max_total_tokens": limits.max_total_tokens,
                 "max_seconds": limits.max_seconds,
             },
+            "context_policy": str(dialogue.context_policy),
+            "loop_action": str(dialogue.loop_action),
+            "summary_model": dialogue.summary_model,
         },
         "participants": [
             {
@@ -149,12 +213,16 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn]) -> str:
             for seat, p in enumerate(dialogue.participants)
         ],
         "turns": [_turn_json(t) for t in turns],
+        "notes": [n.record() for n in notes],
         "totals": {
             "spent_usd": str(totals.spent_usd),
             "prompt_tokens": totals.prompt_tokens,
             "completion_tokens": totals.completion_tokens,
             "reasoning_tokens": totals.reasoning_tokens,
             "interrupted_calls": totals.interrupted_calls,
+            "cached_tokens": cached,
+            "cache_write_tokens": written,
+            "cache_saving_usd": str(saved),
             "rounds_completed": _rounds_completed(dialogue, turns),
             "turns": len(turns),
         },

@@ -18,12 +18,12 @@ import discord
 from bot.app import utc_now
 from bot.control import Control
 from bot.dialogue import DialogueRunner
-from bot.events import Delta, Ended, Event, Started, TurnFinished, TurnRestarted, TurnStarted
+from bot.events import Delta, Ended, Event, Noted, Started, TurnFinished, TurnRestarted, TurnStarted
 from bot.guilds import GuildStore
-from bot.models import Dialogue, Status, StopReason, Turn, TurnStatus
+from bot.models import Dialogue, NoteKind, Status, StopReason, Turn, TurnStatus
 from bot.rooms import Room, RoomStore
 from bot.store import Store
-from bot.transcript import render_json, render_markdown
+from bot.transcript import headline, render_json, render_markdown
 from cogs._format import split_message
 from cogs.status import ControlButton, status_embed
 from cogs.webhooks import NO_MENTIONS, WebhookPool
@@ -121,6 +121,12 @@ class Relay:
                 await self._finish_turn(turn)
                 self._speaker = None
                 await self._update_status(None)
+            case Noted(note=note):
+                # In the bot's own voice, not a persona's: the thread sees what the engine did.
+                await self.thread.send(headline(note)[:2000], allowed_mentions=NO_MENTIONS)
+                if note.kind is NoteKind.COMPACTED:
+                    for chunk in split_message(note.text):
+                        await self.thread.send(chunk, allowed_mentions=NO_MENTIONS)
             case Ended(dialogue=dialogue):
                 await self._settle_edits()
                 await self._update_status(dialogue)
@@ -280,10 +286,9 @@ class Relay:
 
 async def transcript_files(store: Store, dialogue_id: int, size_limit: int) -> list[discord.File]:
     """Return `transcript-<id>.md` and `.json`, each gzip-compressed if it would pass the upload limit."""
-    dialogue = await store.get_dialogue(dialogue_id)
-    turns = await store.list_turns(dialogue_id)
+    history = await store.history(dialogue_id)
     files = []
-    for extension, text in (("md", render_markdown(dialogue, turns)), ("json", render_json(dialogue, turns))):
+    for extension, text in (("md", render_markdown(*history)), ("json", render_json(*history))):
         data, name = text.encode(), f"transcript-{dialogue_id}.{extension}"
         if len(data) > size_limit:
             data, name = gzip.compress(data), f"{name}.gz"

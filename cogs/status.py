@@ -14,6 +14,7 @@ import discord
 
 from bot.budget import format_usd
 from bot.models import Dialogue, Status, Turn
+from bot.transcript import cache_totals
 
 if TYPE_CHECKING:
     from cogs.client import VoicesBot
@@ -48,6 +49,12 @@ def status_embed(dialogue: Dialogue, turns: Sequence[Turn], speaker: str | None)
         value=f"{format_usd(dialogue.totals.spent_usd)} of {format_usd(dialogue.limits.budget_usd)}",
     )
     embed.add_field(name="Time", value=_elapsed(dialogue))
+    cached, written, saved = cache_totals(turns)
+    if cached or written:
+        embed.add_field(
+            name="Prompt cache",
+            value=f"read {cached} · written {written} tokens · saved {format_usd(saved)}",
+        )
     for seat, persona in enumerate(dialogue.participants):
         mine = [t for t in turns if t.seat == seat]
         embed.add_field(

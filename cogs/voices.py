@@ -3,6 +3,7 @@ config. Each command turns options into engine calls and shows the result."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
@@ -13,7 +14,7 @@ from discord.ext import commands
 from bot.budget import format_usd, parse_usd
 from bot.errors import InputError, StateError
 from bot.guilds import GuildLoad, check_start
-from bot.models import Dialogue, DialogueSpec, Limits, Status
+from bot.models import ContextPolicy, Dialogue, DialogueSpec, Limits, LoopAction, Status
 from bot.personas import resolve_participants
 from bot.rooms import Room
 from cogs.errors import reply, user_message
@@ -71,6 +72,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         budget="Hard cap in USD, e.g. 0.25: no call is made that could pass it",
         system_a="System prompt for the first speaker (replaces the persona's)",
         system_b="System prompt for the second speaker (replaces the persona's)",
+        context="When the history outgrows a model's context: stop, truncate, or compact into a summary",
+        on_loop="When the dialogue goes in circles: notify in the thread, pause, or stop",
     )
     @app_commands.autocomplete(a=speaker_choices, b=speaker_choices)
     @app_commands.checks.bot_has_permissions(**NEEDED)
@@ -84,6 +87,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         budget: app_commands.Range[str, 1, 20] | None = None,
         system_a: app_commands.Range[str, 1, 4000] | None = None,
         system_b: app_commands.Range[str, 1, 4000] | None = None,
+        context: Literal["stop", "truncate", "compact"] | None = None,
+        on_loop: Literal["notify", "pause", "stop"] | None = None,
     ) -> None:
         """Start a dialogue between two models in a new public thread."""
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -91,6 +96,11 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         if not isinstance(channel, discord.TextChannel):
             raise InputError("use /voices start in a text channel; it opens a thread of its own")
         spec = self._spec(a, b, opening, rounds, budget, system_a, system_b)
+        spec = replace(
+            spec,
+            context_policy=ContextPolicy(context or self.bot.settings.context_policy),
+            loop_action=LoopAction(on_loop or self.bot.settings.loop_action),
+        )
         await self._check_guild(interaction, spec)
         worst = await self.s.runner.check(spec)
         names = " ↔ ".join(p.name for p in spec.participants)
@@ -133,7 +143,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             max_total_tokens=settings.max_total_tokens,
             max_seconds=settings.max_seconds,
         )
-        return DialogueSpec(tuple(personas), opening, limits, origin="discord")
+        return DialogueSpec(
+            tuple(personas), opening, limits, origin="discord", summary_model=settings.summary_model
+        )
 
     async def _check_guild(self, interaction: discord.Interaction, spec: DialogueSpec) -> None:
         assert interaction.guild_id is not None

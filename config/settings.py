@@ -11,7 +11,10 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.app import EngineConfig
+from bot.dialogue import Tuning
 from bot.guilds import GuildPolicy
+from bot.loops import LoopThresholds
+from bot.models import ContextPolicy, LoopAction
 from bot.personas import load_providers
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -45,6 +48,19 @@ class Settings(BaseSettings):
     max_seconds: float | None = Field(default=3600.0, gt=0)
     max_total_tokens: int | None = Field(default=None, ge=1)
 
+    # Long dialogues: the context policy and loop action are each dialogue's defaults.
+    context_policy: ContextPolicy = ContextPolicy.COMPACT
+    summary_model: str | None = None
+    keep_recent: int = Field(default=4, ge=1)
+    summary_max_tokens: int = Field(default=600, ge=64)
+    loop_action: LoopAction = LoopAction.NOTIFY
+    loop_similarity: float = Field(default=0.5, gt=0, le=1)
+    loop_window: int = Field(default=4, ge=2)
+    loop_repeats: int = Field(default=2, ge=1)
+    loop_farewells: int = Field(default=3, ge=1)
+    #: Comma-separated model id prefixes that cache only at explicit breakpoints.
+    cache_breakpoint_models: str = "anthropic/,google/gemini"
+
     # The Discord bridge (`voices bot`).
     discord_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "VOICES_DISCORD_TOKEN")
@@ -61,7 +77,7 @@ class Settings(BaseSettings):
     catalogue_ttl_hours: float = Field(default=24.0, ge=0)
     log_level: str = "WARNING"
 
-    @field_validator("openrouter_api_key", "discord_token", mode="before")
+    @field_validator("openrouter_api_key", "discord_token", "summary_model", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -88,6 +104,23 @@ class Settings(BaseSettings):
             providers=tuple(load_providers(self.personas_file).values())
             if self.personas_file.exists()
             else (),
+            tuning=self.tuning(),
+        )
+
+    def tuning(self) -> Tuning:
+        """Return how long dialogues are cached, compacted and watched for loops."""
+        return Tuning(
+            cache_breakpoint_models=tuple(
+                p.strip() for p in self.cache_breakpoint_models.split(",") if p.strip()
+            ),
+            keep_recent=self.keep_recent,
+            summary_max_tokens=self.summary_max_tokens,
+            loops=LoopThresholds(
+                similarity=self.loop_similarity,
+                window=self.loop_window,
+                repeats=self.loop_repeats,
+                farewells=self.loop_farewells,
+            ),
         )
 
     def guild_defaults(self) -> GuildPolicy:

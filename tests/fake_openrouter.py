@@ -4,6 +4,11 @@ It serves `GET /api/v1/models` and streaming `POST /api/v1/chat/completions` (SS
 comments, reasoning deltas, a usage-only final chunk, mid-stream errors, dropped connections and
 HTTP errors with `Retry-After`). Replies are queued with `enqueue`; with the queue empty it answers
 on its own, billing exactly price × tokens from its catalogue. Every request is recorded.
+
+It caches prompts as the providers do. A model with a cache-write price caches only up to messages
+marked with `cache_control` (Anthropic's explicit breakpoints); one with only a cache-read price
+caches on its own per `session_id` (implicit caching). Usage reports `cached_tokens` and
+`cache_write_tokens`, and the cost bills them at the cache prices.
 """
 
 from __future__ import annotations
@@ -18,13 +23,24 @@ from decimal import Decimal
 from typing import Any
 
 PROCESSING = ": OPENROUTER PROCESSING"
+VOCABULARY = (
+    "river stone lantern orchard signal harbor ember meadow copper violin thread compass glacier "
+    "pepper saddle mirror quarry falcon velvet anchor timber prism maple tunnel"
+).split()
 
 MODELS: list[dict[str, Any]] = [
     {
         "id": "anthropic/claude-opus-4.6",
         "name": "Anthropic: Claude Opus 4.6",
         "context_length": 200000,
-        "pricing": {"prompt": "0.000005", "completion": "0.000025", "request": "0", "image": "0"},
+        "pricing": {
+            "prompt": "0.000005",
+            "completion": "0.000025",
+            "request": "0",
+            "image": "0",
+            "input_cache_read": "0.0000005",
+            "input_cache_write": "0.00000625",
+        },
         "top_provider": {
             "context_length": 200000,
             "max_completion_tokens": 32000,
@@ -39,6 +55,7 @@ MODELS: list[dict[str, Any]] = [
             "prompt": "0.0000008",
             "completion": "0.00000256",
             "internal_reasoning": "0.00000256",
+            "input_cache_read": "0.00000016",
         },
         "top_provider": {"context_length": 202752, "max_completion_tokens": 131072},
     },
@@ -107,6 +124,7 @@ class FakeOpenRouter:
         self.default_words = default_words
         self._port = port
         self._queue: deque[Reply] = deque()
+        self._model_queues: dict[str, deque[Reply]] = {}
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
         self.reported_costs: list[Decimal] = []
@@ -114,6 +132,9 @@ class FakeOpenRouter:
         self.routes: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        #: Prompt prefixes cached at explicit breakpoints, and each session's last prompt (implicit).
+        self._cached_prefixes: set[str] = set()
+        self._sessions: dict[str, list[tuple[str, str]]] = {}
 
     async def __aenter__(self) -> FakeOpenRouter:
         # A deep backlog: benchmarks open a thousand connections at once.
@@ -139,6 +160,10 @@ class FakeOpenRouter:
     def enqueue(self, *replies: Reply) -> None:
         """Answer the next chat requests with these replies, in order."""
         self._queue.extend(replies)
+
+    def enqueue_for(self, model: str, *replies: Reply) -> None:
+        """Answer the next chat requests to `model` with these replies, before the common queue."""
+        self._model_queues.setdefault(model, deque()).extend(replies)
 
     @property
     def chat_requests(self) -> list[Recorded]:
@@ -170,7 +195,12 @@ class FakeOpenRouter:
             await _send_json(writer, 200, {"data": self.models})
             return True
         if request.method == "POST" and request.path == "/api/v1/chat/completions":
-            reply = self._queue.popleft() if self._queue else self._default_reply(request)
+            assert request.body is not None
+            own = self._model_queues.get(request.body["model"])
+            if own:
+                reply = own.popleft()
+            else:
+                reply = self._queue.popleft() if self._queue else self._default_reply(request)
             return await self._chat(request, reply, writer)
         if request.method == "GET" and request.path == "/_stats":
             await _send_json(writer, 200, self.stats())
@@ -193,14 +223,16 @@ class FakeOpenRouter:
         turn = len(self.chat_requests)
         speaker = request.body["model"]
         if self.default_words is not None:
-            words = " ".join(f"w{i}" for i in range(self.default_words))
+            words = " ".join(
+                VOCABULARY[(turn * 7 + i * 3) % len(VOCABULARY)] for i in range(self.default_words)
+            )
             return Reply(
                 text=f"{speaker}: {words}", chunk_delay=self.default_delay, chunk_words=1, keepalives=0
             )
-        return Reply(
-            text=f"Reply {turn} from {speaker}: a thought worth answering, with some words.",
-            chunk_delay=self.default_delay,
-        )
+        # Different words every turn, as a healthy conversation has (the same reply each time would
+        # rightly be noticed as a loop).
+        words = " ".join(VOCABULARY[(turn * 7 + i * 3) % len(VOCABULARY)] for i in range(8))
+        return Reply(text=f"Reply {turn} from {speaker}: {words}.", chunk_delay=self.default_delay)
 
     async def _chat(self, request: Recorded, reply: Reply, writer: asyncio.StreamWriter) -> bool:
         if reply.status != 200:
@@ -261,23 +293,77 @@ class FakeOpenRouter:
         return True
 
     def _usage(self, request: Recorded, reply: Reply) -> dict[str, Any]:
-        """Bill like OpenRouter would: the catalogue's price times the tokens."""
+        """Bill like OpenRouter would: the catalogue's prices times the tokens, cache included."""
         assert request.body is not None
-        prompt = sum(len(m["content"]) for m in request.body["messages"]) // 4 + 5
+        messages = [(m["role"], text_of(m["content"])) for m in request.body["messages"]]
+        prompt = sum(len(text) for _, text in messages) // 4 + 5
         reasoning = len(reply.reasoning.split())
         completion = len(reply.text.split()) + reasoning
         pricing = next((m.get("pricing", {}) for m in self.models if m["id"] == request.body["model"]), {})
-        cost = prompt * Decimal(pricing.get("prompt", "0")) + completion * Decimal(
-            pricing.get("completion", "0")
+        cached, written = self._cache(request.body, messages, pricing)
+        price = {k: Decimal(pricing.get(k, "0")) for k in ("prompt", "completion")}
+        read_price = Decimal(pricing.get("input_cache_read", price["prompt"]))
+        write_price = Decimal(pricing.get("input_cache_write", price["prompt"]))
+        cost = (
+            (prompt - cached - written) * price["prompt"]
+            + cached * read_price
+            + written * write_price
+            + completion * price["completion"]
         )
         self.reported_costs.append(cost)
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
             "completion_tokens_details": {"reasoning_tokens": reasoning},
             "cost": cost,
         }
+
+    def _cache(
+        self, body: dict[str, Any], messages: list[tuple[str, str]], pricing: dict[str, str]
+    ) -> tuple[int, int]:
+        """Return (tokens read from the cache, tokens written to it) for this prompt, and remember it."""
+
+        def tokens(upto: int) -> int:
+            return sum(len(text) for _, text in messages[:upto]) // 4
+
+        if "input_cache_write" in pricing:
+            marks = [i for i, m in enumerate(body["messages"]) if _marked(m)]
+            if not marks:
+                return 0, 0
+            keys = {i: json.dumps(messages[: i + 1]) for i in marks}
+            hits = [i for i in marks if keys[i] in self._cached_prefixes]
+            cached = tokens(max(hits) + 1) if hits else 0
+            written = tokens(marks[-1] + 1) - cached
+            self._cached_prefixes.update(keys.values())
+            return cached, written
+        session = body.get("session_id")
+        if "input_cache_read" in pricing and session:
+            previous = self._sessions.get(session, [])
+            common = 0
+            while common < min(len(previous), len(messages)) and previous[common] == messages[common]:
+                common += 1
+            self._sessions[session] = messages
+            return tokens(common), 0
+        return 0, 0
+
+
+def text_of(content: str | list[dict[str, Any]]) -> str:
+    """Return a message's text, whether sent as a string or as content parts."""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def plain(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Return messages as role and text only (content parts and cache marks flattened)."""
+    return [{"role": m["role"], "content": text_of(m["content"])} for m in messages]
+
+
+def _marked(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    return isinstance(content, list) and any("cache_control" in part for part in content)
 
 
 def _usage_json(obj: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from bot.providers.local import local_available
 from tests.conftest import API_KEY, GLM, OPUS
-from tests.fake_openrouter import FakeOpenRouter, Reply
+from tests.fake_openrouter import FakeOpenRouter, Reply, plain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ async def test_run_streams_the_dialogue_and_writes_both_transcripts(env, tmp_pat
     assert md.read_text().startswith("# Voices Chat: claude-opus-4.6 <-> glm-5")
     document = json.loads(js.read_text())
     assert Decimal(document["totals"]["spent_usd"]) == sum(server.reported_costs)
-    assert server.chat_requests[0].body["messages"][0] == {
+    assert plain(server.chat_requests[0].body["messages"])[0] == {
         "role": "system",
         "content": "You are Claude.",
     }

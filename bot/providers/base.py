@@ -23,6 +23,8 @@ class ChatRequest:
     #: Who speaks and who else is in the dialogue, for models prompted as a plain "Name: text" script.
     speaker: str | None = None
     others: tuple[str, ...] = ()
+    #: Indices of messages to mark as prompt-cache breakpoints, for models that cache only when told.
+    cache_breakpoints: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,7 +143,7 @@ class OpenAICompatProvider:
 def _request_body(request: ChatRequest) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": request.model,
-        "messages": request.messages,
+        "messages": _with_breakpoints(request.messages, request.cache_breakpoints),
         "max_tokens": request.max_tokens,
         "stream": True,
         # Deprecated and without effect on OpenRouter today, but older deployments need it to send cost.
@@ -156,6 +156,21 @@ def _request_body(request: ChatRequest) -> dict[str, Any]:
     if request.session_id:
         body["session_id"] = request.session_id
     return body
+
+
+def _with_breakpoints(messages: list[dict[str, str]], marks: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Return the messages with each marked one's content as a text part carrying `cache_control`:
+    OpenRouter's way (after Anthropic's) of saying "cache the prompt up to here"."""
+    if not marks:
+        return list(messages)
+    out: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        if index in marks:
+            part = {"type": "text", "text": message["content"], "cache_control": {"type": "ephemeral"}}
+            out.append({**message, "content": [part]})
+        else:
+            out.append(message)
+    return out
 
 
 async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -186,6 +201,7 @@ def _parse_json(data: str) -> dict[str, Any] | None:
 
 def _parse_usage(raw: dict[str, Any]) -> Usage:
     details = raw.get("completion_tokens_details") or {}
+    prompt_details = raw.get("prompt_tokens_details") or {}
     cost = raw.get("cost")
     return Usage(
         prompt_tokens=int(raw.get("prompt_tokens") or 0),
@@ -193,6 +209,8 @@ def _parse_usage(raw: dict[str, Any]) -> Usage:
         reasoning_tokens=int(details.get("reasoning_tokens") or 0),
         # parse_float=Decimal keeps the cost exactly as the server wrote it.
         cost_usd=Decimal(str(cost)) if cost is not None else None,
+        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+        cache_write_tokens=int(prompt_details.get("cache_write_tokens") or 0),
     )
 
 
@@ -213,8 +231,21 @@ def _parse_model(entry: dict[str, Any]) -> ModelInfo | None:
         name=str(entry.get("name") or entry["id"]),
         context_length=entry.get("context_length") or top.get("context_length"),
         max_completion_tokens=top.get("max_completion_tokens"),
-        pricing=Pricing(**prices),
+        pricing=Pricing(
+            **prices,
+            cache_read=_price_or_none(pricing.get("input_cache_read")),
+            cache_write=_price_or_none(pricing.get("input_cache_write")),
+        ),
     )
+
+
+def _price_or_none(value: Any) -> Decimal | None:
+    """Return an optional price; a missing, malformed or negative one is unknown."""
+    try:
+        price = Decimal(str(value)) if value is not None else None
+    except InvalidOperation:
+        return None
+    return price if price is not None and price >= 0 else None
 
 
 def _error_message(response: httpx.Response) -> str:

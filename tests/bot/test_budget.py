@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -12,12 +13,19 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from bot.budget import Budget, estimate_prompt_tokens, format_usd, settle_cost, worst_case_cost
+from bot.budget import (
+    Budget,
+    cache_saving,
+    estimate_prompt_tokens,
+    format_usd,
+    settle_cost,
+    worst_case_cost,
+)
 from bot.catalogue import Catalogue
 from bot.dialogue import DialogueRunner
 from bot.errors import InputError, ServerError
 from bot.events import Ended
-from bot.models import ModelInfo, Pricing, Usage
+from bot.models import ContextPolicy, ModelInfo, Pricing, Usage
 from bot.providers import Route, Router
 from bot.providers.base import ChatRequest
 from bot.providers.scripted import ScriptedProvider, ScriptedReply
@@ -35,6 +43,32 @@ PRICING = Pricing(
 
 def test_worst_case_counts_every_prompt_token_and_the_dearest_output_rate():
     assert worst_case_cost(PRICING, 1000, 200) == Decimal("0.0001") + Decimal("0.005") + Decimal("0.006")
+
+
+def test_a_cache_write_dearer_than_the_prompt_bounds_the_worst_case():
+    cached = Pricing(
+        prompt=Decimal("0.000005"), cache_read=Decimal("0.0000005"), cache_write=Decimal("0.00000625")
+    )
+    assert worst_case_cost(cached, 1000, 0) == Decimal("0.00625")
+
+
+def test_a_computed_cost_bills_cache_reads_and_writes_at_their_prices_and_the_saving_is_exact():
+    cached = Pricing(
+        prompt=Decimal("0.000005"),
+        completion=Decimal("0.000025"),
+        cache_read=Decimal("0.0000005"),
+        cache_write=Decimal("0.00000625"),
+    )
+    usage = Usage(1000, 10, 0, None, cached_tokens=600, cache_write_tokens=300)
+    cost, source = settle_cost(usage, cached)
+    # 100 plain, 600 read, 300 written, 10 out.
+    assert (cost, source) == (
+        Decimal("0.0005") + Decimal("0.0003") + Decimal("0.001875") + Decimal("0.00025"),
+        "computed",
+    )
+    # Uncached, the prompt would have cost 0.005; it cost 0.002675.
+    assert cache_saving(usage, cached) == Decimal("0.002325")
+    assert cache_saving(Usage(1000, 10, 0, None, cache_write_tokens=1000), cached) == Decimal("-0.00125")
 
 
 def test_reported_cost_wins_and_missing_cost_is_computed():
@@ -66,8 +100,10 @@ def test_money_is_shown_to_four_places_without_hiding_tiny_amounts():
     assert format_usd(Decimal("0.0000123")) == "$0.0000123"
 
 
-# The property: over random prices, caps, budgets and replies (long, empty, failing), the engine
-# never spends more than the budget, and what it spent is exactly the sum of what it recorded.
+# The property: over random prices (prompt-cache prices too), caps, budgets, contexts and replies
+# (long, empty, failing, partly cached), and whatever the context policy, the engine never spends
+# more than the budget, and what it spent is exactly the sum of what it recorded: its turns and the
+# summaries that compacted the history.
 
 # Mostly answers, sometimes a full-length one, now and then an empty reply or a failure.
 KINDS = ["full"] * 3 + ["short"] * 5 + ["empty", "error"]
@@ -81,6 +117,8 @@ def scenarios(draw):
         completion=draw(prices),
         request=draw(prices),
         internal_reasoning=draw(prices),
+        cache_read=draw(st.none() | prices),
+        cache_write=draw(st.none() | prices),
     )
     max_tokens = draw(st.integers(16, 2000))
     # Budgets of one to ten worst-case calls, so that the cap binds in many examples.
@@ -93,6 +131,9 @@ def scenarios(draw):
         "rounds": draw(st.integers(1, 12)),
         "report_cost": draw(st.booleans()),
         "bytes_per_token": draw(st.sampled_from([1, 2, 3.5, 4, 6])),
+        # Mostly room enough; sometimes a context the history outgrows within a few rounds.
+        "context": draw(st.none() | st.integers(max_tokens + 300, max_tokens + 1200)),
+        "policy": draw(st.sampled_from(list(ContextPolicy))),
     }
 
 
@@ -114,9 +155,15 @@ def test_spending_never_passes_the_budget(tmp_path_factory, scenario, data):
         completion = data.draw(st.integers(1, request.max_tokens), label="completion")
         if kind == "full":
             completion = request.max_tokens
+        cached = data.draw(st.integers(0, prompt), label="cached")
+        written = data.draw(st.integers(0, prompt - cached), label="written")
+        read_price = pricing.prompt if pricing.cache_read is None else pricing.cache_read
+        write_price = pricing.prompt if pricing.cache_write is None else pricing.cache_write
         cost = (
             pricing.request
-            + prompt * pricing.prompt
+            + (prompt - cached - written) * pricing.prompt
+            + cached * read_price
+            + written * write_price
             + completion * max(pricing.completion, pricing.internal_reasoning)
         )
         usage = Usage(
@@ -124,16 +171,19 @@ def test_spending_never_passes_the_budget(tmp_path_factory, scenario, data):
             completion,
             completion if kind == "empty" else 0,
             cost if scenario["report_cost"] else None,
+            cached,
+            written,
         )
         if kind == "error":
             return ScriptedReply(error=ServerError("upstream hiccup"))
-        text = "" if kind == "empty" else "words " * 3
+        size = data.draw(st.integers(1, 25), label="words")
+        text = "" if kind == "empty" else " ".join(f"w{i}" for i in range(size))
         return ScriptedReply(text=text, usage=usage, finish_reason="length" if kind == "empty" else "stop")
 
     async def scenario_run() -> None:
         path = Path(tmp_path_factory.mktemp("budget")) / "v.db"
-        model = ModelInfo("x/m", "m", None, None, pricing)
-        other = ModelInfo("x/n", "n", None, None, pricing)
+        model = ModelInfo("x/m", "m", scenario["context"], None, pricing)
+        other = ModelInfo("x/n", "n", scenario["context"], None, pricing)
         provider = ScriptedProvider([model, other], fallback=reply)
         clock = SteppingClock()
         async with Store.open(path) as store:
@@ -154,6 +204,7 @@ def test_spending_never_passes_the_budget(tmp_path_factory, scenario, data):
                 budget=str(scenario["budget"]),
                 max_tokens=scenario["max_tokens"],
             )
+            spec = replace(spec, context_policy=scenario["policy"])
             try:
                 dialogue = await runner.create(spec)
             except InputError:
@@ -163,8 +214,14 @@ def test_spending_never_passes_the_budget(tmp_path_factory, scenario, data):
             final = events[-1]
             assert isinstance(final, Ended)
             turns = await store.list_turns(dialogue.id)
+            notes = await store.list_notes(dialogue.id)
             event(f"stopped on {final.dialogue.stop_reason} after {min(len(turns), 3)}+ turns")
+            for kind in {n.kind for n in notes if n.kind.is_context}:
+                event(f"the history was {kind}")
             assert final.dialogue.totals.spent_usd <= scenario["budget"]
-            assert final.dialogue.totals.spent_usd == sum((t.cost_usd for t in turns), Decimal(0))
+            recorded = sum((t.cost_usd for t in turns), Decimal(0)) + sum(
+                (n.cost_usd for n in notes), Decimal(0)
+            )
+            assert final.dialogue.totals.spent_usd == recorded
 
     asyncio.run(scenario_run())

@@ -13,7 +13,7 @@ from bot.events import Delta, TurnFinished, TurnRestarted, TurnStarted
 from bot.models import Status, StopReason, TurnStatus
 from bot.providers.scripted import ScriptedProvider, ScriptedReply, free_models
 from tests.conftest import GLM, OPUS, make_spec, run_all
-from tests.fake_openrouter import Reply
+from tests.fake_openrouter import Reply, plain
 
 
 def ended(events):
@@ -40,7 +40,7 @@ async def test_each_model_sees_its_own_turns_as_assistant_and_the_other_as_user(
     turns = await store.list_turns(dialogue.id)
     a1, b1, a2, b2 = (t.text for t in turns)
     opening = dialogue.opening
-    seen = [r.body["messages"] for r in server.chat_requests]
+    seen = [plain(r.body["messages"]) for r in server.chat_requests]
     assert seen[0] == [
         {"role": "system", "content": "You are A."},
         {"role": "user", "content": opening},

@@ -501,3 +501,44 @@ async def test_a_restart_during_a_waiting_closing_edit_still_shows_the_whole_rep
     posts = persona_posts(world.thread())
     assert posts[0].content == full
     assert [m.author.name for m in posts] == ["claude-opus-4.6", "glm-5"] * 2
+
+
+async def test_the_status_shows_the_prompt_cache_saving_and_the_thread_shows_a_loop(world):
+    again = "What a wonderful thought. I feel the same gratitude for this shared moment of reflection."
+    world.server.enqueue(
+        Reply(text="Lighthouses: lonely, or only alone?"),
+        Reply(text=again),
+        Reply(text="Truly. " + again),
+        Reply(text="Yes. " + again),
+    )
+    await start(world, rounds=3, on_loop="notify")
+    await world.finish(1)
+    thread = world.thread()
+    fields = {f.name: f.value for f in status_message(thread).embeds[0].fields}
+    assert fields["Prompt cache"].startswith("read ") and "saved $" in fields["Prompt cache"]
+    notices = [
+        m.content for m in thread.history() if m.webhook_id is None and "Going in circles" in m.content
+    ]
+    assert notices == [
+        "🔁 Going in circles (repetition): the last 2 turns repeat recent ones (similarity 0.93)"
+    ]
+    document = json.loads(await thread.history()[-1].attachments[1].read())
+    assert [n["kind"] for n in document["notes"]] == ["repetition"]
+    assert document["dialogue"]["loop_action"] == "notify"
+    assert document["dialogue"]["context_policy"] == "compact"  # the deployment's default
+
+
+async def test_on_loop_stop_ends_the_dialogue_as_convergence(world):
+    again = "What a wonderful thought. I feel the same gratitude for this shared moment of reflection."
+    world.server.enqueue(
+        Reply(text="A first thought."), Reply(text=again), Reply(text=again), Reply(text=again)
+    )
+    await start(world, rounds=5, on_loop="stop")
+    await world.finish(1)
+    dialogue = await world.bot.services.store.get_dialogue(1)
+    assert dialogue.stop_reason is StopReason.CONVERGENCE
+    assert (
+        status_message(world.thread())
+        .embeds[0]
+        .description.startswith("**Ended:** the dialogue was going in circles")
+    )

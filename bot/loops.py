@@ -1,0 +1,108 @@
+"""Noticing when a dialogue goes in circles: turns that repeat recent ones, farewells said over and
+over, and a persona writing another's lines.
+
+Pure and cheap: word shingles and Jaccard similarity over a short window, no model and no heavy
+dependency. The runner asks after every turn and acts on what is new (notify, pause or stop).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bot.models import NoteKind, Turn, TurnStatus
+
+_WORD = re.compile(r"[\w']+")
+_FAREWELL = re.compile(
+    r"\b(good-?bye|farewell|bye|take care|until next time|until we meet again|signing off|adieu|"
+    r"so long|parting|it was (a|an) (real )?(pleasure|honou?r|joy)|thank you for (this|the) "
+    r"(conversation|exchange|dialogue))\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LoopThresholds:
+    """When a dialogue counts as going in circles; defaults tuned on tests/bot/test_loops.py."""
+
+    #: Jaccard similarity of word trigrams above which a turn repeats an earlier one.
+    similarity: float = 0.5
+    #: How many turns back a turn is compared with, and the span farewells are counted over.
+    window: int = 4
+    #: How many turns in a row must repeat before it is a loop (one echo is a quotation).
+    repeats: int = 2
+    #: Farewell turns within the window that make a farewell loop.
+    farewells: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One way the dialogue is going in circles, in words for the thread and the transcript."""
+
+    kind: NoteKind
+    detail: str
+
+
+def notice(turns: Sequence[Turn], names: Sequence[str], limits: LoopThresholds) -> list[Finding]:
+    """Return what the newest turn starts: the findings true now that were not true a turn before."""
+    ok = [t for t in turns if t.status is TurnStatus.OK]
+    if not ok:
+        return []
+    before = {f.kind for f in find(ok[:-1], names, limits)}
+    return [f for f in find(ok, names, limits) if f.kind not in before]
+
+
+def find(turns: Sequence[Turn], names: Sequence[str], limits: LoopThresholds) -> list[Finding]:
+    """Return every way the answered turns, as they stand, go in circles."""
+    findings = []
+    if len(turns) > limits.repeats:
+        scores = [_echo(turns, i, limits.window) for i in range(len(turns) - limits.repeats, len(turns))]
+        if min(scores) >= limits.similarity:
+            findings.append(
+                Finding(
+                    NoteKind.REPETITION,
+                    f"the last {limits.repeats} turns repeat recent ones (similarity {min(scores):.2f})",
+                )
+            )
+    recent = turns[-limits.window :]
+    farewells = sum(1 for t in recent if _FAREWELL.search(t.text))
+    if farewells >= limits.farewells:
+        findings.append(
+            Finding(NoteKind.FAREWELLS, f"{farewells} of the last {len(recent)} turns are farewells")
+        )
+    if turns and (other := _impersonated(turns[-1], names)):
+        findings.append(Finding(NoteKind.IMPERSONATION, f"{turns[-1].speaker} wrote lines for {other}"))
+    return findings
+
+
+def similarity(a: str, b: str) -> float:
+    """Return the Jaccard similarity of two texts' word trigrams (single words for short texts)."""
+    left, right = _shingles(a), _shingles(b)
+    if not left or not right:
+        return 0.0
+    return len(left & right) / len(left | right)
+
+
+def _echo(turns: Sequence[Turn], index: int, window: int) -> float:
+    """Return how closely turn `index` repeats any of the `window` turns before it."""
+    earlier = turns[max(0, index - window) : index]
+    return max((similarity(turns[index].text, t.text) for t in earlier), default=0.0)
+
+
+def _shingles(text: str) -> set[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    if len(words) < 3:
+        return {(w,) for w in words}
+    return {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
+
+
+def _impersonated(turn: Turn, names: Sequence[str]) -> str | None:
+    """Return another participant whose lines this turn writes ("Basil: …" at the start of a line)."""
+    for name in names:
+        if name == turn.speaker:
+            continue
+        label = re.compile(rf"^[\s>*_]*{re.escape(name)}[*_]*\s*:", re.IGNORECASE | re.MULTILINE)
+        if label.search(turn.text):
+            return name
+    return None

@@ -1,0 +1,218 @@
+"""Long dialogues against the loopback server: prompt caching, and each context policy at the edge."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from decimal import Decimal
+
+from bot.budget import format_usd
+from bot.dialogue import Tuning
+from bot.events import Noted
+from bot.models import ContextPolicy, NoteKind, StopReason
+from bot.transcript import render_json, render_markdown
+from tests.conftest import GLM, OPUS, make_spec, run_all
+from tests.fake_openrouter import MODELS, Reply, plain, text_of
+
+TINY = "tiny/short-context"
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def marks(messages):
+    """Return the indices of the messages that carry a cache breakpoint."""
+    return [
+        i
+        for i, m in enumerate(messages)
+        if isinstance(m["content"], list) and any(p.get("cache_control") == EPHEMERAL for p in m["content"])
+    ]
+
+
+def prices(model_id):
+    pricing = next(m["pricing"] for m in MODELS if m["id"] == model_id)
+    return {k: Decimal(v) for k, v in pricing.items()}
+
+
+# Prompt caching ----------------------------------------------------------------------------------
+
+
+async def test_anthropic_requests_mark_the_system_prompt_the_last_prefix_and_the_new_tail(runner, server):
+    dialogue = await runner.create(make_spec(rounds=3))
+    await run_all(runner, dialogue.id)
+    opus = [r.body for r in server.chat_requests if r.body["model"] == OPUS]
+    # system+opening; then the previous request's tail (before its reply) and the new tail.
+    assert [marks(b["messages"]) for b in opus] == [[0, 1], [0, 1, 3], [0, 3, 5]]
+    # Marking changes nothing of what the model reads.
+    assert plain(opus[2]["messages"])[:2] == plain(opus[1]["messages"])[:2]
+
+
+async def test_implicitly_caching_models_get_no_marks_but_one_session_per_speaker(runner, server):
+    dialogue = await runner.create(make_spec(rounds=3))
+    await run_all(runner, dialogue.id)
+    sessions = {}
+    for request in server.chat_requests:
+        body = request.body
+        if body["model"] == GLM:
+            assert marks(body["messages"]) == []
+            assert all(isinstance(m["content"], str) for m in body["messages"])
+        sessions.setdefault(body["model"], set()).add(body["session_id"])
+    assert sessions == {OPUS: {f"voices-{dialogue.id}-0"}, GLM: {f"voices-{dialogue.id}-1"}}
+
+
+async def test_cached_and_written_tokens_are_recorded_per_turn_as_the_server_reported_them(
+    runner, server, store
+):
+    dialogue = await runner.create(make_spec(rounds=3))
+    await run_all(runner, dialogue.id)
+    turns = await store.list_turns(dialogue.id)
+    opus = [t for t in turns if t.seat == 0]
+    glm = [t for t in turns if t.seat == 1]
+    # Opus writes its whole first prompt, then reads it back and writes only what is new.
+    first = server.chat_requests[0].body["messages"]
+    assert opus[0].usage.cached_tokens == 0
+    assert opus[0].usage.cache_write_tokens == sum(len(text_of(m["content"])) for m in first) // 4
+    assert opus[1].usage.cached_tokens == opus[0].usage.cache_write_tokens
+    assert opus[2].usage.cached_tokens > opus[1].usage.cached_tokens > 0
+    # GLM caches on its own: nothing written, its earlier prompt read back.
+    assert glm[0].usage.cached_tokens == 0
+    assert all(t.usage.cache_write_tokens == 0 for t in glm)
+    assert glm[2].usage.cached_tokens > glm[1].usage.cached_tokens > 0
+    final = await store.get_dialogue(dialogue.id)
+    assert final.totals.spent_usd == sum(server.reported_costs)
+
+
+async def test_the_saving_is_computed_exactly_and_shown_in_the_transcript(runner, server, store):
+    dialogue = await runner.create(make_spec(rounds=3))
+    await run_all(runner, dialogue.id)
+    history = await store.history(dialogue.id)
+    _, turns, _ = history
+    for turn in turns:
+        p = prices(turn.model_used)
+        read = p.get("input_cache_read", p["prompt"])
+        write = p.get("input_cache_write", p["prompt"])
+        usage = turn.usage
+        expected = usage.cached_tokens * (p["prompt"] - read) - usage.cache_write_tokens * (
+            write - p["prompt"]
+        )
+        assert turn.cache_saving_usd == expected
+    saved = sum(t.cache_saving_usd for t in turns)
+    assert saved > 0  # three rounds are enough for the reads to pay back the writes
+    markdown = render_markdown(*history)
+    cached = sum(t.usage.cached_tokens for t in turns)
+    written = sum(t.usage.cache_write_tokens for t in turns)
+    assert (
+        f"- **Prompt cache:** read={cached}, written={written} tokens; saved {format_usd(saved)}" in markdown
+    )
+    assert f"cached={turns[2].usage.cached_tokens}, cache_write=" in markdown
+    totals = json.loads(render_json(*history))["totals"]
+    assert (totals["cached_tokens"], Decimal(totals["cache_saving_usd"])) == (cached, saved)
+
+
+async def test_models_not_listed_for_breakpoints_are_sent_plain(make_runner, provider, server, store):
+    runner = make_runner(provider)
+    runner.tuning = Tuning(cache_breakpoint_models=())
+    dialogue = await runner.create(make_spec(rounds=2))
+    await run_all(runner, dialogue.id)
+    assert all(marks(r.body["messages"]) == [] for r in server.chat_requests)
+    turns = await store.list_turns(dialogue.id)
+    assert all(t.usage.cache_write_tokens == 0 for t in turns)
+
+
+# Context at the edge ---------------------------------------------------------------------------
+
+
+# Tiny has a 700-token context; replies of ~60 words outgrow it within a few rounds.
+def long_text(turn):
+    return f"Turn {turn}: " + " ".join(f"t{turn}w{i}" for i in range(60))
+
+
+def tiny_spec(policy, rounds=6, budget="1", **extra):
+    spec = make_spec(
+        TINY, TINY, rounds=rounds, budget=budget, max_tokens=100, opening="Begin with the word apple."
+    )
+    return replace(spec, context_policy=policy, **extra)
+
+
+def long_replies(server, count):
+    server.enqueue_for(TINY, *(Reply(text=long_text(i)) for i in range(count)))
+
+
+def prompt_tokens(body):
+    """The fake server's own count of a request's prompt tokens."""
+    return sum(len(text_of(m["content"])) for m in body["messages"]) // 4 + 5
+
+
+async def test_the_stop_policy_ends_the_dialogue_before_a_request_could_overflow(runner, server, store):
+    long_replies(server, 12)
+    dialogue = await runner.create(tiny_spec(ContextPolicy.STOP))
+    events = await run_all(runner, dialogue.id)
+    final = events[-1].dialogue
+    assert final.stop_reason is StopReason.CONTEXT_LIMIT
+    assert "exceed tiny/short-context's 700" in final.stop_detail
+    assert await store.list_notes(dialogue.id) == []
+    assert all(prompt_tokens(r.body) + 100 <= 700 for r in server.chat_requests)
+
+
+async def test_truncation_drops_the_oldest_turns_keeps_the_opening_and_carries_on(runner, server, store):
+    long_replies(server, 12)
+    dialogue = await runner.create(tiny_spec(ContextPolicy.TRUNCATE))
+    events = await run_all(runner, dialogue.id)
+    final = events[-1].dialogue
+    assert final.stop_reason is StopReason.MAX_ROUNDS
+    notes = await store.list_notes(dialogue.id)
+    assert notes and {n.kind for n in notes} == {NoteKind.TRUNCATED}
+    assert [e.note for e in events if isinstance(e, Noted)] == notes
+    for request in server.chat_requests:
+        assert prompt_tokens(request.body) + 100 <= 700  # every request fit
+        texts = [text_of(m["content"]) for m in request.body["messages"]]
+        assert "Begin with the word apple." in texts[1]
+    last = "\n".join(text_of(m["content"]) for m in server.chat_requests[-1].body["messages"])
+    assert "Turn 0:" not in last and f"first {notes[-1].first_kept_seq} turns are left out" in last
+    markdown = render_markdown(*await store.history(dialogue.id))
+    assert all(f"✂ Context truncated: {n.text}" in markdown for n in notes)
+    assert (
+        notes[-1].first_kept_seq > 1 and f"Turns 1–{notes[-1].first_kept_seq} are left out" in notes[-1].text
+    )
+
+
+async def test_compaction_summarises_with_the_chosen_model_and_bills_it_in_the_budget(runner, server, store):
+    long_replies(server, 12)
+    server.enqueue_for(GLM, Reply(text="They agreed on apples and argued about pears."))
+    dialogue = await runner.create(tiny_spec(ContextPolicy.COMPACT, summary_model=GLM))
+    events = await run_all(runner, dialogue.id)
+    final = events[-1].dialogue
+    assert final.stop_reason is StopReason.MAX_ROUNDS, final.stop_detail
+    notes = await store.list_notes(dialogue.id)
+    compacted = [n for n in notes if n.kind is NoteKind.COMPACTED]
+    assert len(compacted) >= 1
+    note = compacted[0]
+    assert note.text == "They agreed on apples and argued about pears."
+    assert note.model == GLM and note.cost_usd > 0
+    # The summary request went to GLM with the turns it replaces; the next turn carries the summary.
+    summary_index = next(i for i, r in enumerate(server.chat_requests) if r.body["model"] == GLM)
+    asked = server.chat_requests[summary_index].body["messages"]
+    assert "Summarise" in asked[0]["content"] and "Turn 0:" in asked[1]["content"]
+    after = server.chat_requests[summary_index + 1].body["messages"]
+    shown = "\n".join(text_of(m["content"]) for m in after)
+    assert "They agreed on apples and argued about pears." in shown and "Turn 0:" not in shown
+    assert "Begin with the word apple." in shown
+    # The summary's cost is part of what was spent, and of nothing else.
+    turns = await store.list_turns(dialogue.id)
+    assert final.totals.spent_usd == sum(server.reported_costs)
+    assert final.totals.spent_usd == sum(t.cost_usd for t in turns) + sum(n.cost_usd for n in notes)
+    markdown = render_markdown(*await store.history(dialogue.id))
+    assert "⟲ Context compacted: the first" in markdown
+    assert "> They agreed on apples and argued about pears." in markdown
+    assert "compactions" in markdown
+
+
+async def test_a_compaction_the_budget_cannot_cover_stops_the_dialogue_before_the_call(runner, server, store):
+    long_replies(server, 12)
+    # Enough for the tiny model's turns, not for a summary written by Opus.
+    spec = tiny_spec(ContextPolicy.COMPACT, summary_model=OPUS, budget="0.006")
+    dialogue = await runner.create(spec)
+    events = await run_all(runner, dialogue.id)
+    final = events[-1].dialogue
+    assert final.stop_reason is StopReason.BUDGET
+    assert final.stop_detail.startswith("compacting the history could cost up to $0.0")
+    assert all(r.body["model"] == TINY for r in server.chat_requests)
+    assert final.totals.spent_usd == sum(server.reported_costs) <= Decimal("0.006")
