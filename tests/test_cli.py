@@ -359,3 +359,21 @@ def test_logs_mask_every_secret(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "keys: *** *** ***" in err
     assert "secret" not in err.replace("keys: *** *** ***", "")
+
+
+async def test_run_takes_the_context_and_loop_policies_and_prints_what_it_noticed(env, tmp_path, server):
+    again = "What a wonderful thought. I feel the same gratitude for this shared moment of reflection."
+    server.enqueue(Reply(text="A first thought."), Reply(text=again), Reply(text=again), Reply(text=again))
+    result = await voices(env, tmp_path, *RUN, "--rounds", "3", "--context", "truncate", "--on-loop", "stop")
+    assert result.code == 0, result.err
+    assert "🔁 Going in circles (repetition): the last 2 turns repeat recent ones" in result.out
+    assert "Ended: the dialogue was going in circles" in result.out
+    document = json.loads((tmp_path / "transcripts" / "1.json").read_text())
+    assert document["dialogue"]["context_policy"] == "truncate"
+    assert document["dialogue"]["stop_reason"] == "convergence"
+
+
+async def test_an_unknown_context_policy_is_one_line_naming_the_choices(env, tmp_path):
+    result = await voices(env, tmp_path, *RUN, "--context", "shrink")
+    assert result.code == 2
+    assert "invalid choice: 'shrink' (choose from 'stop', 'truncate', 'compact')" in result.err
