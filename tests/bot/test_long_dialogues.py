@@ -6,8 +6,11 @@ import json
 from dataclasses import replace
 from decimal import Decimal
 
+import pytest
+
 from bot.budget import format_usd
 from bot.dialogue import Tuning
+from bot.errors import UnknownModel
 from bot.events import Noted
 from bot.models import ContextPolicy, NoteKind, StopReason
 from bot.transcript import render_json, render_markdown
@@ -216,3 +219,9 @@ async def test_a_compaction_the_budget_cannot_cover_stops_the_dialogue_before_th
     assert final.stop_detail.startswith("compacting the history could cost up to $0.0")
     assert all(r.body["model"] == TINY for r in server.chat_requests)
     assert final.totals.spent_usd == sum(server.reported_costs) <= Decimal("0.006")
+
+
+async def test_an_unknown_summary_model_is_refused_before_anything_is_spent(runner, server):
+    with pytest.raises(UnknownModel, match="nope/model"):
+        await runner.create(tiny_spec(ContextPolicy.COMPACT, summary_model="nope/model"))
+    assert server.chat_requests == []
