@@ -1,7 +1,9 @@
-"""Requests from outside a running dialogue: stop (after the turn, or at once, with a reason) and pause."""
+"""Requests from outside a running dialogue: stop (after the turn, or at once, with a reason), pause,
+and a person's words for their seat."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from bot.models import StopReason
@@ -17,6 +19,8 @@ class Control:
         self.reason = StopReason.USER_STOP
         self.detail: str | None = None
         self._interrupt: Callable[[], None] | None = None
+        self._said: str | None = None
+        self._wake = asyncio.Event()
 
     def stop(
         self, now: bool = False, reason: StopReason = StopReason.USER_STOP, detail: str | None = None
@@ -29,6 +33,7 @@ class Control:
         if not self.stop_requested:
             self.reason, self.detail = reason, detail
         self.stop_requested = True
+        self._wake.set()
         if now:
             self.stop_now = True
             if self._interrupt is not None:
@@ -37,3 +42,30 @@ class Control:
     def pause(self) -> None:
         """Pause after the turn in flight; `run` on the same dialogue resumes it."""
         self.pause_requested = True
+        self._wake.set()
+
+    def say(self, text: str) -> None:
+        """Give the words of the person whose turn it is (now, or when their turn comes)."""
+        self._said = text
+        self._wake.set()
+
+    def take_said(self) -> str | None:
+        """Return the person's words, once."""
+        said, self._said = self._said, None
+        return said
+
+    async def wait_for_said(self, timeout: float | None) -> str | None:
+        """Wait for the person's words; None when the time is up or a stop or pause came first."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self._said is None and not (self.stop_requested or self.pause_requested):
+            self._wake.clear()
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return None
+            try:
+                async with asyncio.timeout(left):
+                    await self._wake.wait()
+            except TimeoutError:
+                return None
+        return self.take_said()

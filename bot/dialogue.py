@@ -27,9 +27,19 @@ from bot.budget import (
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
 from bot.errors import InputError, ProviderError, StateError
-from bot.events import Ended, Event, Noted, Started, TurnFinished, TurnRestarted, TurnStarted
+from bot.events import (
+    AwaitingHuman,
+    Ended,
+    Event,
+    Noted,
+    Started,
+    TurnFinished,
+    TurnRestarted,
+    TurnStarted,
+)
 from bot.loops import LoopThresholds, notice
 from bot.models import (
+    HUMAN_SOURCE,
     ContextPolicy,
     Dialogue,
     DialogueSpec,
@@ -48,6 +58,7 @@ from bot.providers import Router
 from bot.providers.base import ChatRequest
 from bot.retry import RetryPolicy
 from bot.store import Store
+from bot.summary import Summariser, SummaryStopped, summariser, summary_messages
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +78,8 @@ class Tuning:
     #: Room for a compaction's summary.
     summary_max_tokens: int = 600
     loops: LoopThresholds = field(default_factory=LoopThresholds)
+    #: Seconds a person has for their turn before the dialogue pauses for them (None: no limit).
+    human_timeout: float | None = 600.0
 
 
 # Validation ------------------------------------------------------------------------------------
@@ -79,12 +92,14 @@ def validate_spec(spec: DialogueSpec, max_rounds: int, max_budget: Decimal) -> N
         raise InputError(
             f"a dialogue needs 2 to {MAX_PARTICIPANTS} participants, not {len(spec.participants)}"
         )
+    if all(p.is_human for p in spec.participants):
+        raise InputError("every seat is a person; a dialogue needs at least one model")
     if not spec.opening.strip():
         raise InputError("the opening message is empty; give the first speaker something to answer")
-    if not 1 <= limits.max_rounds <= max_rounds:
-        raise InputError(
-            f"rounds must be between 1 and {max_rounds} (VOICES_MAX_ROUNDS), not {limits.max_rounds}"
-        )
+    # Carried-over rounds do not count against the limit: it is about what this dialogue plays.
+    rounds = limits.max_rounds - carried_rounds(len(spec.inherited), len(spec.participants))
+    if not 1 <= rounds <= max_rounds:
+        raise InputError(f"rounds must be between 1 and {max_rounds} (VOICES_MAX_ROUNDS), not {rounds}")
     if not Decimal(0) < limits.budget_usd <= max_budget:
         raise InputError(
             f"budget must be above $0 and at most ${max_budget} (VOICES_MAX_BUDGET), not ${limits.budget_usd}"
@@ -96,6 +111,11 @@ def validate_spec(spec: DialogueSpec, max_rounds: int, max_budget: Decimal) -> N
     for persona in spec.participants:
         if persona.max_tokens is not None and persona.max_tokens < 16:
             raise InputError(f"{persona.name}: max_tokens must be at least 16 (some providers refuse less)")
+
+
+def carried_rounds(turns: int, participants: int) -> int:
+    """Return the rounds that `turns` carried-over turns began (a round cut short counts)."""
+    return -(-turns // participants)
 
 
 # The runner ------------------------------------------------------------------------------------
@@ -163,6 +183,7 @@ class DialogueRunner:
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self.tuning = tuning or Tuning()
+        self.summariser = Summariser(store, router, self._retry, sleep, clock)
         # Dialogues running in this process: a second run of one would write every turn twice.
         self._active: set[int] = set()
 
@@ -174,14 +195,20 @@ class DialogueRunner:
     async def check(self, spec: DialogueSpec) -> Decimal:
         """Raise InputError for a spec that cannot run; return the first call's worst-case cost."""
         validate_spec(spec, self._max_rounds, self._max_budget)
-        first = spec.participants[0]
-        model = await self.router.model(first)
-        for persona in spec.participants[1:]:
+        for persona in spec.participants:
             await self.router.model(persona)
         if spec.summary_model is not None:
-            await self.router.model(_summariser(spec.summary_model, spec.participants[0], 16))
-        messages = build_messages(spec.participants, 0, spec.opening, [])
-        worst = worst_case_cost(model.pricing, estimate_prompt_tokens(messages), _max_tokens(first, model))
+            await self.router.model(summariser(spec.summary_model, spec.participants[0], 16))
+        # The first call is the next speaker's, after any turns carried over.
+        seq = len(spec.inherited)
+        seat = seq % len(spec.participants)
+        first = spec.participants[seat]
+        model = await self.router.model(first)
+        notes = spec.inherited_notes
+        messages = build_messages(
+            spec.participants, seat, spec.opening, spec.inherited, current_window(notes), notes
+        )
+        worst = worst_case_cost(model.pricing, estimate_prompt_tokens(messages), max_tokens_of(first, model))
         if worst > spec.limits.budget_usd:
             raise InputError(
                 f"budget ${spec.limits.budget_usd} is below the worst case of the first call "
@@ -260,42 +287,54 @@ class DialogueRunner:
             used = sum(t.latency_ms for t in turns) / 1000
             deadline = loop.time() + dialogue.limits.max_seconds - used
         while True:
+            # Spectators' interjections are stored as they come; each joins the history here, at the
+            # turn boundary, and is reported once.
+            seen = {n.id for n in notes}
+            notes = await self.store.list_notes(dialogue.id)
+            for note in notes:
+                if note.id not in seen and note.kind is NoteKind.INTERJECTION:
+                    yield Noted(note)
             plan = self._plan(dialogue, models, turns, notes)
             if limit := self._check_limits(dialogue, plan, control, deadline):
                 if limit.reason is not None:
                     yield limit
                 return
             assert plan is not None
-            if (overflow := plan.overflow()) is not None:
-                if dialogue.context_policy is ContextPolicy.STOP:
-                    yield _Stop(StopReason.CONTEXT_LIMIT, overflow)
+            steps: AsyncIterator[Event | Turn | _Stop]
+            if plan.persona.is_human:
+                steps = self._human_turn(dialogue, plan, control)
+            else:
+                if (overflow := plan.overflow()) is not None:
+                    if dialogue.context_policy is ContextPolicy.STOP:
+                        yield _Stop(StopReason.CONTEXT_LIMIT, overflow)
+                        return
+                    stop: _Stop | None = None
+                    async for step in self._make_room(
+                        dialogue, plan, turns, notes, budget, control, deadline
+                    ):
+                        if isinstance(step, _Stop):
+                            stop = step
+                        else:
+                            yield step
+                    if stop is not None:
+                        yield stop
+                        return
+                    dialogue = await self.store.get_dialogue(dialogue.id)
+                    totals = dialogue.totals
+                    continue
+                if limit := self._check_tokens(dialogue, plan, totals.total_tokens):
+                    yield limit
                     return
-                stop: _Stop | None = None
-                async for step in self._make_room(dialogue, plan, turns, budget, control, deadline):
-                    if isinstance(step, _Stop):
-                        stop = step
-                    else:
-                        if isinstance(step, Noted):
-                            notes.append(step.note)
-                        yield step
-                if stop is not None:
-                    yield stop
+                worst = worst_case_cost(plan.model.pricing, plan.prompt_estimate, plan.max_tokens)
+                reservation = budget.reserve(worst)
+                if reservation is None:
+                    yield _Stop(StopReason.BUDGET, _budget_detail(plan, worst, budget))
                     return
-                dialogue = await self.store.get_dialogue(dialogue.id)
-                totals = dialogue.totals
-                continue
-            if limit := self._check_tokens(dialogue, plan, totals.total_tokens):
-                yield limit
-                return
-            worst = worst_case_cost(plan.model.pricing, plan.prompt_estimate, plan.max_tokens)
-            reservation = budget.reserve(worst)
-            if reservation is None:
-                yield _Stop(StopReason.BUDGET, _budget_detail(plan, worst, budget))
-                return
-            yield TurnStarted(plan.seq, plan.round, plan.seat, plan.persona, worst)
+                yield TurnStarted(plan.seq, plan.round, plan.seat, plan.persona, worst)
+                steps = self._play_turn(dialogue, plan, reservation, budget, control, deadline)
             turn: Turn | None = None
             stop = None
-            async for item in self._play_turn(dialogue, plan, reservation, budget, control, deadline):
+            async for item in steps:
                 if isinstance(item, Turn):
                     turn = item
                 elif isinstance(item, _Stop):
@@ -319,6 +358,45 @@ class DialogueRunner:
                     yield stop
                 return
 
+    async def _human_turn(
+        self, dialogue: Dialogue, plan: _TurnPlan, control: Control
+    ) -> AsyncIterator[Event | Turn | _Stop]:
+        """A person's turn: wait for their words, then commit them as a free turn.
+
+        When the wait passes the turn timeout the dialogue pauses; it goes on once they answer.
+        """
+        text = control.take_said()
+        if text is None:
+            timeout = self.tuning.human_timeout
+            yield AwaitingHuman(plan.seq, plan.round, plan.seat, plan.persona, timeout)
+            text = await control.wait_for_said(timeout)
+        if text is None or not text.strip():
+            yield _Stop(control.reason, control.detail) if control.stop_requested else _Stop(None)
+            return
+        started = self._clock()
+        yield TurnStarted(plan.seq, plan.round, plan.seat, plan.persona, Decimal(0))
+        turn = Turn(
+            dialogue_id=dialogue.id,
+            seq=plan.seq,
+            round=plan.round,
+            seat=plan.seat,
+            speaker=plan.persona.name,
+            status=TurnStatus.OK,
+            text=text.strip(),
+            reasoning="",
+            usage=Usage(),
+            cost_usd=Decimal(0),
+            cost_source=HUMAN_SOURCE,
+            model_used=plan.persona.model,
+            finish_reason=None,
+            latency_ms=0,
+            attempts=1,
+            started_at=started,
+            ended_at=self._clock(),
+        )
+        await self.store.add_turn(turn)
+        yield turn
+
     def _plan(
         self, dialogue: Dialogue, models: list[ModelInfo], turns: Sequence[Turn], notes: Sequence[Note]
     ) -> _TurnPlan | None:
@@ -329,7 +407,7 @@ class DialogueRunner:
             return None
         persona, model = dialogue.participants[seat], models[seat]
         window = current_window(notes)
-        messages = build_messages(dialogue.participants, seat, dialogue.opening, turns, window)
+        messages = build_messages(dialogue.participants, seat, dialogue.opening, turns, window, notes)
         estimate = estimate_prompt_tokens(messages, _calibration(dialogue, seat, turns, notes))
         return _TurnPlan(
             seq,
@@ -338,10 +416,10 @@ class DialogueRunner:
             persona,
             model,
             messages,
-            _max_tokens(persona, model),
+            max_tokens_of(persona, model),
             estimate,
             window,
-            _tokens_per_byte(dialogue, turns, notes),
+            tokens_per_byte(dialogue, turns, notes),
         )
 
     def _check_limits(
@@ -466,6 +544,7 @@ class DialogueRunner:
         dialogue: Dialogue,
         plan: _TurnPlan,
         turns: Sequence[Turn],
+        notes: Sequence[Note],
         budget: Budget,
         control: Control,
         deadline: float | None,
@@ -480,7 +559,11 @@ class DialogueRunner:
         last = len(turns) - 1
         if dialogue.context_policy is ContextPolicy.TRUNCATE:
             first = next(
-                (k for k in range(window.first_kept + 1, last + 1) if self._fits(dialogue, plan, turns, k)),
+                (
+                    k
+                    for k in range(window.first_kept + 1, last + 1)
+                    if self._fits(dialogue, plan, turns, notes, k)
+                ),
                 None,
             )
             if first is None:
@@ -502,25 +585,34 @@ class DialogueRunner:
         room = max(16, min(self.tuning.summary_max_tokens, (context - plan.max_tokens) // 2))
         keep = min(self.tuning.keep_recent, last)
         start = max(len(turns) - keep, window.first_kept + 1)
-        upto = next((k for k in range(start, last + 1) if self._fits(dialogue, plan, turns, k, room)), None)
+        upto = next(
+            (k for k in range(start, last + 1) if self._fits(dialogue, plan, turns, notes, k, room)), None
+        )
         if upto is None or upto <= window.first_kept:
             yield _Stop(StopReason.CONTEXT_LIMIT, f"{overflow}, even with the history summarised")
             return
         async for item in self._summarise(
-            dialogue, plan, turns, window, upto, room, budget, control, deadline
+            dialogue, plan, turns, notes, window, upto, room, budget, control, deadline
         ):
             yield item
 
     @staticmethod
     def _fits(
-        dialogue: Dialogue, plan: _TurnPlan, turns: Sequence[Turn], first_kept: int, extra: int = 0
+        dialogue: Dialogue,
+        plan: _TurnPlan,
+        turns: Sequence[Turn],
+        notes: Sequence[Note],
+        first_kept: int,
+        extra: int = 0,
     ) -> bool:
         """Return whether the speaker's request fits its context with turns from `first_kept` on
         (and `extra` tokens of summary)."""
         context = plan.model.context_length
         assert context is not None
         placeholder = Window(first_kept, "" if extra else None, plan.seq)
-        messages = build_messages(dialogue.participants, plan.seat, dialogue.opening, turns, placeholder)
+        messages = build_messages(
+            dialogue.participants, plan.seat, dialogue.opening, turns, placeholder, notes
+        )
         return plan.expected(messages) + extra + plan.max_tokens <= context
 
     async def _summarise(
@@ -528,6 +620,7 @@ class DialogueRunner:
         dialogue: Dialogue,
         plan: _TurnPlan,
         turns: Sequence[Turn],
+        notes: Sequence[Note],
         window: Window,
         upto: int,
         room: int,
@@ -542,62 +635,45 @@ class DialogueRunner:
         flight (under the next turn's number) so a crash charges it, and settled into the totals
         with the note in one transaction.
         """
-        persona = _summariser(dialogue.summary_model or plan.persona.model, plan.persona, room)
+        persona = summariser(dialogue.summary_model or plan.persona.model, plan.persona, room)
         model = await self.router.model(persona)
-        max_tokens = _max_tokens(persona, model)
-        context = model.context_length
+        max_tokens = max_tokens_of(persona, model)
+        persona = replace(persona, max_tokens=max_tokens)
         words = max(50, max_tokens * 3 // 5)
-        messages = _summary_messages(dialogue, turns[window.first_kept : upto], window.summary, words)
+
+        def ask(upto: int) -> list[dict[str, str]]:
+            kept = turns[window.first_kept : upto]
+            return summary_messages(
+                dialogue.participants, dialogue.opening, kept, notes, window.summary, words
+            )
+
+        messages = ask(upto)
         # The summariser must hold what it reads: with a small context it reads fewer turns.
-        while context is not None and plan.expected(messages) + max_tokens > context:
+        while (
+            model.context_length is not None and plan.expected(messages) + max_tokens > model.context_length
+        ):
             if upto - 1 <= window.first_kept:
                 yield _Stop(StopReason.CONTEXT_LIMIT, f"{model.id} cannot hold a single turn to summarise")
                 return
             upto -= 1
-            messages = _summary_messages(dialogue, turns[window.first_kept : upto], window.summary, words)
-        worst = worst_case_cost(model.pricing, estimate_prompt_tokens(messages), max_tokens)
-        reservation = budget.reserve(worst)
-        if reservation is None:
-            yield _Stop(
-                StopReason.BUDGET,
-                f"compacting the history could cost up to {format_usd(worst)}; "
-                f"{format_usd(budget.remaining)} of {format_usd(budget.limit)} left",
+            messages = ask(upto)
+        try:
+            summary = await self.summariser.write(
+                dialogue.id,
+                plan.seq,
+                persona,
+                model,
+                messages,
+                budget,
+                control,
+                deadline,
+                "compacting the history",
             )
+        except SummaryStopped as stopped:
+            yield _Stop(stopped.reason, stopped.detail)
             return
-        await self.store.begin_call(dialogue.id, plan.seq, worst, self._clock())
-        provider = self.router.route(persona).provider
-        request = ChatRequest(model=model.id, messages=messages, max_tokens=max_tokens)
-        attempts = 0
-        while True:
-            attempts += 1
-            attempt = Attempt()
-            async for _ in stream_call(provider, request, plan.seq, attempt, control, deadline):
-                pass  # the summary is shown whole, once it is kept
-            if attempt.error is None or attempt.interrupted is not None:
-                break
-            delay = self._retry.delay(attempt.error, attempts)
-            stopped = delay is not None and await wait_or_stop(self._sleep, delay, control)
-            if delay is None or stopped:
-                budget.release(reservation)
-                await self.store.cancel_call(dialogue.id, plan.seq)
-                if stopped:
-                    yield _Stop(control.reason, control.detail)
-                else:
-                    yield _Stop(StopReason.PROVIDER_ERROR, f"the summary call failed: {attempt.error}")
-                return
-        if attempt.interrupted is not None:
-            budget.settle(reservation, reservation.amount)
-            await self.store.settle_interrupted_calls(dialogue.id)
-            yield _Stop(attempt.interrupted, control.detail or "stopped while summarising")
-            return
-        completion = attempt.completion
-        assert completion is not None
-        usage = completion.usage or Usage()
-        cost, _source = settle_cost(usage, model.pricing)
-        budget.settle(reservation, cost)
-        summary = "".join(attempt.text).strip()
-        kind, text = NoteKind.COMPACTED, summary
-        if not summary:  # paid for but empty: fall back to leaving the turns out
+        kind, text = NoteKind.COMPACTED, summary.text
+        if not summary.text:  # paid for but empty: fall back to leaving the turns out
             kind = NoteKind.TRUNCATED
             text = f"The summary came back empty, so {_first_turns(upto).lower()} left out instead."
         note = Note(
@@ -607,9 +683,9 @@ class DialogueRunner:
             text,
             self._clock(),
             first_kept_seq=upto,
-            model=completion.model,
-            usage=usage,
-            cost_usd=cost,
+            model=summary.model,
+            usage=summary.usage,
+            cost_usd=summary.cost,
         )
         yield Noted(await self.store.add_note(note, settles_seq=plan.seq))
 
@@ -704,7 +780,7 @@ class _Bill:
         self.source = max(self.source, source, key=order.index)
 
 
-def _max_tokens(persona: Persona, model: ModelInfo) -> int:
+def max_tokens_of(persona: Persona, model: ModelInfo) -> int:
     wanted = persona.max_tokens or 1024
     return min(wanted, model.max_completion_tokens) if model.max_completion_tokens else wanted
 
@@ -729,21 +805,25 @@ def _calibration(
     """
     window = current_window(notes)
     for turn in reversed(turns):
-        if turn.seq < window.since:
+        if turn.seq < window.since or turn.inherited:
             return None
         if turn.seat == seat and turn.status is TurnStatus.OK and turn.usage.prompt_tokens:
-            earlier = build_messages(dialogue.participants, seat, dialogue.opening, turns[: turn.seq], window)
+            earlier = build_messages(
+                dialogue.participants, seat, dialogue.opening, turns[: turn.seq], window, notes
+            )
             return turn.usage.prompt_tokens, count_bytes(earlier)
     return None
 
 
-def _tokens_per_byte(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]) -> float:
+def tokens_per_byte(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]) -> float:
     """Return prompt tokens per byte of the bound on the latest answered call (1.0 before any)."""
     for turn in reversed(turns):
+        if turn.inherited:
+            break  # asked under another dialogue's prompts
         if turn.status is TurnStatus.OK and turn.usage.prompt_tokens and turn.attempts == 1:
             window = current_window(notes, at=turn.seq)
             sent = build_messages(
-                dialogue.participants, turn.seat, dialogue.opening, turns[: turn.seq], window
+                dialogue.participants, turn.seat, dialogue.opening, turns[: turn.seq], window, notes
             )
             return min(1.0, turn.usage.prompt_tokens / count_bytes(sent))
     return 1.0
@@ -751,35 +831,6 @@ def _tokens_per_byte(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[
 
 def _first_turns(count: int) -> str:
     return "Turn 1 is" if count == 1 else f"Turns 1–{count} are"
-
-
-def _summariser(model: str, speaker: Persona, max_tokens: int) -> Persona:
-    """Return the persona that writes a compaction's summary: the configured model, or the speaker's."""
-    if model == speaker.model:
-        return replace(
-            speaker, name="Summary", max_tokens=max_tokens, system_prompt="", reasoning_effort=None
-        )
-    return Persona(name="Summary", model=model, max_tokens=max_tokens)
-
-
-def _summary_messages(
-    dialogue: Dialogue, turns: Sequence[Turn], previous: str | None, words: int
-) -> list[dict[str, str]]:
-    names = " and ".join(p.name for p in dialogue.participants)
-    lines = [f"{t.speaker}: {t.text}" for t in turns if t.status is TurnStatus.OK]
-    earlier = f"What came before, in summary:\n{previous}\n\n" if previous else ""
-    return [
-        {
-            "role": "system",
-            "content": (
-                f"You keep the record of a conversation between {names}, which opened with: "
-                f"{dialogue.opening!r}. Summarise the part below so that they can carry on from it: "
-                "who said what, the positions and claims each holds, and the questions still open. "
-                f"Plain prose in the third person, at most {words} words. Write only the summary."
-            ),
-        },
-        {"role": "user", "content": earlier + "The conversation:\n\n" + "\n\n".join(lines)},
-    ]
 
 
 def _budget_detail(plan: _TurnPlan, worst: Decimal, budget: Budget) -> str:

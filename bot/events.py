@@ -30,6 +30,18 @@ class TurnStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class AwaitingHuman:
+    """A person's turn: the engine waits for their words (Control.say) until `timeout` seconds pass,
+    then pauses."""
+
+    seq: int
+    round: int
+    seat: int
+    persona: Persona
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
     """A piece of the reply in progress; `reasoning` pieces are the model's thinking, not its words."""
 
@@ -70,4 +82,4 @@ class Ended:
     dialogue: Dialogue
 
 
-Event = Started | TurnStarted | Delta | TurnRestarted | TurnFinished | Noted | Ended
+Event = Started | AwaitingHuman | TurnStarted | Delta | TurnRestarted | TurnFinished | Noted | Ended

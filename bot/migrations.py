@@ -170,6 +170,18 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX notes_by_dialogue ON notes(dialogue_id, before_seq);
         """,
     ),
+    (
+        "People in the dialogue: who wrote an interjection, and continuations and forks (the parent "
+        "dialogue, how, and which of its turns were carried over).",
+        """
+        ALTER TABLE notes ADD COLUMN author TEXT;
+        ALTER TABLE dialogues ADD COLUMN parent_id INTEGER REFERENCES dialogues(id) ON DELETE SET NULL;
+        ALTER TABLE dialogues ADD COLUMN parent_kind TEXT;
+        ALTER TABLE dialogues ADD COLUMN parent_turns INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE turns ADD COLUMN inherited INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX dialogues_by_parent ON dialogues(parent_id);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

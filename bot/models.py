@@ -100,9 +100,16 @@ class LoopAction(StrEnum):
     STOP = "stop"
 
 
+HUMAN = "human:"
+
+
 @dataclass(frozen=True, slots=True)
 class Persona:
-    """A voice: who speaks, with which model and behind which system prompt."""
+    """A voice: who speaks, with which model and behind which system prompt.
+
+    A person takes a seat as a persona whose model is `human:<who>` (a Discord member's id, or
+    `terminal`): the engine waits for their words instead of calling a model.
+    """
 
     name: str
     model: str
@@ -119,6 +126,15 @@ class Persona:
     completion_price: Decimal | None = None
     #: For a local model: a llama.cpp chat format ("chatml", "gemma", …) instead of the file's own.
     chat_format: str | None = None
+
+    @property
+    def is_human(self) -> bool:
+        return self.model.startswith(HUMAN)
+
+    @property
+    def human_id(self) -> str | None:
+        """Who sits in a human seat (a member id, or `terminal`); None for a model."""
+        return self.model.removeprefix(HUMAN) if self.is_human else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +159,26 @@ class DialogueSpec:
     loop_action: LoopAction = LoopAction.NOTIFY
     #: The model that writes summaries when compacting; None means the speaker's own model.
     summary_model: str | None = None
+    #: A continuation or fork: the dialogue it comes from, and the turns it carries over.
+    parent: Lineage | None = None
+    inherited: tuple[Turn, ...] = ()
+    inherited_notes: tuple[Note, ...] = ()
+
+
+class LineageKind(StrEnum):
+    """How a dialogue comes from an earlier one."""
+
+    CONTINUE = "continue"
+    FORK = "fork"
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """Where a dialogue comes from: the parent's id, how, and how many of its turns it carried over."""
+
+    parent_id: int
+    kind: LineageKind
+    turns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +215,8 @@ class Dialogue:
     context_policy: ContextPolicy = ContextPolicy.STOP
     loop_action: LoopAction = LoopAction.NOTIFY
     summary_model: str | None = None
+    parent: Lineage | None = None
+    children: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +273,8 @@ class Turn:
     provider: str | None = None
     #: What the prompt cache saved on this turn against the uncached price (negative when it only wrote).
     cache_saving_usd: Decimal = Decimal(0)
+    #: Carried over from the parent dialogue: shown, fed to the models, but not spent again here.
+    inherited: bool = False
 
     def record(self) -> dict[str, object]:
         """Return every field as plain values (money as exact strings, times in ISO 8601)."""
@@ -262,7 +302,16 @@ class Turn:
             "attempts": self.attempts,
             "started_at": self.started_at.isoformat(),
             "ended_at": self.ended_at.isoformat(),
+            "inherited": self.inherited,
         }
+
+    @property
+    def is_human(self) -> bool:
+        return self.cost_source == HUMAN_SOURCE
+
+
+#: The cost source of a turn a person wrote: no tokens, no cost.
+HUMAN_SOURCE = "human"
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,11 +346,18 @@ class NoteKind(StrEnum):
     REPETITION = "repetition"
     FAREWELLS = "farewells"
     IMPERSONATION = "impersonation"
+    INTERJECTION = "interjection"
+    MEMORY = "memory"
 
     @property
     def is_context(self) -> bool:
         """True for the notes that change what the models are shown."""
         return self in (NoteKind.TRUNCATED, NoteKind.COMPACTED)
+
+    @property
+    def is_loop(self) -> bool:
+        """True for the signs of a dialogue going in circles."""
+        return self in (NoteKind.REPETITION, NoteKind.FAREWELLS, NoteKind.IMPERSONATION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +377,8 @@ class Note:
     model: str | None = None
     usage: Usage = field(default_factory=Usage)
     cost_usd: Decimal = Decimal(0)
+    #: Who wrote an interjection (a member's display name).
+    author: str | None = None
     id: int | None = None
 
     def record(self) -> dict[str, object]:
@@ -328,6 +386,7 @@ class Note:
         return {
             "before_seq": self.before_seq,
             "kind": str(self.kind),
+            "author": self.author,
             "text": self.text,
             "first_kept_seq": self.first_kept_seq,
             "model": self.model,

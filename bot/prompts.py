@@ -46,13 +46,19 @@ def build_messages(
     opening: str,
     turns: Sequence[Turn],
     window: Window = Window(),
+    notes: Sequence[Note] = (),
 ) -> list[ChatMessage]:
     """Return the chat messages the participant in `seat` sees before its next turn.
 
     The opening is the first `user` message. With more than two participants, other speakers'
-    turns carry their name, so a model can tell them apart. Consecutive messages of one role are
-    merged, since several providers reject two `user` messages in a row.
+    turns carry their name, so a model can tell them apart. A spectator's interjection is a `user`
+    message in its place, labelled with who said it. Consecutive messages of one role are merged,
+    since several providers reject two `user` messages in a row.
     """
+    said: dict[int, list[str]] = {}
+    for note in notes:
+        if note.kind is NoteKind.INTERJECTION and window.first_kept <= note.before_seq <= len(turns):
+            said.setdefault(note.before_seq, []).append(interjection_text(note))
     persona = participants[seat]
     named = len(participants) > 2
     messages: list[ChatMessage] = []
@@ -70,6 +76,8 @@ def build_messages(
         else:
             _append(messages, "user", f"[The conversation's first {window.first_kept} turns are left out.]")
     for turn in turns[window.first_kept :]:
+        for text in said.get(turn.seq, ()):
+            _append(messages, "user", text)
         if turn.status is not TurnStatus.OK:
             continue  # an empty or cut-off reply is kept in the transcript, never fed back
         if turn.seat == seat:
@@ -77,7 +85,14 @@ def build_messages(
         else:
             text = f"{turn.speaker}: {turn.text}" if named else turn.text
             _append(messages, "user", text)
+    for text in said.get(len(turns), ()):
+        _append(messages, "user", text)
     return messages
+
+
+def interjection_text(note: Note) -> str:
+    """Return a spectator's interjection as the models read it: who said it, and what."""
+    return f"[{note.author}, watching, interjects:] {note.text}"
 
 
 def cache_breakpoints(messages: Sequence[ChatMessage]) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -25,6 +25,8 @@ from bot.models import (
     Dialogue,
     DialogueSpec,
     Limits,
+    Lineage,
+    LineageKind,
     LoopAction,
     ModelInfo,
     Note,
@@ -150,9 +152,11 @@ class Store:
         """Store a new pending dialogue with its participants and return it."""
         query = """
             INSERT INTO dialogues (origin, status, opening, max_rounds, budget_usd, max_total_tokens,
-                                   max_seconds, created_at, context_policy, loop_action, summary_model)
+                                   max_seconds, created_at, context_policy, loop_action, summary_model,
+                                   parent_id, parent_kind, parent_turns)
             VALUES (:origin, 'pending', :opening, :max_rounds, :budget, :max_total_tokens,
-                    :max_seconds, :created_at, :context_policy, :loop_action, :summary_model)
+                    :max_seconds, :created_at, :context_policy, :loop_action, :summary_model,
+                    :parent_id, :parent_kind, :parent_turns)
         """
         limits = spec.limits
         async with self.transaction() as conn:
@@ -169,6 +173,9 @@ class Store:
                     "context_policy": str(spec.context_policy),
                     "loop_action": str(spec.loop_action),
                     "summary_model": spec.summary_model,
+                    "parent_id": spec.parent.parent_id if spec.parent else None,
+                    "parent_kind": str(spec.parent.kind) if spec.parent else None,
+                    "parent_turns": spec.parent.turns if spec.parent else 0,
                 },
             )
             assert dialogue_id is not None
@@ -196,6 +203,11 @@ class Store:
                     for seat, p in enumerate(spec.participants)
                 ],
             )
+            # Carried-over turns belong to this dialogue's history but not to its totals.
+            for turn in spec.inherited:
+                await self._insert_turn(conn, replace(turn, dialogue_id=dialogue_id, inherited=True))
+            for note in spec.inherited_notes:
+                await self._insert_note(conn, replace(note, dialogue_id=dialogue_id))
         return await self.get_dialogue(dialogue_id)
 
     async def get_dialogue(self, dialogue_id: int) -> Dialogue:
@@ -217,6 +229,9 @@ class Store:
     async def _dialogue(self, row: sqlite3.Row) -> Dialogue:
         seats = await self.fetchall(
             "SELECT * FROM participants WHERE dialogue_id = ? ORDER BY seat", (row["id"],)
+        )
+        children = await self.fetchall(
+            "SELECT id FROM dialogues WHERE parent_id = ? ORDER BY id", (row["id"],)
         )
         return Dialogue(
             id=row["id"],
@@ -260,7 +275,16 @@ class Store:
             context_policy=ContextPolicy(row["context_policy"]),
             loop_action=LoopAction(row["loop_action"]),
             summary_model=row["summary_model"],
+            parent=Lineage(row["parent_id"], LineageKind(row["parent_kind"]), row["parent_turns"])
+            if row["parent_id"] is not None
+            else None,
+            children=tuple(c["id"] for c in children),
         )
+
+    async def delete_dialogue(self, dialogue_id: int) -> None:
+        """Remove a dialogue that never got going (nothing spent), with everything that hangs off it."""
+        async with self.transaction() as conn:
+            await conn.execute("DELETE FROM dialogues WHERE id = ? AND status = 'pending'", (dialogue_id,))
 
     async def mark_running(self, dialogue_id: int, now: datetime) -> None:
         """Record that the dialogue runs (again); its first start time is kept."""
@@ -398,6 +422,7 @@ class Store:
                 generation_id=r["generation_id"],
                 provider=r["provider"],
                 cache_saving_usd=Decimal(r["cache_saving_usd"]),
+                inherited=bool(r["inherited"]),
             )
             for r in rows
         ]
@@ -418,11 +443,8 @@ class Store:
         `settles_seq` names the call in flight whose reservation the note's call used (the summary
         is made under the next turn's number), so a crash after this commit charges it only once.
         """
-        record = {"dialogue_id": note.dialogue_id, **note.record()}
-        columns = ", ".join(record)
-        values = ", ".join(f":{name}" for name in record)
         async with self.transaction() as conn:
-            note_id = await conn.execute(f"INSERT INTO notes ({columns}) VALUES ({values})", record)
+            note_id = await self._insert_note(conn, note)
             if note.cost_usd or note.usage.prompt_tokens:
                 spent = await self._spent(conn, note.dialogue_id)
                 await conn.execute(
@@ -442,6 +464,53 @@ class Store:
                 )
         return replace(note, id=note_id)
 
+    async def add_interjection(self, dialogue_id: int, author: str, text: str, now: datetime) -> Note:
+        """Store a spectator's note at the next turn boundary: after the turn in flight, if any."""
+        async with self.transaction() as conn:
+            done = await conn.fetchall("SELECT COUNT(*) FROM turns WHERE dialogue_id = ?", (dialogue_id,))
+            flying = await conn.fetchall(
+                "SELECT COUNT(*) FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?",
+                (dialogue_id, done[0][0]),
+            )
+            note = Note(
+                dialogue_id, done[0][0] + flying[0][0], NoteKind.INTERJECTION, text, now, author=author
+            )
+            note_id = await self._insert_note(conn, note)
+        return replace(note, id=note_id)
+
+    async def remember(self, note: Note, system_prompts: Sequence[str], settles_seq: int) -> None:
+        """Give each participant its memory of an earlier dialogue, and bill the summary, atomically."""
+        async with self.transaction() as conn:
+            await self._insert_note(conn, note)
+            spent = await self._spent(conn, note.dialogue_id)
+            await conn.execute(
+                """UPDATE dialogues SET spent_usd = ?, prompt_tokens = prompt_tokens + ?,
+                       completion_tokens = completion_tokens + ? WHERE id = ?""",
+                (
+                    str(spent + note.cost_usd),
+                    note.usage.prompt_tokens,
+                    note.usage.completion_tokens,
+                    note.dialogue_id,
+                ),
+            )
+            await conn.executemany(
+                "UPDATE participants SET system_prompt = ? WHERE dialogue_id = ? AND seat = ?",
+                [(prompt, note.dialogue_id, seat) for seat, prompt in enumerate(system_prompts)],
+            )
+            await conn.execute(
+                "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?",
+                (note.dialogue_id, settles_seq),
+            )
+
+    @staticmethod
+    async def _insert_note(conn: Writer, note: Note) -> int:
+        record = {"dialogue_id": note.dialogue_id, **note.record()}
+        columns = ", ".join(record)
+        values = ", ".join(f":{name}" for name in record)
+        note_id = await conn.execute(f"INSERT INTO notes ({columns}) VALUES ({values})", record)
+        assert note_id is not None
+        return note_id
+
     async def list_notes(self, dialogue_id: int) -> list[Note]:
         """Return the dialogue's notes in the order they were made."""
         rows = await self.fetchall("SELECT * FROM notes WHERE dialogue_id = ? ORDER BY id", (dialogue_id,))
@@ -456,6 +525,7 @@ class Store:
                 model=r["model"],
                 usage=Usage(r["prompt_tokens"], r["completion_tokens"]),
                 cost_usd=Decimal(r["cost_usd"]),
+                author=r["author"],
                 id=r["id"],
             )
             for r in rows

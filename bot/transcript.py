@@ -13,9 +13,10 @@ from decimal import Decimal
 from typing import Any
 
 from bot.budget import format_usd
-from bot.models import Dialogue, Note, NoteKind, Turn, TurnStatus
+from bot.models import Dialogue, LineageKind, Note, NoteKind, Turn, TurnStatus
 
-# 2: prompt-cache tokens and savings, the context and loop policies, and notes between turns.
+# 2: prompt-cache tokens and savings, the context and loop policies, notes between turns (compactions,
+# loops, interjections, memories), human seats, and continuations and forks (parent, children).
 SCHEMA_VERSION = 2
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
@@ -32,7 +33,9 @@ def render_markdown(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[N
     names = [_inline(p.name) for p in dialogue.participants]
     lines = [f"# Voices Chat: {' <-> '.join(names)}", f"*{_when(dialogue.created_at)}*", ""]
     for name, persona in zip(names, dialogue.participants, strict=True):
-        lines.append(f"**Model ({name}):** `{persona.model}`  ")
+        model = "a person (human seat)" if persona.is_human else f"`{persona.model}`"
+        lines.append(f"**Model ({name}):** {model}  ")
+    lines += _lineage(dialogue)
     lines += [
         f"**Rounds:** {_rounds_completed(dialogue, turns)} of {dialogue.limits.max_rounds}  ",
         f"**Total cost:** {format_usd(dialogue.totals.spent_usd)} "
@@ -41,7 +44,11 @@ def render_markdown(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[N
     for name, persona in zip(names, dialogue.participants, strict=True):
         if persona.system_prompt:
             lines.append(f"**System prompt ({name}):** {_inline(persona.system_prompt)}  ")
+    for note in notes:
+        if note.kind is NoteKind.MEMORY:
+            lines += ["", f"*{_inline(headline(note))}*", "", *_quote(note.text)]
     lines += ["", "**Opening:**", *_quote(dialogue.opening), "", "---", ""]
+    in_place = [n for n in notes if n.kind is not NoteKind.MEMORY]
     current_round = 0
     for turn in turns:
         if turn.round != current_round:
@@ -49,11 +56,15 @@ def render_markdown(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[N
                 lines += ["---", ""]
             current_round = turn.round
             lines += [f"## Round {turn.round}", ""]
-        for note in notes:
+        if turn.seq == 0 and turn.inherited and dialogue.parent:
+            lines += [f"*Carried over from dialogue {dialogue.parent.parent_id}:*", ""]
+        elif turn.seq and not turn.inherited and turns[turn.seq - 1].inherited:
+            lines += ["*New in this dialogue:*", ""]
+        for note in in_place:
             if note.before_seq == turn.seq:
                 lines += _note_block(note)
         lines += _turn_block(turn, names[turn.seat])
-    for note in notes:
+    for note in in_place:
         if note.before_seq >= len(turns):
             lines += _note_block(note)
     if current_round:
@@ -62,7 +73,29 @@ def render_markdown(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[N
     return "\n".join(lines) + "\n"
 
 
+def _lineage(dialogue: Dialogue) -> list[str]:
+    lines = []
+    parent = dialogue.parent
+    if parent is not None and parent.kind is LineageKind.FORK:
+        lines.append(f"**Forked from:** dialogue {parent.parent_id} at turn {parent.turns}  ")
+    elif parent is not None:
+        carried = f"turns 1–{parent.turns} carried over" if parent.turns else "remembered in summary"
+        lines.append(f"**Continues:** dialogue {parent.parent_id} ({carried})  ")
+    if dialogue.children:
+        lines.append(f"**Continued in:** dialogue {', '.join(str(c) for c in dialogue.children)}  ")
+    return lines
+
+
 def _turn_block(turn: Turn, name: str) -> list[str]:
+    if turn.is_human:
+        return [
+            f"**{name}** *(human)*:",
+            "",
+            escape_block(turn.text),
+            "",
+            "*[written by a person: no tokens, no cost]*",
+            "",
+        ]
     lines = [f"**{name}:**", ""]
     if turn.text:
         lines += [escape_block(turn.text), ""]
@@ -100,10 +133,19 @@ def headline(note: Note) -> str:
         )
     if note.kind is NoteKind.TRUNCATED:
         return f"✂ Context truncated: {note.text}"
+    if note.kind is NoteKind.INTERJECTION:
+        return f"💬 {note.author} interjects: {note.text}"
+    if note.kind is NoteKind.MEMORY:
+        return (
+            f"🧠 Remembered from an earlier dialogue, in a summary by {note.model} "
+            f"(cost {format_usd(note.cost_usd)}), given to every participant"
+        )
     return f"🔁 Going in circles ({note.kind}): {note.text}"
 
 
 def _note_block(note: Note) -> list[str]:
+    if note.kind is NoteKind.INTERJECTION:
+        return [f"> **{_inline(note.author or '?')}** *(interjection)*: {_inline(note.text)}", ""]
     lines = [f"*{_inline(headline(note))}*", ""]
     if note.kind is NoteKind.COMPACTED:
         lines += [*_quote(note.text), ""]
@@ -118,18 +160,19 @@ def _statistics(
     ended = f"{reason.describe} (`{reason}`)" if reason else f"not ended ({dialogue.status})"
     if dialogue.stop_detail:
         ended += f": {_inline(dialogue.stop_detail)}"
+    carried = sum(1 for t in turns if t.inherited)
     lines = [
         "## Session Statistics",
         "",
         f"- **Rounds completed:** {_rounds_completed(dialogue, turns)} of {dialogue.limits.max_rounds}",
-        f"- **Turns:** {len(turns)}",
+        f"- **Turns:** {len(turns) - carried}" + (f" (and {carried} carried over)" if carried else ""),
         f"- **Total cost:** {format_usd(totals.spent_usd)} of "
         f"{format_usd(dialogue.limits.budget_usd)} budget",
         f"- **Tokens:** prompt={totals.prompt_tokens}, completion={totals.completion_tokens}, "
         f"reasoning={totals.reasoning_tokens}",
     ]
     for seat, name in enumerate(names):
-        mine = [t for t in turns if t.seat == seat]
+        mine = [t for t in turns if t.seat == seat and not t.inherited]
         cost = sum((t.cost_usd for t in mine), start=Decimal(0))
         lines.append(
             f"- **{name}** (`{dialogue.participants[seat].model}`): {len(mine)} turns, "
@@ -150,7 +193,10 @@ def _statistics(
             f"- **Context:** {len(compactions)} compactions, {len(truncations)} truncations "
             f"(summaries cost {format_usd(cost)})"
         )
-    loops = [n for n in notes if not n.kind.is_context]
+    said = [n for n in notes if n.kind is NoteKind.INTERJECTION]
+    if said:
+        lines.append(f"- **Interjections:** {len(said)}")
+    loops = [n for n in notes if n.kind.is_loop]
     if loops:
         lines.append(f"- **Loops noticed:** {', '.join(str(n.kind) for n in loops)}")
     if totals.interrupted_calls:
@@ -198,6 +244,14 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]
             "context_policy": str(dialogue.context_policy),
             "loop_action": str(dialogue.loop_action),
             "summary_model": dialogue.summary_model,
+            "parent": {
+                "id": dialogue.parent.parent_id,
+                "kind": str(dialogue.parent.kind),
+                "turns": dialogue.parent.turns,
+            }
+            if dialogue.parent
+            else None,
+            "children": list(dialogue.children),
         },
         "participants": [
             {
@@ -209,6 +263,7 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]
                 "max_tokens": p.max_tokens,
                 "reasoning_effort": p.reasoning_effort,
                 "avatar_url": p.avatar_url,
+                "human": p.is_human,
             }
             for seat, p in enumerate(dialogue.participants)
         ],

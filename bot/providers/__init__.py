@@ -53,7 +53,12 @@ class Router:
         return self._named[persona.provider]
 
     async def model(self, persona: Persona) -> ModelInfo:
-        """Return the persona's model from its catalogue, with the persona's own prices if it sets any."""
+        """Return the persona's model from its catalogue, with the persona's own prices if it sets any.
+
+        A person's seat has a "model" too: free, with no context limit, and never called.
+        """
+        if persona.is_human:
+            return ModelInfo(persona.model, persona.name, None, None, Pricing())
         info = await self.route(persona).catalogue.get(persona.model)
         if persona.prompt_price is None and persona.completion_price is None:
             return info

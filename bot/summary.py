@@ -1,0 +1,162 @@
+"""Summaries of a stretch of dialogue, written by a model and paid for like a turn: what a compaction
+keeps of the oldest turns, and what a continuation remembers of an earlier dialogue."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+
+from bot.budget import Budget, estimate_prompt_tokens, format_usd, settle_cost, worst_case_cost
+from bot.call import Attempt, stream_call, wait_or_stop
+from bot.control import Control
+from bot.models import ModelInfo, Note, NoteKind, Persona, StopReason, Turn, TurnStatus, Usage
+from bot.prompts import ChatMessage, interjection_text
+from bot.providers import Router
+from bot.providers.base import ChatRequest
+from bot.retry import RetryPolicy
+from bot.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a summary call wrote (maybe nothing), which model wrote it, and what it cost."""
+
+    text: str
+    model: str
+    usage: Usage
+    cost: Decimal
+
+
+class SummaryStopped(Exception):
+    """No summary: the reason the dialogue stops, and why in words."""
+
+    def __init__(self, reason: StopReason, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def summariser(model: str, speaker: Persona, max_tokens: int) -> Persona:
+    """Return the persona that writes a summary: the configured model, or the speaker's own."""
+    if model == speaker.model:
+        return replace(
+            speaker, name="Summary", max_tokens=max_tokens, system_prompt="", reasoning_effort=None
+        )
+    return Persona(name="Summary", model=model, max_tokens=max_tokens)
+
+
+def summary_messages(
+    participants: Sequence[Persona],
+    opening: str,
+    turns: Sequence[Turn],
+    notes: Sequence[Note],
+    previous: str | None,
+    words: int,
+) -> list[ChatMessage]:
+    """Return the request that asks for a summary of these turns (and the interjections among them)."""
+    names = " and ".join(p.name for p in participants)
+    seqs = {t.seq for t in turns}
+    lines = []
+    for turn in turns:
+        lines += [
+            interjection_text(n)
+            for n in notes
+            if n.kind is NoteKind.INTERJECTION and n.before_seq == turn.seq
+        ]
+        if turn.status is TurnStatus.OK:
+            lines.append(f"{turn.speaker}: {turn.text}")
+    if turns:
+        after = max(seqs) + 1
+        lines += [
+            interjection_text(n) for n in notes if n.kind is NoteKind.INTERJECTION and n.before_seq == after
+        ]
+    earlier = f"What came before, in summary:\n{previous}\n\n" if previous else ""
+    return [
+        {
+            "role": "system",
+            "content": (
+                f"You keep the record of a conversation between {names}, which opened with: "
+                f"{opening!r}. Summarise the part below so that they can carry on from it: "
+                "who said what, the positions and claims each holds, and the questions still open. "
+                f"Plain prose in the third person, at most {words} words. Write only the summary."
+            ),
+        },
+        {"role": "user", "content": earlier + "The conversation:\n\n" + "\n\n".join(lines)},
+    ]
+
+
+class Summariser:
+    """Make one summary call under a dialogue's budget, with the same care as a turn's call.
+
+    It is reserved at its worst case first and recorded as in flight (under the number of the turn
+    it comes before) so that a crash charges it; the caller settles it with the note that keeps it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        router: Router,
+        retry: RetryPolicy,
+        sleep: Callable[[float], Awaitable[None]],
+        clock: Callable[[], datetime],
+    ):
+        self._store = store
+        self._router = router
+        self._retry = retry
+        self._sleep = sleep
+        self._clock = clock
+
+    async def write(
+        self,
+        dialogue_id: int,
+        seq: int,
+        persona: Persona,
+        model: ModelInfo,
+        messages: list[ChatMessage],
+        budget: Budget,
+        control: Control,
+        deadline: float | None,
+        purpose: str,
+    ) -> Summary:
+        """Return the summary, or raise SummaryStopped (the budget, the provider or a stop said no)."""
+        max_tokens = persona.max_tokens or 512
+        worst = worst_case_cost(model.pricing, estimate_prompt_tokens(messages), max_tokens)
+        reservation = budget.reserve(worst)
+        if reservation is None:
+            raise SummaryStopped(
+                StopReason.BUDGET,
+                f"{purpose} could cost up to {format_usd(worst)}; "
+                f"{format_usd(budget.remaining)} of {format_usd(budget.limit)} left",
+            )
+        await self._store.begin_call(dialogue_id, seq, worst, self._clock())
+        provider = self._router.route(persona).provider
+        request = ChatRequest(model=model.id, messages=messages, max_tokens=max_tokens)
+        attempts = 0
+        while True:
+            attempts += 1
+            attempt = Attempt()
+            async for _ in stream_call(provider, request, seq, attempt, control, deadline):
+                pass  # a summary is shown whole, once it is kept
+            if attempt.error is None or attempt.interrupted is not None:
+                break
+            delay = self._retry.delay(attempt.error, attempts)
+            stopped = delay is not None and await wait_or_stop(self._sleep, delay, control)
+            if delay is None or stopped:
+                budget.release(reservation)
+                await self._store.cancel_call(dialogue_id, seq)
+                if stopped:
+                    raise SummaryStopped(control.reason, control.detail or f"stopped while {purpose}")
+                raise SummaryStopped(StopReason.PROVIDER_ERROR, f"the summary call failed: {attempt.error}")
+        if attempt.interrupted is not None:
+            # Cut off, it reports no cost: charge the reservation, as for a turn.
+            budget.settle(reservation, reservation.amount)
+            await self._store.settle_interrupted_calls(dialogue_id)
+            raise SummaryStopped(attempt.interrupted, control.detail or f"stopped while {purpose}")
+        completion = attempt.completion
+        assert completion is not None
+        usage = completion.usage or Usage()
+        cost, _source = settle_cost(usage, model.pricing)
+        budget.settle(reservation, cost)
+        return Summary("".join(attempt.text).strip(), completion.model, usage, cost)
