@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
 import signal
 import string
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -23,9 +25,10 @@ from bot.budget import parse_usd
 from bot.console import DialogueView, dialogue_table, model_table
 from bot.control import Control
 from bot.errors import InputError
-from bot.events import Ended
-from bot.models import ContextPolicy, Dialogue, DialogueSpec, Limits, LoopAction, Persona, Status
-from bot.personas import load_personas, resolve_participants
+from bot.events import AwaitingHuman, Ended
+from bot.lineage import continue_dialogue, fork
+from bot.models import HUMAN, ContextPolicy, Dialogue, DialogueSpec, Limits, LoopAction, Persona, Status
+from bot.personas import distinct_names, load_personas, resolve_participants
 from bot.providers import local
 from bot.providers.local import is_local, local_available
 from bot.transcript import render_json, render_markdown
@@ -66,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument(
             f"--{seat}",
             metavar="PERSONA_OR_MODEL",
-            help=f"participant {seat.upper()}: a persona name or a model id",
+            help=f"participant {seat.upper()}: a persona name, a model id, or 'human' (you, typing; "
+            "'human:NAME' to choose your name)",
         )
         run.add_argument(f"--system-{seat}", metavar="TEXT", help=f"system prompt for {seat.upper()}")
     run.add_argument("--rounds", type=int, help="rounds (each participant speaks once per round)")
@@ -97,6 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue an interrupted or paused dialogue")
     resume.add_argument("id", type=int)
     _add_run_output(resume)
+
+    sequel = sub.add_parser(
+        "continue",
+        help="start a new dialogue that remembers a finished one (whole if it fits, else in summary)",
+    )
+    sequel.add_argument("id", type=int)
+    sequel.add_argument("--rounds", type=int, help="rounds to play (default: VOICES_DEFAULT_ROUNDS)")
+    sequel.add_argument("--budget", type=_usd, help="hard cap in USD; a summary is paid from it")
+    sequel.add_argument("--opening", help="the new first message, when the earlier one is summarised")
+    sequel.add_argument("--summary-model", metavar="MODEL", help="the model that writes the summary")
+    _add_run_output(sequel)
+
+    branch = sub.add_parser("fork", help="start a new dialogue from any turn of an earlier one")
+    branch.add_argument("id", type=int)
+    branch.add_argument("turn", type=int, help="the last turn to keep (1 is the first)")
+    branch.add_argument(
+        "--rounds", type=int, help="rounds to play from there (default: VOICES_DEFAULT_ROUNDS)"
+    )
+    branch.add_argument("--budget", type=_usd, help="hard cap in USD")
+    _add_run_output(branch)
 
     listing = sub.add_parser("list", help="recent dialogues")
     listing.add_argument("--limit", type=int, default=20)
@@ -138,6 +162,8 @@ async def dispatch(
             return await run_dialogue(args, config, defaults, console)
         case "resume":
             return await resume_dialogue(args, config, defaults, console)
+        case "continue" | "fork":
+            return await branch_dialogue(args, config, defaults, console)
         case "list":
             async with open_app(config) as app:
                 console.print(dialogue_table(await app.store.list_dialogues(args.limit)))
@@ -184,14 +210,39 @@ async def resume_dialogue(
     args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults, console: Console
 ) -> int:
     """Continue a dialogue from its last committed turn."""
-    async with open_app(config) as app:
-        dialogue = await app.store.get_dialogue(args.id)
-    if dialogue.origin == DRY_RUN:
-        config = replace(config, dry_run_models=_models_of(dialogue.participants, dialogue.summary_model))
-    else:
-        _require_key(config, dialogue.participants)
-    async with open_app(config) as app:
+    async with open_app(await _config_for(config, args.id)) as app:
         return await _drive(app, args.id, args, defaults, console)
+
+
+async def branch_dialogue(
+    args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults, console: Console
+) -> int:
+    """Start a continuation or a fork of an earlier dialogue, then stream it like `run`."""
+    config = await _config_for(config, args.id, getattr(args, "summary_model", None))
+    rounds = args.rounds if args.rounds is not None else defaults.rounds
+    budget = args.budget if args.budget is not None else defaults.budget
+    async with open_app(config) as app:
+        parent = await app.store.get_dialogue(args.id)
+        origin = DRY_RUN if parent.origin == DRY_RUN else "cli"
+        if args.command == "fork":
+            child = await fork(app.runner, args.id, args.turn, rounds, budget, origin)
+        else:
+            summary_model = args.summary_model or defaults.summary_model
+            child = await continue_dialogue(
+                app.runner, args.id, rounds, budget, origin, args.opening, summary_model
+            )
+        return await _drive(app, child.id, args, defaults, console)
+
+
+async def _config_for(config: EngineConfig, dialogue_id: int, extra_model: str | None = None) -> EngineConfig:
+    """Return the engine config that can run this dialogue: scripted for a dry run, else with a key."""
+    async with open_app(config) as app:
+        dialogue = await app.store.get_dialogue(dialogue_id)
+    if dialogue.origin == DRY_RUN:
+        models = _models_of(dialogue.participants, dialogue.summary_model)
+        return replace(config, dry_run_models=models + ((extra_model,) if extra_model else ()))
+    _require_key(config, dialogue.participants)
+    return config
 
 
 async def _drive(
@@ -200,9 +251,12 @@ async def _drive(
     control = Control()
     loop = asyncio.get_running_loop()
 
+    keyboard = Keyboard()
+
     def on_interrupt() -> None:
         console.print("\n[yellow]Stopping… (Ctrl-C again quits at once)[/]")
         control.stop(now=True)
+        keyboard.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
@@ -213,6 +267,12 @@ async def _drive(
     try:
         async for event in app.runner.run(dialogue_id, control):
             view.show(event)
+            if isinstance(event, AwaitingHuman):
+                text = await keyboard.ask(event.timeout)
+                if text is None:
+                    control.pause()  # no answer in time (or the input ended): wait for `voices resume`
+                else:
+                    control.say(text)
             if isinstance(event, Ended):
                 ended = event.dialogue
     finally:
@@ -222,6 +282,45 @@ async def _drive(
     paths = await write_transcripts(app, dialogue_id, args.out or defaults.transcripts_dir)
     console.print(f"Transcripts: {paths[0]}  {paths[1]}", markup=False, highlight=False)
     return 1 if ended.status is Status.FAILED else 0
+
+
+class Keyboard:
+    """Lines typed at the terminal for a person's turn, read without holding up the event loop."""
+
+    def __init__(self) -> None:
+        self._reader: asyncio.StreamReader | None = None
+        self._task: asyncio.Future[str | None] | None = None
+
+    async def ask(self, timeout: float | None) -> str | None:
+        """Return the next non-empty line; None when the time is up, the input ends or Ctrl-C."""
+        while True:
+            self._task = asyncio.ensure_future(self._line())
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            task, self._task = self._task, None
+            if not done or task.cancelled():
+                task.cancel()
+                return None
+            line = task.result()
+            if line is None or line.strip():
+                return line
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _line(self) -> str | None:
+        if self._reader is None:
+            reader = asyncio.StreamReader()
+            try:
+                await asyncio.get_running_loop().connect_read_pipe(
+                    lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+                )
+            except (ValueError, OSError):  # a regular file: read it in a thread instead
+                line = await asyncio.to_thread(sys.stdin.readline)
+                return line.rstrip("\n") if line else None
+            self._reader = reader
+        raw = await self._reader.readline()
+        return raw.decode(errors="replace").rstrip("\n") if raw else None
 
 
 async def write_transcripts(app: App, dialogue_id: int, folder: Path) -> tuple[Path, Path]:
@@ -267,11 +366,19 @@ def _default_pair(args: argparse.Namespace, config: EngineConfig) -> tuple[str, 
 
 def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]) -> DialogueSpec:
     refs = [(seat, pair[SEATS.index(seat)] if seat in "ab" else getattr(args, seat)) for seat in SEATS]
-    participants = resolve_participants(
-        [(ref, getattr(args, f"system_{seat}")) for seat, ref in refs if ref is not None],
-        load_personas(defaults.personas_file),
-        args.max_tokens or defaults.max_tokens,
-        force_max_tokens=bool(args.max_tokens),
+    refs = [(seat, ref) for seat, ref in refs if ref is not None]
+    # People are seated after the personas are resolved, so a persona cannot be called "human".
+    models = [(ref, getattr(args, f"system_{seat}")) for seat, ref in refs if not _is_human_ref(ref)]
+    resolved = iter(
+        resolve_participants(
+            models,
+            load_personas(defaults.personas_file),
+            args.max_tokens or defaults.max_tokens,
+            force_max_tokens=bool(args.max_tokens),
+        )
+    )
+    participants = distinct_names(
+        [_human(ref) if _is_human_ref(ref) else next(resolved) for _seat, ref in refs]
     )
     limits = Limits(
         max_rounds=args.rounds if args.rounds is not None else defaults.rounds,
@@ -289,6 +396,16 @@ def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]
     )
 
 
+def _is_human_ref(ref: str) -> bool:
+    return ref == "human" or ref.startswith(HUMAN)
+
+
+def _human(ref: str) -> Persona:
+    """Return the seat of the person at this terminal, named as they asked (or after their login)."""
+    name = ref.removeprefix(HUMAN).strip() if ref != "human" else ""
+    return Persona(name=name or getpass.getuser().capitalize() or "You", model=f"{HUMAN}terminal")
+
+
 def _models_of(participants: Sequence[Persona], summary_model: str | None) -> tuple[str, ...]:
     """Return every model a dialogue may call: its participants' and its summariser's."""
     return tuple(p.model for p in participants) + ((summary_model,) if summary_model else ())
@@ -296,7 +413,7 @@ def _models_of(participants: Sequence[Persona], summary_model: str | None) -> tu
 
 def _require_key(config: EngineConfig, participants: Sequence[Persona]) -> None:
     """Refuse to start without the key, if anyone will be served by OpenRouter."""
-    cloud = [p for p in participants if p.provider is None and not is_local(p.model)]
+    cloud = [p for p in participants if p.provider is None and not is_local(p.model) and not p.is_human]
     if cloud and not config.api_key:
         raise InputError(
             "OPENROUTER_API_KEY is not set; put it in .env or the environment "

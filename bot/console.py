@@ -9,7 +9,17 @@ from rich.table import Table
 from rich.text import Text
 
 from bot.budget import format_usd
-from bot.events import Delta, Ended, Event, Noted, Started, TurnFinished, TurnRestarted, TurnStarted
+from bot.events import (
+    AwaitingHuman,
+    Delta,
+    Ended,
+    Event,
+    Noted,
+    Started,
+    TurnFinished,
+    TurnRestarted,
+    TurnStarted,
+)
 from bot.models import Dialogue, ModelInfo, NoteKind, TurnStatus
 from bot.transcript import headline
 
@@ -30,6 +40,16 @@ class DialogueView:
         match event:
             case Started(dialogue=dialogue):
                 self._started(dialogue)
+            case AwaitingHuman():
+                style = SPEAKER_STYLES[event.seat % len(SPEAKER_STYLES)]
+                self._console.rule(
+                    Text.assemble((f"Round {event.round} · ", "dim"), (event.persona.name, style), " (you)"),
+                    align="left",
+                )
+                wait = f"; after {event.timeout:g} s it pauses" if event.timeout else ""
+                self._console.print(Text(f"Your turn: type your reply and press Enter{wait}.", "bold"))
+            case TurnStarted() if event.persona.is_human:
+                pass  # their words are already on the screen, as they typed them
             case TurnStarted():
                 style = SPEAKER_STYLES[event.seat % len(SPEAKER_STYLES)]
                 title = Text.assemble(
@@ -56,6 +76,8 @@ class DialogueView:
                         "yellow",
                     )
                 )
+            case TurnFinished(turn=turn) if turn.is_human:
+                pass
             case TurnFinished(turn=turn, spent=spent):
                 self._console.print()
                 if turn.status is TurnStatus.EMPTY:

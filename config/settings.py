@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     loop_window: int = Field(default=4, ge=2)
     loop_repeats: int = Field(default=2, ge=1)
     loop_farewells: int = Field(default=3, ge=1)
+    # People in the dialogue: seconds a person has for their turn before the dialogue pauses for them
+    # (empty = no limit), and seconds between one member's interjections.
+    human_timeout: float | None = Field(default=600.0, gt=0)
+    interject_cooldown: float = Field(default=60.0, ge=0)
+    interject_max_chars: int = Field(default=500, ge=1, le=4000)
+
     #: Comma-separated model id prefixes that cache only at explicit breakpoints.
     cache_breakpoint_models: str = "anthropic/,google/gemini"
 
@@ -77,7 +83,7 @@ class Settings(BaseSettings):
     catalogue_ttl_hours: float = Field(default=24.0, ge=0)
     log_level: str = "WARNING"
 
-    @field_validator("openrouter_api_key", "discord_token", "summary_model", mode="before")
+    @field_validator("openrouter_api_key", "discord_token", "summary_model", "human_timeout", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -114,6 +120,7 @@ class Settings(BaseSettings):
                 p.strip() for p in self.cache_breakpoint_models.split(",") if p.strip()
             ),
             keep_recent=self.keep_recent,
+            human_timeout=self.human_timeout,
             summary_max_tokens=self.summary_max_tokens,
             loops=LoopThresholds(
                 similarity=self.loop_similarity,

@@ -377,3 +377,68 @@ async def test_an_unknown_context_policy_is_one_line_naming_the_choices(env, tmp
     result = await voices(env, tmp_path, *RUN, "--context", "shrink")
     assert result.code == 2
     assert "invalid choice: 'shrink' (choose from 'stop', 'truncate', 'compact')" in result.err
+
+
+async def talk(env, cwd, lines: str, *args: str) -> Result:
+    """Run `voices` with `lines` typed on its standard input."""
+    process = await start_with_input(env, cwd, *args)
+    out, err = await asyncio.wait_for(process.communicate(lines.encode()), timeout=60)
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+async def start_with_input(env, cwd, *args):
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+HUMAN_RUN = ("run", "--a", "human:Ann", "--b", GLM, "--rounds", "2", "--budget", "0.05", "--opening", "Hi.")
+
+
+async def test_a_person_takes_a_seat_at_the_terminal_and_their_turns_cost_nothing(env, tmp_path, server):
+    result = await talk(env, tmp_path, "I am Ann.\n\nAnd I am still Ann.\n", *HUMAN_RUN)
+    assert result.code == 0, result.err
+    assert result.out.count("Your turn: type your reply and press Enter") == 2
+    document = json.loads((tmp_path / "transcripts" / "1.json").read_text())
+    ann = [t for t in document["turns"] if t["speaker"] == "Ann"]
+    assert [t["text"] for t in ann] == ["I am Ann.", "And I am still Ann."]  # the empty line was skipped
+    assert all(t["cost_source"] == "human" and t["cost_usd"] == "0" for t in ann)
+    assert document["participants"][0]["human"] is True
+    assert [r.body["model"] for r in server.chat_requests] == [GLM, GLM]
+
+
+async def test_a_person_who_does_not_answer_pauses_the_dialogue_and_resume_asks_again(env, tmp_path, server):
+    env = {**env, "VOICES_HUMAN_TIMEOUT": "0.5"}
+    process = await start_with_input(env, tmp_path, *HUMAN_RUN)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)  # stdin closes: no answer
+    assert process.returncode == 0, err.decode()
+    assert "Paused after $0.0000; `voices resume 1` continues." in out.decode()
+    result = await talk(env, tmp_path, "Back now.\nAnd again.\n", "resume", "1")
+    assert result.code == 0, result.err
+    document = json.loads((tmp_path / "transcripts" / "1.json").read_text())
+    assert document["dialogue"]["stop_reason"] == "max_rounds"
+    assert document["turns"][0]["text"] == "Back now."
+
+
+async def test_fork_and_continue_from_the_command_line(env, tmp_path, server):
+    assert (await voices(env, tmp_path, *RUN)).code == 0
+    forked = await voices(env, tmp_path, "fork", "1", "3", "--rounds", "1", "--budget", "0.05")
+    assert forked.code == 0, forked.err
+    fork_doc = json.loads((tmp_path / "transcripts" / "2.json").read_text())
+    assert fork_doc["dialogue"]["parent"] == {"id": 1, "kind": "fork", "turns": 3}
+    assert [t["inherited"] for t in fork_doc["turns"]] == [True, True, True, False, False, False]
+    continued = await voices(env, tmp_path, "continue", "1", "--rounds", "1", "--budget", "0.05")
+    assert continued.code == 0, continued.err
+    parent = json.loads((await voices(env, tmp_path, "export", "1", "--format", "json")).out)
+    assert parent["dialogue"]["children"] == [2, 3]
+    bad = await voices(env, tmp_path, "fork", "1", "9")
+    assert bad.code == 2
+    assert bad.err.strip() == "error: dialogue 1 has 4 turns; fork from a turn between 1 and 4"
