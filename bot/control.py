@@ -4,7 +4,7 @@ and a person's words for their seat."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from bot.models import StopReason
 
@@ -12,7 +12,9 @@ from bot.models import StopReason
 class Control:
     """Requests from outside a running dialogue. A stop is sticky: once asked, no new call starts."""
 
-    def __init__(self) -> None:
+    def __init__(self, outside: Callable[[Awaitable[bool]], Awaitable[bool]] | None = None) -> None:
+        """`outside` wraps the wait for a person's words: a front end may declare it as a wait for
+        outside input (SimCord, for one, needs to know)."""
         self.stop_requested = False
         self.stop_now = False
         self.pause_requested = False
@@ -21,6 +23,7 @@ class Control:
         self._interrupt: Callable[[], None] | None = None
         self._said: str | None = None
         self._wake = asyncio.Event()
+        self._outside = outside
 
     def stop(
         self, now: bool = False, reason: StopReason = StopReason.USER_STOP, detail: str | None = None
@@ -63,9 +66,16 @@ class Control:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 return None
-            try:
-                async with asyncio.timeout(left):
-                    await self._wake.wait()
-            except TimeoutError:
+            woken = self._woken(left)
+            if not await (self._outside(woken) if self._outside else woken):
                 return None
         return self.take_said()
+
+    async def _woken(self, timeout: float | None) -> bool:
+        """Wait for a say, a stop or a pause; False when the time is up first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
+            return False
+        return True

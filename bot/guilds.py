@@ -31,6 +31,8 @@ class GuildPolicy:
     max_concurrent: int
     reasoning: Reasoning = "hide"
     allowed_models: frozenset[str] | None = None
+    #: Members with this role may interject in any dialogue (its starter always may); None: nobody else.
+    interject_role: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,8 @@ def check_start(policy: GuildPolicy, spec: DialogueSpec, usage: GuildLoad) -> No
     """Raise InputError naming the guild limit a new dialogue would break."""
     limits = spec.limits
     for persona in spec.participants:
+        if persona.is_human:
+            continue  # a member's own seat costs nothing and is no model to allow
         if policy.allowed_models is not None and persona.model not in policy.allowed_models:
             raise InputError(
                 f"{persona.model} is not allowed in this server; `/voices config` lists the models"
@@ -79,6 +83,7 @@ _COLUMNS = (
     "max_concurrent",
     "reasoning",
     "allowed_models",
+    "interject_role",
 )
 _MONEY = {"max_budget", "daily_cap_guild", "daily_cap_member"}
 

@@ -171,10 +171,11 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
-        "People in the dialogue: who wrote an interjection, and continuations and forks (the parent "
-        "dialogue, how, and which of its turns were carried over).",
+        "People in the dialogue: who wrote an interjection and which role may, and continuations and "
+        "forks (the parent dialogue, how, and which of its turns were carried over).",
         """
         ALTER TABLE notes ADD COLUMN author TEXT;
+        ALTER TABLE guild_settings ADD COLUMN interject_role INTEGER;
         ALTER TABLE dialogues ADD COLUMN parent_id INTEGER REFERENCES dialogues(id) ON DELETE SET NULL;
         ALTER TABLE dialogues ADD COLUMN parent_kind TEXT;
         ALTER TABLE dialogues ADD COLUMN parent_turns INTEGER NOT NULL DEFAULT 0;

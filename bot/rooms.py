@@ -59,9 +59,16 @@ class RoomStore:
         """Record a new room."""
         async with self._store.transaction() as conn:
             await conn.execute(
-                "INSERT INTO rooms (dialogue_id, guild_id, channel_id, thread_id, starter_id) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (room.dialogue_id, room.guild_id, room.channel_id, room.thread_id, room.starter_id),
+                "INSERT INTO rooms (dialogue_id, guild_id, channel_id, thread_id, starter_id, posted_seq) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    room.dialogue_id,
+                    room.guild_id,
+                    room.channel_id,
+                    room.thread_id,
+                    room.starter_id,
+                    room.posted_seq,
+                ),
             )
         return await self.get(room.dialogue_id)
 

@@ -18,6 +18,7 @@ from bot.models import Persona
 from bot.personas import load_personas
 from bot.rooms import RoomStore
 from cogs import EXTENSIONS
+from cogs.people import InterjectButton, SayButton
 from cogs.relay import Relays, Services
 from cogs.status import ControlButton
 from cogs.webhooks import WebhookPool
@@ -59,7 +60,7 @@ class VoicesBot(commands.Bot):
         self.relays = Relays(self, self.services)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        self.add_dynamic_items(ControlButton)
+        self.add_dynamic_items(ControlButton, SayButton, InterjectButton)
         await self.sync_commands()
         self.loop.create_task(self._resume_when_ready(), name="voices-resume")
 

@@ -11,6 +11,7 @@ import gzip
 import io
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import discord
@@ -18,13 +19,24 @@ import discord
 from bot.app import utc_now
 from bot.control import Control
 from bot.dialogue import DialogueRunner
-from bot.events import Delta, Ended, Event, Noted, Started, TurnFinished, TurnRestarted, TurnStarted
+from bot.events import (
+    AwaitingHuman,
+    Delta,
+    Ended,
+    Event,
+    Noted,
+    Started,
+    TurnFinished,
+    TurnRestarted,
+    TurnStarted,
+)
 from bot.guilds import GuildStore
 from bot.models import Dialogue, NoteKind, Status, StopReason, Turn, TurnStatus
 from bot.rooms import Room, RoomStore
 from bot.store import Store
 from bot.transcript import headline, render_json, render_markdown
 from cogs._format import split_message
+from cogs.people import SayButton
 from cogs.status import ControlButton, status_embed
 from cogs.webhooks import NO_MENTIONS, WebhookPool
 
@@ -43,6 +55,16 @@ def now() -> float:
 async def pause(seconds: float) -> None:
     """Wait before an edit that would come too soon; a harness may swap in a real-time wait."""
     await asyncio.sleep(seconds)
+
+
+async def wait_for_member(waiting: Awaitable[bool]) -> bool:
+    """Wait for a member's words in their turn. A harness that must know which waits are for
+    outside input (SimCord) may swap in its own."""
+    return await waiting
+
+
+def _outside(waiting: Awaitable[bool]) -> Awaitable[bool]:
+    return wait_for_member(waiting)  # looked up at each call, so a harness's swap takes effect
 
 
 @dataclass
@@ -71,6 +93,9 @@ class Relay:
         self._speaker: str | None = None
         self._gone = False
         self._deferred: dict[int, asyncio.Task[None]] = {}
+        #: A model's reply is being written (a member's words are not welcome until it is done).
+        self.speaking = False
+        self._asking: discord.Message | None = None
 
     async def run(self) -> None:
         """Catch up on what a crash left unposted, then follow the dialogue to its end or pause."""
@@ -107,7 +132,20 @@ class Relay:
         match event:
             case Started(dialogue=dialogue):
                 await self._update_status(dialogue)
+            case AwaitingHuman(persona=persona):
+                self._speaker = persona.name
+                await self._update_status(None)
+                member = int(persona.human_id or 0)
+                self._asking = await self.thread.send(
+                    f"<@{member}>, your turn as **{discord.utils.escape_markdown(persona.name)}** "
+                    f"(round {event.round}): press **Your turn**, or use `/voices say`.",
+                    view=discord.ui.View(timeout=None).add_item(SayButton(self.room.dialogue_id)),
+                    # The one mention Voices ever makes: the member whose turn it is.
+                    allowed_mentions=discord.AllowedMentions(users=[discord.Object(member)]),
+                )
             case TurnStarted():
+                self.speaking = not event.persona.is_human
+                await self._forget_asking()
                 self._speaker = event.persona.name
                 self._live = _Live(event.seq, event.persona.name, event.persona.avatar_url)
                 await self._update_status(None)
@@ -118,6 +156,7 @@ class Relay:
             case TurnRestarted():
                 await self._discard_live()
             case TurnFinished(turn=turn):
+                self.speaking = False
                 await self._finish_turn(turn)
                 self._speaker = None
                 await self._update_status(None)
@@ -128,10 +167,25 @@ class Relay:
                     for chunk in split_message(note.text):
                         await self.thread.send(chunk, allowed_mentions=NO_MENTIONS)
             case Ended(dialogue=dialogue):
+                self.speaking = False
                 await self._settle_edits()
+                if self._asking is not None and dialogue.status is Status.PAUSED:
+                    name = discord.utils.escape_markdown(self._speaker or "")
+                    await self._asking.edit(
+                        content=f"Paused, waiting for **{name}**: press **Your turn** when you are "
+                        "ready, and the dialogue goes on."
+                    )
+                    self._asking = None
+                await self._forget_asking()
                 await self._update_status(dialogue)
                 if dialogue.status.is_final:
                     await self._post_end(dialogue)
+
+    async def _forget_asking(self) -> None:
+        """The member answered (or the dialogue ended): their Your turn message has done its job."""
+        if self._asking is not None:
+            asking, self._asking = self._asking, None
+            await asking.delete()
 
     # Turns -----------------------------------------------------------------------------------
 
@@ -314,25 +368,40 @@ class Relays:
         self._client = client
         self._s = services
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._relays: dict[int, Relay] = {}
         self.controls: dict[int, Control] = {}
 
     def is_running(self, dialogue_id: int) -> bool:
         return dialogue_id in self._tasks
 
-    async def start(self, room: Room, stop: bool = False) -> None:
+    def is_speaking(self, dialogue_id: int) -> bool:
+        """Return whether a model's reply is being written in this dialogue right now."""
+        relay = self._relays.get(dialogue_id)
+        return relay is not None and relay.speaking
+
+    async def thread_of(self, room: Room) -> discord.Thread:
+        """Return the room's thread (fetched if it is not cached); discord.NotFound if it is gone."""
+        thread = self._client.get_channel(room.thread_id) or await self._client.fetch_channel(room.thread_id)
+        assert isinstance(thread, discord.Thread)  # a room's id is always a thread's
+        return thread
+
+    async def start(self, room: Room, stop: bool = False, said: str | None = None) -> None:
         """Run the dialogue of this room in the background, posting into its thread.
 
         With `stop`, the run ends at once as stopped by the user: how a paused dialogue is stopped,
-        with its final status and transcript posted like any other end.
+        with its final status and transcript posted like any other end. `said` is a member's words
+        for the turn the dialogue paused on.
         """
         if room.dialogue_id in self._tasks:
             return
-        thread = self._client.get_channel(room.thread_id) or await self._client.fetch_channel(room.thread_id)
-        assert isinstance(thread, discord.Thread)
-        control = Control()
+        thread = await self.thread_of(room)
+        control = Control(outside=_outside)
         if stop:
             control.stop()
+        if said is not None:
+            control.say(said)
         relay = Relay(self._s, room, thread, control)
+        self._relays[room.dialogue_id] = relay
         self.controls[room.dialogue_id] = control
         task = asyncio.create_task(self._guard(relay), name=f"voices-dialogue-{room.dialogue_id}")
         self._tasks[room.dialogue_id] = task
@@ -345,6 +414,7 @@ class Relays:
             log.exception("relay of dialogue %s failed", dialogue_id)
         finally:
             self._tasks.pop(dialogue_id, None)
+            self._relays.pop(dialogue_id, None)
             self.controls.pop(dialogue_id, None)
 
     async def resume_all(self) -> None:

@@ -1,4 +1,4 @@
-"""The status message at the top of a dialogue's thread, and its Stop / Pause / Resume buttons.
+"""The status message at the top of a dialogue's thread, and its Stop / Pause / Resume / Interject buttons.
 
 The buttons' custom ids carry the dialogue id, so they keep working after a restart: the click is
 handled from the store, not from anything held in memory.
@@ -15,6 +15,7 @@ import discord
 from bot.budget import format_usd
 from bot.models import Dialogue, Status, Turn
 from bot.transcript import cache_totals
+from cogs.people import InterjectButton
 
 if TYPE_CHECKING:
     from cogs.client import VoicesBot
@@ -58,7 +59,7 @@ def status_embed(dialogue: Dialogue, turns: Sequence[Turn], speaker: str | None)
     for seat, persona in enumerate(dialogue.participants):
         mine = [t for t in turns if t.seat == seat]
         embed.add_field(
-            name=f"{persona.name} · {persona.model}"[:256],
+            name=f"{persona.name} · {'a person' if persona.is_human else persona.model}"[:256],
             value=(
                 f"prompt {sum(t.usage.prompt_tokens for t in mine)} · "
                 f"completion {sum(t.usage.completion_tokens for t in mine)} · "
@@ -113,6 +114,7 @@ class ControlButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEM
         toggle = "resume" if dialogue.status is Status.PAUSED else "pause"
         view.add_item(ControlButton(toggle, dialogue.id))
         view.add_item(ControlButton("stop", dialogue.id))
+        view.add_item(InterjectButton(dialogue.id))
         return view
 
     async def callback(self, interaction: discord.Interaction[VoicesBot]) -> None:  # type: ignore[override]

@@ -3,6 +3,7 @@ config. Each command turns options into engine calls and shows the result."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
@@ -11,13 +12,27 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.app import utc_now
 from bot.budget import format_usd, parse_usd
 from bot.errors import InputError, StateError
 from bot.guilds import GuildLoad, check_start
-from bot.models import ContextPolicy, Dialogue, DialogueSpec, Limits, LoopAction, Status
-from bot.personas import resolve_participants
+from bot.lineage import continue_dialogue, fork
+from bot.models import (
+    ContextPolicy,
+    Dialogue,
+    DialogueSpec,
+    Limits,
+    LineageKind,
+    LoopAction,
+    Persona,
+    Status,
+    StopReason,
+)
+from bot.personas import distinct_names, resolve_participants
 from bot.rooms import Room
+from bot.transcript import headline
 from cogs.errors import reply, user_message
+from cogs.people import ME, seat_of
 from cogs.relay import transcript_files
 from cogs.status import status_embed
 from cogs.webhooks import NO_MENTIONS
@@ -46,6 +61,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
     def __init__(self, bot: VoicesBot):
         self.bot = bot
         self.s = bot.services
+        # When each member last interjected (loop time), for the per-member rate limit.
+        self._interjected: dict[int, float] = {}
 
     # Autocomplete ----------------------------------------------------------------------------
 
@@ -54,7 +71,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
     ) -> list[app_commands.Choice[str]]:
         """Offer personas first, then catalogue models, matching what was typed."""
         needle = current.lower()
-        names = [k for k in self.bot.personas if needle in k.lower()]
+        names = [ME] if needle in ME else []
+        names += [k for k in self.bot.personas if needle in k.lower()]
         try:
             models = [m.id for m in await self.bot.catalogue.search(current)]
         except Exception:  # noqa: BLE001 - a catalogue outage must not break typing
@@ -65,17 +83,21 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
 
     @app_commands.command(name="start")
     @app_commands.describe(
-        a="Who speaks first: a persona (see /voices personas) or a model id like z-ai/glm-5",
-        b="Who answers: a persona or a model id",
+        a="Who speaks first: a persona (see /voices personas), a model id like z-ai/glm-5, or 'me'",
+        b="Who answers: a persona, a model id, or 'me' to take the seat yourself",
+        c="A third voice (optional): a persona, a model id, or 'me'",
+        d="A fourth voice (optional): a persona, a model id, or 'me'",
         opening="The first message, given to the first speaker",
         rounds="Rounds: each speaker talks once per round",
         budget="Hard cap in USD, e.g. 0.25: no call is made that could pass it",
         system_a="System prompt for the first speaker (replaces the persona's)",
         system_b="System prompt for the second speaker (replaces the persona's)",
+        system_c="System prompt for the third speaker",
+        system_d="System prompt for the fourth speaker",
         context="When the history outgrows a model's context: stop, truncate, or compact into a summary",
         on_loop="When the dialogue goes in circles: notify in the thread, pause, or stop",
     )
-    @app_commands.autocomplete(a=speaker_choices, b=speaker_choices)
+    @app_commands.autocomplete(a=speaker_choices, b=speaker_choices, c=speaker_choices, d=speaker_choices)
     @app_commands.checks.bot_has_permissions(**NEEDED)
     async def start(
         self,
@@ -89,13 +111,20 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         system_b: app_commands.Range[str, 1, 4000] | None = None,
         context: Literal["stop", "truncate", "compact"] | None = None,
         on_loop: Literal["notify", "pause", "stop"] | None = None,
+        c: app_commands.Range[str, 1, 200] | None = None,
+        d: app_commands.Range[str, 1, 200] | None = None,
+        system_c: app_commands.Range[str, 1, 4000] | None = None,
+        system_d: app_commands.Range[str, 1, 4000] | None = None,
     ) -> None:
-        """Start a dialogue between two models in a new public thread."""
+        """Start a dialogue between two to four voices (models, or you) in a new public thread."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         channel = interaction.channel
         if not isinstance(channel, discord.TextChannel):
             raise InputError("use /voices start in a text channel; it opens a thread of its own")
-        spec = self._spec(a, b, opening, rounds, budget, system_a, system_b)
+        seats = [(a, system_a), (b, system_b), (c, system_c), (d, system_d)]
+        if c is None and d is not None:
+            raise InputError("give c before d: voices speak in the order a, b, c, d")
+        spec = self._spec(interaction, [(r, sp) for r, sp in seats if r is not None], opening, rounds, budget)
         spec = replace(
             spec,
             context_policy=ContextPolicy(context or self.bot.settings.context_policy),
@@ -125,17 +154,17 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
 
     def _spec(
         self,
-        a: str,
-        b: str,
+        interaction: discord.Interaction,
+        seats: list[tuple[str, str | None]],
         opening: str,
         rounds: int | None,
         budget: str | None,
-        system_a: str | None,
-        system_b: str | None,
     ) -> DialogueSpec:
         settings = self.bot.settings
-        personas = resolve_participants(
-            [(a, system_a), (b, system_b)], self.bot.personas, settings.default_max_tokens
+        voices = [(ref, system) for ref, system in seats if ref.strip().lower() != ME]
+        resolved = iter(resolve_participants(voices, self.bot.personas, settings.default_max_tokens))
+        personas = distinct_names(
+            [seat_of(interaction.user) if ref.strip().lower() == ME else next(resolved) for ref, _ in seats]
         )
         limits = Limits(
             max_rounds=rounds or settings.default_rounds,
@@ -266,6 +295,211 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             await self.bot.relays.start(room)
         await reply(interaction, f"Dialogue {extended.id} now has {extended.limits.max_rounds} rounds.")
 
+    # People --------------------------------------------------------------------------------
+
+    async def seat_to_speak(self, interaction: discord.Interaction, dialogue_id: int | None) -> Persona:
+        """Return the member's seat if it speaks next in this dialogue; refuse anyone else."""
+        room = await self._room(interaction, dialogue_id)
+        dialogue = await self.s.store.get_dialogue(room.dialogue_id)
+        if dialogue.status.is_final:
+            raise StateError(f"dialogue {dialogue.id} has ended ({dialogue.stop_reason})")
+        mine = [p for p in dialogue.participants if p.human_id == str(interaction.user.id)]
+        if not mine:
+            raise InputError(f"you have no seat in dialogue {dialogue.id}; `/voices interject` adds a note")
+        turns = await self.s.store.list_turns(dialogue.id)
+        persona = dialogue.participants[len(turns) % len(dialogue.participants)]
+        if persona not in mine or self.bot.relays.is_speaking(dialogue.id):
+            raise InputError(f"it is not your turn yet: {persona.name} speaks next")
+        return persona
+
+    async def say(self, interaction: discord.Interaction, dialogue_id: int | None, text: str) -> None:
+        """Give a member's words for their turn: to the running dialogue, or resuming a paused one."""
+        await self.seat_to_speak(interaction, dialogue_id)
+        room = await self._room(interaction, dialogue_id)
+        relays = self.bot.relays
+        if relays.is_running(room.dialogue_id):
+            relays.controls[room.dialogue_id].say(text)
+        else:
+            await relays.start(room, said=text)
+        await reply(interaction, "Sent: your words are posted in the thread as your turn.")
+
+    @app_commands.command(name="say")
+    @app_commands.describe(
+        text="What you say in your turn", dialogue="The dialogue's id (default: the one of this thread)"
+    )
+    async def say_command(
+        self,
+        interaction: discord.Interaction,
+        text: app_commands.Range[str, 1, 4000],
+        dialogue: int | None = None,
+    ) -> None:
+        """Speak in your seat when it is your turn (the Your turn button does the same)."""
+        await self.say(interaction, dialogue, text)
+
+    async def may_interject(self, interaction: discord.Interaction, dialogue_id: int | None) -> Room:
+        """Return the room if this member may interject now; refuse with the reason otherwise."""
+        room = await self._room(interaction, dialogue_id)
+        dialogue = await self.s.store.get_dialogue(room.dialogue_id)
+        if dialogue.status.is_final:
+            raise StateError(f"dialogue {dialogue.id} has ended; its models no longer read notes")
+        policy = await self.s.guilds.policy(room.guild_id)
+        roles = {r.id for r in getattr(interaction.user, "roles", ())}
+        if interaction.user.id != room.starter_id and policy.interject_role not in roles:
+            who = f", or members with the <@&{policy.interject_role}> role," if policy.interject_role else ""
+            raise InputError(
+                f"only whoever started this dialogue{who} may interject; "
+                "a server manager can choose a role with /voices config interject_role"
+            )
+        last = self._interjected.get(interaction.user.id)
+        wait = self.bot.settings.interject_cooldown
+        now = asyncio.get_running_loop().time()
+        if last is not None and now - last < wait:
+            raise InputError(f"you can interject again in {wait - (now - last):.0f} s")
+        return room
+
+    async def interject(self, interaction: discord.Interaction, dialogue_id: int | None, text: str) -> None:
+        """Add a member's note to the dialogue at the next turn boundary."""
+        room = await self.may_interject(interaction, dialogue_id)
+        limit = self.bot.settings.interject_max_chars
+        if len(text) > limit:
+            raise InputError(f"an interjection is at most {limit} characters; yours has {len(text)}")
+        self._interjected[interaction.user.id] = asyncio.get_running_loop().time()
+        author = interaction.user.display_name
+        note = await self.s.store.add_interjection(room.dialogue_id, author, text.strip(), utc_now())
+        if not self.bot.relays.is_running(room.dialogue_id):
+            # No relay to show it at the boundary: show it now; the models read it when they resume.
+            thread = await self.bot.relays.thread_of(room)
+            await thread.send(headline(note)[:2000], allowed_mentions=NO_MENTIONS)
+        await reply(interaction, f"Noted: every model reads it before turn {note.before_seq + 1}.")
+
+    @app_commands.command(name="interject")
+    @app_commands.describe(
+        text="A short note every model reads at the next turn boundary",
+        dialogue="The dialogue's id (default: the one of this thread)",
+    )
+    async def interject_command(
+        self,
+        interaction: discord.Interaction,
+        text: app_commands.Range[str, 1, 4000],
+        dialogue: int | None = None,
+    ) -> None:
+        """Add a note to a dialogue (its starter, and members with the server's interject role)."""
+        await self.interject(interaction, dialogue, text)
+
+    # Continuations and forks -----------------------------------------------------------------
+
+    @app_commands.command(name="continue")
+    @app_commands.describe(
+        dialogue="The finished dialogue to carry on",
+        rounds="Rounds to play",
+        budget="Hard cap in USD; a summary of the earlier dialogue, if needed, is paid from it",
+        opening="The new first message (used when the earlier dialogue is remembered in summary)",
+    )
+    @app_commands.checks.bot_has_permissions(**NEEDED)
+    async def continue_command(
+        self,
+        interaction: discord.Interaction,
+        dialogue: int,
+        rounds: app_commands.Range[int, 1, 100] | None = None,
+        budget: app_commands.Range[str, 1, 20] | None = None,
+        opening: app_commands.Range[str, 1, 4000] | None = None,
+    ) -> None:
+        """Start a new dialogue, in a new thread, that remembers a finished one."""
+        await self._branch(interaction, dialogue, None, rounds, budget, opening)
+
+    @app_commands.command(name="fork")
+    @app_commands.describe(
+        dialogue="The dialogue to fork",
+        turn="The last turn to keep (1 is the first)",
+        rounds="Rounds to play from there",
+        budget="Hard cap in USD",
+    )
+    @app_commands.checks.bot_has_permissions(**NEEDED)
+    async def fork_command(
+        self,
+        interaction: discord.Interaction,
+        dialogue: int,
+        turn: app_commands.Range[int, 1, 10000],
+        rounds: app_commands.Range[int, 1, 100] | None = None,
+        budget: app_commands.Range[str, 1, 20] | None = None,
+    ) -> None:
+        """Start a new dialogue, in a new thread, from any turn of an earlier one."""
+        await self._branch(interaction, dialogue, turn, rounds, budget, None)
+
+    async def _branch(
+        self,
+        interaction: discord.Interaction,
+        dialogue_id: int,
+        turn: int | None,
+        rounds: int | None,
+        budget: str | None,
+        opening: str | None,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        channel = interaction.channel
+        if isinstance(channel, discord.Thread):
+            channel = channel.parent  # used in the earlier dialogue's thread: open the new one beside it
+        if not isinstance(channel, discord.TextChannel):
+            raise InputError("use this in a text channel or a dialogue's thread")
+        parent_room = await self._room(interaction, dialogue_id)
+        parent = await self.s.store.get_dialogue(parent_room.dialogue_id)
+        settings = self.bot.settings
+        limits = Limits(
+            rounds or settings.default_rounds, parse_usd(budget) if budget else settings.default_budget
+        )
+        await self._check_guild(interaction, DialogueSpec(parent.participants, parent.opening, limits))
+        runner = self.s.runner
+        if turn is None:
+            child = await continue_dialogue(
+                runner,
+                parent.id,
+                limits.max_rounds,
+                limits.budget_usd,
+                "discord",
+                opening,
+                settings.summary_model,
+            )
+        else:
+            child = await fork(runner, parent.id, turn, limits.max_rounds, limits.budget_usd, "discord")
+        names = " ↔ ".join(p.name for p in child.participants)
+        how = "fork" if turn is not None else "continued"
+        try:
+            thread = await channel.create_thread(
+                name=f"{names} ({how})"[:100],
+                type=discord.ChannelType.public_thread,
+                auto_archive_duration=1440,
+                reason="a Voices dialogue",
+            )
+        except discord.HTTPException:
+            await self.s.store.finish_dialogue(
+                child.id, StopReason.THREAD_GONE, "its thread could not be made", utc_now()
+            )
+            raise
+        assert interaction.guild_id is not None
+        carried = child.parent.turns if child.parent else 0
+        room = await self.s.rooms.create(
+            Room(
+                child.id,
+                interaction.guild_id,
+                channel.id,
+                thread.id,
+                interaction.user.id,
+                posted_seq=carried - 1,
+            )
+        )
+        await thread.send(_lineage_line(child, parent_room), allowed_mentions=NO_MENTIONS)
+        try:
+            old = await self.bot.relays.thread_of(parent_room)
+            await old.send(
+                f"↪ Dialogue {child.id} goes on from here: {thread.jump_url}", allowed_mentions=NO_MENTIONS
+            )
+        except (discord.NotFound, discord.Forbidden):
+            pass  # the earlier thread is gone; the new dialogue does not need it
+        await self.bot.relays.start(room)
+        await interaction.followup.send(
+            f"Started dialogue {child.id} in {thread.mention}.", ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
     # Looking ---------------------------------------------------------------------------------
 
     @app_commands.command(name="status")
@@ -309,7 +543,7 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
     async def personas(self, interaction: discord.Interaction) -> None:
         """List the personas you can name in /voices start."""
         lines = [f"**{key}** · {p.name} · `{p.model}`" for key, p in sorted(self.bot.personas.items())]
-        lines.append("Any model id from the catalogue works too, e.g. `z-ai/glm-5`.")
+        lines.append("Any model id from the catalogue works too, e.g. `z-ai/glm-5`; `me` takes a seat yourself.")
         await reply(interaction, "\n".join(lines))
 
     # Settings --------------------------------------------------------------------------------
@@ -323,6 +557,7 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         max_concurrent="Most dialogues going at once in this server",
         reasoning="What to do with a model's reasoning text",
         allowed_models="Comma-separated model ids, or 'all'",
+        interject_role="Members with this role may interject in any dialogue",
     )
     async def config(
         self,
@@ -334,6 +569,7 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         max_concurrent: app_commands.Range[int, 1, 100] | None = None,
         reasoning: Literal["hide", "spoiler", "file"] | None = None,
         allowed_models: str | None = None,
+        interject_role: discord.Role | None = None,
     ) -> None:
         """Show or change this server's limits (Manage Server needed to change them)."""
         assert interaction.guild_id is not None
@@ -354,6 +590,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
                 changes[name] = parse_usd(text, name.replace("_", " "))
         if allowed_models is not None:
             changes["allowed_models"] = await self._models(allowed_models)
+        if interject_role is not None:
+            changes["interject_role"] = interject_role.id
         if changes and not interaction.permissions.manage_guild:
             raise InputError("changing the server's limits needs the Manage Server permission")
         guilds = self.s.guilds
@@ -363,12 +601,14 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             else await guilds.policy(interaction.guild_id)
         )
         models = "all" if policy.allowed_models is None else ", ".join(sorted(policy.allowed_models))
+        role = f"starter and <@&{policy.interject_role}>" if policy.interject_role else "starter only"
         await reply(
             interaction,
             (
                 f"Rounds ≤ {policy.max_rounds} · budget ≤ {format_usd(policy.max_budget)} · per day: server "
                 f"{format_usd(policy.daily_cap_guild)}, member {format_usd(policy.daily_cap_member)} · "
-                f"{policy.max_concurrent} at once · reasoning: {policy.reasoning} · models: {models}"
+                f"{policy.max_concurrent} at once · reasoning: {policy.reasoning} · models: {models} · "
+                f"interject: {role}"
             ),
         )
 
@@ -379,6 +619,20 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         for model_id in ids:
             await self.bot.catalogue.get(model_id)  # an unknown id is refused by name
         return ids
+
+
+def _lineage_line(child: Dialogue, parent_room: Room) -> str:
+    lineage = child.parent
+    assert lineage is not None
+    where = f"<#{parent_room.thread_id}>"
+    if lineage.kind is LineageKind.FORK:
+        return (
+            f"Forked from dialogue {lineage.parent_id} ({where}) at turn {lineage.turns}: "
+            f"turns 1–{lineage.turns} carry over."
+        )
+    if lineage.turns:
+        return f"Continues dialogue {lineage.parent_id} ({where}): all {lineage.turns} turns carry over."
+    return f"Continues dialogue {lineage.parent_id} ({where}): every voice remembers it in a summary."
 
 
 def _line(dialogue: Dialogue, room: Room) -> str:

@@ -84,19 +84,25 @@ class World:
 
 
 @pytest.fixture
-async def simcord_bot(tmp_path, server) -> AsyncIterator[VoicesBot]:
-    """The bot as `voices bot` builds it, pointed at the loopback OpenRouter and a tmp database.
+async def simcord_bot(tmp_path, server, request) -> AsyncIterator[VoicesBot]:
+    """The bot as `voices bot` builds it, pointed at the loopback OpenRouter and a tmp database
+    (with the settings of a `@pytest.mark.settings(...)` marker, if the test has one).
 
     SimCord detaches the bot without closing it; closing it here releases the database and the
     HTTP client, as a real shutdown would."""
-    bot = create_bot(make_settings(tmp_path, server))
+    marker = request.node.get_closest_marker("settings")
+    bot = create_bot(make_settings(tmp_path, server, **(marker.kwargs if marker else {})))
     yield bot
     await bot.close()
 
 
 @pytest.fixture
-def world(simcord_env, simcord_bot, server) -> World:
+def world(simcord_env, simcord_bot, server, monkeypatch) -> World:
     env = simcord_env
+    # A member's turn waits on the member: outside input, as far as SimCord's settling goes.
+    monkeypatch.setattr(
+        "cogs.relay.wait_for_member", lambda waiting: env.external_wait(waiting, reason="a member's turn")
+    )
     guild = env.create_guild()
     channel = guild.create_text_channel("general")
     alice = guild.add_member(env.create_user("alice"))
