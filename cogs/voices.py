@@ -543,7 +543,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
     async def personas(self, interaction: discord.Interaction) -> None:
         """List the personas you can name in /voices start."""
         lines = [f"**{key}** · {p.name} · `{p.model}`" for key, p in sorted(self.bot.personas.items())]
-        lines.append("Any model id from the catalogue works too, e.g. `z-ai/glm-5`; `me` takes a seat yourself.")
+        lines.append(
+            "Any model id from the catalogue works too, e.g. `z-ai/glm-5`; `me` takes a seat yourself."
+        )
         await reply(interaction, "\n".join(lines))
 
     # Settings --------------------------------------------------------------------------------
