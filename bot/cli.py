@@ -20,11 +20,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.markdown import Markdown
 
-from bot.app import App, EngineConfig, open_app
+from bot.app import App, EngineConfig, open_app, utc_now
 from bot.budget import parse_usd
 from bot.console import DialogueView, dialogue_table, model_table
 from bot.control import Control
-from bot.errors import InputError
+from bot.errors import InputError, StateError
 from bot.events import AwaitingHuman, Ended
 from bot.lineage import continue_dialogue, fork
 from bot.models import HUMAN, ContextPolicy, Dialogue, DialogueSpec, Limits, LoopAction, Persona, Status
@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     branch.add_argument("--budget", type=_usd, help="hard cap in USD")
     _add_run_output(branch)
 
+    note = sub.add_parser(
+        "interject", help="add a note every model reads at the dialogue's next turn boundary"
+    )
+    note.add_argument("id", type=int)
+    note.add_argument("text")
+    note.add_argument("--as", dest="author", default=None, help="who says it (default: your login)")
+
     listing = sub.add_parser("list", help="recent dialogues")
     listing.add_argument("--limit", type=int, default=20)
 
@@ -164,6 +171,17 @@ async def dispatch(
             return await resume_dialogue(args, config, defaults, console)
         case "continue" | "fork":
             return await branch_dialogue(args, config, defaults, console)
+        case "interject":
+            text = args.text.strip()
+            if not text:
+                raise InputError("the interjection is empty; say something")
+            async with open_app(config) as app:
+                dialogue = await app.store.get_dialogue(args.id)
+                if dialogue.status.is_final:
+                    raise StateError(f"dialogue {args.id} has ended; its models no longer read notes")
+                author = args.author or getpass.getuser().capitalize()
+                note = await app.store.add_interjection(args.id, author, text, utc_now())
+            console.print(f"Noted: every model reads it before turn {note.before_seq + 1}.", markup=False)
         case "list":
             async with open_app(config) as app:
                 console.print(dialogue_table(await app.store.list_dialogues(args.limit)))

@@ -277,7 +277,12 @@ class DialogueRunner:
     ) -> AsyncIterator[Event | _Stop]:
         """Yield events turn after turn, then one _Stop; return without one to pause."""
         turns = await self.store.list_turns(dialogue.id)
-        notes = await self.store.list_notes(dialogue.id)
+        # Interjections left while the dialogue was paused count as new: reported at the first boundary.
+        notes = [
+            n
+            for n in await self.store.list_notes(dialogue.id)
+            if not (n.kind is NoteKind.INTERJECTION and n.before_seq >= len(turns))
+        ]
         totals = dialogue.totals
         budget = Budget(dialogue.limits.budget_usd, totals.spent_usd)
         loop = asyncio.get_running_loop()

@@ -30,7 +30,6 @@ from bot.models import (
 )
 from bot.personas import distinct_names, resolve_participants
 from bot.rooms import Room
-from bot.transcript import headline
 from cogs.errors import reply, user_message
 from cogs.people import ME, seat_of
 from cogs.relay import transcript_files
@@ -366,11 +365,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         self._interjected[interaction.user.id] = asyncio.get_running_loop().time()
         author = interaction.user.display_name
         note = await self.s.store.add_interjection(room.dialogue_id, author, text.strip(), utc_now())
-        if not self.bot.relays.is_running(room.dialogue_id):
-            # No relay to show it at the boundary: show it now; the models read it when they resume.
-            thread = await self.bot.relays.thread_of(room)
-            await thread.send(headline(note)[:2000], allowed_mentions=NO_MENTIONS)
-        await reply(interaction, f"Noted: every model reads it before turn {note.before_seq + 1}.")
+        when = "" if self.bot.relays.is_running(room.dialogue_id) else ", when the dialogue goes on"
+        # The thread shows it in its place, at that boundary.
+        await reply(interaction, f"Noted: every model reads it before turn {note.before_seq + 1}{when}.")
 
     @app_commands.command(name="interject")
     @app_commands.describe(

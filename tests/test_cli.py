@@ -442,3 +442,24 @@ async def test_fork_and_continue_from_the_command_line(env, tmp_path, server):
     bad = await voices(env, tmp_path, "fork", "1", "9")
     assert bad.code == 2
     assert bad.err.strip() == "error: dialogue 1 has 4 turns; fork from a turn between 1 and 4"
+
+
+async def test_an_interjection_from_another_terminal_joins_a_paused_dialogue(env, tmp_path, server):
+    env = {**env, "VOICES_HUMAN_TIMEOUT": "0.5"}
+    process = await start_with_input(env, tmp_path, *HUMAN_RUN)
+    await asyncio.wait_for(process.communicate(), timeout=60)  # paused, waiting for Ann
+    noted = await voices(env, tmp_path, "interject", "1", "Talk about rivers.", "--as", "Zoe")
+    assert noted.code == 0, noted.err
+    assert noted.out.strip() == "Noted: every model reads it before turn 1."
+    result = await talk(env, tmp_path, "Rivers it is.\nAnd lakes.\n", "resume", "1")
+    assert result.code == 0, result.err
+    assert "💬 Zoe interjects: Talk about rivers." in result.out
+    glm = server.chat_requests[0].body["messages"]
+    assert (
+        plain(glm)[-1]["content"] == "Hi.\n\n[Zoe, watching, interjects:] Talk about rivers.\n\nRivers it is."
+    )
+    ended = await voices(env, tmp_path, "interject", "1", "Too late.")
+    assert (
+        ended.code == 2
+        and ended.err.strip() == "error: dialogue 1 has ended; its models no longer read notes"
+    )
