@@ -210,7 +210,9 @@ def _statistics(
 
 
 def cache_totals(turns: Sequence[Turn]) -> tuple[int, int, Decimal]:
-    """Return the tokens read from and written to the prompt cache, and what it saved, over the turns."""
+    """Return the tokens read from and written to the prompt cache, and what it saved, over the
+    dialogue's own turns (carried-over ones were paid for, and saved on, in their own dialogue)."""
+    turns = [t for t in turns if not t.inherited]
     return (
         sum(t.usage.cached_tokens for t in turns),
         sum(t.usage.cache_write_tokens for t in turns),

@@ -50,6 +50,7 @@ def status_embed(dialogue: Dialogue, turns: Sequence[Turn], speaker: str | None)
         value=f"{format_usd(dialogue.totals.spent_usd)} of {format_usd(dialogue.limits.budget_usd)}",
     )
     embed.add_field(name="Time", value=_elapsed(dialogue))
+    own = [t for t in turns if not t.inherited]  # carried-over turns were paid for elsewhere
     cached, written, saved = cache_totals(turns)
     if cached or written:
         embed.add_field(
@@ -57,7 +58,7 @@ def status_embed(dialogue: Dialogue, turns: Sequence[Turn], speaker: str | None)
             value=f"read {cached} · written {written} tokens · saved {format_usd(saved)}",
         )
     for seat, persona in enumerate(dialogue.participants):
-        mine = [t for t in turns if t.seat == seat]
+        mine = [t for t in own if t.seat == seat]
         embed.add_field(
             name=f"{persona.name} · {'a person' if persona.is_human else persona.model}"[:256],
             value=(
