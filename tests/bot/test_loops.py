@@ -154,3 +154,13 @@ def test_the_similarity_threshold_comes_from_the_settings(threshold, flagged):
     limits = replace(LIMITS, similarity=threshold)
     found = find(turns_of(HEALTHY[:4] + LOOPING), NAMES, limits)
     assert (NoteKind.REPETITION in {f.kind for f in found}) is flagged
+
+
+async def test_a_healthy_dialogue_runs_every_round_even_with_stop_on_loop(make_runner, store):
+    provider = ScriptedProvider(free_models(["x/a", "x/b"]), fallback=None)
+    provider.enqueue(*(ScriptedReply(text=t) for t in HEALTHY))
+    runner = make_runner(provider)
+    dialogue = await runner.create(replace(make_spec("x/a", "x/b", rounds=5), loop_action=LoopAction.STOP))
+    events = await run_all(runner, dialogue.id)
+    assert events[-1].dialogue.stop_reason is StopReason.MAX_ROUNDS
+    assert await store.list_notes(dialogue.id) == []

@@ -201,3 +201,25 @@ async def test_branching_an_unknown_dialogue_is_one_line(world, command):
     result = await world.alice.slash(world.channel, command, **options)
     assert result.ephemeral
     assert result.response.content == "⚠ no dialogue 99 in this server; `/voices list` shows them"
+
+
+async def test_a_note_left_while_paused_is_shown_in_its_place_when_the_dialogue_goes_on(world):
+    hold_second_turn(world)
+    await start(world, rounds=2)
+    await world.env.settle()
+    thread = world.thread()
+    await world.alice.click(status_message(thread), label="Pause")
+    await world.env.advance_time(30)
+    await world.finish(1)
+    assert (await world.bot.services.store.get_dialogue(1)).status is Status.PAUSED
+    result = await world.alice.slash(thread, "voices interject", text="Now about mountains.")
+    assert result.response.content == "Noted: every model reads it before turn 3, when the dialogue goes on."
+    assert not any("mountains" in m.content for m in thread.history())
+    await world.alice.click(status_message(thread), label="Resume")
+    await world.finish(1)
+    contents = [m.content for m in thread.history()]
+    note = contents.index("💬 alice interjects: Now about mountains.")
+    turn_3 = next(
+        i for i, m in enumerate(thread.history()) if m.webhook_id and m.content.startswith("Reply 4")
+    )
+    assert note < turn_3
