@@ -11,8 +11,8 @@ from pathlib import Path
 
 from bench.harness import engine, run_dialogue, spec
 from bot.budget import format_usd
-from bot.dialogue import Tuning
 from bot.models import Persona
+from bot.plan import Tuning
 from tests.fake_openrouter import MODELS, FakeOpenRouter
 
 OPUS = "anthropic/claude-opus-4.6"

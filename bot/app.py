@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 
 from bot.catalogue import Catalogue
-from bot.dialogue import DialogueRunner, Tuning
+from bot.dialogue import DialogueRunner
 from bot.personas import ProviderSpec
+from bot.plan import Tuning
 from bot.providers import Route, Router
 from bot.providers.base import Provider
 from bot.providers.local import LocalCatalogue, LocalModels, LocalProvider

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
@@ -19,12 +19,12 @@ from bot.budget import (
     cache_saving,
     count_bytes,
     estimate_prompt_tokens,
-    expected_tokens,
     format_usd,
     settle_cost,
     worst_case_cost,
 )
 from bot.call import Attempt, stream_call, wait_or_stop
+from bot.context import Compactor
 from bot.control import Control
 from bot.errors import InputError, ProviderError, StateError
 from bot.events import (
@@ -37,7 +37,7 @@ from bot.events import (
     TurnRestarted,
     TurnStarted,
 )
-from bot.loops import LoopThresholds, notice
+from bot.loops import notice
 from bot.models import (
     HUMAN_SOURCE,
     ContextPolicy,
@@ -47,39 +47,24 @@ from bot.models import (
     ModelInfo,
     Note,
     NoteKind,
-    Persona,
     StopReason,
     Turn,
     TurnStatus,
     Usage,
 )
-from bot.prompts import Window, build_messages, cache_breakpoints, current_window
+from bot.plan import Halted, Tuning, TurnPlan, max_tokens_of, tokens_per_byte
+from bot.prompts import build_messages, cache_breakpoints, current_window
 from bot.providers import Router
 from bot.providers.base import ChatRequest
 from bot.retry import RetryPolicy
 from bot.store import Store
-from bot.summary import Summariser, SummaryStopped, summariser, summary_messages
+from bot.summary import Summariser, summariser
 
 log = logging.getLogger(__name__)
 
 MAX_PARTICIPANTS = 8
 # An empty reply is retried once with this much more room, since reasoning usually ate it all.
 EMPTY_RETRY_FACTOR = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Tuning:
-    """How long dialogues are kept cheap and going; the values come from the settings."""
-
-    #: Model id prefixes that cache only at explicit breakpoints; others cache on their own.
-    cache_breakpoint_models: tuple[str, ...] = ("anthropic/", "google/gemini")
-    #: Turns a compaction keeps verbatim (fewer only when the context leaves no room for them).
-    keep_recent: int = 4
-    #: Room for a compaction's summary.
-    summary_max_tokens: int = 600
-    loops: LoopThresholds = field(default_factory=LoopThresholds)
-    #: Seconds a person has for their turn before the dialogue pauses for them (None: no limit).
-    human_timeout: float | None = 600.0
 
 
 # Validation ------------------------------------------------------------------------------------
@@ -129,37 +114,6 @@ class _Stop:
     detail: str | None = None
 
 
-@dataclass(slots=True)
-class _TurnPlan:
-    seq: int
-    round: int
-    seat: int
-    persona: Persona
-    model: ModelInfo
-    messages: list[dict[str, str]]
-    max_tokens: int
-    prompt_estimate: int
-    window: Window = field(default_factory=Window)
-    #: Prompt tokens per byte of the bound, as the dialogue's latest call showed (1.0 before any).
-    tokens_per_byte: float = 1.0
-    started_at: datetime | None = None
-
-    def expected(self, messages: Sequence[dict[str, str]]) -> int:
-        """Return the prompt tokens messages are expected to make (for fitting, not for money)."""
-        return expected_tokens(messages, self.tokens_per_byte)
-
-    def overflow(self) -> str | None:
-        """Say how the request would pass the model's context, or return None when it fits."""
-        context = self.model.context_length
-        expected = min(self.prompt_estimate, self.expected(self.messages))
-        if context is None or expected + self.max_tokens <= context:
-            return None
-        return (
-            f"{self.persona.name}: about {expected} prompt tokens + {self.max_tokens} for "
-            f"the reply exceed {self.model.id}'s {context}"
-        )
-
-
 class DialogueRunner:
     """Create dialogues and run them turn by turn, persisting each turn as it completes."""
 
@@ -184,6 +138,7 @@ class DialogueRunner:
         self._sleep = sleep
         self.tuning = tuning or Tuning()
         self.summariser = Summariser(store, router, self._retry, sleep, clock)
+        self.compactor = Compactor(store, router, self.summariser, clock)
         # Dialogues running in this process: a second run of one would write every turn twice.
         self._active: set[int] = set()
 
@@ -313,17 +268,14 @@ class DialogueRunner:
                     if dialogue.context_policy is ContextPolicy.STOP:
                         yield _Stop(StopReason.CONTEXT_LIMIT, overflow)
                         return
-                    stop: _Stop | None = None
-                    async for step in self._make_room(
-                        dialogue, plan, turns, notes, budget, control, deadline
-                    ):
-                        if isinstance(step, _Stop):
-                            stop = step
-                        else:
-                            yield step
-                    if stop is not None:
-                        yield stop
+                    try:
+                        note = await self.compactor.make_room(
+                            dialogue, plan, turns, notes, budget, control, deadline, self.tuning
+                        )
+                    except Halted as halted:
+                        yield _Stop(halted.reason, halted.detail)
                         return
+                    yield Noted(note)
                     dialogue = await self.store.get_dialogue(dialogue.id)
                     totals = dialogue.totals
                     continue
@@ -364,7 +316,7 @@ class DialogueRunner:
                 return
 
     async def _human_turn(
-        self, dialogue: Dialogue, plan: _TurnPlan, control: Control
+        self, dialogue: Dialogue, plan: TurnPlan, control: Control
     ) -> AsyncIterator[Event | Turn | _Stop]:
         """A person's turn: wait for their words, then commit them as a free turn.
 
@@ -404,7 +356,7 @@ class DialogueRunner:
 
     def _plan(
         self, dialogue: Dialogue, models: list[ModelInfo], turns: Sequence[Turn], notes: Sequence[Note]
-    ) -> _TurnPlan | None:
+    ) -> TurnPlan | None:
         seq = len(turns)
         count = len(dialogue.participants)
         round_no, seat = divmod(seq, count)
@@ -414,7 +366,7 @@ class DialogueRunner:
         window = current_window(notes)
         messages = build_messages(dialogue.participants, seat, dialogue.opening, turns, window, notes)
         estimate = estimate_prompt_tokens(messages, _calibration(dialogue, seat, turns, notes))
-        return _TurnPlan(
+        return TurnPlan(
             seq,
             round_no + 1,
             seat,
@@ -430,7 +382,7 @@ class DialogueRunner:
     def _check_limits(
         self,
         dialogue: Dialogue,
-        plan: _TurnPlan | None,
+        plan: TurnPlan | None,
         control: Control,
         deadline: float | None,
     ) -> _Stop | None:
@@ -446,7 +398,7 @@ class DialogueRunner:
         return None
 
     @staticmethod
-    def _check_tokens(dialogue: Dialogue, plan: _TurnPlan, tokens_used: int) -> _Stop | None:
+    def _check_tokens(dialogue: Dialogue, plan: TurnPlan, tokens_used: int) -> _Stop | None:
         limit = dialogue.limits.max_total_tokens
         if limit is not None and tokens_used + plan.prompt_estimate + plan.max_tokens > limit:
             return _Stop(
@@ -458,7 +410,7 @@ class DialogueRunner:
     async def _play_turn(
         self,
         dialogue: Dialogue,
-        plan: _TurnPlan,
+        plan: TurnPlan,
         reservation: Reservation,
         budget: Budget,
         control: Control,
@@ -542,158 +494,6 @@ class DialogueRunner:
         if stop is not None:
             yield stop
 
-    # Long dialogues ---------------------------------------------------------------------------
-
-    async def _make_room(
-        self,
-        dialogue: Dialogue,
-        plan: _TurnPlan,
-        turns: Sequence[Turn],
-        notes: Sequence[Note],
-        budget: Budget,
-        control: Control,
-        deadline: float | None,
-    ) -> AsyncIterator[Event | _Stop]:
-        """The next request will not fit: drop or summarise the oldest turns, per the dialogue's policy.
-
-        Yields the stored note's event (the window follows from the notes), or a _Stop when no
-        window can fit: at least the last turn is always kept, so the speaker has something to answer.
-        """
-        overflow = plan.overflow()
-        window = plan.window
-        last = len(turns) - 1
-        if dialogue.context_policy is ContextPolicy.TRUNCATE:
-            first = next(
-                (
-                    k
-                    for k in range(window.first_kept + 1, last + 1)
-                    if self._fits(dialogue, plan, turns, notes, k)
-                ),
-                None,
-            )
-            if first is None:
-                yield _Stop(StopReason.CONTEXT_LIMIT, f"{overflow}, even with only the last turn kept")
-                return
-            note = Note(
-                dialogue.id,
-                plan.seq,
-                NoteKind.TRUNCATED,
-                f"{_first_turns(first)} left out to fit {plan.model.id}'s context; the opening stays.",
-                self._clock(),
-                first_kept_seq=first,
-            )
-            yield Noted(await self.store.add_note(note))
-            return
-        # Compact: keep a recent window verbatim (smaller only if it must be) and summarise the rest.
-        # The summary takes at most half of what the reply leaves of the context.
-        context = plan.model.context_length or 0
-        room = max(16, min(self.tuning.summary_max_tokens, (context - plan.max_tokens) // 2))
-        keep = min(self.tuning.keep_recent, last)
-        start = max(len(turns) - keep, window.first_kept + 1)
-        upto = next(
-            (k for k in range(start, last + 1) if self._fits(dialogue, plan, turns, notes, k, room)), None
-        )
-        if upto is None or upto <= window.first_kept:
-            yield _Stop(StopReason.CONTEXT_LIMIT, f"{overflow}, even with the history summarised")
-            return
-        async for item in self._summarise(
-            dialogue, plan, turns, notes, window, upto, room, budget, control, deadline
-        ):
-            yield item
-
-    @staticmethod
-    def _fits(
-        dialogue: Dialogue,
-        plan: _TurnPlan,
-        turns: Sequence[Turn],
-        notes: Sequence[Note],
-        first_kept: int,
-        extra: int = 0,
-    ) -> bool:
-        """Return whether the speaker's request fits its context with turns from `first_kept` on
-        (and `extra` tokens of summary)."""
-        context = plan.model.context_length
-        assert context is not None
-        placeholder = Window(first_kept, "" if extra else None, plan.seq)
-        messages = build_messages(
-            dialogue.participants, plan.seat, dialogue.opening, turns, placeholder, notes
-        )
-        return plan.expected(messages) + extra + plan.max_tokens <= context
-
-    async def _summarise(
-        self,
-        dialogue: Dialogue,
-        plan: _TurnPlan,
-        turns: Sequence[Turn],
-        notes: Sequence[Note],
-        window: Window,
-        upto: int,
-        room: int,
-        budget: Budget,
-        control: Control,
-        deadline: float | None,
-    ) -> AsyncIterator[Event | _Stop]:
-        """Summarise turns before `upto` (with the previous summary, in at most `room` tokens) into a
-        compaction note.
-
-        The summary's call is budgeted like a turn: reserved at its worst case first, recorded as in
-        flight (under the next turn's number) so a crash charges it, and settled into the totals
-        with the note in one transaction.
-        """
-        persona = summariser(dialogue.summary_model or plan.persona.model, plan.persona, room)
-        model = await self.router.model(persona)
-        max_tokens = max_tokens_of(persona, model)
-        persona = replace(persona, max_tokens=max_tokens)
-        words = max(50, max_tokens * 3 // 5)
-
-        def ask(upto: int) -> list[dict[str, str]]:
-            kept = turns[window.first_kept : upto]
-            return summary_messages(
-                dialogue.participants, dialogue.opening, kept, notes, window.summary, words
-            )
-
-        messages = ask(upto)
-        # The summariser must hold what it reads: with a small context it reads fewer turns.
-        while (
-            model.context_length is not None and plan.expected(messages) + max_tokens > model.context_length
-        ):
-            if upto - 1 <= window.first_kept:
-                yield _Stop(StopReason.CONTEXT_LIMIT, f"{model.id} cannot hold a single turn to summarise")
-                return
-            upto -= 1
-            messages = ask(upto)
-        try:
-            summary = await self.summariser.write(
-                dialogue.id,
-                plan.seq,
-                persona,
-                model,
-                messages,
-                budget,
-                control,
-                deadline,
-                "compacting the history",
-            )
-        except SummaryStopped as stopped:
-            yield _Stop(stopped.reason, stopped.detail)
-            return
-        kind, text = NoteKind.COMPACTED, summary.text
-        if not summary.text:  # paid for but empty: fall back to leaving the turns out
-            kind = NoteKind.TRUNCATED
-            text = f"The summary came back empty, so {_first_turns(upto).lower()} left out instead."
-        note = Note(
-            dialogue.id,
-            plan.seq,
-            kind,
-            text,
-            self._clock(),
-            first_kept_seq=upto,
-            model=summary.model,
-            usage=summary.usage,
-            cost_usd=summary.cost,
-        )
-        yield Noted(await self.store.add_note(note, settles_seq=plan.seq))
-
     async def _notice_loops(self, dialogue: Dialogue, turns: Sequence[Turn]) -> AsyncIterator[Event | _Stop]:
         """Note each new sign of going in circles; pause or stop if the dialogue asks for it."""
         names = [p.name for p in dialogue.participants]
@@ -708,7 +508,7 @@ class DialogueRunner:
         elif dialogue.loop_action is LoopAction.PAUSE:
             yield _Stop(None)
 
-    def _request(self, dialogue: Dialogue, plan: _TurnPlan, max_tokens: int) -> ChatRequest:
+    def _request(self, dialogue: Dialogue, plan: TurnPlan, max_tokens: int) -> ChatRequest:
         return ChatRequest(
             model=plan.model.id,
             messages=plan.messages,
@@ -731,7 +531,7 @@ class DialogueRunner:
     def _turn(
         self,
         dialogue: Dialogue,
-        plan: _TurnPlan,
+        plan: TurnPlan,
         status: TurnStatus,
         attempt: Attempt,
         bill: _Bill,
@@ -785,12 +585,7 @@ class _Bill:
         self.source = max(self.source, source, key=order.index)
 
 
-def max_tokens_of(persona: Persona, model: ModelInfo) -> int:
-    wanted = persona.max_tokens or 1024
-    return min(wanted, model.max_completion_tokens) if model.max_completion_tokens else wanted
-
-
-def _grow(max_tokens: int, plan: _TurnPlan) -> int:
+def _grow(max_tokens: int, plan: TurnPlan) -> int:
     """Return the room for an empty reply's retry: twice as much, within the model's limits."""
     bigger = max_tokens * EMPTY_RETRY_FACTOR
     if plan.model.max_completion_tokens:
@@ -820,25 +615,7 @@ def _calibration(
     return None
 
 
-def tokens_per_byte(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]) -> float:
-    """Return prompt tokens per byte of the bound on the latest answered call (1.0 before any)."""
-    for turn in reversed(turns):
-        if turn.inherited:
-            break  # asked under another dialogue's prompts
-        if turn.status is TurnStatus.OK and turn.usage.prompt_tokens and turn.attempts == 1:
-            window = current_window(notes, at=turn.seq)
-            sent = build_messages(
-                dialogue.participants, turn.seat, dialogue.opening, turns[: turn.seq], window, notes
-            )
-            return min(1.0, turn.usage.prompt_tokens / count_bytes(sent))
-    return 1.0
-
-
-def _first_turns(count: int) -> str:
-    return "Turn 1 is" if count == 1 else f"Turns 1–{count} are"
-
-
-def _budget_detail(plan: _TurnPlan, worst: Decimal, budget: Budget) -> str:
+def _budget_detail(plan: TurnPlan, worst: Decimal, budget: Budget) -> str:
     return (
         f"{plan.persona.name}'s next call could cost up to {format_usd(worst)}; "
         f"{format_usd(budget.remaining)} of {format_usd(budget.limit)} left"

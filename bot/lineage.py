@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from bot.budget import Budget, expected_tokens
 from bot.control import Control
-from bot.dialogue import DialogueRunner, carried_rounds, max_tokens_of, tokens_per_byte
+from bot.dialogue import DialogueRunner, carried_rounds
 from bot.errors import InputError, ProviderError, StateError
 from bot.models import (
     Dialogue,
@@ -22,8 +22,9 @@ from bot.models import (
     StopReason,
     Turn,
 )
+from bot.plan import Halted, max_tokens_of, tokens_per_byte
 from bot.prompts import Window, build_messages, current_window
-from bot.summary import SummaryStopped, summariser, summary_messages
+from bot.summary import summariser, summary_messages
 
 CONTINUE_OPENING = "Let us pick up where we left off."
 
@@ -160,7 +161,7 @@ async def _remember(
         summary = await runner.summariser.write(
             child.id, 0, persona, model, messages, Budget(child.limits.budget_usd), Control(), None, what
         )
-    except SummaryStopped as stopped:
+    except Halted as stopped:
         if stopped.reason is StopReason.BUDGET:
             raise InputError(
                 f"the budget does not cover {what}: {stopped.detail}; raise the budget"

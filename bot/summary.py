@@ -12,6 +12,7 @@ from bot.budget import Budget, estimate_prompt_tokens, format_usd, settle_cost, 
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
 from bot.models import ModelInfo, Note, NoteKind, Persona, StopReason, Turn, TurnStatus, Usage
+from bot.plan import Halted
 from bot.prompts import ChatMessage, interjection_text
 from bot.providers import Router
 from bot.providers.base import ChatRequest
@@ -27,15 +28,6 @@ class Summary:
     model: str
     usage: Usage
     cost: Decimal
-
-
-class SummaryStopped(Exception):
-    """No summary: the reason the dialogue stops, and why in words."""
-
-    def __init__(self, reason: StopReason, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 def summariser(model: str, speaker: Persona, max_tokens: int) -> Persona:
@@ -120,12 +112,12 @@ class Summariser:
         deadline: float | None,
         purpose: str,
     ) -> Summary:
-        """Return the summary, or raise SummaryStopped (the budget, the provider or a stop said no)."""
+        """Return the summary, or raise Halted (the budget, the provider or a stop said no)."""
         max_tokens = persona.max_tokens or 512
         worst = worst_case_cost(model.pricing, estimate_prompt_tokens(messages), max_tokens)
         reservation = budget.reserve(worst)
         if reservation is None:
-            raise SummaryStopped(
+            raise Halted(
                 StopReason.BUDGET,
                 f"{purpose} could cost up to {format_usd(worst)}; "
                 f"{format_usd(budget.remaining)} of {format_usd(budget.limit)} left",
@@ -147,13 +139,13 @@ class Summariser:
                 budget.release(reservation)
                 await self._store.cancel_call(dialogue_id, seq)
                 if stopped:
-                    raise SummaryStopped(control.reason, control.detail or f"stopped while {purpose}")
-                raise SummaryStopped(StopReason.PROVIDER_ERROR, f"the summary call failed: {attempt.error}")
+                    raise Halted(control.reason, control.detail or f"stopped while {purpose}")
+                raise Halted(StopReason.PROVIDER_ERROR, f"the summary call failed: {attempt.error}")
         if attempt.interrupted is not None:
             # Cut off, it reports no cost: charge the reservation, as for a turn.
             budget.settle(reservation, reservation.amount)
             await self._store.settle_interrupted_calls(dialogue_id)
-            raise SummaryStopped(attempt.interrupted, control.detail or f"stopped while {purpose}")
+            raise Halted(attempt.interrupted, control.detail or f"stopped while {purpose}")
         completion = attempt.completion
         assert completion is not None
         usage = completion.usage or Usage()

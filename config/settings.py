@@ -11,11 +11,11 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.app import EngineConfig
-from bot.dialogue import Tuning
 from bot.guilds import GuildPolicy
 from bot.loops import LoopThresholds
 from bot.models import ContextPolicy, LoopAction
 from bot.personas import load_providers
+from bot.plan import Tuning
 
 CONFIG_DIR = Path(__file__).resolve().parent
 

@@ -9,10 +9,10 @@ from decimal import Decimal
 import pytest
 
 from bot.budget import format_usd
-from bot.dialogue import Tuning
 from bot.errors import UnknownModel
 from bot.events import Noted
 from bot.models import ContextPolicy, NoteKind, StopReason
+from bot.plan import Tuning
 from bot.transcript import render_json, render_markdown
 from tests.conftest import GLM, OPUS, make_spec, run_all
 from tests.fake_openrouter import MODELS, Reply, plain, text_of

@@ -1,0 +1,89 @@
+"""One turn's plan: who speaks next, what they are shown, how big the reply may be, and whether it
+fits the model's context; the Tuning of long dialogues; and Halted, the reason a run cannot go on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bot.budget import count_bytes, expected_tokens
+from bot.loops import LoopThresholds
+from bot.models import Dialogue, ModelInfo, Note, Persona, StopReason, Turn, TurnStatus
+from bot.prompts import Window, build_messages, current_window
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """How long dialogues are kept cheap and going; the values come from the settings."""
+
+    #: Model id prefixes that cache only at explicit breakpoints; others cache on their own.
+    cache_breakpoint_models: tuple[str, ...] = ("anthropic/", "google/gemini")
+    #: Turns a compaction keeps verbatim (fewer only when the context leaves no room for them).
+    keep_recent: int = 4
+    #: Room for a compaction's summary.
+    summary_max_tokens: int = 600
+    loops: LoopThresholds = field(default_factory=LoopThresholds)
+    #: Seconds a person has for their turn before the dialogue pauses for them (None: no limit).
+    human_timeout: float | None = 600.0
+
+
+class Halted(Exception):
+    """The run cannot go on: the reason it stops, and why in words."""
+
+    def __init__(self, reason: StopReason, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class TurnPlan:
+    """The next turn, worked out before anything is spent on it."""
+
+    seq: int
+    round: int
+    seat: int
+    persona: Persona
+    model: ModelInfo
+    messages: list[dict[str, str]]
+    max_tokens: int
+    prompt_estimate: int
+    window: Window = field(default_factory=Window)
+    #: Prompt tokens per byte of the bound, as the dialogue's latest call showed (1.0 before any).
+    tokens_per_byte: float = 1.0
+    started_at: datetime | None = None
+
+    def expected(self, messages: Sequence[dict[str, str]]) -> int:
+        """Return the prompt tokens messages are expected to make (for fitting, not for money)."""
+        return expected_tokens(messages, self.tokens_per_byte)
+
+    def overflow(self) -> str | None:
+        """Say how the request would pass the model's context, or return None when it fits."""
+        context = self.model.context_length
+        expected = min(self.prompt_estimate, self.expected(self.messages))
+        if context is None or expected + self.max_tokens <= context:
+            return None
+        return (
+            f"{self.persona.name}: about {expected} prompt tokens + {self.max_tokens} for "
+            f"the reply exceed {self.model.id}'s {context}"
+        )
+
+
+def max_tokens_of(persona: Persona, model: ModelInfo) -> int:
+    wanted = persona.max_tokens or 1024
+    return min(wanted, model.max_completion_tokens) if model.max_completion_tokens else wanted
+
+
+def tokens_per_byte(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]) -> float:
+    """Return prompt tokens per byte of the bound on the latest answered call (1.0 before any)."""
+    for turn in reversed(turns):
+        if turn.inherited:
+            break  # asked under another dialogue's prompts
+        if turn.status is TurnStatus.OK and turn.usage.prompt_tokens and turn.attempts == 1:
+            window = current_window(notes, at=turn.seq)
+            sent = build_messages(
+                dialogue.participants, turn.seat, dialogue.opening, turns[: turn.seq], window, notes
+            )
+            return min(1.0, turn.usage.prompt_tokens / count_bytes(sent))
+    return 1.0
