@@ -126,3 +126,40 @@ async def test_a_newer_schema_is_refused_untouched(tmp_path):
             pass
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+
+
+async def test_a_database_from_the_previous_release_keeps_its_dialogues_after_the_upgrade(tmp_path):
+    """Schema 3 (before caching, notes, people and lineage): a finished dialogue reads back whole."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        for _reason, sql in MIGRATIONS[:3]:
+            conn.executescript(sql)
+        conn.execute("PRAGMA user_version = 3")
+        conn.execute(
+            "INSERT INTO dialogues (id, origin, status, opening, max_rounds, budget_usd, created_at, "
+            "stop_reason, spent_usd, prompt_tokens, completion_tokens) VALUES "
+            "(1, 'cli', 'finished', 'Hello.', 1, '0.5', ?, 'max_rounds', '0.0036', 258, 1053)",
+            (NOW.isoformat(),),
+        )
+        for seat, model in enumerate(("anthropic/claude-opus-4.6", "z-ai/glm-5")):
+            conn.execute(
+                "INSERT INTO participants (dialogue_id, seat, name, model, system_prompt) VALUES (1, ?, ?, ?, '')",
+                (seat, f"p{seat}", model),
+            )
+        conn.execute(
+            "INSERT INTO turns VALUES (1, 0, 1, 0, 'ok', 'An old reply.', '', 258, 1053, 0, '0.0036', "
+            "'reported', 'anthropic/claude-opus-4.6', NULL, NULL, 'stop', 900, 1, ?, ?)",
+            (NOW.isoformat(), NOW.isoformat()),
+        )
+    async with Store.open(path) as store:
+        dialogue, turns, notes = await store.history(1)
+    assert dialogue.stop_reason is StopReason.MAX_ROUNDS and dialogue.totals.spent_usd == Decimal("0.0036")
+    assert (dialogue.context_policy, dialogue.loop_action, dialogue.parent) == ("stop", "notify", None)
+    (turn,) = turns
+    assert (turn.text, turn.usage.cached_tokens, turn.cache_saving_usd, turn.inherited) == (
+        "An old reply.",
+        0,
+        Decimal(0),
+        False,
+    )
+    assert notes == []
