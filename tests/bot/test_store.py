@@ -143,7 +143,8 @@ async def test_a_database_from_the_previous_release_keeps_its_dialogues_after_th
         )
         for seat, model in enumerate(("anthropic/claude-opus-4.6", "z-ai/glm-5")):
             conn.execute(
-                "INSERT INTO participants (dialogue_id, seat, name, model, system_prompt) VALUES (1, ?, ?, ?, '')",
+                "INSERT INTO participants (dialogue_id, seat, name, model, system_prompt) "
+                "VALUES (1, ?, ?, ?, '')",
                 (seat, f"p{seat}", model),
             )
         conn.execute(
