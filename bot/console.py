@@ -149,15 +149,18 @@ def dialogue_table(dialogues: Sequence[Dialogue]) -> Table:
 
 
 def model_table(models: Sequence[ModelInfo]) -> Table:
-    """Return a table of models with context length and prices per million tokens."""
-    table = Table("model", "context", "max reply", "$/M prompt", "$/M completion")
+    """Return a table of models with context length and prices per million tokens (a cached prompt
+    token's too, where the model has one)."""
+    table = Table("model", "context", "max reply", "$/M prompt", "$/M completion", "$/M cached")
     million = 1_000_000
     for m in sorted(models, key=lambda m: m.id):
+        cached = m.pricing.cache_read
         table.add_row(
             m.id,
             str(m.context_length or "?"),
             str(m.max_completion_tokens or "?"),
             f"{m.pricing.prompt * million:.4g}",
             f"{m.pricing.completion * million:.4g}",
+            f"{cached * million:.4g}" if cached is not None else "—",
         )
     return table

@@ -120,6 +120,7 @@ async def test_list_show_export_and_models(env, tmp_path):
     assert to_stdout.out == (tmp_path / "transcripts" / "1.md").read_text()
     models = await voices(env, tmp_path, "models", "glm")
     assert "z-ai/glm-5" in models.out and "claude" not in models.out and "1 models" in models.out
+    assert "$/M cached" in models.out and "0.16" in models.out  # GLM's cached prompt price
     if local_available():
         assert "local:default" in (await voices(env, tmp_path, "models", "local")).out
 
