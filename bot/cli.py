@@ -294,6 +294,7 @@ async def _drive(
             if isinstance(event, Ended):
                 ended = event.dialogue
     finally:
+        keyboard.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     assert ended is not None
@@ -307,6 +308,7 @@ class Keyboard:
 
     def __init__(self) -> None:
         self._reader: asyncio.StreamReader | None = None
+        self._transport: asyncio.ReadTransport | None = None
         self._task: asyncio.Future[str | None] | None = None
 
     async def ask(self, timeout: float | None) -> str | None:
@@ -326,14 +328,25 @@ class Keyboard:
         if self._task is not None:
             self._task.cancel()
 
+    def close(self) -> None:
+        """Stop reading, and give the terminal back in blocking mode, as the shell expects it."""
+        if self._transport is not None:
+            # The non-blocking flag asyncio set is shared with the shell's own descriptor.
+            os.set_blocking(sys.stdin.fileno(), True)
+            self._transport.close()
+            self._transport = None
+
     async def _line(self) -> str | None:
         if self._reader is None:
             reader = asyncio.StreamReader()
+            # A duplicate of standard input, so that closing the pipe leaves sys.stdin open.
+            pipe = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
             try:
-                await asyncio.get_running_loop().connect_read_pipe(
-                    lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+                self._transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+                    lambda: asyncio.StreamReaderProtocol(reader), pipe
                 )
             except (ValueError, OSError):  # a regular file: read it in a thread instead
+                pipe.close()
                 line = await asyncio.to_thread(sys.stdin.readline)
                 return line.rstrip("\n") if line else None
             self._reader = reader
