@@ -542,3 +542,16 @@ async def test_on_loop_stop_ends_the_dialogue_as_convergence(world):
         .embeds[0]
         .description.startswith("**Ended:** the dialogue was going in circles")
     )
+
+
+@pytest.mark.settings(summary_model=GLM)
+async def test_a_compaction_is_shown_in_the_thread_with_its_summary(world):
+    long = [f"Turn {i}: " + " ".join(f"t{i}w{j}" for j in range(60)) for i in range(8)]
+    world.server.enqueue_for("tiny/short-context", *(Reply(text=text) for text in long))
+    world.server.enqueue_for(GLM, Reply(text="They have counted, at length, and agree on little."))
+    await start(world, a="tiny/short-context", b="tiny/short-context", rounds=4, context="compact")
+    await world.finish(1)
+    own = [m.content for m in world.thread().history() if m.webhook_id is None and not m.embeds]
+    headline = next(c for c in own if c.startswith("⟲ Context compacted"))
+    assert "by z-ai/glm-5" in headline
+    assert own[own.index(headline) + 1] == "They have counted, at length, and agree on little."
