@@ -43,6 +43,7 @@ from bot.models import (
     ContextPolicy,
     Dialogue,
     DialogueSpec,
+    LineageKind,
     LoopAction,
     ModelInfo,
     Note,
@@ -203,6 +204,11 @@ class DialogueRunner:
             raise StateError(f"dialogue {dialogue_id} has ended ({reason}); start a new one")
         models = [await self.router.model(p) for p in dialogue.participants]
         await self.store.settle_interrupted_calls(dialogue_id)
+        if lost := await self._lost_memory(dialogue):
+            # A continuation whose summary was cut off by a crash would run without its memory.
+            await self.store.finish_dialogue(dialogue_id, StopReason.INTERNAL_ERROR, lost, self._clock())
+            yield Ended(await self.store.get_dialogue(dialogue_id))
+            return
         await self.store.mark_running(dialogue_id, self._clock())
         dialogue = await self.store.get_dialogue(dialogue_id)
         yield Started(dialogue)
@@ -226,6 +232,18 @@ class DialogueRunner:
         else:
             await self.store.finish_dialogue(dialogue_id, stop.reason, stop.detail, self._clock())
         yield Ended(await self.store.get_dialogue(dialogue_id))
+
+    async def _lost_memory(self, dialogue: Dialogue) -> str | None:
+        """Say why a continuation cannot run: it was to remember in summary, and no memory was kept."""
+        parent = dialogue.parent
+        if parent is None or parent.kind is not LineageKind.CONTINUE or parent.turns:
+            return None
+        if any(n.kind is NoteKind.MEMORY for n in await self.store.list_notes(dialogue.id)):
+            return None
+        return (
+            f"its summary of dialogue {parent.parent_id} was never written (the process stopped while "
+            f"writing it); continue dialogue {parent.parent_id} again"
+        )
 
     async def _turns(
         self, dialogue: Dialogue, models: list[ModelInfo], control: Control

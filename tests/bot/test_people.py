@@ -14,7 +14,7 @@ from bot.dialogue import validate_spec
 from bot.errors import InputError, StateError
 from bot.events import AwaitingHuman, Noted, TurnFinished
 from bot.lineage import continue_dialogue, fork
-from bot.models import LineageKind, NoteKind, Persona, Status, StopReason
+from bot.models import Lineage, LineageKind, NoteKind, Persona, Status, StopReason
 from bot.transcript import render_json, render_markdown
 from tests.conftest import GLM, OPUS, make_spec, run_all
 from tests.fake_openrouter import Reply, plain, text_of
@@ -213,3 +213,22 @@ async def test_a_running_dialogue_cannot_be_continued(runner, store):
     dialogue = await runner.create(make_spec())
     with pytest.raises(StateError, match="has not ended; stop it first, or fork it at a turn"):
         await continue_dialogue(runner, dialogue.id, rounds=1, budget=Decimal("0.5"), origin="cli")
+
+
+async def test_a_continuation_whose_summary_a_crash_cut_off_never_runs_without_its_memory(
+    runner, server, store
+):
+    parent = await finished(runner, rounds=1)
+    spec = replace(
+        make_spec(rounds=1), parent=Lineage(parent.id, LineageKind.CONTINUE, 0), opening="Pick up."
+    )
+    child = await runner.create(spec)
+    # The process died while the summary was being written: its call is still in flight.
+    await store.begin_call(child.id, 0, Decimal("0.004"), child.created_at)
+    before = len(server.chat_requests)
+    events = await run_all(runner, child.id)
+    final = events[-1].dialogue
+    assert final.stop_reason is StopReason.INTERNAL_ERROR
+    assert f"its summary of dialogue {parent.id} was never written" in final.stop_detail
+    assert final.totals.spent_usd == Decimal("0.004")  # the lost call is charged, as any other
+    assert len(server.chat_requests) == before  # and nothing more is spent
