@@ -103,7 +103,7 @@ class SayButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"voice
 
     async def callback(self, interaction: discord.Interaction[VoicesBot]) -> None:  # type: ignore[override]
         async def open_modal() -> None:
-            persona = await _cog(interaction).seat_to_speak(interaction, self.dialogue_id)
+            _room, persona = await _cog(interaction).seat_to_speak(interaction, self.dialogue_id)
             await interaction.response.send_modal(SayModal(self.dialogue_id, persona.name))
 
         await _guarded(interaction, open_modal())

@@ -296,8 +296,10 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
 
     # People --------------------------------------------------------------------------------
 
-    async def seat_to_speak(self, interaction: discord.Interaction, dialogue_id: int | None) -> Persona:
-        """Return the member's seat if it speaks next in this dialogue; refuse anyone else."""
+    async def seat_to_speak(
+        self, interaction: discord.Interaction, dialogue_id: int | None
+    ) -> tuple[Room, Persona]:
+        """Return the room and the member's seat if it speaks next in this dialogue; refuse anyone else."""
         room = await self._room(interaction, dialogue_id)
         dialogue = await self.s.store.get_dialogue(room.dialogue_id)
         if dialogue.status.is_final:
@@ -309,18 +311,20 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         persona = dialogue.participants[len(turns) % len(dialogue.participants)]
         if persona not in mine or self.bot.relays.is_speaking(dialogue.id):
             raise InputError(f"it is not your turn yet: {persona.name} speaks next")
-        return persona
+        return room, persona
 
     async def say(self, interaction: discord.Interaction, dialogue_id: int | None, text: str) -> None:
         """Give a member's words for their turn: to the running dialogue, or resuming a paused one."""
-        await self.seat_to_speak(interaction, dialogue_id)
-        room = await self._room(interaction, dialogue_id)
+        if not text.strip():
+            raise InputError("your words are empty; say something")
+        room, _persona = await self.seat_to_speak(interaction, dialogue_id)
         relays = self.bot.relays
         if relays.is_running(room.dialogue_id):
             relays.controls[room.dialogue_id].say(text)
+            await reply(interaction, "Sent: your words are posted in the thread as your turn.")
         else:
             await relays.start(room, said=text)
-        await reply(interaction, "Sent: your words are posted in the thread as your turn.")
+            await reply(interaction, "Sent: your words are posted as your turn, and the dialogue goes on.")
 
     @app_commands.command(name="say")
     @app_commands.describe(
@@ -360,6 +364,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         """Add a member's note to the dialogue at the next turn boundary."""
         room = await self.may_interject(interaction, dialogue_id)
         limit = self.bot.settings.interject_max_chars
+        if not text.strip():
+            raise InputError("the interjection is empty; say something")
         if len(text) > limit:
             raise InputError(f"an interjection is at most {limit} characters; yours has {len(text)}")
         self._interjected[interaction.user.id] = asyncio.get_running_loop().time()

@@ -223,3 +223,18 @@ async def test_a_note_left_while_paused_is_shown_in_its_place_when_the_dialogue_
         i for i, m in enumerate(thread.history()) if m.webhook_id and m.content.startswith("Reply 4")
     )
     assert note < turn_3
+
+
+async def test_empty_words_are_refused_and_change_nothing(world):
+    await start(world, a="me", b=GLM, rounds=1)
+    await world.env.settle()
+    thread = world.thread()
+    said = await world.alice.slash(thread, "voices say", text="   ")
+    assert said.response.content == "⚠ your words are empty; say something"
+    noted = await world.alice.slash(thread, "voices interject", text="  ")
+    assert noted.response.content == "⚠ the interjection is empty; say something"
+    assert await world.bot.services.store.list_turns(1) == []
+    assert await world.bot.services.store.list_notes(1) == []
+    assert len(asking(thread)) == 1  # still waiting for her
+    await world.alice.slash(thread, "voices stop")
+    await world.finish(1)
