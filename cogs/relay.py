@@ -134,7 +134,6 @@ class Relay:
                 await self._update_status(dialogue)
             case AwaitingHuman(persona=persona):
                 self._speaker = persona.name
-                await self._update_status(None)
                 member = int(persona.human_id or 0)
                 self._asking = await self.thread.send(
                     f"<@{member}>, your turn as **{discord.utils.escape_markdown(persona.name)}** "
@@ -143,6 +142,7 @@ class Relay:
                     # The one mention Voices ever makes: the member whose turn it is.
                     allowed_mentions=discord.AllowedMentions(users=[discord.Object(member)]),
                 )
+                await self._update_status(None)
             case TurnStarted():
                 self.speaking = not event.persona.is_human
                 await self._forget_asking()
@@ -310,7 +310,7 @@ class Relay:
     async def _update_status(self, dialogue: Dialogue | None) -> None:
         dialogue = dialogue or await self._s.store.get_dialogue(self.room.dialogue_id)
         turns = await self._s.store.list_turns(dialogue.id)
-        embed = status_embed(dialogue, turns, self._speaker)
+        embed = status_embed(dialogue, turns, self._speaker, waiting=self._asking is not None)
         view = ControlButton.view_for(dialogue)
         if self._status is None and self.room.status_message_id is not None:
             self._status = self.thread.get_partial_message(self.room.status_message_id)  # type: ignore[assignment]

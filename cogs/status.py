@@ -30,7 +30,9 @@ COLOURS = {
 }
 
 
-def status_embed(dialogue: Dialogue, turns: Sequence[Turn], speaker: str | None) -> discord.Embed:
+def status_embed(
+    dialogue: Dialogue, turns: Sequence[Turn], speaker: str | None, waiting: bool = False
+) -> discord.Embed:
     """Return the live figures of a dialogue: round, speaker, money, tokens per speaker, time."""
     names = " ↔ ".join(p.name for p in dialogue.participants)
     count = len(dialogue.participants)
@@ -43,7 +45,8 @@ def status_embed(dialogue: Dialogue, turns: Sequence[Turn], speaker: str | None)
     elif dialogue.status is Status.PAUSED:
         embed.description = "**Paused.** Resume to carry on."
     else:
-        embed.description = f"**Speaking:** {speaker}" if speaker else "**Running.**"
+        doing = "Waiting for" if waiting else "Speaking"  # a member's turn: the thread waits for them
+        embed.description = f"**{doing}:** {speaker}" if speaker else "**Running.**"
     embed.add_field(name="Round", value=f"{round_no}/{dialogue.limits.max_rounds}")
     embed.add_field(
         name="Spent",

@@ -31,6 +31,7 @@ async def test_a_member_takes_a_seat_and_speaks_through_the_button_and_modal(wor
     thread = world.thread()
     (ask,) = asking(thread)
     assert ask.content.startswith(f"<@{world.alice.id}>, your turn as **alice** (round 1)")
+    assert status_message(thread).embeds[0].description == "**Waiting for:** alice"
     # Bob may not speak in Alice's seat.
     refused = await world.bob.click(ask, label="Your turn")
     assert refused.ephemeral and "you have no seat in dialogue 1" in refused.response.content
