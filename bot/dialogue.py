@@ -538,13 +538,15 @@ class DialogueRunner:
             chat_format=plan.persona.chat_format,
             speaker=plan.persona.name,
             others=tuple(p.name for seat, p in enumerate(dialogue.participants) if seat != plan.seat),
-            cache_breakpoints=self._breakpoints(plan.model.id, plan.messages),
+            cache_breakpoints=self._breakpoints(plan),
         )
 
-    def _breakpoints(self, model_id: str, messages: list[dict[str, str]]) -> tuple[int, ...]:
-        if not model_id.startswith(self.tuning.cache_breakpoint_models):
+    def _breakpoints(self, plan: TurnPlan) -> tuple[int, ...]:
+        if plan.persona.provider is not None or self.router.route(plan.persona) is not self.router.default:
+            return ()  # only OpenRouter takes cache_control parts; other servers may refuse them
+        if not plan.model.id.startswith(self.tuning.cache_breakpoint_models):
             return ()  # models that cache on their own need only the sticky session_id
-        return cache_breakpoints(messages)
+        return cache_breakpoints(plan.messages)
 
     def _turn(
         self,

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 
 from bot.budget import format_usd
+from bot.catalogue import Catalogue
+from bot.dialogue import DialogueRunner
 from bot.errors import UnknownModel
 from bot.events import Noted
 from bot.models import ContextPolicy, NoteKind, StopReason
 from bot.plan import Tuning
+from bot.providers import Route, Router
 from bot.transcript import render_json, render_markdown
 from tests.conftest import GLM, OPUS, make_spec, run_all
 from tests.fake_openrouter import MODELS, Reply, plain, text_of
@@ -225,3 +229,17 @@ async def test_an_unknown_summary_model_is_refused_before_anything_is_spent(runn
     with pytest.raises(UnknownModel, match="nope/model"):
         await runner.create(tiny_spec(ContextPolicy.COMPACT, summary_model="nope/model"))
     assert server.chat_requests == []
+
+
+async def test_a_named_server_gets_plain_messages_whatever_the_model_is_called(
+    provider, server, store, clock, sleep
+):
+    route = Route(provider, Catalogue(provider, store, timedelta(hours=1), clock))
+    router = Router(route, {"lab": route})
+    runner = DialogueRunner(store, router, clock, max_rounds=10, max_budget=Decimal(1), sleep=sleep)
+    spec = make_spec(rounds=2)
+    first = replace(spec.participants[0], provider="lab")
+    dialogue = await runner.create(replace(spec, participants=(first, spec.participants[1])))
+    await run_all(runner, dialogue.id)
+    opus = [r.body for r in server.chat_requests if r.body["model"] == OPUS]
+    assert opus and all(marks(b["messages"]) == [] for b in opus)
