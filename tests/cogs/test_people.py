@@ -8,6 +8,8 @@ import json
 import pytest
 
 from bot.models import NoteKind, Status, StopReason
+from cogs import create_bot
+from tests.cogs.conftest import make_settings
 from tests.cogs.test_voices_cog import hold_second_turn, persona_posts, start, status_message
 from tests.conftest import GLM, OPUS
 from tests.fake_openrouter import Reply, plain, text_of
@@ -239,3 +241,23 @@ async def test_empty_words_are_refused_and_change_nothing(world):
     assert len(asking(thread)) == 1  # still waiting for her
     await world.alice.slash(thread, "voices stop")
     await world.finish(1)
+
+
+async def test_a_restart_while_a_member_is_due_asks_again_and_their_answer_is_kept(world, tmp_path, server):
+    await start(world, a=GLM, b="me", rounds=1)
+    await world.env.settle()
+    assert len(asking(world.thread())) == 1
+    fresh = create_bot(make_settings(tmp_path, server))
+    await world.env.restart_bot(fresh)
+    await world.env.settle()
+    thread = world.thread()
+    asks = asking(thread)
+    assert len(asks) == 2  # the old button still works; the new one is the latest
+    shown = await world.alice.click(asks[0], label="Your turn")
+    await world.alice.submit_modal(shown, {"words": "Still here after the restart."})
+    await world.env.settle()
+    await fresh.relays.wait(1)
+    await world.env.settle()
+    assert (await fresh.services.store.get_dialogue(1)).stop_reason is StopReason.MAX_ROUNDS
+    assert [m.content for m in persona_posts(thread)][1] == "Still here after the restart."
+    assert len(world.server.chat_requests) == 1  # GLM's turn was not asked for twice
