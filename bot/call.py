@@ -12,7 +12,7 @@ from bot.control import Control
 from bot.errors import ProviderError
 from bot.events import Delta
 from bot.models import StopReason
-from bot.providers.base import ChatRequest, Completion, Provider, ReasoningDelta, TextDelta
+from bot.providers.base import Begun, ChatRequest, Completion, Provider, ReasoningDelta, TextDelta
 
 
 @dataclass(slots=True)
@@ -25,6 +25,8 @@ class Attempt:
     error: ProviderError | None = None
     interrupted: StopReason | None = None
     seconds: float = 0.0
+    #: The provider's id for the call, once it accepted it (to ask what a cut-off call cost).
+    generation_id: str | None = None
 
 
 async def stream_call(
@@ -71,7 +73,9 @@ async def stream_call(
         if control.stop_now:
             interrupt()
         while (item := await queue.get()) is not None:
-            if isinstance(item, TextDelta):
+            if isinstance(item, Begun):
+                attempt.generation_id = item.generation_id
+            elif isinstance(item, TextDelta):
                 attempt.text.append(item.text)
                 yield Delta(seq, item.text)
             elif isinstance(item, ReasoningDelta):

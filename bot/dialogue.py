@@ -56,7 +56,7 @@ from bot.models import (
 from bot.plan import Halted, Tuning, TurnPlan, max_tokens_of, tokens_per_byte
 from bot.prompts import build_messages, cache_breakpoints, current_window
 from bot.providers import Router
-from bot.providers.base import ChatRequest
+from bot.providers.base import ChatRequest, CostLookup
 from bot.retry import RetryPolicy
 from bot.store import Store
 from bot.summary import Summariser, summariser
@@ -472,9 +472,11 @@ class DialogueRunner:
                     )
                     break
             if attempt.interrupted is not None:
-                # A cancelled stream reports no cost; charge the worst case so the cap still holds.
-                budget.settle(reservation, reservation.amount)
-                bill.add(Usage(), reservation.amount, "reserved")
+                # A cut-off stream reports no cost: ask the provider what it came to, or else charge
+                # the worst case, so the cap still holds.
+                cost, source = await _cut_off_cost(provider, attempt, reservation)
+                budget.settle(reservation, cost)
+                bill.add(Usage(), cost, source)
                 status, stop = (
                     TurnStatus.CANCELLED,
                     _Stop(attempt.interrupted, control.detail or "the reply was cut off"),
@@ -578,7 +580,7 @@ class DialogueRunner:
             attempts=attempts,
             started_at=plan.started_at,
             ended_at=self._clock(),
-            generation_id=completion.generation_id if completion else None,
+            generation_id=completion.generation_id if completion else attempt.generation_id,
             provider=completion.provider if completion else None,
             cache_saving_usd=cache_saving(bill.usage, plan.model.pricing),
         )
@@ -633,6 +635,23 @@ def _calibration(
             )
             return turn.usage.prompt_tokens, count_bytes(earlier)
     return None
+
+
+async def _cut_off_cost(provider: object, attempt: Attempt, reservation: Reservation) -> tuple[Decimal, str]:
+    """Return what a cut-off call cost as its provider reports it, or its reservation if it cannot say.
+
+    A report above the reservation would mean prices changed under us; the reservation is what
+    the budget allowed, so that report is logged and the reservation charged.
+    """
+    if attempt.generation_id is None or not isinstance(provider, CostLookup):
+        return reservation.amount, "reserved"
+    reported = await provider.generation_cost(attempt.generation_id)
+    if reported is None:
+        return reservation.amount, "reserved"
+    if reported > reservation.amount:
+        log.warning("a cut-off call cost %s, above its reservation of %s", reported, reservation.amount)
+        return reservation.amount, "reserved"
+    return reported, "reported"
 
 
 def _budget_detail(plan: TurnPlan, worst: Decimal, budget: Budget) -> str:

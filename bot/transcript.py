@@ -107,11 +107,12 @@ def _turn_block(turn: Turn, name: str) -> list[str]:
             "",
         ]
     elif turn.status is TurnStatus.CANCELLED:
-        lines += [
-            f"*✂ Cut off: the reply was stopped before it finished; it was charged at its "
-            f"worst case ({format_usd(turn.cost_usd)}).*",
-            "",
-        ]
+        charged = (
+            f"the provider billed what was written ({format_usd(turn.cost_usd)})"
+            if turn.cost_source == "reported"
+            else f"it was charged at its worst case ({format_usd(turn.cost_usd)})"
+        )
+        lines += [f"*✂ Cut off: the reply was stopped before it finished; {charged}.*", ""]
     usage = turn.usage
     cache = ""
     if usage.cached_tokens or usage.cache_write_tokens:

@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 PROCESSING = ": OPENROUTER PROCESSING"
 VOCABULARY = (
@@ -132,6 +133,11 @@ class FakeOpenRouter:
         self.routes: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        #: What each generation streamed so far and what it cost: `GET /generation?id=` answers from it,
+        #: after `lookups_until_ready` 404s (the record is not there at once on the real service).
+        self.generations: dict[str, dict[str, Any]] = {}
+        self.lookups_until_ready = 0
+        self.generation_lookups: list[str] = []
         #: Prompt prefixes cached at explicit breakpoints, and each session's last prompt (implicit).
         self._cached_prefixes: set[str] = set()
         self._sessions: dict[str, list[tuple[str, str]]] = {}
@@ -202,12 +208,45 @@ class FakeOpenRouter:
             else:
                 reply = self._queue.popleft() if self._queue else self._default_reply(request)
             return await self._chat(request, reply, writer)
+        if request.method == "GET" and request.path.startswith("/api/v1/generation?"):
+            await self._generation(request, writer)
+            return True
         if request.method == "GET" and request.path == "/_stats":
             await _send_json(writer, 200, self.stats())
             return True
         status, body = self.routes.get((request.method, request.path), (404, {"error": {"code": 404}}))
         await _send_json(writer, status, body)
         return True
+
+    async def _generation(self, request: Recorded, writer: asyncio.StreamWriter) -> None:
+        generation_id = parse_qs(urlsplit(request.path).query).get("id", [""])[0]
+        self.generation_lookups.append(generation_id)
+        record = self.generations.get(generation_id)
+        if record is None or self.lookups_until_ready > 0:
+            self.lookups_until_ready = max(0, self.lookups_until_ready - 1)
+            await _send_json(writer, 404, {"error": {"code": 404, "message": "Generation not found"}})
+            return
+        pricing = next((m.get("pricing", {}) for m in self.models if m["id"] == record["model"]), {})
+        # The first answer is the bill: a cancelled stream may still be flushing words into a closed
+        # connection afterwards, as a real one would be cut off mid-token.
+        cost = record.setdefault(
+            "total_cost",
+            record["prompt_tokens"] * Decimal(pricing.get("prompt", "0"))
+            + record["streamed"] * Decimal(pricing.get("completion", "0")),
+        )
+        body = {
+            "data": {
+                "id": generation_id,
+                "model": record["model"],
+                "total_cost": cost,
+                "tokens_completion": record["streamed"],
+                "cancelled": not record["finished"],
+            }
+        }
+        payload = _usage_json(body).encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        writer.write(head.encode() + payload)
+        await writer.drain()
 
     def stats(self) -> dict[str, Any]:
         """Return each chat request's timing and session, and the exact sum of reported costs."""
@@ -258,6 +297,9 @@ class FakeOpenRouter:
         }
         pieces = [("reasoning", p) for p in _split(reply.reasoning, reply.chunk_words)]
         pieces += [("content", p) for p in _split(reply.text, reply.chunk_words)]
+        record = {"model": model, "streamed": 0, "finished": False}
+        record["prompt_tokens"] = sum(len(text_of(m["content"])) for m in request.body["messages"]) // 4 + 5
+        self.generations[generation] = record
         for index, (kind, piece) in enumerate(pieces):
             if reply.drop_after_chunks is not None and index >= reply.drop_after_chunks:
                 writer.transport.abort()  # mid-body, without the chunked terminator
@@ -266,6 +308,7 @@ class FakeOpenRouter:
                 await asyncio.sleep(reply.chunk_delay)
             delta = {"role": "assistant", kind: piece}
             await _event(writer, {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            record["streamed"] += len(piece.split())
         if reply.drop_after_chunks is not None:
             writer.transport.abort()
             return False
@@ -290,6 +333,7 @@ class FakeOpenRouter:
         if reply.send_done:
             await _chunk(writer, "data: [DONE]\n\n")
         await _end(writer)
+        record["finished"] = True
         return True
 
     def _usage(self, request: Recorded, reply: Reply) -> dict[str, Any]:

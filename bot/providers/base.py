@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
 
 from bot.models import ModelInfo, Usage
 
@@ -25,6 +26,13 @@ class ChatRequest:
     others: tuple[str, ...] = ()
     #: Indices of messages to mark as prompt-cache breakpoints, for models that cache only when told.
     cache_breakpoints: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """The provider accepted the call and named it: the id under which it can later say what it cost."""
+
+    generation_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +61,7 @@ class Completion:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-StreamEvent = TextDelta | ReasoningDelta | Completion
+StreamEvent = Begun | TextDelta | ReasoningDelta | Completion
 
 
 class Provider(Protocol):
@@ -68,4 +76,13 @@ class Provider(Protocol):
 
     async def list_models(self) -> list[ModelInfo]:
         """Return the provider's model catalogue."""
+        ...
+
+
+@runtime_checkable
+class CostLookup(Protocol):
+    """A provider that can say, after the fact, what a call cost (one cut off before its usage came)."""
+
+    async def generation_cost(self, generation_id: str) -> Decimal | None:
+        """Return what the call cost, or None if the provider cannot say (yet)."""
         ...

@@ -6,6 +6,7 @@ and reads the catalogue from `GET /models`. Wire facts: shared/reference/openrou
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from bot.errors import (
     ServerError,
 )
 from bot.models import ModelInfo, Pricing, Usage
-from bot.providers.base import ChatRequest, Completion, ReasoningDelta, StreamEvent, TextDelta
+from bot.providers.base import Begun, ChatRequest, Completion, ReasoningDelta, StreamEvent, TextDelta
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ APP_TITLE = "Voices"
 
 class OpenAICompatProvider:
     """A chat-completions endpoint such as https://openrouter.ai/api/v1."""
+
+    #: Seconds between asks for a generation's record, which appears a moment after the call ends.
+    LOOKUP_WAITS: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5)
 
     def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str | None):
         self.source = base_url.rstrip("/")
@@ -62,6 +66,8 @@ class OpenAICompatProvider:
                     await response.aread()
                     raise self._http_error(response)
                 generation_id = response.headers.get("x-generation-id")
+                if generation_id:
+                    yield Begun(generation_id)
                 async for event in self._read_events(response, request.model, generation_id):
                     yield event
         except httpx.TransportError as exc:
@@ -123,6 +129,29 @@ class OpenAICompatProvider:
         if status is not None and 400 <= status < 600:
             return _error_for_status(status, message, None)
         return ServerError(f"the model failed mid-reply: {message}")
+
+    async def generation_cost(self, generation_id: str) -> Decimal | None:
+        """Return what a call cost from `GET /generation?id=`, or None if it cannot be had.
+
+        The record often appears a moment after the call ends (a 404 until then), so it is asked
+        for a few times, a little longer apart each time, for about three seconds in all.
+        """
+        url = f"{self.source}/generation"
+        for wait in (*self.LOOKUP_WAITS, None):
+            try:
+                response = await self._http.get(url, params={"id": generation_id}, headers=self._headers())
+            except httpx.TransportError:
+                return None
+            if response.status_code == 200:
+                try:
+                    cost = response.json(parse_float=Decimal)["data"]["total_cost"]
+                    return Decimal(str(cost)) if cost is not None else None
+                except (ValueError, KeyError, TypeError, InvalidOperation):
+                    return None
+            if response.status_code != 404 or wait is None:
+                return None
+            await asyncio.sleep(wait)
+        return None
 
     async def list_models(self) -> list[ModelInfo]:
         """Fetch the model catalogue from `GET /models`."""

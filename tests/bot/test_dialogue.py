@@ -7,11 +7,14 @@ from decimal import Decimal
 
 import pytest
 
+from bot.budget import format_usd
 from bot.control import Control
 from bot.errors import InputError, StateError, UnknownModel
 from bot.events import Delta, TurnFinished, TurnRestarted, TurnStarted
 from bot.models import Status, StopReason, TurnStatus
+from bot.providers.openai_compat import OpenAICompatProvider
 from bot.providers.scripted import ScriptedProvider, ScriptedReply, free_models
+from bot.transcript import render_markdown
 from tests.conftest import GLM, OPUS, make_spec, run_all
 from tests.fake_openrouter import Reply, plain
 
@@ -234,7 +237,7 @@ async def test_context_limit_stops_when_the_history_would_not_fit(runner, store)
     assert "exceed tiny/short-context's 700" in final.stop_detail
 
 
-async def test_time_limit_cuts_the_stream_and_charges_the_worst_case(runner, store, server):
+async def test_time_limit_cuts_the_stream_and_charges_what_the_provider_billed(runner, store, server):
     server.enqueue(Reply(text="slow " * 40, chunk_delay=0.05, chunk_words=1))
     dialogue = await runner.create(make_spec(rounds=2, max_seconds=0.3))
     events = await run_all(runner, dialogue.id)
@@ -243,7 +246,37 @@ async def test_time_limit_cuts_the_stream_and_charges_the_worst_case(runner, sto
     (turn,) = await store.list_turns(dialogue.id)
     started = next(e for e in events if isinstance(e, TurnStarted))
     assert turn.status is TurnStatus.CANCELLED and turn.text.startswith("slow")
-    assert turn.cost_usd == started.reserved and turn.cost_source == "reserved"
+    # The cut-off call is looked up by its generation id and charged what the server says it cost.
+    assert server.generation_lookups == [turn.generation_id]
+    record = server.generations[turn.generation_id]
+    assert (turn.cost_usd, turn.cost_source) == (record["total_cost"], "reported")
+    assert 0 < turn.cost_usd < started.reserved and final.totals.spent_usd == turn.cost_usd
+    markdown = render_markdown(*await store.history(dialogue.id))
+    assert f"the provider billed what was written ({format_usd(turn.cost_usd)})" in markdown
+
+
+async def test_a_cut_off_call_the_provider_cannot_account_for_is_charged_its_worst_case(
+    runner, store, server, monkeypatch
+):
+    monkeypatch.setattr(OpenAICompatProvider, "LOOKUP_WAITS", (0.0, 0.0))
+    server.lookups_until_ready = 10  # the record never appears in time
+    server.enqueue(Reply(text="slow " * 40, chunk_delay=0.05, chunk_words=1))
+    dialogue = await runner.create(make_spec(rounds=2, max_seconds=0.3))
+    events = await run_all(runner, dialogue.id)
+    (turn,) = await store.list_turns(dialogue.id)
+    started = next(e for e in events if isinstance(e, TurnStarted))
+    assert len(server.generation_lookups) == 3  # asked, and asked again, before giving up
+    assert (turn.cost_usd, turn.cost_source) == (started.reserved, "reserved")
+
+
+async def test_a_generation_record_that_comes_late_is_still_used(runner, store, server, monkeypatch):
+    monkeypatch.setattr(OpenAICompatProvider, "LOOKUP_WAITS", (0.0, 0.0, 0.0))
+    server.lookups_until_ready = 2
+    server.enqueue(Reply(text="slow " * 40, chunk_delay=0.05, chunk_words=1))
+    dialogue = await runner.create(make_spec(rounds=2, max_seconds=0.3))
+    await run_all(runner, dialogue.id)
+    (turn,) = await store.list_turns(dialogue.id)
+    assert len(server.generation_lookups) == 3 and turn.cost_source == "reported"
 
 
 # Stop, pause, resume --------------------------------------------------------------------------
