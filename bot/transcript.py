@@ -186,6 +186,9 @@ def _statistics(
             f"- **Prompt cache:** read={cached}, written={written} tokens; saved {format_usd(saved)} "
             "against uncached prompts"
         )
+    # Notes carried over with the parent's turns happened (and were paid for) there.
+    carried = dialogue.parent.turns if dialogue.parent else 0
+    notes = [n for n in notes if n.before_seq >= carried]
     compactions = [n for n in notes if n.kind is NoteKind.COMPACTED]
     truncations = [n for n in notes if n.kind is NoteKind.TRUNCATED]
     if compactions or truncations:
