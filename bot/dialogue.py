@@ -203,7 +203,7 @@ class DialogueRunner:
             reason = dialogue.stop_reason.describe if dialogue.stop_reason else dialogue.status
             raise StateError(f"dialogue {dialogue_id} has ended ({reason}); start a new one")
         models = [await self.router.model(p) for p in dialogue.participants]
-        await self.store.settle_interrupted_calls(dialogue_id)
+        await self.store.settle_interrupted_calls(dialogue_id, await self._lost_calls_billed(dialogue))
         if lost := await self._lost_memory(dialogue):
             # A continuation whose summary was cut off by a crash would run without its memory.
             await self.store.finish_dialogue(dialogue_id, StopReason.INTERNAL_ERROR, lost, self._clock())
@@ -232,6 +232,18 @@ class DialogueRunner:
         else:
             await self.store.finish_dialogue(dialogue_id, stop.reason, stop.detail, self._clock())
         yield Ended(await self.store.get_dialogue(dialogue_id))
+
+    async def _lost_calls_billed(self, dialogue: Dialogue) -> dict[int, Decimal]:
+        """Ask the providers what the calls a dead process left in flight cost, where they can say."""
+        billed = {}
+        for seq, reserved, generation_id in await self.store.calls_in_flight(dialogue.id):
+            persona = dialogue.participants[seq % len(dialogue.participants)]
+            if generation_id is None or persona.is_human:
+                continue
+            cost = await _billed(self.router.route(persona).provider, generation_id, reserved)
+            if cost is not None:
+                billed[seq] = cost
+        return billed
 
     async def _lost_memory(self, dialogue: Dialogue) -> str | None:
         """Say why a continuation cannot run: it was to remember in summary, and no memory was kept."""
@@ -449,7 +461,12 @@ class DialogueRunner:
             attempt = Attempt()
             provider = self.router.route(plan.persona).provider
             request = self._request(dialogue, plan, max_tokens)
+            noted = False
             async for delta in stream_call(provider, request, plan.seq, attempt, control, deadline):
+                if attempt.generation_id and not noted:
+                    # Kept at once: should this process die now, the call's cost can still be asked.
+                    await self.store.note_generation(dialogue.id, plan.seq, attempt.generation_id)
+                    noted = True
                 yield delta
             seconds += attempt.seconds
             if attempt.error is not None:
@@ -638,20 +655,27 @@ def _calibration(
 
 
 async def _cut_off_cost(provider: object, attempt: Attempt, reservation: Reservation) -> tuple[Decimal, str]:
-    """Return what a cut-off call cost as its provider reports it, or its reservation if it cannot say.
+    """Return what a cut-off call cost as its provider reports it, or its reservation if it cannot say."""
+    if attempt.generation_id is not None:
+        cost = await _billed(provider, attempt.generation_id, reservation.amount)
+        if cost is not None:
+            return cost, "reported"
+    return reservation.amount, "reserved"
 
-    A report above the reservation would mean prices changed under us; the reservation is what
-    the budget allowed, so that report is logged and the reservation charged.
+
+async def _billed(provider: object, generation_id: str, reserved: Decimal) -> Decimal | None:
+    """Return what the provider billed for a call, if it can say and it is within the reservation.
+
+    A figure above the reservation would mean prices changed under us; the reservation is what
+    the budget allowed, so that figure is logged and not used.
     """
-    if attempt.generation_id is None or not isinstance(provider, CostLookup):
-        return reservation.amount, "reserved"
-    reported = await provider.generation_cost(attempt.generation_id)
-    if reported is None:
-        return reservation.amount, "reserved"
-    if reported > reservation.amount:
-        log.warning("a cut-off call cost %s, above its reservation of %s", reported, reservation.amount)
-        return reservation.amount, "reserved"
-    return reported, "reported"
+    if not isinstance(provider, CostLookup):
+        return None
+    cost = await provider.generation_cost(generation_id)
+    if cost is not None and cost > reserved:
+        log.warning("call %s cost %s, above its reservation of %s", generation_id, cost, reserved)
+        return None
+    return cost
 
 
 def _budget_detail(plan: TurnPlan, worst: Decimal, budget: Budget) -> str:

@@ -172,7 +172,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ),
     (
         "People in the dialogue: who wrote an interjection and which role may, and continuations and "
-        "forks (the parent dialogue, how, and which of its turns were carried over).",
+        "forks (the parent dialogue, how, and which of its turns were carried over); and the "
+        "generation id of a call in flight, so a crash's lost call is charged what it really cost.",
         """
         ALTER TABLE notes ADD COLUMN author TEXT;
         ALTER TABLE guild_settings ADD COLUMN interject_role INTEGER;
@@ -181,6 +182,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE dialogues ADD COLUMN parent_turns INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE turns ADD COLUMN inherited INTEGER NOT NULL DEFAULT 0;
         CREATE INDEX dialogues_by_parent ON dialogues(parent_id);
+        -- The provider's id for a call in flight: after a crash, what it cost can be asked for.
+        ALTER TABLE calls_in_flight ADD COLUMN generation_id TEXT;
         """,
     ),
 )

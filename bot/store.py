@@ -316,9 +316,26 @@ class Store:
         """Note a call about to be sent, with its reservation, before any money can be spent."""
         async with self.transaction() as conn:
             await conn.execute(
-                "INSERT OR REPLACE INTO calls_in_flight VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO calls_in_flight (dialogue_id, seq, reserved_usd, started_at) "
+                "VALUES (?, ?, ?, ?)",
                 (dialogue_id, seq, str(reserved), _iso(now)),
             )
+
+    async def note_generation(self, dialogue_id: int, seq: int, generation_id: str) -> None:
+        """Keep the provider's id of a call in flight, to ask what it cost if this process dies."""
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE calls_in_flight SET generation_id = ? WHERE dialogue_id = ? AND seq = ?",
+                (generation_id, dialogue_id, seq),
+            )
+
+    async def calls_in_flight(self, dialogue_id: int) -> list[tuple[int, Decimal, str | None]]:
+        """Return the calls a dead process left unsettled: (turn number, reservation, generation id)."""
+        rows = await self.fetchall(
+            "SELECT seq, reserved_usd, generation_id FROM calls_in_flight WHERE dialogue_id = ? ORDER BY seq",
+            (dialogue_id,),
+        )
+        return [(r["seq"], Decimal(r["reserved_usd"]), r["generation_id"]) for r in rows]
 
     async def cancel_call(self, dialogue_id: int, seq: int) -> None:
         """Forget a call that was never billed (it failed before the provider accepted it)."""
@@ -327,13 +344,17 @@ class Store:
                 "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?", (dialogue_id, seq)
             )
 
-    async def settle_interrupted_calls(self, dialogue_id: int) -> Decimal:
-        """Charge every call a dead process left unsettled at its reservation; return the sum."""
+    async def settle_interrupted_calls(
+        self, dialogue_id: int, billed: dict[int, Decimal] | None = None
+    ) -> Decimal:
+        """Charge every call a dead process left unsettled: what its provider `billed` it (by turn
+        number), or else its reservation. Return the sum."""
+        billed = billed or {}
         async with self.transaction() as conn:
             rows = await conn.fetchall(
-                "SELECT reserved_usd FROM calls_in_flight WHERE dialogue_id = ?", (dialogue_id,)
+                "SELECT seq, reserved_usd FROM calls_in_flight WHERE dialogue_id = ?", (dialogue_id,)
             )
-            amounts = [Decimal(r["reserved_usd"]) for r in rows]
+            amounts = [billed.get(r["seq"], Decimal(r["reserved_usd"])) for r in rows]
             if not amounts:
                 return Decimal(0)
             total = sum(amounts, Decimal(0))

@@ -204,7 +204,10 @@ def _statistics(
     if loops:
         lines.append(f"- **Loops noticed:** {', '.join(str(n.kind) for n in loops)}")
     if totals.interrupted_calls:
-        lines.append(f"- **Interrupted calls:** {totals.interrupted_calls} (charged at their worst case)")
+        lines.append(
+            f"- **Interrupted calls:** {totals.interrupted_calls} (lost in a crash or a stop: charged what "
+            "the provider billed, or else their worst case)"
+        )
     lines += [
         f"- **Stop reason:** {ended}",
         f"- **Date:** {_when(dialogue.created_at)}",
