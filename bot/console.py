@@ -134,8 +134,10 @@ class DialogueView:
 
 
 def dialogue_table(dialogues: Sequence[Dialogue]) -> Table:
-    """Return a table of dialogues: id, who, state, rounds, cost, when."""
-    table = Table("id", "participants", "status", "reason", "cost", "created")
+    """Return a table of dialogues: id, who, state, reason, cost, when, and what they came from."""
+    table = Table("id", "participants", "status", "reason", "cost")
+    table.add_column("created", no_wrap=True)
+    table.add_column("from", no_wrap=True)  # narrow columns wrap first; this one reads as a phrase
     for d in dialogues:
         table.add_row(
             str(d.id),
@@ -144,6 +146,7 @@ def dialogue_table(dialogues: Sequence[Dialogue]) -> Table:
             str(d.stop_reason or ""),
             format_usd(d.totals.spent_usd),
             d.created_at.strftime("%Y-%m-%d %H:%M"),
+            d.parent.describe if d.parent else "",
         )
     return table
 

@@ -180,6 +180,13 @@ class Lineage:
     kind: LineageKind
     turns: int
 
+    @property
+    def describe(self) -> str:
+        """Return where the dialogue comes from, in a few words ("fork of 3 at turn 5")."""
+        if self.kind is LineageKind.FORK:
+            return f"fork of {self.parent_id} at turn {self.turns}"
+        return f"continues {self.parent_id}"
+
 
 @dataclass(frozen=True, slots=True)
 class Totals:

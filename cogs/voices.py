@@ -644,7 +644,8 @@ def _line(dialogue: Dialogue, room: Room) -> str:
     names = " ↔ ".join(p.name for p in dialogue.participants)
     state = str(dialogue.stop_reason) if dialogue.stop_reason else str(dialogue.status)
     spent = format_usd(dialogue.totals.spent_usd)
-    return f"**{dialogue.id}** · {names} · {state} · {spent} · <#{room.thread_id}>"
+    origin = f" · {dialogue.parent.describe}" if dialogue.parent else ""
+    return f"**{dialogue.id}** · {names} · {state} · {spent}{origin} · <#{room.thread_id}>"
 
 
 async def setup(bot: VoicesBot) -> None:

@@ -443,6 +443,8 @@ async def test_fork_and_continue_from_the_command_line(env, tmp_path, server):
     assert continued.code == 0, continued.err
     parent = json.loads((await voices(env, tmp_path, "export", "1", "--format", "json")).out)
     assert parent["dialogue"]["children"] == [2, 3]
+    listing = (await voices(env, tmp_path, "list")).out
+    assert "fork of 1 at turn 3" in listing and "continues 1" in listing
     bad = await voices(env, tmp_path, "fork", "1", "9")
     assert bad.code == 2
     assert bad.err.strip() == "error: dialogue 1 has 4 turns; fork from a turn between 1 and 4"

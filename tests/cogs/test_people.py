@@ -168,6 +168,9 @@ async def test_a_fork_from_turn_3_holds_exactly_turns_1_to_3_in_a_new_thread(wor
     assert [t["text"] for t in held] == [t.text for t in parent_turns[:3]]
     assert document["dialogue"]["parent"] == {"id": 1, "kind": "fork", "turns": 3}
     assert any("↪ Dialogue 2 goes on from here" in m.content for m in first.history())
+    listed = await world.alice.slash(world.channel, "voices list")
+    assert "**2** · claude-opus-4.6 ↔ glm-5 · max_rounds" in listed.response.content
+    assert "fork of 1 at turn 3" in listed.response.content
 
 
 @pytest.mark.settings(summary_model=GLM)
