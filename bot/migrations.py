@@ -184,6 +184,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX dialogues_by_parent ON dialogues(parent_id);
         -- The provider's id for a call in flight: after a crash, what it cost can be asked for.
         ALTER TABLE calls_in_flight ADD COLUMN generation_id TEXT;
+        -- The message asking a member for their turn, replaced (not repeated) after a restart.
+        ALTER TABLE rooms ADD COLUMN asking_message_id INTEGER;
         """,
     ),
 )

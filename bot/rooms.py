@@ -29,6 +29,8 @@ class Room:
     live_message_ids: tuple[int, ...] = ()
     #: The messages of turn `posted_seq`: its last edit may still have been on its way at a crash.
     posted_message_ids: tuple[int, ...] = ()
+    #: The message asking a member for their turn, while one is.
+    asking_message_id: int | None = None
 
 
 def _ids(text: str) -> tuple[int, ...]:
@@ -46,6 +48,7 @@ def _room(row: sqlite3.Row) -> Room:
         row["posted_seq"],
         _ids(row["live_message_ids"]),
         _ids(row["posted_message_ids"]),
+        row["asking_message_id"],
     )
 
 
@@ -104,6 +107,10 @@ class RoomStore:
     async def set_status_message(self, dialogue_id: int, message_id: int) -> None:
         """Remember the message that shows the dialogue's status."""
         await self._update(dialogue_id, "status_message_id = ?", message_id)
+
+    async def set_asking_message(self, dialogue_id: int, message_id: int | None) -> None:
+        """Remember the message asking a member for their turn (None once it is answered)."""
+        await self._update(dialogue_id, "asking_message_id = ?", message_id)
 
     async def set_live_messages(self, dialogue_id: int, message_ids: tuple[int, ...]) -> None:
         """Remember the messages of the turn being streamed, to clean them up after a crash."""

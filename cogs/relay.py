@@ -95,7 +95,9 @@ class Relay:
         self._deferred: dict[int, asyncio.Task[None]] = {}
         #: A model's reply is being written (a member's words are not welcome until it is done).
         self.speaking = False
-        self._asking: discord.Message | None = None
+        #: The message asking a member for their turn: this run's, or one a paused or crashed run left.
+        self._asking_id: int | None = room.asking_message_id
+        self._waiting = False
 
     async def run(self) -> None:
         """Catch up on what a crash left unposted, then follow the dialogue to its end or pause."""
@@ -135,13 +137,16 @@ class Relay:
             case AwaitingHuman(persona=persona):
                 self._speaker = persona.name
                 member = int(persona.human_id or 0)
-                self._asking = await self.thread.send(
+                await self._forget_asking()
+                asking = await self.thread.send(
                     f"<@{member}>, your turn as **{discord.utils.escape_markdown(persona.name)}** "
                     f"(round {event.round}): press **Your turn**, or use `/voices say`.",
                     view=discord.ui.View(timeout=None).add_item(SayButton(self.room.dialogue_id)),
                     # The one mention Voices ever makes: the member whose turn it is.
                     allowed_mentions=discord.AllowedMentions(users=[discord.Object(member)]),
                 )
+                self._asking_id, self._waiting = asking.id, True
+                await self._s.rooms.set_asking_message(self.room.dialogue_id, asking.id)
                 await self._update_status(None)
             case TurnStarted():
                 self.speaking = not event.persona.is_human
@@ -169,23 +174,32 @@ class Relay:
             case Ended(dialogue=dialogue):
                 self.speaking = False
                 await self._settle_edits()
-                if self._asking is not None and dialogue.status is Status.PAUSED:
+                if self._waiting and dialogue.status is Status.PAUSED and self._asking_id is not None:
+                    # Kept, with its button: answering it resumes the dialogue.
                     name = discord.utils.escape_markdown(self._speaker or "")
-                    await self._asking.edit(
+                    await self.thread.get_partial_message(self._asking_id).edit(
                         content=f"Paused, waiting for **{name}**: press **Your turn** when you are "
                         "ready, and the dialogue goes on."
                     )
-                    self._asking = None
-                await self._forget_asking()
+                else:
+                    await self._forget_asking()
+                self._waiting = False
                 await self._update_status(dialogue)
                 if dialogue.status.is_final:
                     await self._post_end(dialogue)
 
     async def _forget_asking(self) -> None:
-        """The member answered (or the dialogue ended): their Your turn message has done its job."""
-        if self._asking is not None:
-            asking, self._asking = self._asking, None
-            await asking.delete()
+        """The member answered, or is asked again, or the dialogue ended: the Your turn message
+        (this run's, or one a paused or crashed run left) has done its job."""
+        self._waiting = False
+        if self._asking_id is None:
+            return
+        asking, self._asking_id = self._asking_id, None
+        try:
+            await self.thread.get_partial_message(asking).delete()
+        except discord.NotFound:
+            pass
+        await self._s.rooms.set_asking_message(self.room.dialogue_id, None)
 
     # Turns -----------------------------------------------------------------------------------
 
@@ -310,7 +324,7 @@ class Relay:
     async def _update_status(self, dialogue: Dialogue | None) -> None:
         dialogue = dialogue or await self._s.store.get_dialogue(self.room.dialogue_id)
         turns = await self._s.store.list_turns(dialogue.id)
-        embed = status_embed(dialogue, turns, self._speaker, waiting=self._asking is not None)
+        embed = status_embed(dialogue, turns, self._speaker, waiting=self._waiting)
         view = ControlButton.view_for(dialogue)
         if self._status is None and self.room.status_message_id is not None:
             self._status = self.thread.get_partial_message(self.room.status_message_id)  # type: ignore[assignment]

@@ -82,6 +82,7 @@ async def test_a_member_who_misses_the_timeout_pauses_the_dialogue_and_answering
     await world.finish(1)
     assert (await store.get_dialogue(1)).stop_reason is StopReason.MAX_ROUNDS
     assert [m.content for m in persona_posts(thread)][0] == "Sorry, I was away."
+    assert not any("Paused, waiting" in m.content for m in thread.history())  # answered: it went
 
 
 async def test_an_interjection_reaches_both_models_exactly_once(world):
@@ -246,7 +247,9 @@ async def test_empty_words_are_refused_and_change_nothing(world):
     await world.finish(1)
 
 
-async def test_a_restart_while_a_member_is_due_asks_again_and_their_answer_is_kept(world, tmp_path, server):
+async def test_a_restart_while_a_member_is_due_asks_once_again_and_their_answer_is_kept(
+    world, tmp_path, server
+):
     await start(world, a=GLM, b="me", rounds=1)
     await world.env.settle()
     assert len(asking(world.thread())) == 1
@@ -254,9 +257,8 @@ async def test_a_restart_while_a_member_is_due_asks_again_and_their_answer_is_ke
     await world.env.restart_bot(fresh)
     await world.env.settle()
     thread = world.thread()
-    asks = asking(thread)
-    assert len(asks) == 2  # the old button still works; the new one is the latest
-    shown = await world.alice.click(asks[0], label="Your turn")
+    (ask,) = asking(thread)  # asked again, in place of the message the old run posted
+    shown = await world.alice.click(ask, label="Your turn")
     await world.alice.submit_modal(shown, {"words": "Still here after the restart."})
     await world.env.settle()
     await fresh.relays.wait(1)
