@@ -54,6 +54,13 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+async def _insert(conn: Writer, table: str, record: dict[str, object]) -> int | None:
+    """Insert one row from a record whose keys are the table's column names; return its row id."""
+    columns = ", ".join(record)
+    values = ", ".join(f":{name}" for name in record)
+    return await conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({values})", record)
+
+
 class Writer:
     """The connection inside a transaction. Each statement's cursor is closed at once: an open one
     (say, the row PRAGMA journal_mode returns) would keep a statement "in progress" and block COMMIT."""
@@ -340,9 +347,7 @@ class Store:
     async def cancel_call(self, dialogue_id: int, seq: int) -> None:
         """Forget a call that was never billed (it failed before the provider accepted it)."""
         async with self.transaction() as conn:
-            await conn.execute(
-                "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?", (dialogue_id, seq)
-            )
+            await self._settle_call(conn, dialogue_id, seq)
 
     async def settle_interrupted_calls(
         self, dialogue_id: int, billed: dict[int, Decimal] | None = None
@@ -376,35 +381,40 @@ class Store:
                     f"turn {turn.seq + 1} of dialogue {turn.dialogue_id} was already written; "
                     "another process is running this dialogue"
                 ) from None
-            spent = await self._spent(conn, turn.dialogue_id)
-            await conn.execute(
-                """UPDATE dialogues SET spent_usd = ?, prompt_tokens = prompt_tokens + ?,
-                       completion_tokens = completion_tokens + ?, reasoning_tokens = reasoning_tokens + ?
-                   WHERE id = ?""",
-                (
-                    str(spent + turn.cost_usd),
-                    turn.usage.prompt_tokens,
-                    turn.usage.completion_tokens,
-                    turn.usage.reasoning_tokens,
-                    turn.dialogue_id,
-                ),
-            )
-            await conn.execute(
-                "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?",
-                (turn.dialogue_id, turn.seq),
-            )
+            await self._charge(conn, turn.dialogue_id, turn.cost_usd, turn.usage)
+            await self._settle_call(conn, turn.dialogue_id, turn.seq)
 
     @staticmethod
     async def _insert_turn(conn: Writer, turn: Turn) -> None:
-        record = turn.record()
-        columns = ", ".join(record)
-        values = ", ".join(f":{name}" for name in record)
-        await conn.execute(f"INSERT INTO turns ({columns}) VALUES ({values})", record)
+        await _insert(conn, "turns", turn.record())
 
     @staticmethod
     async def _spent(conn: Writer, dialogue_id: int) -> Decimal:
         rows = await conn.fetchall("SELECT spent_usd FROM dialogues WHERE id = ?", (dialogue_id,))
         return Decimal(rows[0][0])
+
+    async def _charge(self, conn: Writer, dialogue_id: int, cost: Decimal, usage: Usage) -> None:
+        """Add a call's cost and tokens to the dialogue's totals (inside the caller's transaction)."""
+        spent = await self._spent(conn, dialogue_id)
+        await conn.execute(
+            """UPDATE dialogues SET spent_usd = ?, prompt_tokens = prompt_tokens + ?,
+                   completion_tokens = completion_tokens + ?, reasoning_tokens = reasoning_tokens + ?
+               WHERE id = ?""",
+            (
+                str(spent + cost),
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.reasoning_tokens,
+                dialogue_id,
+            ),
+        )
+
+    @staticmethod
+    async def _settle_call(conn: Writer, dialogue_id: int, seq: int) -> None:
+        """Forget the call in flight under turn `seq`: its cost is now on record."""
+        await conn.execute(
+            "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?", (dialogue_id, seq)
+        )
 
     async def list_turns(self, dialogue_id: int) -> list[Turn]:
         """Return the dialogue's committed turns in order."""
@@ -465,24 +475,7 @@ class Store:
         is made under the next turn's number), so a crash after this commit charges it only once.
         """
         async with self.transaction() as conn:
-            note_id = await self._insert_note(conn, note)
-            if note.cost_usd or note.usage.prompt_tokens:
-                spent = await self._spent(conn, note.dialogue_id)
-                await conn.execute(
-                    """UPDATE dialogues SET spent_usd = ?, prompt_tokens = prompt_tokens + ?,
-                           completion_tokens = completion_tokens + ? WHERE id = ?""",
-                    (
-                        str(spent + note.cost_usd),
-                        note.usage.prompt_tokens,
-                        note.usage.completion_tokens,
-                        note.dialogue_id,
-                    ),
-                )
-            if settles_seq is not None:
-                await conn.execute(
-                    "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?",
-                    (note.dialogue_id, settles_seq),
-                )
+            note_id = await self._record_note(conn, note, settles_seq)
         return replace(note, id=note_id)
 
     async def add_interjection(self, dialogue_id: int, author: str, text: str, now: datetime) -> Note:
@@ -502,33 +495,24 @@ class Store:
     async def remember(self, note: Note, system_prompts: Sequence[str], settles_seq: int) -> None:
         """Give each participant its memory of an earlier dialogue, and bill the summary, atomically."""
         async with self.transaction() as conn:
-            await self._insert_note(conn, note)
-            spent = await self._spent(conn, note.dialogue_id)
-            await conn.execute(
-                """UPDATE dialogues SET spent_usd = ?, prompt_tokens = prompt_tokens + ?,
-                       completion_tokens = completion_tokens + ? WHERE id = ?""",
-                (
-                    str(spent + note.cost_usd),
-                    note.usage.prompt_tokens,
-                    note.usage.completion_tokens,
-                    note.dialogue_id,
-                ),
-            )
+            await self._record_note(conn, note, settles_seq)
             await conn.executemany(
                 "UPDATE participants SET system_prompt = ? WHERE dialogue_id = ? AND seat = ?",
                 [(prompt, note.dialogue_id, seat) for seat, prompt in enumerate(system_prompts)],
             )
-            await conn.execute(
-                "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?",
-                (note.dialogue_id, settles_seq),
-            )
+
+    async def _record_note(self, conn: Writer, note: Note, settles_seq: int | None) -> int:
+        """Insert a note, add its call's cost to the totals, and settle that call."""
+        note_id = await self._insert_note(conn, note)
+        if note.cost_usd or note.usage.prompt_tokens:
+            await self._charge(conn, note.dialogue_id, note.cost_usd, note.usage)
+        if settles_seq is not None:
+            await self._settle_call(conn, note.dialogue_id, settles_seq)
+        return note_id
 
     @staticmethod
     async def _insert_note(conn: Writer, note: Note) -> int:
-        record = {"dialogue_id": note.dialogue_id, **note.record()}
-        columns = ", ".join(record)
-        values = ", ".join(f":{name}" for name in record)
-        note_id = await conn.execute(f"INSERT INTO notes ({columns}) VALUES ({values})", record)
+        note_id = await _insert(conn, "notes", {"dialogue_id": note.dialogue_id, **note.record()})
         assert note_id is not None
         return note_id
 
