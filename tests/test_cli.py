@@ -45,7 +45,10 @@ def env(tmp_path, server):
     return values
 
 
-async def start(env: dict[str, str], cwd: Path, *args: str) -> asyncio.subprocess.Process:
+async def start(
+    env: dict[str, str], cwd: Path, *args: str, typing: bool = False
+) -> asyncio.subprocess.Process:
+    """Start `voices`; with `typing`, its standard input is a pipe the test writes to."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -53,14 +56,18 @@ async def start(env: dict[str, str], cwd: Path, *args: str) -> asyncio.subproces
         *args,
         env=env,
         cwd=cwd,
+        stdin=asyncio.subprocess.PIPE if typing else None,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
 
 
-async def voices(env: dict[str, str], cwd: Path, *args: str) -> Result:
-    process = await start(env, cwd, *args)
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+async def voices(env: dict[str, str], cwd: Path, *args: str, typed: str | None = None) -> Result:
+    """Run `voices` to its end; `typed` is what a person types at it."""
+    process = await start(env, cwd, *args, typing=typed is not None)
+    out, err = await asyncio.wait_for(
+        process.communicate(typed.encode() if typed is not None else None), timeout=60
+    )
     assert process.returncode is not None
     return Result(process.returncode, out.decode(), err.decode())
 
@@ -383,32 +390,11 @@ async def test_an_unknown_context_policy_is_one_line_naming_the_choices(env, tmp
     assert "invalid choice: 'shrink' (choose from 'stop', 'truncate', 'compact')" in result.err
 
 
-async def talk(env, cwd, lines: str, *args: str) -> Result:
-    """Run `voices` with `lines` typed on its standard input."""
-    process = await start_with_input(env, cwd, *args)
-    out, err = await asyncio.wait_for(process.communicate(lines.encode()), timeout=60)
-    return Result(process.returncode, out.decode(), err.decode())
-
-
-async def start_with_input(env, cwd, *args):
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        *args,
-        env=env,
-        cwd=cwd,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
 HUMAN_RUN = ("run", "--a", "human:Ann", "--b", GLM, "--rounds", "2", "--budget", "0.05", "--opening", "Hi.")
 
 
 async def test_a_person_takes_a_seat_at_the_terminal_and_their_turns_cost_nothing(env, tmp_path, server):
-    result = await talk(env, tmp_path, "I am Ann.\n\nAnd I am still Ann.\n", *HUMAN_RUN)
+    result = await voices(env, tmp_path, *HUMAN_RUN, typed="I am Ann.\n\nAnd I am still Ann.\n")
     assert result.code == 0, result.err
     assert result.out.count("Your turn: type your reply and press Enter") == 2
     document = json.loads((tmp_path / "transcripts" / "1.json").read_text())
@@ -421,11 +407,11 @@ async def test_a_person_takes_a_seat_at_the_terminal_and_their_turns_cost_nothin
 
 async def test_a_person_who_does_not_answer_pauses_the_dialogue_and_resume_asks_again(env, tmp_path, server):
     env = {**env, "VOICES_HUMAN_TIMEOUT": "0.5"}
-    process = await start_with_input(env, tmp_path, *HUMAN_RUN)
+    process = await start(env, tmp_path, *HUMAN_RUN, typing=True)
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)  # stdin closes: no answer
     assert process.returncode == 0, err.decode()
     assert "Paused after $0.0000; `voices resume 1` continues." in out.decode()
-    result = await talk(env, tmp_path, "Back now.\nAnd again.\n", "resume", "1")
+    result = await voices(env, tmp_path, "resume", "1", typed="Back now.\nAnd again.\n")
     assert result.code == 0, result.err
     document = json.loads((tmp_path / "transcripts" / "1.json").read_text())
     assert document["dialogue"]["stop_reason"] == "max_rounds"
@@ -452,12 +438,12 @@ async def test_fork_and_continue_from_the_command_line(env, tmp_path, server):
 
 async def test_an_interjection_from_another_terminal_joins_a_paused_dialogue(env, tmp_path, server):
     env = {**env, "VOICES_HUMAN_TIMEOUT": "0.5"}
-    process = await start_with_input(env, tmp_path, *HUMAN_RUN)
+    process = await start(env, tmp_path, *HUMAN_RUN, typing=True)
     await asyncio.wait_for(process.communicate(), timeout=60)  # paused, waiting for Ann
     noted = await voices(env, tmp_path, "interject", "1", "Talk about rivers.", "--as", "Zoe")
     assert noted.code == 0, noted.err
     assert noted.out.strip() == "Noted: every model reads it before turn 1."
-    result = await talk(env, tmp_path, "Rivers it is.\nAnd lakes.\n", "resume", "1")
+    result = await voices(env, tmp_path, "resume", "1", typed="Rivers it is.\nAnd lakes.\n")
     assert result.code == 0, result.err
     assert "💬 Zoe interjects: Talk about rivers." in result.out
     glm = server.chat_requests[0].body["messages"]
