@@ -396,6 +396,12 @@ class DialogueRunner:
         window = current_window(notes)
         messages = build_messages(dialogue.participants, seat, dialogue.opening, turns, window, notes)
         estimate = estimate_prompt_tokens(messages, _calibration(dialogue, seat, turns, notes))
+        max_tokens = max_tokens_of(persona, model)
+        rate = 1.0
+        if model.context_length is not None and estimate + max_tokens > model.context_length:
+            # Only a request the byte bound says may not fit needs the observed rate (it rebuilds
+            # an earlier prompt), so the common turn does not pay for it.
+            rate = tokens_per_byte(dialogue, turns, notes)
         return TurnPlan(
             seq,
             round_no + 1,
@@ -403,10 +409,10 @@ class DialogueRunner:
             persona,
             model,
             messages,
-            max_tokens_of(persona, model),
+            max_tokens,
             estimate,
             window,
-            tokens_per_byte(dialogue, turns, notes),
+            rate,
         )
 
     def _check_limits(
