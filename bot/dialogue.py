@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -618,13 +618,7 @@ class _Bill:
     source: str = "reported"
 
     def add(self, usage: Usage, cost: Decimal, source: str) -> None:
-        self.usage = self.usage + Usage(
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            usage.reasoning_tokens,
-            cached_tokens=usage.cached_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-        )
+        self.usage = self.usage + replace(usage, cost_usd=None)  # the cost is summed apart
         self.cost += cost
         order = ("reported", "computed", "reserved")
         self.source = max(self.source, source, key=order.index)
