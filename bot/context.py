@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import datetime
 
 from bot.budget import Budget
 from bot.control import Control
 from bot.models import ContextPolicy, Dialogue, Note, NoteKind, StopReason, Turn
-from bot.plan import Halted, Tuning, TurnPlan, max_tokens_of
+from bot.plan import Halted, Tuning, TurnPlan
 from bot.prompts import Window, build_messages
 from bot.providers import Router
 from bot.store import Store
-from bot.summary import Summariser, summariser, summary_messages
+from bot.summary import Summariser, summary_messages, summary_writer
 
 
 class Compactor:
@@ -125,11 +124,10 @@ class Compactor:
         flight (under the next turn's number) so a crash charges it, and settled into the totals
         with the note in one transaction.
         """
-        persona = summariser(dialogue.summary_model or plan.persona.model, plan.persona, room)
-        model = await self._router.model(persona)
-        max_tokens = max_tokens_of(persona, model)
-        persona = replace(persona, max_tokens=max_tokens)
-        words = max(50, max_tokens * 3 // 5)
+        persona, model, words = await summary_writer(
+            self._router, dialogue.summary_model or plan.persona.model, plan.persona, room
+        )
+        max_tokens = persona.max_tokens or room
 
         def ask(upto: int) -> list[dict[str, str]]:
             kept = turns[window.first_kept : upto]

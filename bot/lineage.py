@@ -24,7 +24,7 @@ from bot.models import (
 )
 from bot.plan import Halted, max_tokens_of, tokens_per_byte
 from bot.prompts import Window, build_messages, current_window
-from bot.summary import summariser, summary_messages
+from bot.summary import summary_messages, summary_writer
 
 CONTINUE_OPENING = "Let us pick up where we left off."
 
@@ -131,10 +131,9 @@ async def _remember(
 ) -> None:
     """Summarise the parent under the child's budget and give every persona the memory of it."""
     speaker = next(p for p in parent.participants if not p.is_human)
-    persona = summariser(child.summary_model or speaker.model, speaker, runner.tuning.summary_max_tokens)
-    model = await runner.router.model(persona)
-    persona = replace(persona, max_tokens=max_tokens_of(persona, model))
-    words = max(50, (persona.max_tokens or 512) * 3 // 5)
+    persona, model, words = await summary_writer(
+        runner.router, child.summary_model or speaker.model, speaker, runner.tuning.summary_max_tokens
+    )
     window = current_window(notes)
     first = window.first_kept
     rate = tokens_per_byte(parent, turns, notes)

@@ -55,10 +55,7 @@ def build_messages(
     message in its place, labelled with who said it. Consecutive messages of one role are merged,
     since several providers reject two `user` messages in a row.
     """
-    said: dict[int, list[str]] = {}
-    for note in notes:
-        if note.kind is NoteKind.INTERJECTION and window.first_kept <= note.before_seq <= len(turns):
-            said.setdefault(note.before_seq, []).append(interjection_text(note))
+    said = interjections_by_turn(notes)
     persona = participants[seat]
     named = len(participants) > 2
     messages: list[ChatMessage] = []
@@ -75,6 +72,7 @@ def build_messages(
             )
         else:
             _append(messages, "user", f"[The conversation's first {window.first_kept} turns are left out.]")
+    # Interjections from before the window went with the turns it left out.
     for turn in turns[window.first_kept :]:
         for text in said.get(turn.seq, ()):
             _append(messages, "user", text)
@@ -88,6 +86,15 @@ def build_messages(
     for text in said.get(len(turns), ()):
         _append(messages, "user", text)
     return messages
+
+
+def interjections_by_turn(notes: Sequence[Note]) -> dict[int, list[str]]:
+    """Return the interjections as the models read them, keyed by the turn each comes before."""
+    said: dict[int, list[str]] = {}
+    for note in notes:
+        if note.kind is NoteKind.INTERJECTION:
+            said.setdefault(note.before_seq, []).append(interjection_text(note))
+    return said
 
 
 def interjection_text(note: Note) -> str:

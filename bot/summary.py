@@ -11,9 +11,9 @@ from decimal import Decimal
 from bot.budget import Budget, estimate_prompt_tokens, format_usd, settle_cost, worst_case_cost
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
-from bot.models import ModelInfo, Note, NoteKind, Persona, StopReason, Turn, TurnStatus, Usage
-from bot.plan import Halted
-from bot.prompts import ChatMessage, interjection_text
+from bot.models import ModelInfo, Note, Persona, StopReason, Turn, TurnStatus, Usage
+from bot.plan import Halted, max_tokens_of
+from bot.prompts import ChatMessage, interjections_by_turn
 from bot.providers import Router
 from bot.providers.base import ChatRequest
 from bot.retry import RetryPolicy
@@ -39,6 +39,16 @@ def summariser(model: str, speaker: Persona, max_tokens: int) -> Persona:
     return Persona(name="Summary", model=model, max_tokens=max_tokens)
 
 
+async def summary_writer(
+    router: Router, model_id: str, speaker: Persona, room: int
+) -> tuple[Persona, ModelInfo, int]:
+    """Return who writes a summary in at most `room` tokens, its model, and the words to ask for."""
+    persona = summariser(model_id, speaker, room)
+    model = await router.model(persona)
+    max_tokens = max_tokens_of(persona, model)
+    return replace(persona, max_tokens=max_tokens), model, max(50, max_tokens * 3 // 5)
+
+
 def summary_messages(
     participants: Sequence[Persona],
     opening: str,
@@ -49,21 +59,14 @@ def summary_messages(
 ) -> list[ChatMessage]:
     """Return the request that asks for a summary of these turns (and the interjections among them)."""
     names = " and ".join(p.name for p in participants)
-    seqs = {t.seq for t in turns}
+    said = interjections_by_turn(notes)
     lines = []
     for turn in turns:
-        lines += [
-            interjection_text(n)
-            for n in notes
-            if n.kind is NoteKind.INTERJECTION and n.before_seq == turn.seq
-        ]
+        lines += said.get(turn.seq, [])
         if turn.status is TurnStatus.OK:
             lines.append(f"{turn.speaker}: {turn.text}")
     if turns:
-        after = max(seqs) + 1
-        lines += [
-            interjection_text(n) for n in notes if n.kind is NoteKind.INTERJECTION and n.before_seq == after
-        ]
+        lines += said.get(turns[-1].seq + 1, [])
     earlier = f"What came before, in summary:\n{previous}\n\n" if previous else ""
     return [
         {
