@@ -383,10 +383,13 @@ class Relays:
         self._s = services
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._relays: dict[int, Relay] = {}
-        self.controls: dict[int, Control] = {}
 
     def is_running(self, dialogue_id: int) -> bool:
         return dialogue_id in self._tasks
+
+    def control(self, dialogue_id: int) -> Control:
+        """Return the Control of a running dialogue (KeyError if it is not running)."""
+        return self._relays[dialogue_id].control
 
     def is_speaking(self, dialogue_id: int) -> bool:
         """Return whether a model's reply is being written in this dialogue right now."""
@@ -416,7 +419,6 @@ class Relays:
             control.say(said)
         relay = Relay(self._s, room, thread, control)
         self._relays[room.dialogue_id] = relay
-        self.controls[room.dialogue_id] = control
         task = asyncio.create_task(self._guard(relay), name=f"voices-dialogue-{room.dialogue_id}")
         self._tasks[room.dialogue_id] = task
 
@@ -429,7 +431,6 @@ class Relays:
         finally:
             self._tasks.pop(dialogue_id, None)
             self._relays.pop(dialogue_id, None)
-            self.controls.pop(dialogue_id, None)
 
     async def resume_all(self) -> None:
         """After a restart, carry on every dialogue that was running or about to."""

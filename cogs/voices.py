@@ -233,7 +233,7 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             raise StateError(f"dialogue {dialogue.id} has already ended ({dialogue.stop_reason})")
         if action == "stop":
             if running:
-                relays.controls[room.dialogue_id].stop(now=now)
+                relays.control(room.dialogue_id).stop(now=now)
             else:
                 await relays.start(room, stop=True)
             return f"Stopping dialogue {dialogue.id}" + (
@@ -242,7 +242,7 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         if action == "pause":
             if not running:
                 raise StateError(f"dialogue {dialogue.id} is not running")
-            relays.controls[room.dialogue_id].pause()
+            relays.control(room.dialogue_id).pause()
             return f"Dialogue {dialogue.id} pauses after the turn in flight."
         if running:
             raise StateError(f"dialogue {dialogue.id} is already running")
@@ -320,7 +320,7 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         room, _persona = await self.seat_to_speak(interaction, dialogue_id)
         relays = self.bot.relays
         if relays.is_running(room.dialogue_id):
-            relays.controls[room.dialogue_id].say(text)
+            relays.control(room.dialogue_id).say(text)
             await reply(interaction, "Sent: your words are posted in the thread as your turn.")
         else:
             await relays.start(room, said=text)
