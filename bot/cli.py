@@ -28,7 +28,7 @@ from bot.errors import InputError, StateError
 from bot.events import AwaitingHuman, Ended
 from bot.lineage import continue_dialogue, fork
 from bot.models import HUMAN, ContextPolicy, Dialogue, DialogueSpec, Limits, LoopAction, Persona, Status
-from bot.personas import distinct_names, load_personas, resolve_participants
+from bot.personas import load_personas, resolve_participants
 from bot.providers import local
 from bot.providers.local import is_local, local_available
 from bot.transcript import render_json, render_markdown
@@ -397,19 +397,12 @@ def _default_pair(args: argparse.Namespace, config: EngineConfig) -> tuple[str, 
 
 def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]) -> DialogueSpec:
     refs = [(seat, pair[SEATS.index(seat)] if seat in "ab" else getattr(args, seat)) for seat in SEATS]
-    refs = [(seat, ref) for seat, ref in refs if ref is not None]
-    # People are seated after the personas are resolved, so a persona cannot be called "human".
-    models = [(ref, getattr(args, f"system_{seat}")) for seat, ref in refs if not _is_human_ref(ref)]
-    resolved = iter(
-        resolve_participants(
-            models,
-            load_personas(defaults.personas_file),
-            args.max_tokens or defaults.max_tokens,
-            force_max_tokens=bool(args.max_tokens),
-        )
-    )
-    participants = distinct_names(
-        [_human(ref) if _is_human_ref(ref) else next(resolved) for _seat, ref in refs]
+    participants = resolve_participants(
+        [(ref, getattr(args, f"system_{seat}")) for seat, ref in refs if ref is not None],
+        load_personas(defaults.personas_file),
+        args.max_tokens or defaults.max_tokens,
+        force_max_tokens=bool(args.max_tokens),
+        person=_human,
     )
     limits = Limits(
         max_rounds=args.rounds if args.rounds is not None else defaults.rounds,
@@ -427,12 +420,11 @@ def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]
     )
 
 
-def _is_human_ref(ref: str) -> bool:
-    return ref == "human" or ref.startswith(HUMAN)
-
-
-def _human(ref: str) -> Persona:
-    """Return the seat of the person at this terminal, named as they asked (or after their login)."""
+def _human(ref: str) -> Persona | None:
+    """Return the seat of the person at this terminal for `human` or `human:NAME` (named as they
+    asked, or after their login); None for any other reference."""
+    if ref != "human" and not ref.startswith(HUMAN):
+        return None
     name = ref.removeprefix(HUMAN).strip() if ref != "human" else ""
     return Persona(name=name or getpass.getuser().capitalize() or "You", model=f"{HUMAN}terminal")
 

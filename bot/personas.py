@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
@@ -121,14 +121,20 @@ def resolve_participants(
     library: dict[str, Persona],
     max_tokens: int,
     force_max_tokens: bool = False,
+    person: Callable[[str], Persona | None] = lambda ref: None,
 ) -> list[Persona]:
     """Return one persona per (persona name or model id, system prompt or None), names made distinct.
 
     A given system prompt replaces the persona's; with `force_max_tokens`, `max_tokens` replaces
-    every persona's own cap too.
+    every persona's own cap too. `person` seats a person for the references a front end gives
+    them ('me', 'human'), checked before the library so no persona can take that name.
     """
     participants = []
     for ref, system in seats:
+        seated = person(ref.strip())
+        if seated is not None:
+            participants.append(seated)
+            continue
         persona = resolve_persona(ref, library, max_tokens)
         if system is not None:
             persona = replace(persona, system_prompt=system)

@@ -4,7 +4,6 @@ config. Each command turns options into engine calls and shows the result."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
@@ -28,7 +27,7 @@ from bot.models import (
     Status,
     StopReason,
 )
-from bot.personas import distinct_names, resolve_participants
+from bot.personas import resolve_participants
 from bot.rooms import Room
 from cogs.errors import reply, user_message
 from cogs.people import ME, seat_of
@@ -123,11 +122,14 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         seats = [(a, system_a), (b, system_b), (c, system_c), (d, system_d)]
         if c is None and d is not None:
             raise InputError("give c before d: voices speak in the order a, b, c, d")
-        spec = self._spec(interaction, [(r, sp) for r, sp in seats if r is not None], opening, rounds, budget)
-        spec = replace(
-            spec,
-            context_policy=ContextPolicy(context or self.bot.settings.context_policy),
-            loop_action=LoopAction(on_loop or self.bot.settings.loop_action),
+        spec = self._spec(
+            interaction,
+            [(r, sp) for r, sp in seats if r is not None],
+            opening,
+            rounds,
+            budget,
+            context,
+            on_loop,
         )
         await self._check_guild(interaction, spec)
         worst = await self.s.runner.check(spec)
@@ -158,12 +160,16 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         opening: str,
         rounds: int | None,
         budget: str | None,
+        context: str | None,
+        on_loop: str | None,
     ) -> DialogueSpec:
         settings = self.bot.settings
-        voices = [(ref, system) for ref, system in seats if ref.strip().lower() != ME]
-        resolved = iter(resolve_participants(voices, self.bot.personas, settings.default_max_tokens))
-        personas = distinct_names(
-            [seat_of(interaction.user) if ref.strip().lower() == ME else next(resolved) for ref, _ in seats]
+        me = seat_of(interaction.user)
+        personas = resolve_participants(
+            seats,
+            self.bot.personas,
+            settings.default_max_tokens,
+            person=lambda ref: me if ref.lower() == ME else None,
         )
         limits = Limits(
             max_rounds=rounds or settings.default_rounds,
@@ -172,7 +178,13 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             max_seconds=settings.max_seconds,
         )
         return DialogueSpec(
-            tuple(personas), opening, limits, origin="discord", summary_model=settings.summary_model
+            tuple(personas),
+            opening,
+            limits,
+            origin="discord",
+            context_policy=ContextPolicy(context or settings.context_policy),
+            loop_action=LoopAction(on_loop or settings.loop_action),
+            summary_model=settings.summary_model,
         )
 
     async def _check_guild(self, interaction: discord.Interaction, spec: DialogueSpec) -> None:
