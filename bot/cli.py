@@ -20,11 +20,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.markdown import Markdown
 
-from bot.app import App, EngineConfig, open_app, utc_now
+from bot.app import App, EngineConfig, open_app
 from bot.budget import parse_usd
 from bot.console import DialogueView, dialogue_table, model_table
 from bot.control import Control
-from bot.errors import InputError, StateError
+from bot.errors import InputError
 from bot.events import AwaitingHuman, Ended
 from bot.lineage import continue_dialogue, fork
 from bot.models import HUMAN, ContextPolicy, Dialogue, DialogueSpec, Limits, LoopAction, Persona, Status
@@ -172,15 +172,9 @@ async def dispatch(
         case "continue" | "fork":
             return await branch_dialogue(args, config, defaults, console)
         case "interject":
-            text = args.text.strip()
-            if not text:
-                raise InputError("the interjection is empty; say something")
             async with open_app(config) as app:
-                dialogue = await app.store.get_dialogue(args.id)
-                if dialogue.status.is_final:
-                    raise StateError(f"dialogue {args.id} has ended; its models no longer read notes")
                 author = args.author or getpass.getuser().capitalize()
-                note = await app.store.add_interjection(args.id, author, text, utc_now())
+                note = await app.runner.interject(args.id, author, args.text)
             console.print(f"Noted: every model reads it before turn {note.before_seq + 1}.", markup=False)
         case "list":
             async with open_app(config) as app:

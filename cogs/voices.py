@@ -376,13 +376,10 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         """Add a member's note to the dialogue at the next turn boundary."""
         room = await self.may_interject(interaction, dialogue_id)
         limit = self.bot.settings.interject_max_chars
-        if not text.strip():
-            raise InputError("the interjection is empty; say something")
         if len(text) > limit:
             raise InputError(f"an interjection is at most {limit} characters; yours has {len(text)}")
+        note = await self.s.runner.interject(room.dialogue_id, interaction.user.display_name, text)
         self._interjected[interaction.user.id] = asyncio.get_running_loop().time()
-        author = interaction.user.display_name
-        note = await self.s.store.add_interjection(room.dialogue_id, author, text.strip(), utc_now())
         when = "" if self.bot.relays.is_running(room.dialogue_id) else ", when the dialogue goes on"
         # The thread shows it in its place, at that boundary.
         await reply(interaction, f"Noted: every model reads it before turn {note.before_seq + 1}{when}.")
