@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Context, Decimal, InvalidOperation
 
 from bot.errors import InputError
 from bot.models import Pricing, Usage
@@ -67,29 +67,26 @@ def worst_case_cost(pricing: Pricing, prompt_tokens: int, max_tokens: int) -> De
     return cost.quantize(QUANTUM, rounding=ROUND_CEILING)
 
 
-def settle_cost(usage: Usage, pricing: Pricing) -> tuple[Decimal, str]:
-    """Return what a call cost and where that figure came from ("reported" or "computed")."""
-    if usage.cost_usd is not None:
-        return usage.cost_usd, "reported"
-    cost = pricing.request + _prompt_cost(usage, pricing) + usage.completion_tokens * pricing.completion
-    return cost.quantize(QUANTUM, rounding=ROUND_CEILING), "computed"
-
-
 def cache_saving(usage: Usage, pricing: Pricing) -> Decimal:
     """Return what the prompt cache saved on a call: its prompt at the plain price minus what it cost.
 
     Negative when the call only wrote to the cache (a write costs more than a plain token); the
     reads of later calls pay it back.
     """
-    saving = (usage.prompt_tokens * pricing.prompt - _prompt_cost(usage, pricing)).quantize(QUANTUM)
+    saving = (usage.prompt_tokens * pricing.prompt - prompt_cost(usage, pricing)).quantize(QUANTUM)
     return saving if saving else Decimal(0)
 
 
-def _prompt_cost(usage: Usage, pricing: Pricing) -> Decimal:
+def prompt_cost(usage: Usage, pricing: Pricing) -> Decimal:
+    """Return what a call's prompt cost: plain tokens, cache reads and cache writes at their prices."""
     plain = usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens
     read = pricing.cache_read if pricing.cache_read is not None else pricing.prompt
     write = pricing.cache_write if pricing.cache_write is not None else pricing.prompt
     return plain * pricing.prompt + usage.cached_tokens * read + usage.cache_write_tokens * write
+
+
+# No amount a person types (a budget, a cap) needs to be larger; beyond it, figures stop being money.
+MAX_AMOUNT = Decimal(1_000_000)
 
 
 def parse_usd(text: str, what: str = "budget") -> Decimal:
@@ -100,15 +97,21 @@ def parse_usd(text: str, what: str = "budget") -> Decimal:
         value = Decimal("NaN")
     if not value.is_finite():
         raise InputError(f"{what} must be an amount in USD such as 0.25, not '{text}'")
+    if abs(value) > MAX_AMOUNT:
+        raise InputError(f"{what} must be at most ${MAX_AMOUNT}, not '{text}'")
     return value
 
 
 def format_usd(amount: Decimal) -> str:
     """Return `$0.0036`-style text; tiny non-zero amounts keep their significant digits."""
-    shown = amount.quantize(Decimal("0.0001"))
+    if not amount.is_finite():
+        return f"${amount}"  # only a figure that was refused is shown so; none is ever stored
+    # A wide context: an amount such as $1e30 must print, not overflow the default 28 digits.
+    wide = Context(prec=60)
+    shown = amount.quantize(Decimal("0.0001"), context=wide)
     if shown == 0 and amount != 0:
-        return f"${amount.quantize(QUANTUM).normalize():f}"
-    return f"${shown}"
+        return f"${amount.quantize(QUANTUM, context=wide).normalize(wide):f}"
+    return f"${shown:f}"
 
 
 @dataclass(frozen=True, slots=True)

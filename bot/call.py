@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from bot.control import Control
@@ -13,6 +14,7 @@ from bot.errors import ProviderError
 from bot.events import Delta
 from bot.models import StopReason
 from bot.providers.base import Begun, ChatRequest, Completion, Provider, ReasoningDelta, TextDelta
+from bot.text import repair
 
 
 @dataclass(slots=True)
@@ -51,8 +53,10 @@ async def stream_call(
         outcome: object = None
         try:
             async with asyncio.timeout_at(deadline):
-                async for event in provider.stream(request):
-                    queue.put_nowait(event)
+                # aclosing: a stream cut off here closes its connection now, not when it is collected.
+                async with aclosing(provider.stream(request)) as events:  # type: ignore[type-var]
+                    async for event in events:
+                        queue.put_nowait(event)
         except TimeoutError:
             outcome = StopReason.TIME
         except BaseException as exc:
@@ -63,9 +67,15 @@ async def stream_call(
             queue.put_nowait(outcome)
 
     task = asyncio.create_task(pump())
+    cancelled = False
 
     def interrupt() -> None:
-        task.cancel()
+        nonlocal cancelled
+        # Cancelled once only: a second cancel would land while the stream is closing its response
+        # and interrupt the close, leaving the provider streaming (and billing) to the end.
+        if not cancelled:
+            cancelled = True
+            task.cancel()
         queue.put_nowait(control.reason)
 
     control._interrupt = interrupt
@@ -76,11 +86,13 @@ async def stream_call(
             if isinstance(item, Begun):
                 attempt.generation_id = item.generation_id
             elif isinstance(item, TextDelta):
-                attempt.text.append(item.text)
-                yield Delta(seq, item.text)
+                text = repair(item.text)
+                attempt.text.append(text)
+                yield Delta(seq, text)
             elif isinstance(item, ReasoningDelta):
-                attempt.reasoning.append(item.text)
-                yield Delta(seq, item.text, reasoning=True)
+                text = repair(item.text)
+                attempt.reasoning.append(text)
+                yield Delta(seq, text, reasoning=True)
             elif isinstance(item, Completion):
                 attempt.completion = item
             elif isinstance(item, StopReason):
@@ -96,7 +108,9 @@ async def stream_call(
     finally:
         control._interrupt = None
         if not task.done():
-            task.cancel()
+            if not cancelled:
+                cancelled = True
+                task.cancel()
             await asyncio.wait({task})
         attempt.seconds = loop.time() - started
 

@@ -13,14 +13,16 @@ class Control:
     """Requests from outside a running dialogue. A stop is sticky: once asked, no new call starts."""
 
     def __init__(self, outside: Callable[[Awaitable[bool]], Awaitable[bool]] | None = None) -> None:
-        """`outside` wraps the wait for a person's words: a front end may declare it as a wait for
-        outside input (SimCord, for one, needs to know)."""
+        """`outside` wraps the long waits of a run (a person's words, the lease's heartbeat): a front
+        end may declare them as waits for outside input (SimCord, for one, needs to know)."""
         self.stop_requested = False
         self.stop_now = False
         self.pause_requested = False
         self.reason = StopReason.USER_STOP
         self.detail: str | None = None
         self._interrupt: Callable[[], None] | None = None
+        #: Set when another process took the dialogue over: this one must write nothing more.
+        self.lost_lease: str | None = None
         self._said: str | None = None
         self._wake = asyncio.Event()
         self._outside = outside
@@ -41,6 +43,11 @@ class Control:
             self.stop_now = True
             if self._interrupt is not None:
                 self._interrupt()
+
+    def lose_lease(self, why: str) -> None:
+        """Another process runs the dialogue now: cut the call in flight and write nothing more."""
+        self.lost_lease = why
+        self.stop(now=True, detail=why)
 
     def pause(self) -> None:
         """Pause after the turn in flight; `run` on the same dialogue resumes it."""
@@ -70,6 +77,16 @@ class Control:
             if not await (self._outside(woken) if self._outside else woken):
                 return None
         return self.take_said()
+
+    async def idle(self, seconds: float) -> None:
+        """Wait out a background interval (the lease's heartbeat). It goes through `outside` like a
+        person's turn: a front end that must know which waits are not work (SimCord) sees it so."""
+
+        async def nap() -> bool:
+            await asyncio.sleep(seconds)
+            return True
+
+        await (self._outside(nap()) if self._outside else nap())
 
     async def _woken(self, timeout: float | None) -> bool:
         """Wait for a say, a stop or a pause; False when the time is up first."""

@@ -20,13 +20,13 @@ from bot.budget import (
     count_bytes,
     estimate_prompt_tokens,
     format_usd,
-    settle_cost,
     worst_case_cost,
 )
+from bot.billing import Bill, Charge, charge, charge_lost
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.context import Compactor
 from bot.control import Control
-from bot.errors import InputError, ProviderError, StateError
+from bot.errors import InputError, LeaseHeld, ProviderError, StateError
 from bot.events import (
     AwaitingHuman,
     Ended,
@@ -199,12 +199,36 @@ class DialogueRunner:
         """Run (or resume) the dialogue until a limit, a stop, a pause or an error; yield what happens."""
         if dialogue_id in self._active:
             raise StateError(f"dialogue {dialogue_id} is already running")
+        control = control or Control()
+        await self.store.get_dialogue(dialogue_id)  # an unknown id is named as such, not as a lease
+        await self.store.take_lease(dialogue_id, self.tuning.lease_seconds)
         self._active.add(dialogue_id)
+        keeper = asyncio.create_task(self._keep_lease(dialogue_id, control))
         try:
-            async for event in self._run(dialogue_id, control or Control()):
+            async for event in self._run(dialogue_id, control):
                 yield event
         finally:
+            keeper.cancel()
+            await asyncio.wait({keeper})
             self._active.discard(dialogue_id)
+            if control.lost_lease is None:
+                await asyncio.shield(self.store.release_lease(dialogue_id))
+
+    async def _keep_lease(self, dialogue_id: int, control: Control) -> None:
+        """Renew the lease while the dialogue runs; if another process took it over, stop at once:
+        from then on only that process may write the dialogue."""
+        seconds = self.tuning.lease_seconds
+        while True:
+            await control.idle(seconds / 3)
+            try:
+                held = await self.store.renew_lease(dialogue_id, seconds)
+            except Exception as exc:  # a busy database now is no reason to give the dialogue up
+                log.warning("dialogue %s: renewing its lease failed (%s); trying again", dialogue_id, exc)
+                continue
+            if not held:
+                log.warning("dialogue %s: another process took its lease over; stopping here", dialogue_id)
+                control.lose_lease(f"dialogue {dialogue_id} was taken over by another process")
+                return
 
     async def _run(self, dialogue_id: int, control: Control) -> AsyncIterator[Event]:
         dialogue = await self.store.get_dialogue(dialogue_id)
@@ -236,6 +260,8 @@ class DialogueRunner:
         except Exception as exc:
             log.exception("dialogue %s failed", dialogue_id)
             stop = _Stop(StopReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        if control.lost_lease is not None:
+            raise LeaseHeld(control.lost_lease)  # the dialogue's state is the new holder's to write
         if stop is None or stop.reason is None:
             await self.store.mark_paused(dialogue_id)
         else:
@@ -249,9 +275,9 @@ class DialogueRunner:
             persona = dialogue.participants[seq % len(dialogue.participants)]
             if generation_id is None or persona.is_human:
                 continue
-            cost = await _billed(self.router.route(persona).provider, generation_id, reserved)
-            if cost is not None:
-                billed[seq] = cost
+            charged = await charge_lost(self.router.route(persona).provider, generation_id, reserved)
+            if charged.source == "reported":
+                billed[seq] = charged.cost
         return billed
 
     async def _lost_memory(self, dialogue: Dialogue) -> str | None:
@@ -337,8 +363,10 @@ class DialogueRunner:
                     stop = item
                 else:
                     yield item
-            # Read the dialogue again: its totals moved, and its round limit may have been extended.
+            # Read the dialogue again: its totals moved, and its round limit may have been extended;
+            # and the speaker's prices, which a bill above them has just refreshed.
             dialogue = await self.store.get_dialogue(dialogue.id)
+            models[plan.seat] = await self.router.model(plan.persona)
             totals = dialogue.totals
             if turn is not None:
                 turns.append(turn)
@@ -468,7 +496,7 @@ class DialogueRunner:
         """
         plan.started_at = self._clock()
         await self.store.begin_call(dialogue.id, plan.seq, reservation.amount, plan.started_at)
-        bill = _Bill()
+        bill = Bill()
         attempts, seconds, max_tokens, empty_retried = 0, 0.0, plan.max_tokens, False
         stop: _Stop | None = None
         while True:
@@ -503,22 +531,15 @@ class DialogueRunner:
                         _Stop(StopReason.PROVIDER_ERROR, str(attempt.error)),
                     )
                     break
+            charged = await self._charge(provider, plan, attempt, reservation.amount)
+            budget.settle(reservation, charged.cost)
+            bill.add(charged, reservation.amount)
             if attempt.interrupted is not None:
-                # A cut-off stream reports no cost: ask the provider what it came to, or else charge
-                # the worst case, so the cap still holds.
-                cost, source = await _cut_off_cost(provider, attempt, reservation)
-                budget.settle(reservation, cost)
-                bill.add(Usage(), cost, source)
                 status, stop = (
                     TurnStatus.CANCELLED,
                     _Stop(attempt.interrupted, control.detail or "the reply was cut off"),
                 )
                 break
-            completion = attempt.completion
-            assert completion is not None
-            cost, source = settle_cost(completion.usage or Usage(), plan.model.pricing)
-            budget.settle(reservation, cost)
-            bill.add(completion.usage or Usage(), cost, source)
             if "".join(attempt.text).strip():
                 status = TurnStatus.OK
                 break
@@ -529,9 +550,8 @@ class DialogueRunner:
                 else budget.reserve(worst_case_cost(plan.model.pricing, plan.prompt_estimate, bigger))
             )
             if retry is None:
-                detail = (
-                    f"{plan.persona.name} replied with no text (finish_reason={completion.finish_reason})"
-                )
+                finish = attempt.completion.finish_reason if attempt.completion else None
+                detail = f"{plan.persona.name} replied with no text (finish_reason={finish})"
                 if not empty_retried:
                     detail += "; the budget left no room to retry"
                 status, stop = TurnStatus.EMPTY, _Stop(StopReason.EMPTY_REPLY, detail)
@@ -541,10 +561,34 @@ class DialogueRunner:
             await self.store.begin_call(dialogue.id, plan.seq, bill.cost + retry.amount, self._clock())
             yield TurnRestarted(plan.seq, attempts + 1, "the reply was empty", 0.0)
         turn = self._turn(dialogue, plan, status, attempt, bill, attempts, seconds)
-        await self.store.add_turn(turn)
+        notes = [Note(dialogue.id, plan.seq + 1, NoteKind.BILLING, p, self._clock()) for p in bill.problems]
+        await self.store.add_turn(turn, notes)
         yield turn
+        for note in await self.store.list_notes(dialogue.id) if notes else ():
+            if note.kind is NoteKind.BILLING and note.before_seq == plan.seq + 1:
+                yield Noted(note)
+        if bill.over is not None:
+            # The provider billed above the prices Voices knew: learn the new ones before the next
+            # reservation, and stop at once if the budget is spent.
+            await self.router.refresh(plan.persona)
+            if stop is None and budget.remaining <= 0:
+                stop = _Stop(StopReason.BUDGET, _over_detail(bill.over, budget))
         if stop is not None:
             yield stop
+
+    async def _charge(self, provider: object, plan: TurnPlan, attempt: Attempt, reserved: Decimal) -> Charge:
+        """Return what one attempt is charged: from its usage, or, when it has none it can be billed
+        by (cut off, or a provider that reported none or nonsense), from the provider's record of the
+        call, or else its reservation, so the cap still holds."""
+        completion = attempt.completion
+        if attempt.interrupted is None and completion is not None:
+            charged = charge(completion.usage, plan.model.pricing, reserved)
+            if charged.source != "reserved":
+                return charged
+            generation_id = completion.generation_id or attempt.generation_id
+            lost = await charge_lost(provider, generation_id, reserved)
+            return replace(lost, rejected=charged.rejected)
+        return await charge_lost(provider, attempt.generation_id, reserved)
 
     async def _notice_loops(self, dialogue: Dialogue, turns: Sequence[Turn]) -> AsyncIterator[Event | _Stop]:
         """Note each new sign of going in circles; pause or stop if the dialogue asks for it."""
@@ -588,7 +632,7 @@ class DialogueRunner:
         plan: TurnPlan,
         status: TurnStatus,
         attempt: Attempt,
-        bill: _Bill,
+        bill: Bill,
         attempts: int,
         seconds: float,
     ) -> Turn:
@@ -616,21 +660,6 @@ class DialogueRunner:
             provider=completion.provider if completion else None,
             cache_saving_usd=cache_saving(bill.usage, plan.model.pricing),
         )
-
-
-@dataclass(slots=True)
-class _Bill:
-    """What a turn's calls cost together, and the least certain source of that figure."""
-
-    usage: Usage = field(default_factory=Usage)
-    cost: Decimal = Decimal(0)
-    source: str = "reported"
-
-    def add(self, usage: Usage, cost: Decimal, source: str) -> None:
-        self.usage = self.usage + replace(usage, cost_usd=None)  # the cost is summed apart
-        self.cost += cost
-        order = ("reported", "computed", "reserved")
-        self.source = max(self.source, source, key=order.index)
 
 
 def _grow(max_tokens: int, plan: TurnPlan) -> int:
@@ -663,32 +692,16 @@ def _calibration(
     return None
 
 
-async def _cut_off_cost(provider: object, attempt: Attempt, reservation: Reservation) -> tuple[Decimal, str]:
-    """Return what a cut-off call cost as its provider reports it, or its reservation if it cannot say."""
-    if attempt.generation_id is not None:
-        cost = await _billed(provider, attempt.generation_id, reservation.amount)
-        if cost is not None:
-            return cost, "reported"
-    return reservation.amount, "reserved"
-
-
-async def _billed(provider: object, generation_id: str, reserved: Decimal) -> Decimal | None:
-    """Return what the provider billed for a call, if it can say and it is within the reservation.
-
-    A figure above the reservation would mean prices changed under us; the reservation is what
-    the budget allowed, so that figure is logged and not used.
-    """
-    if not isinstance(provider, CostLookup):
-        return None
-    cost = await provider.generation_cost(generation_id)
-    if cost is not None and cost > reserved:
-        log.warning("call %s cost %s, above its reservation of %s", generation_id, cost, reserved)
-        return None
-    return cost
-
-
 def _budget_detail(plan: TurnPlan, worst: Decimal, budget: Budget) -> str:
     return (
         f"{plan.persona.name}'s next call could cost up to {format_usd(worst)}; "
         f"{format_usd(budget.remaining)} of {format_usd(budget.limit)} left"
+    )
+
+
+def _over_detail(over: tuple[Decimal, Decimal], budget: Budget) -> str:
+    billed, reserved = over
+    return (
+        f"the provider billed {format_usd(billed)} for a call whose worst case at its published prices "
+        f"was {format_usd(reserved)}; {format_usd(budget.spent)} of {format_usd(budget.limit)} spent"
     )

@@ -5,6 +5,7 @@
     │   ├── UnknownModel           a model id the catalogue does not know
     │   └── DialogueNotFound       no dialogue with that id
     ├── StateError                 the request does not fit the dialogue's state (e.g. resume a finished one)
+    │   └── LeaseHeld              another live process runs the dialogue
     ├── StoreError                 the database cannot be used (corrupt, newer schema, unwritable)
     └── ProviderError              a model provider failed; .retryable says whether to try again
         ├── BadRequest             400 and 404: the request must change
@@ -39,6 +40,10 @@ class DialogueNotFound(InputError):
 
 class StateError(VoicesError):
     """The dialogue is not in a state that allows this."""
+
+
+class LeaseHeld(StateError):
+    """Another process holds the dialogue's lease, or took it over from this one."""
 
 
 class StoreError(VoicesError):

@@ -188,6 +188,20 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE rooms ADD COLUMN asking_message_id INTEGER;
         """,
     ),
+    (
+        "One dialogue, one runner, across processes: a lease names the process that runs a dialogue "
+        "and lapses unless renewed, so a second process is refused and a dead one's dialogue can be "
+        "taken over (and only then are its calls in flight settled).",
+        """
+        CREATE TABLE leases (
+            dialogue_id INTEGER PRIMARY KEY REFERENCES dialogues(id) ON DELETE CASCADE,
+            owner       TEXT NOT NULL,
+            taken_at    TEXT NOT NULL,
+            renewed_at  TEXT NOT NULL,
+            expires_at  TEXT NOT NULL
+        );
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

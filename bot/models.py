@@ -355,6 +355,8 @@ class NoteKind(StrEnum):
     IMPERSONATION = "impersonation"
     INTERJECTION = "interjection"
     MEMORY = "memory"
+    #: A provider's bill that could not be taken as it was: what was wrong, and what was charged.
+    BILLING = "billing"
 
     @property
     def is_context(self) -> bool:

@@ -26,6 +26,8 @@ class Tuning:
     loops: LoopThresholds = field(default_factory=LoopThresholds)
     #: Seconds a person has for their turn before the dialogue pauses for them (None: no limit).
     human_timeout: float | None = 600.0
+    #: Seconds a dialogue's lease lasts unless renewed: how soon a dead process's dialogue is taken over.
+    lease_seconds: float = 15.0
 
 
 class Halted(Exception):

@@ -7,18 +7,21 @@ transaction, so a crash leaves either the whole turn (with the dialogue's totals
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from bot.errors import DialogueNotFound, StateError, StoreError
+from bot.errors import DialogueNotFound, LeaseHeld, StateError, StoreError
 from bot.migrations import SCHEMA_VERSION, migrate, schema_version
 from bot.models import (
     ContextPolicy,
@@ -50,6 +53,17 @@ def _money(amount: Decimal | None) -> str | None:
     return str(amount) if amount is not None else None
 
 
+def utc_now() -> datetime:
+    """Return the wall clock in UTC: leases are about real processes, whatever clock a run keeps."""
+    return datetime.now(UTC)
+
+
+def _check_money(amount: Decimal) -> None:
+    """Refuse to store an amount that is not money: billing validates first, so this is a bug."""
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"refusing to store {amount} as an amount of money")
+
+
 def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
@@ -78,6 +92,11 @@ class Writer:
         async with self._conn.executemany(sql, rows):
             pass
 
+    async def update(self, sql: str, params: Any = ()) -> int:
+        """Run one UPDATE or DELETE; return how many rows it changed."""
+        async with self._conn.execute(sql, params) as cursor:
+            return cursor.rowcount
+
     async def fetchall(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         """Return the rows of a query run inside the transaction."""
         async with self._conn.execute(sql, params) as cursor:
@@ -90,6 +109,8 @@ class Store:
     def __init__(self, conn: aiosqlite.Connection, path: Path):
         self._conn = conn
         self.path = path
+        #: Who this process is, in the leases it takes: host, process id and a nonce (a pid is reused).
+        self.owner = f"{socket.gethostname()} pid {os.getpid()} #{secrets.token_hex(2)}"
         # One connection is shared by every task; this keeps their transactions from interleaving.
         self._write_lock = asyncio.Lock()
 
@@ -304,6 +325,7 @@ class Store:
     async def mark_paused(self, dialogue_id: int) -> None:
         """Record that the dialogue waits to be resumed."""
         async with self.transaction() as conn:
+            await self._fence(conn, dialogue_id, utc_now())
             await conn.execute("UPDATE dialogues SET status = 'paused' WHERE id = ?", (dialogue_id,))
 
     async def finish_dialogue(
@@ -311,10 +333,59 @@ class Store:
     ) -> None:
         """Record the dialogue's end: its final status, the reason and when."""
         async with self.transaction() as conn:
+            await self._fence(conn, dialogue_id, utc_now())
             await conn.execute(
                 "UPDATE dialogues SET status = ?, stop_reason = ?, stop_detail = ?, ended_at = ? "
                 "WHERE id = ?",
                 (str(reason.status), str(reason), detail, _iso(now), dialogue_id),
+            )
+
+    # Leases ----------------------------------------------------------------------------------
+
+    async def take_lease(self, dialogue_id: int, seconds: float) -> None:
+        """Take the dialogue's lease for this process, or raise LeaseHeld naming the live holder.
+
+        A lease whose holder stopped renewing it (a process killed) is taken over once it lapses.
+        """
+        now = utc_now()
+        async with self.transaction() as conn:
+            await self._fence(conn, dialogue_id, now)
+            await conn.execute(
+                "INSERT OR REPLACE INTO leases (dialogue_id, owner, taken_at, renewed_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (dialogue_id, self.owner, _iso(now), _iso(now), _iso(now + timedelta(seconds=seconds))),
+            )
+
+    async def renew_lease(self, dialogue_id: int, seconds: float) -> bool:
+        """Extend this process's lease; False when it is no longer ours (another took it over)."""
+        now = utc_now()
+        async with self.transaction() as conn:
+            changed = await conn.update(
+                "UPDATE leases SET renewed_at = ?, expires_at = ? WHERE dialogue_id = ? AND owner = ?",
+                (_iso(now), _iso(now + timedelta(seconds=seconds)), dialogue_id, self.owner),
+            )
+        return changed == 1
+
+    async def release_lease(self, dialogue_id: int) -> None:
+        """Give up this process's lease, so another may run the dialogue at once."""
+        async with self.transaction() as conn:
+            await conn.execute(
+                "DELETE FROM leases WHERE dialogue_id = ? AND owner = ?", (dialogue_id, self.owner)
+            )
+
+    async def _fence(self, conn: Writer, dialogue_id: int, now: datetime) -> None:
+        """Raise LeaseHeld if another process holds a live lease on the dialogue: it alone may
+        write the dialogue's calls, turns and state (inside the caller's transaction)."""
+        rows = await conn.fetchall("SELECT owner, expires_at FROM leases WHERE dialogue_id = ?", (dialogue_id,))
+        if not rows or rows[0]["owner"] == self.owner:
+            return
+        expires = _dt(rows[0]["expires_at"])
+        assert expires is not None
+        if expires > now:
+            left = (expires - now).total_seconds()
+            raise LeaseHeld(
+                f"dialogue {dialogue_id} is being run by another process ({rows[0]['owner']}); "
+                f"if that process has died, its lease lapses in {left:.0f} s and it can be resumed then"
             )
 
     # Turns and calls -------------------------------------------------------------------------
@@ -322,6 +393,7 @@ class Store:
     async def begin_call(self, dialogue_id: int, seq: int, reserved: Decimal, now: datetime) -> None:
         """Note a call about to be sent, with its reservation, before any money can be spent."""
         async with self.transaction() as conn:
+            await self._fence(conn, dialogue_id, utc_now())
             await conn.execute(
                 "INSERT OR REPLACE INTO calls_in_flight (dialogue_id, seq, reserved_usd, started_at) "
                 "VALUES (?, ?, ?, ?)",
@@ -371,9 +443,11 @@ class Store:
             await conn.execute("DELETE FROM calls_in_flight WHERE dialogue_id = ?", (dialogue_id,))
         return total
 
-    async def add_turn(self, turn: Turn) -> None:
-        """Commit a finished turn, settle its call and add it to the dialogue's totals, atomically."""
+    async def add_turn(self, turn: Turn, notes: Sequence[Note] = ()) -> None:
+        """Commit a finished turn, settle its call and add it to the dialogue's totals, atomically,
+        with the notes that say what was wrong with its bill."""
         async with self.transaction() as conn:
+            await self._fence(conn, turn.dialogue_id, utc_now())
             try:
                 await self._insert_turn(conn, turn)
             except sqlite3.IntegrityError:
@@ -383,6 +457,8 @@ class Store:
                 ) from None
             await self._charge(conn, turn.dialogue_id, turn.cost_usd, turn.usage)
             await self._settle_call(conn, turn.dialogue_id, turn.seq)
+            for note in notes:
+                await self._insert_note(conn, note)
 
     @staticmethod
     async def _insert_turn(conn: Writer, turn: Turn) -> None:
@@ -395,6 +471,7 @@ class Store:
 
     async def _charge(self, conn: Writer, dialogue_id: int, cost: Decimal, usage: Usage) -> None:
         """Add a call's cost and tokens to the dialogue's totals (inside the caller's transaction)."""
+        _check_money(cost)
         spent = await self._spent(conn, dialogue_id)
         await conn.execute(
             """UPDATE dialogues SET spent_usd = ?, prompt_tokens = prompt_tokens + ?,

@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
-from bot.budget import Budget, estimate_prompt_tokens, format_usd, settle_cost, worst_case_cost
+from bot.billing import charge
+from bot.budget import Budget, estimate_prompt_tokens, format_usd, worst_case_cost
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
 from bot.models import ModelInfo, Note, Persona, StopReason, Turn, TurnStatus, Usage
@@ -151,7 +152,6 @@ class Summariser:
             raise Halted(attempt.interrupted, control.detail or f"stopped while {purpose}")
         completion = attempt.completion
         assert completion is not None
-        usage = completion.usage or Usage()
-        cost, _source = settle_cost(usage, model.pricing)
-        budget.settle(reservation, cost)
-        return Summary("".join(attempt.text).strip(), completion.model, usage, cost)
+        charged = charge(completion.usage, model.pricing, reservation.amount)
+        budget.settle(reservation, charged.cost)
+        return Summary("".join(attempt.text).strip(), completion.model, charged.usage, charged.cost)

@@ -141,6 +141,8 @@ def headline(note: Note) -> str:
             f"🧠 Remembered from an earlier dialogue, in a summary by {note.model} "
             f"(cost {format_usd(note.cost_usd)}), given to every participant"
         )
+    if note.kind is NoteKind.BILLING:
+        return f"⚠ Bill: {note.text}"
     return f"🔁 Going in circles ({note.kind}): {note.text}"
 
 

@@ -14,10 +14,12 @@ from bot.app import EngineConfig
 from bot.guilds import GuildPolicy
 from bot.loops import LoopThresholds
 from bot.models import ContextPolicy, LoopAction
-from bot.personas import load_providers
+from bot.errors import InputError
+from bot.personas import ProviderSpec, load_providers
 from bot.plan import Tuning
 
 CONFIG_DIR = Path(__file__).resolve().parent
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class Settings(BaseSettings):
@@ -63,6 +65,9 @@ class Settings(BaseSettings):
     human_timeout: float | None = Field(default=600.0, gt=0)
     interject_cooldown: float = Field(default=60.0, ge=0)
     interject_max_chars: int = Field(default=500, ge=1, le=4000)
+    # Seconds a dialogue's lease lasts unless its process renews it: how soon another process may
+    # take over the dialogue of one that died.
+    lease_seconds: float = Field(default=15.0, ge=1, le=3600)
 
     #: Comma-separated model id prefixes that cache only at explicit breakpoints.
     cache_breakpoint_models: str = "anthropic/,google/gemini"
@@ -81,12 +86,30 @@ class Settings(BaseSettings):
     # Reasoning models may send nothing but keep-alive comments for minutes; reads wait this long.
     read_timeout: float = Field(default=300.0, gt=0)
     catalogue_ttl_hours: float = Field(default=24.0, ge=0)
-    log_level: str = "WARNING"
+    log_level: LogLevel = "WARNING"
+    # discord.py, httpx and aiosqlite log at most this loudly (their debug lines name webhook URLs;
+    # tokens are masked all the same).
+    library_log_level: LogLevel = "WARNING"
 
     @field_validator("openrouter_api_key", "discord_token", "summary_model", "human_timeout", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level", "library_log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("openrouter_api_key", "discord_token")
+    @classmethod
+    def _printable_ascii(cls, value: SecretStr | None) -> SecretStr | None:
+        # An HTTP header cannot carry other characters; a pasted key with a stray accent or space
+        # would otherwise fail deep inside the first request. The key itself is never repeated.
+        secret = value.get_secret_value() if value else ""
+        if secret and not (secret.isascii() and secret.isprintable() and " " not in secret):
+            raise ValueError("has a character that is not plain ASCII (or a space); copy it again")
+        return value
 
     @field_validator("openrouter_base_url")
     @classmethod
@@ -98,6 +121,7 @@ class Settings(BaseSettings):
     def engine_config(self) -> EngineConfig:
         """Return the engine's share of the settings as plain values."""
         key = self.openrouter_api_key
+        providers, error = self._providers()
         return EngineConfig(
             database=self.database,
             base_url=self.openrouter_base_url,
@@ -107,11 +131,20 @@ class Settings(BaseSettings):
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             catalogue_ttl=timedelta(hours=self.catalogue_ttl_hours),
-            providers=tuple(load_providers(self.personas_file).values())
-            if self.personas_file.exists()
-            else (),
+            providers=providers,
+            providers_error=error,
             tuning=self.tuning(),
         )
+
+    def _providers(self) -> tuple[tuple[ProviderSpec, ...], str | None]:
+        """Return the named servers of the persona library, or why they cannot be read: a broken
+        file must not stop `voices list` or `show`, only what needs its personas."""
+        if not self.personas_file.exists():
+            return (), None
+        try:
+            return tuple(load_providers(self.personas_file).values()), None
+        except InputError as exc:
+            return (), str(exc)
 
     def tuning(self) -> Tuning:
         """Return how long dialogues are cached, compacted and watched for loops."""
@@ -121,6 +154,7 @@ class Settings(BaseSettings):
             ),
             keep_recent=self.keep_recent,
             human_timeout=self.human_timeout,
+            lease_seconds=self.lease_seconds,
             summary_max_tokens=self.summary_max_tokens,
             loops=LoopThresholds(
                 similarity=self.loop_similarity,

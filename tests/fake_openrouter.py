@@ -91,6 +91,8 @@ class Reply:
     send_usage: bool = True
     keepalives: int = 1
     drop_after_chunks: int | None = None
+    #: Cut the connection after this many bytes of the response (head included), wherever that falls.
+    drop_after_bytes: int | None = None
     chunk_delay: float = 0.0
     chunk_words: int = 3
     send_done: bool = True
@@ -280,6 +282,8 @@ class FakeOpenRouter:
         generation = f"gen-{next(self._ids)}"
         assert request.body is not None
         model = request.body["model"]
+        if reply.drop_after_bytes is not None:
+            writer = _Cutting(writer, reply.drop_after_bytes)  # type: ignore[assignment]
         head = (
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
             f"X-Generation-Id: {generation}\r\n"
@@ -391,6 +395,26 @@ class FakeOpenRouter:
             self._sessions[session] = messages
             return tokens(common), 0
         return 0, 0
+
+
+class _Cutting:
+    """A writer that sends the first `limit` bytes it is given, then drops the connection."""
+
+    def __init__(self, writer: asyncio.StreamWriter, limit: int):
+        self._writer = writer
+        self._left = limit
+        self.transport = writer.transport
+
+    def write(self, data: bytes) -> None:
+        if self._left > 0:
+            self._writer.write(data[: self._left])
+        self._left -= len(data)
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+        if self._left <= 0:
+            self.transport.abort()
+            raise ConnectionResetError("dropped on purpose")
 
 
 def text_of(content: str | list[dict[str, Any]]) -> str:

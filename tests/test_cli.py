@@ -135,7 +135,8 @@ async def test_list_show_export_and_models(env, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--rounds", "0"), "rounds must be between 1 and 50"),
+        (("--rounds", "0"), "argument --rounds: must be a whole number of at least 1, not '0'"),
+        (("--rounds", "51"), "rounds must be between 1 and 50"),
         (("--budget", "0"), "budget must be above $0"),
         (
             ("--budget", "9"),
@@ -235,9 +236,11 @@ async def test_ctrl_c_stops_cleanly_and_still_writes_the_transcript(env, tmp_pat
 
 
 async def test_killed_mid_dialogue_then_resumed_loses_and_repeats_no_turn(env, tmp_path):
-    """kill -9 during round 2; `voices resume` finishes with every turn exactly once."""
+    """kill -9 during round 2; the dead process's lease holds off a resume until it lapses, then
+    `voices resume` takes the dialogue over and finishes it with every turn exactly once."""
     async with FakeOpenRouter(default_delay=0.1) as slow:
         env["VOICES_OPENROUTER_BASE_URL"] = slow.base_url
+        env["VOICES_LEASE_SECONDS"] = "2"
         process = await start(env, tmp_path, *RUN[:-4], "--rounds", "3", "--opening", "Hi")
         while len(slow.chat_requests) < 3:
             await asyncio.sleep(0.02)
@@ -249,6 +252,12 @@ async def test_killed_mid_dialogue_then_resumed_loses_and_repeats_no_turn(env, t
         ((reserved, generation),) = db_rows(env, "SELECT reserved_usd, generation_id FROM calls_in_flight")
         assert generation is not None  # kept as soon as the call was accepted
 
+        early = await voices(env, tmp_path, "resume", "1")
+        assert early.code == 2 and early.err.count("\n") == 1, early.err
+        assert "dialogue 1 is being run by another process" in early.err and "lapses in" in early.err
+        # Refused before touching anything: the dead call is still in flight, to be settled once.
+        assert len(db_rows(env, "SELECT seq FROM calls_in_flight")) == 1
+        await asyncio.sleep(2.1)
         result = await voices(env, tmp_path, "resume", "1")
         billed = slow.generations[generation]["total_cost"]
     assert result.code == 0, result.err

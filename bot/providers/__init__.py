@@ -7,21 +7,31 @@ a model's name.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from bot.errors import InputError
+from bot.errors import InputError, VoicesError
 from bot.models import ModelInfo, Persona, Pricing
 from bot.providers.base import Provider
 from bot.providers.local import is_local
 
 LOCAL = "local"
 
+log = logging.getLogger(__name__)
+
 
 class ModelLookup(Protocol):
     """What the engine needs of a catalogue."""
 
     async def get(self, model_id: str) -> ModelInfo: ...
+
+
+@runtime_checkable
+class Refreshable(Protocol):
+    """A catalogue that can be fetched again, when a bill says its prices are out of date."""
+
+    async def models(self, refresh: bool = False) -> dict[str, ModelInfo]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +61,15 @@ class Router:
         if persona.provider not in self._named:
             raise InputError(f"{persona.name} names provider '{persona.provider}', which is not configured")
         return self._named[persona.provider]
+
+    async def refresh(self, persona: Persona) -> None:
+        """Fetch the persona's catalogue again; a failure leaves the prices as they were."""
+        catalogue = self.route(persona).catalogue
+        if isinstance(catalogue, Refreshable):
+            try:
+                await catalogue.models(refresh=True)
+            except VoicesError as exc:
+                log.warning("could not refresh the prices of %s: %s", persona.model, exc)
 
     async def model(self, persona: Persona) -> ModelInfo:
         """Return the persona's model from its catalogue, with the persona's own prices if it sets any.

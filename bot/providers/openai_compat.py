@@ -29,6 +29,7 @@ from bot.errors import (
 )
 from bot.models import ModelInfo, Pricing, Usage
 from bot.providers.base import Begun, ChatRequest, Completion, ReasoningDelta, StreamEvent, TextDelta
+from bot.text import Masker
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class OpenAICompatProvider:
         self.source = base_url.rstrip("/")
         self._http = http
         self._api_key = api_key
+        self._mask = Masker([api_key] if api_key else [])
 
     def _headers(self) -> dict[str, str]:
         headers = {"X-Title": APP_TITLE, "X-OpenRouter-Title": APP_TITLE}
@@ -53,8 +55,8 @@ class OpenAICompatProvider:
         return headers
 
     def _scrub(self, text: str) -> str:
-        """Remove the key from text that came back from the server, in case it was echoed."""
-        return text.replace(self._api_key, "***") if self._api_key else text
+        """Remove the key, or any part of it, from text that came back from the server."""
+        return self._mask(text)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Yield the reply's deltas, then one Completion."""
@@ -98,18 +100,21 @@ class OpenAICompatProvider:
                 continue  # a line that is not JSON is noise, not a reason to lose the reply
             if "error" in chunk:
                 raise self._stream_error(chunk["error"])
-            model = chunk.get("model") or model
-            provider = chunk.get("provider") or provider
-            generation_id = generation_id or chunk.get("id")
+            model = _text(chunk.get("model")) or model
+            provider = _text(chunk.get("provider")) or provider
+            generation_id = generation_id or _text(chunk.get("id"))
             if chunk.get("usage"):
                 usage = _parse_usage(chunk["usage"])
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") or {}
-                if reasoning := delta.get("reasoning") or delta.get("reasoning_content"):
+            choices = chunk.get("choices")
+            for choice in choices if isinstance(choices, list) else ():
+                choice = choice if isinstance(choice, dict) else {}
+                delta = choice.get("delta")
+                delta = delta if isinstance(delta, dict) else {}
+                if reasoning := _text(delta.get("reasoning")) or _text(delta.get("reasoning_content")):
                     yield ReasoningDelta(reasoning)
-                if content := delta.get("content"):
+                if content := _text(delta.get("content")):
                     yield TextDelta(content)
-                finish_reason = choice.get("finish_reason") or finish_reason
+                finish_reason = _text(choice.get("finish_reason")) or finish_reason
         else:
             if finish_reason is None and usage is None:
                 raise ConnectionFailed(f"the stream from {self.source} ended before the reply did")
@@ -145,9 +150,9 @@ class OpenAICompatProvider:
             if response.status_code == 200:
                 try:
                     cost = response.json(parse_float=Decimal)["data"]["total_cost"]
-                    return Decimal(str(cost)) if cost is not None else None
-                except (ValueError, KeyError, TypeError, InvalidOperation):
+                except (ValueError, KeyError, TypeError):
                     return None
+                return _decimal(cost) if cost is not None else None
             if response.status_code != 404 or wait is None:
                 return None
             await asyncio.sleep(wait)
@@ -219,28 +224,62 @@ async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
         yield "\n".join(buffer)
 
 
+def _text(value: Any) -> str | None:
+    """Return a field that should be text, or None when the server sent something else."""
+    return value if isinstance(value, str) else None
+
+
 def _parse_json(data: str) -> dict[str, Any] | None:
     try:
         value = json.loads(data, parse_float=Decimal)
-    except ValueError:
+    except (ValueError, RecursionError):
         log.warning("skipped a stream line that is not JSON (%d bytes)", len(data))
         return None
     return value if isinstance(value, dict) else None
 
 
-def _parse_usage(raw: dict[str, Any]) -> Usage:
+def _parse_usage(raw: Any) -> Usage:
+    """Read a usage object as the server wrote it. Nothing is judged here: a count that is not a whole
+    number reads as -1 and a cost that is not a number as NaN, so that billing sees the fault."""
+    if not isinstance(raw, dict):
+        return Usage(-1, -1)
     details = raw.get("completion_tokens_details") or {}
     prompt_details = raw.get("prompt_tokens_details") or {}
+    details = details if isinstance(details, dict) else {}
+    prompt_details = prompt_details if isinstance(prompt_details, dict) else {}
     cost = raw.get("cost")
     return Usage(
-        prompt_tokens=int(raw.get("prompt_tokens") or 0),
-        completion_tokens=int(raw.get("completion_tokens") or 0),
-        reasoning_tokens=int(details.get("reasoning_tokens") or 0),
+        prompt_tokens=_count(raw.get("prompt_tokens")),
+        completion_tokens=_count(raw.get("completion_tokens")),
+        reasoning_tokens=_count(details.get("reasoning_tokens")),
         # parse_float=Decimal keeps the cost exactly as the server wrote it.
-        cost_usd=Decimal(str(cost)) if cost is not None else None,
-        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
-        cache_write_tokens=int(prompt_details.get("cache_write_tokens") or 0),
+        cost_usd=_decimal(cost) if cost is not None else None,
+        cached_tokens=_count(prompt_details.get("cached_tokens")),
+        cache_write_tokens=_count(prompt_details.get("cache_write_tokens")),
     )
+
+
+def _count(value: Any) -> int:
+    """Return a token count; -1 for anything that is not a whole number (bool, text, 1.5)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        return -1
+    try:
+        whole = int(value)
+    except (ValueError, OverflowError, ArithmeticError):
+        return -1
+    return whole if whole == value else -1
+
+
+def _decimal(value: Any) -> Decimal:
+    """Return a reported amount as a Decimal, NaN when it is not a number at all."""
+    if isinstance(value, bool):
+        return Decimal("NaN")
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return Decimal("NaN")
 
 
 def _parse_model(entry: dict[str, Any]) -> ModelInfo | None:

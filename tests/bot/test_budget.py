@@ -18,9 +18,9 @@ from bot.budget import (
     cache_saving,
     estimate_prompt_tokens,
     format_usd,
-    settle_cost,
     worst_case_cost,
 )
+from bot.billing import charge
 from bot.catalogue import Catalogue
 from bot.dialogue import DialogueRunner
 from bot.errors import InputError, ServerError
@@ -60,7 +60,8 @@ def test_a_computed_cost_bills_cache_reads_and_writes_at_their_prices_and_the_sa
         cache_write=Decimal("0.00000625"),
     )
     usage = Usage(1000, 10, 0, None, cached_tokens=600, cache_write_tokens=300)
-    cost, source = settle_cost(usage, cached)
+    bill = charge(usage, cached, reserved=Decimal(1))
+    cost, source = bill.cost, bill.source
     # 100 plain, 600 read, 300 written, 10 out.
     assert (cost, source) == (
         Decimal("0.0005") + Decimal("0.0003") + Decimal("0.001875") + Decimal("0.00025"),
@@ -72,9 +73,13 @@ def test_a_computed_cost_bills_cache_reads_and_writes_at_their_prices_and_the_sa
 
 
 def test_reported_cost_wins_and_missing_cost_is_computed():
-    assert settle_cost(Usage(10, 10, 0, Decimal("0.42")), PRICING) == (Decimal("0.42"), "reported")
-    cost, source = settle_cost(Usage(1000, 100, 0, None), PRICING)
-    assert (cost, source) == (Decimal("0.0001") + Decimal("0.005") + Decimal("0.0025"), "computed")
+    reported = charge(Usage(10, 10, 0, Decimal("0.42")), PRICING, reserved=Decimal(1))
+    assert (reported.cost, reported.source) == (Decimal("0.42"), "reported")
+    computed = charge(Usage(1000, 100, 0, None), PRICING, reserved=Decimal(1))
+    assert (computed.cost, computed.source) == (
+        Decimal("0.0001") + Decimal("0.005") + Decimal("0.0025"),
+        "computed",
+    )
 
 
 def test_a_reservation_that_does_not_fit_is_refused_and_settling_frees_the_rest():

@@ -431,3 +431,30 @@ async def test_scripted_provider_records_each_call(make_runner):
     assert final.stop_reason is StopReason.MAX_ROUNDS
     assert [c.model for c in provider.calls] == [OPUS, GLM]
     assert isinstance(asyncio.get_running_loop(), asyncio.AbstractEventLoop)
+
+
+async def test_stop_now_closes_the_provider_connection_within_a_second(runner, store, server):
+    """Measured at the server: once a stop cuts the reply off, no further word is streamed (and
+    billed) more than a second later, although the reply had seconds still to go."""
+    server.enqueue(Reply(text="word " * 200, chunk_delay=0.02, chunk_words=1))
+    dialogue = await runner.create(make_spec(rounds=2))
+    control = Control()
+    events = []
+    loop = asyncio.get_running_loop()
+    stopped_at = 0.0
+
+    def stop() -> None:  # from outside the run, as Ctrl-C or a Stop button would
+        nonlocal stopped_at
+        stopped_at = loop.time()
+        control.stop(now=True)
+
+    async for event in runner.run(dialogue.id, control):
+        events.append(event)
+        if isinstance(event, Delta) and not stopped_at:
+            loop.call_later(0.1, stop)
+    (record,) = server.generations.values()
+    await asyncio.sleep(max(0.0, stopped_at + 1.0 - asyncio.get_running_loop().time()))
+    streamed = record["streamed"]
+    await asyncio.sleep(0.5)
+    assert record["streamed"] == streamed < 50 and not record["finished"]
+    assert ended(events).stop_reason is StopReason.USER_STOP

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.models import Usage
+from bot.models import Pricing, Usage
 from bot.providers.scripted import ScriptedProvider, ScriptedReply, free_models
 from bot.transcript import SCHEMA_VERSION, escape_block, render_json, render_markdown
 from tests.conftest import GLM, OPUS, make_spec, run_all
@@ -32,7 +33,10 @@ print("## not a heading")"""
 @pytest.fixture
 async def finished(make_runner, store):
     """A two-round dialogue whose last reply comes back empty twice, as in the reference's flaw."""
-    provider = ScriptedProvider(free_models([OPUS, GLM]), fallback=None)
+    # Priced above what the replies report, so every bill is within its call's worst case.
+    pricing = Pricing(prompt=Decimal("0.00001"), completion=Decimal("0.00003"))
+    models = [replace(m, pricing=pricing) for m in free_models([OPUS, GLM])]
+    provider = ScriptedProvider(models, fallback=None)
     usage = Usage(258, 1053, 800, Decimal("0.0036"))
     provider.enqueue(
         ScriptedReply(
