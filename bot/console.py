@@ -21,6 +21,7 @@ from bot.events import (
     TurnStarted,
 )
 from bot.models import Dialogue, ModelInfo, NoteKind, TurnStatus
+from bot.text import printable
 from bot.transcript import headline
 
 SPEAKER_STYLES = ("bold cyan", "bold magenta", "bold green", "bold yellow")
@@ -43,7 +44,7 @@ class DialogueView:
             case AwaitingHuman():
                 style = SPEAKER_STYLES[event.seat % len(SPEAKER_STYLES)]
                 self._console.rule(
-                    Text.assemble((f"Round {event.round} · ", "dim"), (event.persona.name, style), " (you)"),
+                    Text.assemble((f"Round {event.round} · ", "dim"), (printable(event.persona.name), style), " (you)"),
                     align="left",
                 )
                 wait = f"; after {event.timeout:g} s it pauses" if event.timeout else ""
@@ -54,8 +55,8 @@ class DialogueView:
                 style = SPEAKER_STYLES[event.seat % len(SPEAKER_STYLES)]
                 title = Text.assemble(
                     (f"Round {event.round} · ", "dim"),
-                    (event.persona.name, style),
-                    (f" ({event.persona.model})", "dim"),
+                    (printable(event.persona.name), style),
+                    (f" ({printable(event.persona.model)})", "dim"),
                 )
                 self._console.rule(title, align="left")
             case Delta(reasoning=True) if self._show_reasoning:
@@ -71,7 +72,7 @@ class DialogueView:
                 self._console.print()
                 self._console.print(
                     Text(
-                        f"↻ {event.reason}{wait} (attempt {event.attempt}); "
+                        f"↻ {printable(event.reason)}{wait} (attempt {event.attempt}); "
                         "the partial reply above is discarded",
                         "yellow",
                     )
@@ -95,18 +96,19 @@ class DialogueView:
                     )
                 )
             case Noted(note=note):
-                self._console.print(Text(headline(note), "bold yellow"))
+                self._console.print(Text(printable(headline(note)), "bold yellow"))
                 if note.kind is NoteKind.COMPACTED:
-                    self._console.print(Text(note.text, "dim italic"))
+                    self._console.print(Text(printable(note.text), "dim italic"))
             case Ended(dialogue=dialogue):
                 self._ended(dialogue)
 
     def _write(self, text: str, style: str = "") -> None:
-        self._console.print(Text(text, style), end="", soft_wrap=True)
+        # Model text is shown, never obeyed: an OSC 52 would write the clipboard, CSI 2J clear the screen.
+        self._console.print(Text(printable(text), style), end="", soft_wrap=True)
 
     def _started(self, dialogue: Dialogue) -> None:
         self._budget = format_usd(dialogue.limits.budget_usd)
-        names = " ↔ ".join(p.name for p in dialogue.participants)
+        names = printable(" ↔ ".join(p.name for p in dialogue.participants))
         self._console.print(
             Text.assemble(
                 ("Dialogue ", "bold"),
@@ -114,7 +116,7 @@ class DialogueView:
                 f" · {names} · {dialogue.limits.max_rounds} rounds · budget {self._budget}",
             )
         )
-        self._console.print(Text(f"Opening: {dialogue.opening}", "italic"))
+        self._console.print(Text(f"Opening: {printable(dialogue.opening)}", "italic"))
 
     def _ended(self, dialogue: Dialogue) -> None:
         self._console.rule()
@@ -128,7 +130,7 @@ class DialogueView:
             )
             return
         style = "green" if dialogue.stop_reason.status.value != "failed" else "bold red"
-        detail = f" ({dialogue.stop_detail})" if dialogue.stop_detail else ""
+        detail = f" ({printable(dialogue.stop_detail)})" if dialogue.stop_detail else ""
         self._console.print(Text(f"Ended: {dialogue.stop_reason.describe}{detail}", style))
         self._console.print(f"Total cost: {format_usd(dialogue.totals.spent_usd)} of {self._budget}")
 
@@ -141,7 +143,7 @@ def dialogue_table(dialogues: Sequence[Dialogue]) -> Table:
     for d in dialogues:
         table.add_row(
             str(d.id),
-            " ↔ ".join(p.name for p in d.participants),
+            printable(" ↔ ".join(p.name for p in d.participants)),
             str(d.status),
             str(d.stop_reason or ""),
             format_usd(d.totals.spent_usd),
@@ -159,7 +161,7 @@ def model_table(models: Sequence[ModelInfo]) -> Table:
     for m in sorted(models, key=lambda m: m.id):
         cached = m.pricing.cache_read
         table.add_row(
-            m.id,
+            printable(m.id),
             str(m.context_length or "?"),
             str(m.max_completion_tokens or "?"),
             f"{m.pricing.prompt * million:.4g}",

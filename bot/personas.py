@@ -38,7 +38,8 @@ class _ProviderEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_url: str = Field(pattern=r"^https?://")
-    api_key: str | None = None
+    # An HTTP header carries the key: printable ASCII without spaces.
+    api_key: str | None = Field(default=None, pattern=r"^[!-~]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +56,23 @@ def _read(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"persona file {path} not found; set VOICES_PERSONAS_FILE") from None
+    except IsADirectoryError:
+        raise InputError(f"persona file {path} is a folder; set VOICES_PERSONAS_FILE to a file") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"persona file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"cannot read persona file {path}: {exc.strerror}; set VOICES_PERSONAS_FILE") from None
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"persona file {path} is not valid TOML: {exc}") from None
+        raise InputError(f"persona file {path} is not valid TOML: {exc}; fix it") from None
 
 
 def _validate(kind: type[_Entry], table: Any, what: str) -> _Entry:
     """Return the table as `kind`, or raise InputError naming its first problem in one line."""
+    if not isinstance(table, dict):
+        raise InputError(f"{what} must be a table of keys, not a single value")
     try:
         return kind.model_validate(table)
     except ValidationError as exc:
@@ -72,7 +84,10 @@ def _validate(kind: type[_Entry], table: Any, what: str) -> _Entry:
 def load_providers(path: Path) -> dict[str, ProviderSpec]:
     """Read the `[providers.NAME]` tables of the persona library."""
     providers = {}
-    for name, table in _read(path).get("providers", {}).items():
+    tables = _read(path).get("providers", {})
+    if not isinstance(tables, dict):
+        raise InputError(f"persona file {path}: 'providers' must be a table of [providers.NAME] tables")
+    for name, table in tables.items():
         entry = _validate(_ProviderEntry, table, f"provider '{name}' in {path}")
         providers[name] = ProviderSpec(name, entry.base_url.rstrip("/"), entry.api_key)
     return providers

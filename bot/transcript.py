@@ -13,15 +13,13 @@ from decimal import Decimal
 from typing import Any
 
 from bot.budget import format_usd
+from bot.markdown import escape_block
 from bot.models import Dialogue, LineageKind, Note, NoteKind, Turn, TurnStatus
 
 # 2: prompt-cache tokens and savings, the context and loop policies, notes between turns (compactions,
 # loops, interjections, memories), human seats, and continuations and forks (parent, children).
 SCHEMA_VERSION = 2
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-# Lines that would start a heading, a thematic break or a setext underline at the document level.
-_STRUCTURE = re.compile(r"^ {0,3}(#{1,6}(\s|$)|([-*_=])[ \t]*(\3[ \t]*){2,}$|=+[ \t]*$|-+[ \t]*$)")
 _INLINE_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
 
 
@@ -302,35 +300,8 @@ def _turn_json(turn: Turn) -> dict[str, Any]:
     return {**record, "speaker": turn.speaker}
 
 
-def escape_block(text: str) -> str:
-    """Return model text that cannot break the transcript's structure but keeps its own Markdown.
-
-    Headings and rules outside code are escaped (a reply cannot fake `## Round 9`), and an unclosed
-    code fence is closed at the end of the turn.
-    """
-    out: list[str] = []
-    fence: str | None = None
-    for line in text.splitlines():
-        match = _FENCE.match(line)
-        if fence is not None:
-            if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence):
-                fence = None
-            out.append(line)
-        elif match:
-            fence = match.group(1)
-            out.append(line)
-        elif _STRUCTURE.match(line):
-            stripped = line.lstrip(" ")
-            out.append(line[: len(line) - len(stripped)] + "\\" + stripped)
-        else:
-            out.append(line)
-    if fence is not None:
-        out.append(fence)
-    return "\n".join(out)
-
-
 def _quote(text: str) -> list[str]:
-    return [f"> {line}".rstrip() for line in escape_block(text).splitlines()] or [">"]
+    return [f"> {line}".rstrip() for line in escape_block(text).split("\n")] or [">"]
 
 
 def _inline(text: str) -> str:

@@ -1,10 +1,17 @@
-"""Discord's text limits: splitting long replies and making safe webhook names. Pure functions."""
+"""Discord's text limits: splitting long replies, fitting embeds and making safe webhook names.
+Pure functions."""
 
 from __future__ import annotations
 
 import re
 
+import discord
+
 MESSAGE_LIMIT = 2000
+# https://discord.com/developers/docs/resources/message#embed-object-embed-limits
+EMBED_TITLE, EMBED_DESCRIPTION, EMBED_FIELD_NAME, EMBED_FIELD_VALUE = 256, 4096, 256, 1024
+EMBED_FOOTER, EMBED_TOTAL = 2048, 6000
+ELLIPSIS = "…"
 NAME_LIMIT = 80
 # Room kept in each chunk for a code fence closed at its end and reopened at the next one's start.
 FENCE_ROOM = 42
@@ -95,3 +102,32 @@ def sanitize_name(name: str) -> str:
         clean = f"{clean}{PAD}"
     clean = clean[:NAME_LIMIT]
     return clean if len(clean) > 1 else clean + PAD
+
+
+def clip(text: str, limit: int) -> str:
+    """Return text of at most `limit` characters, cut with an ellipsis where it was longer."""
+    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
+
+
+def fit_embed(embed: discord.Embed) -> discord.Embed:
+    """Cut every part of the embed to Discord's limits, and the largest parts until all of it fits
+    the 6,000 total: an embed over any limit is refused whole, buttons and all."""
+    parts = [
+        clip(embed.title or "", EMBED_TITLE),
+        clip(embed.description or "", EMBED_DESCRIPTION),
+        clip(embed.footer.text or "", EMBED_FOOTER),
+    ]
+    for f in embed.fields:
+        parts += [clip(f.name or "", EMBED_FIELD_NAME), clip(f.value or "", EMBED_FIELD_VALUE)]
+    while (excess := sum(map(len, parts)) - EMBED_TOTAL) > 0:
+        largest = max(range(len(parts)), key=lambda i: len(parts[i]))
+        parts[largest] = clip(parts[largest], max(1, len(parts[largest]) - excess))
+    title, description, footer, *rest = parts
+    embed.title, embed.description = title or None, description or None
+    if footer:
+        embed.set_footer(text=footer)
+    inline = [f.inline for f in embed.fields]
+    embed.clear_fields()
+    for index, flag in enumerate(inline):
+        embed.add_field(name=rest[2 * index] or ELLIPSIS, value=rest[2 * index + 1] or ELLIPSIS, inline=flag)
+    return embed

@@ -15,6 +15,7 @@ import discord
 from bot.budget import format_usd
 from bot.models import Dialogue, Status, Turn
 from bot.transcript import cache_totals
+from cogs._format import fit_embed
 from cogs.people import InterjectButton
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def status_embed(
     embed = discord.Embed(title=names, colour=COLOURS[dialogue.status])
     if dialogue.status.is_final and dialogue.stop_reason is not None:
         detail = f" ({dialogue.stop_detail})" if dialogue.stop_detail else ""
-        embed.description = f"**Ended:** {dialogue.stop_reason.describe}{detail}"[:4000]
+        embed.description = f"**Ended:** {dialogue.stop_reason.describe}{detail}"
     elif dialogue.status is Status.PAUSED:
         embed.description = "**Paused.** Resume to carry on."
     else:
@@ -63,7 +64,7 @@ def status_embed(
     for seat, persona in enumerate(dialogue.participants):
         mine = [t for t in own if t.seat == seat]
         embed.add_field(
-            name=f"{persona.name} · {'a person' if persona.is_human else persona.model}"[:256],
+            name=f"{persona.name} · {'a person' if persona.is_human else persona.model}",
             value=(
                 f"prompt {sum(t.usage.prompt_tokens for t in mine)} · "
                 f"completion {sum(t.usage.completion_tokens for t in mine)} · "
@@ -72,7 +73,7 @@ def status_embed(
             inline=False,
         )
     embed.set_footer(text=f"Dialogue {dialogue.id}")
-    return embed
+    return fit_embed(embed)
 
 
 def _elapsed(dialogue: Dialogue) -> str:

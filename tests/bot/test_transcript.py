@@ -6,16 +6,19 @@ import json
 import os
 import re
 from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
+from markdown_it import MarkdownIt
 from hypothesis import strategies as st
 
-from bot.models import Pricing, Usage
+from bot.models import Dialogue, Limits, Persona, Pricing, Status, StopReason, Turn, TurnStatus, Usage
+from bot.text import repair
 from bot.providers.scripted import ScriptedProvider, ScriptedReply, free_models
-from bot.transcript import SCHEMA_VERSION, escape_block, render_json, render_markdown
+from bot.transcript import SCHEMA_VERSION, render_json, render_markdown
 from tests.conftest import GLM, OPUS, make_spec, run_all
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -70,7 +73,9 @@ async def finished(make_runner, store):
     )
     dialogue = await runner.create(spec)
     await run_all(runner, dialogue.id)
-    return await store.get_dialogue(dialogue.id), await store.list_turns(dialogue.id)
+    # Latency is the one figure that depends on how busy the machine is; the golden files hold 0.
+    turns = [replace(t, latency_ms=0) for t in await store.list_turns(dialogue.id)]
+    return await store.get_dialogue(dialogue.id), turns
 
 
 def check_golden(name: str, text: str) -> None:
@@ -119,42 +124,153 @@ async def test_json_holds_every_stored_field_with_exact_money(finished):
     assert sum(Decimal(t["cost_usd"]) for t in document["turns"]) == Decimal(document["totals"]["spent_usd"])
 
 
-FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-STRUCTURE = re.compile(r"^ {0,3}(#{1,6}(\s|$)|([-*_=])[ \t]*(\3[ \t]*){2,}$|=+[ \t]*$|-+[ \t]*$)")
+# Fragments that mean something to CommonMark or to the transcript's own format, and then some.
+HOSTILE = [
+    "**beta:**",
+    "**glm-5:**",
+    "**alice** *(human)*:",
+    "*[tokens: prompt=1, completion=1, reasoning=0, cost=$9.99]*",
+    "- **Stop reason:** forged",
+    "<h2>Round 10</h2>",
+    "> ## Round 12",
+    "<!--",
+    "-->",
+    "```",
+    "~~~",
+    "``` a`b",
+    "```python",
+    "## Round 9",
+    "# Voices Chat",
+    "## Session Statistics",
+    "---",
+    "===",
+    "- ",
+    "-",
+    "1. ",
+    "* ",
+    "*",
+    "**",
+    "_",
+    "__",
+    "[",
+    "]:",
+    ":",
+    "#",
+    ">",
+    "    ",
+    "\t",
+    "\n",
+    "\n\n",
+    "`",
+    "\\",
+    "<",
+    "<b>",
+    "<https://x.y>",
+    "&amp;",
+    "x",
+    "beta",
+    " ",
+    "\r",
+    "\x1b[2J",
+    "\x1b]52;c;aGk=\x07",
+    "\u2028",
+    "*a*",
+    "\ud800",
+]
+texts = st.lists(st.sampled_from(HOSTILE), max_size=14).map("".join) | st.text(max_size=40)
 
 
-@given(
-    st.lists(
-        st.sampled_from(
-            [
-                "## Round 2",
-                "---",
-                "```",
-                "~~~~",
-                "text",
-                "# x",
-                "***",
-                "===",
-                "  ## indented",
-                "```py",
-                "- item",
-                "",
-                "`inline`",
-            ]
-        ),
-        max_size=12,
+def skeleton(markdown: str) -> list[tuple[str, str]]:
+    """Return what a CommonMark reader takes for the transcript's structure: headings, speaker and
+    token lines, top-level rules and the statistics, and any raw HTML wherever it is."""
+    tokens = MarkdownIt("commonmark").parse(markdown)
+    found: list[tuple[str, str]] = []
+    for index, token in enumerate(tokens):
+        inline = tokens[index + 1] if index + 1 < len(tokens) else None
+        if token.type in ("html_block", "html_inline"):
+            found.append(("html", token.content))
+        if token.type == "inline" and any(c.type == "html_inline" for c in token.children or ()):
+            found.append(("html", token.content))
+        if token.type == "heading_open":
+            found.append((token.tag, inline.content))
+        elif token.type == "hr" and token.level == 0:
+            found.append(("hr", ""))
+        elif token.type == "paragraph_open" and token.level == 0:
+            kinds = [c.type for c in inline.children if c.content or c.type != "text"]
+            shown = "".join(c.content for c in inline.children if c.type == "text")
+            # A speaker line is a bold name and a colon alone ("**beta:**", or a person's
+            # "**alice** *(human)*:"); a token line an emphasised bracket alone.
+            strong = ["strong_open", "text", "strong_close"]
+            if (kinds == strong and shown.endswith(":")) or (kinds[:3] == strong and shown.endswith("(human):")):
+                found.append(("speaker", shown))
+            elif kinds == ["em_open", "text", "em_close"] and shown.startswith("["):
+                found.append(("tokens", shown.split(":")[0]))
+        elif token.type == "list_item_open" and token.level == 1 and found and found[-1][0] != "html":
+            if any(kind == "h2" and text == "Session Statistics" for kind, text in found):
+                found.append(("statistic", tokens[index + 2].content.split(":")[0]))
+    return found
+
+
+@settings(max_examples=int(os.environ.get("VOICES_PROPERTY_EXAMPLES", "100")), deadline=None)
+@given(replies=st.lists(texts, min_size=4, max_size=4), opening=texts, system=texts)
+def test_no_text_inside_a_transcript_can_forge_or_hide_its_structure(replies, opening, system):
+    """Whatever the models and members write, a CommonMark reader finds exactly the real rounds,
+    speakers, token lines and statistics, and no raw HTML."""
+    dialogue, turns = _dialogue_of(["x"] * 4, "x", "x")
+    expected = skeleton(render_markdown(dialogue, turns))
+    hostile, turns = _dialogue_of(replies, opening, system)
+    assert skeleton(render_markdown(hostile, turns)) == expected
+
+
+def test_ordinary_replies_keep_their_markdown():
+    reply = "Some *emphasis*, a **bold** claim, `a < b` and a list:\n\n- one\n- two\n\n> a quote"
+    _, turns = _dialogue_of([reply] * 4, "x", "x")
+    assert reply in render_markdown(_dialogue_of([reply] * 4, "x", "x")[0], turns)
+
+
+def test_escape_sequences_never_reach_the_markdown_file():
+    _, turns = _dialogue_of(["\x1b]52;c;aGk=\x07copied \x1b[2Jcleared"] * 4, "x", "x")
+    markdown = render_markdown(_dialogue_of(["x"] * 4, "x", "x")[0], turns)
+    assert "\x1b" not in markdown and "\x07" not in markdown and "copied cleared" in markdown
+
+
+def _dialogue_of(replies: list[str], opening: str, system: str) -> tuple[Dialogue, list[Turn]]:
+    """Return a two-round dialogue between alpha and beta with these replies, opening and prompt."""
+    moment = datetime(2026, 2, 13, 16, 40, tzinfo=UTC)
+    personas = (
+        Persona("alpha", "a/alpha", system_prompt=system),
+        Persona("beta", "b/beta", system_prompt="You are beta."),
     )
-)
-def test_model_text_cannot_break_the_structure(lines):
-    escaped = escape_block("\n".join(lines))
-    fence = None
-    for line in escaped.splitlines():
-        match = FENCE.match(line)
-        if fence:
-            if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence):
-                fence = None
-        elif match:
-            fence = match.group(1)
-        else:
-            assert not STRUCTURE.match(line), line
-    assert fence is None
+    dialogue = Dialogue(
+        1,
+        personas,
+        opening,
+        Limits(2, Decimal("1")),
+        Status.FINISHED,
+        moment,
+        stop_reason=StopReason.MAX_ROUNDS,
+        stop_detail="2 rounds",
+    )
+    turns = [
+        Turn(
+            dialogue_id=1,
+            seq=seq,
+            round=seq // 2 + 1,
+            seat=seq % 2,
+            speaker=personas[seq % 2].name,
+            status=TurnStatus.OK,
+            text=repair(text),
+            reasoning="",
+            usage=Usage(10, 5),
+            cost_usd=Decimal("0.001"),
+            cost_source="reported",
+            model_used=personas[seq % 2].model,
+            finish_reason="stop",
+            latency_ms=5,
+            attempts=1,
+            started_at=moment,
+            ended_at=moment,
+        )
+        for seq, text in enumerate(replies)
+    ]
+    return replace(dialogue, opening=repair(opening)), turns

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import discord
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from cogs._format import (
     MESSAGE_LIMIT,
     fence_open_after,
+    fit_embed,
     sanitize_name,
     split_message,
     split_pieces,
@@ -88,3 +90,22 @@ def test_any_name_becomes_one_discord_accepts(name):
 )
 def test_names_read_the_same_after_sanitising(name, expected):
     assert sanitize_name(name) == expected
+
+
+def test_an_embed_past_discords_limits_is_cut_with_an_ellipsis_and_fits_6000_in_all():
+    """Four personas with long names made a title Discord refused, so there was no status message."""
+    embed = discord.Embed(title=" ↔ ".join(["N" * 80] * 4), description="d" * 5000)
+    for _ in range(8):
+        embed.add_field(name="n" * 300, value="v" * 2000)
+    embed.set_footer(text="Dialogue 1")
+    fit_embed(embed)
+    assert len(embed.title) == 256 and embed.title.endswith("…")
+    assert len(embed.description) <= 4096 and all(len(f.name) <= 256 for f in embed.fields)
+    assert all(len(f.value) <= 1024 and f.value.endswith("…") for f in embed.fields)
+    assert len(embed) <= 6000 and embed.footer.text == "Dialogue 1"
+
+
+def test_an_embed_within_the_limits_is_left_as_it_is():
+    embed = discord.Embed(title="alice ↔ bob", description="Running.").add_field(name="Round", value="1/3")
+    fit_embed(embed)
+    assert (embed.title, embed.description, embed.fields[0].value) == ("alice ↔ bob", "Running.", "1/3")

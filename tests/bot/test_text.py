@@ -1,0 +1,81 @@
+"""Text stays text: escape sequences never reach a terminal, lone surrogates never cost a turn, and no
+secret, whole or in part, reaches a log line."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from rich.console import Console
+
+from bot.console import DialogueView
+from bot.events import Delta, Noted, TurnStarted
+from bot.log import setup_logging
+from bot.models import Note, NoteKind, Persona, StopReason, TurnStatus
+from bot.text import Masker, printable, repair
+from tests.conftest import API_KEY, make_spec, run_all
+from tests.fake_openrouter import Reply
+
+OSC52 = "\x1b]52;c;cm0gLXJmIH4=\x07"  # writes the terminal's clipboard
+CLEAR = "\x1b[2J\x1b[H"
+
+
+def test_printable_drops_escape_sequences_and_controls_but_keeps_lines_and_tabs():
+    assert printable(f"a{OSC52}b{CLEAR}c\x07\x00\x9b2Jd\r\n\te") == "abcd\n\te"
+    assert printable("plain text, ünïcödé and emoji 🎈") == "plain text, ünïcödé and emoji 🎈"
+
+
+def test_repair_turns_lone_surrogates_into_the_replacement_character():
+    assert repair("ok \ud800 and \udcff") == "ok \ufffd and \ufffd"
+    assert repair("a pair 😀 stays") == "a pair 😀 stays"
+
+
+def test_the_terminal_view_shows_model_text_without_its_escape_sequences():
+    out = io.StringIO()
+    view = DialogueView(Console(file=out, color_system=None, width=100))
+    persona = Persona(f"Evil{CLEAR}", "x/evil")
+    view.show(TurnStarted(0, 1, 0, persona, 0))
+    view.show(Delta(0, f"hello {OSC52}world{CLEAR}"))
+    view.show(Noted(Note(1, 1, NoteKind.INTERJECTION, f"hi{OSC52}", None, author="mallory")))  # type: ignore[arg-type]
+    shown = out.getvalue()
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "hello world" in shown and "Evil" in shown
+
+
+def test_a_masker_hides_secrets_whole_in_part_and_webhook_tokens():
+    mask = Masker([API_KEY])
+    assert API_KEY not in mask(f"bad key {API_KEY}")
+    echoed = f"Invalid key: {API_KEY[:14]}…"  # a server that echoes only the start of the key
+    assert API_KEY[:14] not in mask(echoed) and "Invalid key:" in mask(echoed)
+    url = "https://discord.com/api/v10/webhooks/987654321/aBc-DeF_123.xyz?wait=true"
+    assert mask(url) == "https://discord.com/api/v10/webhooks/987654321/***?wait=true"
+    assert mask("nothing secret here at all") == "nothing secret here at all"
+
+
+def test_logs_at_debug_carry_no_secret_and_discord_stays_at_warning(capfd):
+    setup_logging("DEBUG", [API_KEY])
+    try:
+        logging.getLogger("bot.anything").debug("calling with %s", API_KEY)
+        try:
+            raise RuntimeError(f"server said: key {API_KEY[5:20]} is wrong")
+        except RuntimeError:
+            logging.getLogger("bot.anything").exception("failed")
+        logging.getLogger("discord.webhook.async_").debug("POST /webhooks/1/secret-token")
+        logging.getLogger("discord.webhook.async_").warning("429 on /webhooks/1/secret-token-2")
+        assert logging.getLogger("discord").getEffectiveLevel() == logging.WARNING
+    finally:
+        logging.getLogger().handlers.clear()
+    err = capfd.readouterr().err
+    assert API_KEY[5:20] not in err and API_KEY[:8] not in err
+    assert "secret-token" not in err and "/webhooks/1/***" in err
+    assert "calling with ***" in err and "Traceback" in err
+
+
+async def test_lone_surrogates_from_a_provider_are_repaired_and_cost_no_turn(runner, store, server):
+    server.enqueue(Reply(text="broken \ud800 text", reasoning="odd \udfff thought"), Reply(text="fine"))
+    dialogue = await runner.create(make_spec(rounds=1))
+    events = await run_all(runner, dialogue.id)
+    assert events[-1].dialogue.stop_reason is StopReason.MAX_ROUNDS
+    first, second = await store.list_turns(dialogue.id)
+    assert first.status is TurnStatus.OK and first.text == "broken \ufffd text"
+    assert first.reasoning == "odd \ufffd thought" and second.text == "fine"
