@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 from rich.console import Console
 
-from bot.cli import CliDefaults, build_parser, dispatch
+from bot.cli import CliDefaults, build_parser, dispatch, not_utf8
 from bot.errors import ProviderError, VoicesError
 from bot.log import setup_logging
 from config import Settings
@@ -34,19 +34,26 @@ def cli_defaults(settings: Settings) -> CliDefaults:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `voices` console script; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if (bad := not_utf8(argv)) is not None:
+        fail(bad)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         settings = Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = "VOICES_" + "_".join(str(p) for p in first["loc"]).upper()
-        fail(f"{name}: {first['msg']}; fix it in .env or the environment")
+        name = "_".join(str(p) for p in first["loc"])
+        # A field read through an alias (OPENROUTER_API_KEY) is named by it already.
+        name = name if name.isupper() else f"VOICES_{name.upper()}"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        fail(f"{name}: {message}; fix it in .env or the environment")
         return 2
     config = settings.engine_config()
     token = settings.discord_token
     secrets = [config.api_key or "", token.get_secret_value() if token else ""]
     secrets += [spec.api_key for spec in config.providers if spec.api_key]
-    setup_logging(settings.log_level, secrets)
+    setup_logging(settings.log_level, secrets, settings.library_log_level)
     if args.command == "bot":
         return run_bot(settings)
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from bot.catalogue import Catalogue
+from bot.errors import InputError
 from bot.dialogue import DialogueRunner
 from bot.personas import ProviderSpec
 from bot.plan import Tuning
@@ -45,8 +46,16 @@ class EngineConfig:
     dry_run_models: tuple[str, ...] = ()
     #: OpenAI-compatible servers named in the persona library.
     providers: tuple[ProviderSpec, ...] = ()
+    #: Why the persona library's servers could not be read; said when a dialogue needs them.
+    providers_error: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     tuning: Tuning = field(default_factory=Tuning)
+
+
+def check_personas(config: EngineConfig) -> None:
+    """Raise InputError if the persona library is broken: nothing can be seated from it."""
+    if config.providers_error is not None:
+        raise InputError(config.providers_error)
 
 
 @dataclass(frozen=True, slots=True)

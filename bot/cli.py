@@ -8,19 +8,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import math
 import os
 import signal
+import stat
 import string
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
+from typing import NoReturn, TypeVar
 
 from rich.console import Console
 from rich.markdown import Markdown
 
-from bot.app import App, EngineConfig, open_app
+from bot.app import App, EngineConfig, check_personas, open_app
 from bot.budget import parse_usd
 from bot.console import DialogueView, dialogue_table, model_table
 from bot.control import Control
@@ -31,7 +34,10 @@ from bot.models import HUMAN, ContextPolicy, Dialogue, DialogueSpec, Limits, Loo
 from bot.personas import load_personas, resolve_participants
 from bot.providers import local
 from bot.providers.local import is_local, local_available
+from bot.text import printable, repair
 from bot.transcript import render_json, render_markdown
+
+_T = TypeVar("_T")
 
 SEATS = string.ascii_lowercase[:4]
 DRY_RUN = "dry-run"
@@ -59,10 +65,49 @@ class CliDefaults:
     summary_model: str | None = None
 
 
+def not_utf8(argv: Sequence[str]) -> str | None:
+    """Say which argument is not valid UTF-8 (Python keeps such bytes as lone surrogates), if any."""
+    for index, arg in enumerate(argv):
+        if repair(arg) != arg:
+            named = argv[index - 1] if index and argv[index - 1].startswith("-") else f"argument {index + 1}"
+            return f"{named} is not valid UTF-8 text; check the terminal's or the script's encoding"
+    return None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument said in one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
+def _whole(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be a whole number of at least {least}, not '{text}'")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not '{text}'")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser for every `voices` subcommand."""
-    parser = argparse.ArgumentParser(prog="voices", description="Let AI models talk to each other.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="voices", description="Let AI models talk to each other.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     run = sub.add_parser("run", help="run a dialogue and stream it here")
     for seat in SEATS:
@@ -73,12 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
             "'human:NAME' to choose your name)",
         )
         run.add_argument(f"--system-{seat}", metavar="TEXT", help=f"system prompt for {seat.upper()}")
-    run.add_argument("--rounds", type=int, help="rounds (each participant speaks once per round)")
+    run.add_argument("--rounds", type=_whole(1), help="rounds (each participant speaks once per round)")
     run.add_argument("--budget", type=_usd, help="hard cap in USD, e.g. 0.05")
     run.add_argument("--opening", default=DEFAULT_OPENING, help="the first message, given to participant A")
-    run.add_argument("--max-tokens", type=int, help="reply cap per turn for every participant")
-    run.add_argument("--max-seconds", type=float, help="wall-clock limit of the dialogue")
-    run.add_argument("--max-total-tokens", type=int, help="limit on prompt+completion tokens")
+    run.add_argument("--max-tokens", type=_whole(16), help="reply cap per turn for every participant")
+    run.add_argument("--max-seconds", type=_seconds, help="wall-clock limit of the dialogue")
+    run.add_argument("--max-total-tokens", type=_whole(1), help="limit on prompt+completion tokens")
     run.add_argument(
         "--context",
         choices=[str(p) for p in ContextPolicy],
@@ -99,15 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_output(run)
 
     resume = sub.add_parser("resume", help="continue an interrupted or paused dialogue")
-    resume.add_argument("id", type=int)
+    resume.add_argument("id", type=_whole(1))
     _add_run_output(resume)
 
     sequel = sub.add_parser(
         "continue",
         help="start a new dialogue that remembers a finished one (whole if it fits, else in summary)",
     )
-    sequel.add_argument("id", type=int)
-    sequel.add_argument("--rounds", type=int, help="rounds to play (default: VOICES_DEFAULT_ROUNDS)")
+    sequel.add_argument("id", type=_whole(1))
+    sequel.add_argument("--rounds", type=_whole(1), help="rounds to play (default: VOICES_DEFAULT_ROUNDS)")
     sequel.add_argument("--budget", type=_usd, help="hard cap in USD; a summary is paid from it")
     sequel.add_argument("--opening", help="the new first message, when the earlier one is summarised")
     sequel.add_argument("--summary-model", metavar="MODEL", help="the model that writes the summary")
@@ -115,9 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     branch = sub.add_parser("fork", help="start a new dialogue from any turn of an earlier one")
     branch.add_argument("id", type=int)
-    branch.add_argument("turn", type=int, help="the last turn to keep (1 is the first)")
+    branch.add_argument("turn", type=_whole(1), help="the last turn to keep (1 is the first)")
     branch.add_argument(
-        "--rounds", type=int, help="rounds to play from there (default: VOICES_DEFAULT_ROUNDS)"
+        "--rounds", type=_whole(1), help="rounds to play from there (default: VOICES_DEFAULT_ROUNDS)"
     )
     branch.add_argument("--budget", type=_usd, help="hard cap in USD")
     _add_run_output(branch)
@@ -125,18 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     note = sub.add_parser(
         "interject", help="add a note every model reads at the dialogue's next turn boundary"
     )
-    note.add_argument("id", type=int)
+    note.add_argument("id", type=_whole(1))
     note.add_argument("text")
     note.add_argument("--as", dest="author", default=None, help="who says it (default: your login)")
 
     listing = sub.add_parser("list", help="recent dialogues")
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--limit", type=_whole(1), default=20)
 
     show = sub.add_parser("show", help="print a dialogue's transcript")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=_whole(1))
 
     export = sub.add_parser("export", help="write a dialogue's transcript as Markdown or JSON")
-    export.add_argument("id", type=int)
+    export.add_argument("id", type=_whole(1))
     export.add_argument("--format", choices=("md", "json"), default="md")
     export.add_argument("--out", type=Path, help="file to write (default: standard output)")
 
@@ -182,6 +227,7 @@ async def dispatch(
         case "show":
             async with open_app(config) as app:
                 text = await _render(app, args.id, "md")
+            text = printable(text)  # what a model wrote is shown, never obeyed by the terminal
             console.print(Markdown(text) if console.is_terminal else text, markup=False)
         case "export":
             async with open_app(config) as app:
@@ -207,12 +253,14 @@ async def run_dialogue(
     args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults, console: Console
 ) -> int:
     """Create a dialogue from the options, stream it, and write its transcripts."""
+    check_personas(config)
     spec = _spec(args, defaults, _default_pair(args, config))
     if args.dry_run:
         config = replace(config, dry_run_models=_models_of(spec.participants, spec.summary_model))
         spec = replace(spec, origin=DRY_RUN)
     else:
         _require_key(config, spec.participants)
+    check_writable(args.out or defaults.transcripts_dir)
     async with open_app(config) as app:
         dialogue = await app.runner.create(spec)
         return await _drive(app, dialogue.id, args, defaults, console)
@@ -222,6 +270,7 @@ async def resume_dialogue(
     args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults, console: Console
 ) -> int:
     """Continue a dialogue from its last committed turn."""
+    check_writable(args.out or defaults.transcripts_dir)
     async with open_app(await _config_for(config, args.id)) as app:
         return await _drive(app, args.id, args, defaults, console)
 
@@ -230,6 +279,7 @@ async def branch_dialogue(
     args: argparse.Namespace, config: EngineConfig, defaults: CliDefaults, console: Console
 ) -> int:
     """Start a continuation or a fork of an earlier dialogue, then stream it like `run`."""
+    check_writable(args.out or defaults.transcripts_dir)
     config = await _config_for(config, args.id, getattr(args, "summary_model", None))
     rounds = args.rounds if args.rounds is not None else defaults.rounds
     budget = args.budget if args.budget is not None else defaults.budget
@@ -248,6 +298,7 @@ async def branch_dialogue(
 
 async def _config_for(config: EngineConfig, dialogue_id: int, extra_model: str | None = None) -> EngineConfig:
     """Return the engine config that can run this dialogue: scripted for a dry run, else with a key."""
+    check_personas(config)
     async with open_app(config) as app:
         dialogue = await app.store.get_dialogue(dialogue_id)
     if dialogue.origin == DRY_RUN:
@@ -282,6 +333,8 @@ async def _drive(
             if isinstance(event, AwaitingHuman):
                 text = await keyboard.ask(event.timeout)
                 if text is None:
+                    if keyboard.ended:
+                        console.print("Your input ended before your turn: pausing.", style="yellow")
                     control.pause()  # no answer in time (or the input ended): wait for `voices resume`
                 else:
                     control.say(text)
@@ -304,6 +357,8 @@ class Keyboard:
         self._reader: asyncio.StreamReader | None = None
         self._transport: asyncio.ReadTransport | None = None
         self._task: asyncio.Future[str | None] | None = None
+        #: Standard input reached its end: nobody will type here again.
+        self.ended = False
 
     async def ask(self, timeout: float | None) -> str | None:
         """Return the next non-empty line; None when the time is up, the input ends or Ctrl-C."""
@@ -315,6 +370,7 @@ class Keyboard:
                 task.cancel()
                 return None
             line = task.result()
+            self.ended = line is None
             if line is None or line.strip():
                 return line
 
@@ -331,6 +387,10 @@ class Keyboard:
             self._transport = None
 
     async def _line(self) -> str | None:
+        if self._reader is None and not _pollable(sys.stdin.fileno()):
+            # A regular file or a device such as /dev/null: epoll refuses those, so read in a thread.
+            line = await asyncio.to_thread(sys.stdin.readline)
+            return line.rstrip("\n") if line else None
         if self._reader is None:
             reader = asyncio.StreamReader()
             # A duplicate of standard input, so that closing the pipe leaves sys.stdin open.
@@ -348,6 +408,15 @@ class Keyboard:
         return raw.decode(errors="replace").rstrip("\n") if raw else None
 
 
+def _pollable(fd: int) -> bool:
+    """Return whether the event loop can watch this descriptor: a terminal, a pipe or a socket."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return os.isatty(fd) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
 async def write_transcripts(app: App, dialogue_id: int, folder: Path) -> tuple[Path, Path]:
     """Write `<id>.md` and `<id>.json` into `folder`; return their paths."""
     paths = (folder / f"{dialogue_id}.md", folder / f"{dialogue_id}.json")
@@ -355,6 +424,22 @@ async def write_transcripts(app: App, dialogue_id: int, folder: Path) -> tuple[P
     write_atomically(paths[0], render_markdown(*history))
     write_atomically(paths[1], render_json(*history))
     return paths
+
+
+def check_writable(folder: Path) -> None:
+    """Raise InputError now if transcripts cannot be written to `folder`: before anything is paid."""
+    # Nothing is created here (a refused dialogue leaves no trace): the folder, or the nearest
+    # folder above it that exists, must be one this process may write in.
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        why = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} is not writable"
+    else:
+        return
+    raise InputError(f"cannot write transcripts to {folder}: {why}; choose another --out")
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -394,15 +479,15 @@ def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]
     participants = resolve_participants(
         [(ref, getattr(args, f"system_{seat}")) for seat, ref in refs if ref is not None],
         load_personas(defaults.personas_file),
-        args.max_tokens or defaults.max_tokens,
-        force_max_tokens=bool(args.max_tokens),
+        _given(args.max_tokens, defaults.max_tokens),
+        force_max_tokens=args.max_tokens is not None,
         person=_human,
     )
     limits = Limits(
         max_rounds=args.rounds if args.rounds is not None else defaults.rounds,
         budget_usd=args.budget if args.budget is not None else defaults.budget,
-        max_total_tokens=args.max_total_tokens or defaults.max_total_tokens,
-        max_seconds=args.max_seconds or defaults.max_seconds,
+        max_total_tokens=_given(args.max_total_tokens, defaults.max_total_tokens),
+        max_seconds=_given(args.max_seconds, defaults.max_seconds),
     )
     return DialogueSpec(
         tuple(participants),
@@ -412,6 +497,11 @@ def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]
         loop_action=LoopAction(args.on_loop or defaults.loop_action),
         summary_model=args.summary_model or defaults.summary_model,
     )
+
+
+def _given(value: _T | None, default: _T) -> _T:
+    """Return the option as given (0 included: the parser has judged it), or the default."""
+    return value if value is not None else default
 
 
 def _human(ref: str) -> Persona | None:

@@ -153,6 +153,10 @@ class Store:
             await writer.execute("PRAGMA busy_timeout = 5000")
             await migrate(conn)
         except sqlite3.DatabaseError as exc:
+            if "readonly" in str(exc):
+                raise StoreError(
+                    f"database {path} is read-only; make it writable or set VOICES_DATABASE"
+                ) from None
             raise StoreError(
                 f"database {path} is unreadable ({exc}); move it aside or set VOICES_DATABASE"
             ) from None
@@ -162,13 +166,27 @@ class Store:
         """Run the block as one write transaction (BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error)."""
         async with self._write_lock:
             writer = Writer(self._conn)
-            await writer.execute("BEGIN IMMEDIATE")
             try:
-                yield writer
-            except BaseException:
-                await self._conn.rollback()
-                raise
-            await self._conn.commit()
+                await writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield writer
+                except BaseException:
+                    await self._conn.rollback()
+                    raise
+                await self._conn.commit()
+            except sqlite3.OperationalError as exc:
+                raise self._unwritable(exc) from None
+
+    def _unwritable(self, exc: sqlite3.OperationalError) -> Exception:
+        """Say in one line why a write failed, where a person can fix it; else the error as it is."""
+        text = str(exc)
+        if "readonly" in text:
+            return StoreError(f"database {self.path} is read-only; make it writable or set VOICES_DATABASE")
+        if "locked" in text or "busy" in text:
+            return StoreError(f"database {self.path} stayed locked by another process; try again")
+        if "disk" in text or "full" in text:
+            return StoreError(f"cannot write database {self.path} ({text}); free some disk space")
+        return exc
 
     async def fetchall(self, query: str, params: dict[str, Any] | tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         async with self._conn.execute(query, params) as cursor:

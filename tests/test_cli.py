@@ -464,3 +464,130 @@ async def test_an_interjection_from_another_terminal_joins_a_paused_dialogue(env
         ended.code == 2
         and ended.err.strip() == "error: dialogue 1 has ended; its models no longer read notes"
     )
+
+
+def one_line(result: Result) -> str:
+    """Assert the command failed with exit 2 and exactly one line on stderr; return that line."""
+    assert result.code == 2, (result.code, result.err)
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err, result.err
+    return result.err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"[alpha\nmodel = 'x/y'", "is not valid TOML"),
+        (b"\xff\xfe[alpha]", "is not UTF-8 text (byte 0xff at offset 0)"),
+        (b"providers = 3", "'providers' must be a table"),
+        (b"[providers]\nx = 3", "provider 'x' in"),
+        (b"alpha = 'x/y'", "persona 'alpha' in"),
+        (b"[providers.p]\nbase_url = 'http://x'\napi_key = 'k\xc3\xa9y'", "api_key"),
+    ],
+)
+async def test_a_broken_personas_file_is_one_line_and_listing_still_works(env, tmp_path, server, content, message):
+    (tmp_path / "personas.toml").write_bytes(content)
+    env["VOICES_PERSONAS_FILE"] = str(tmp_path / "personas.toml")
+    assert message in one_line(await voices(env, tmp_path, *RUN))
+    assert not server.chat_requests
+    listing = await voices(env, tmp_path, "list")
+    assert listing.code == 0 and "Traceback" not in listing.err
+
+
+async def test_a_personas_path_that_is_a_folder_is_one_line(env, tmp_path):
+    env["VOICES_PERSONAS_FILE"] = str(tmp_path)
+    assert "is a folder" in one_line(await voices(env, tmp_path, *RUN))
+
+
+async def test_an_api_key_that_cannot_be_a_header_is_one_line_and_never_shown(env, tmp_path):
+    env["OPENROUTER_API_KEY"] = "sk-or-v1-naïve-key"
+    err = one_line(await voices(env, tmp_path, "list"))
+    assert err.startswith("error: OPENROUTER_API_KEY: has a character that is not plain ASCII")
+    assert "naïve" not in err
+
+
+async def test_an_opening_that_is_not_utf8_is_one_line(env, tmp_path, server):
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *RUN[:-1], b"caf\xe9",
+        env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    result = Result(process.returncode or 0, out.decode(), err.decode())
+    assert "--opening is not valid UTF-8 text" in one_line(result)
+    assert not server.chat_requests
+
+
+async def test_a_database_path_that_is_a_folder_is_one_line(env, tmp_path):
+    env["VOICES_DATABASE"] = str(tmp_path)
+    assert "cannot open database" in one_line(await voices(env, tmp_path, "list"))
+
+
+async def test_a_read_only_database_is_called_read_only(env, tmp_path):
+    assert (await voices(env, tmp_path, *RUN)).code == 0
+    database = env["VOICES_DATABASE"]
+    # root ignores file modes; the immutable flag holds for root too, where the filesystem has it.
+    made = await asyncio.create_subprocess_exec("chattr", "+i", database, stderr=asyncio.subprocess.DEVNULL)
+    if await made.wait() != 0:
+        pytest.skip("this filesystem cannot make a file immutable")
+    try:
+        err = one_line(await voices(env, tmp_path, *RUN))
+    finally:
+        await (await asyncio.create_subprocess_exec("chattr", "-i", database)).wait()
+    assert "is read-only; make it writable or set VOICES_DATABASE" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max-tokens", "0", "argument --max-tokens: must be a whole number of at least 16, not '0'"),
+        ("--max-seconds", "0", "argument --max-seconds: must be a number of seconds above 0, not '0'"),
+        ("--max-seconds", "nan", "argument --max-seconds: must be a number of seconds above 0, not 'nan'"),
+        ("--max-seconds", "inf", "argument --max-seconds: must be a number of seconds above 0, not 'inf'"),
+        ("--max-total-tokens", "0", "argument --max-total-tokens: must be a whole number of at least 1"),
+        ("--budget", "1e30", "budget must be at most $1000000"),
+        ("--budget", "NaN", "budget must be an amount in USD such as 0.25"),
+    ],
+)
+async def test_zero_and_non_finite_limits_are_refused_naming_the_flag(env, tmp_path, server, flag, value, message):
+    assert message in one_line(await voices(env, tmp_path, *RUN, flag, value))
+    assert not server.chat_requests
+
+
+async def test_an_unwritable_out_folder_is_refused_before_anything_is_paid(env, tmp_path, server):
+    (tmp_path / "a-file").write_text("x")
+    err = one_line(await voices(env, tmp_path, *RUN, "--out", str(tmp_path / "a-file" / "sub")))
+    assert "cannot write transcripts to" in err and "is not a folder" in err
+    assert not server.chat_requests and not db_rows_if_any(env)
+
+
+def db_rows_if_any(env: dict[str, str]) -> list[tuple]:
+    if not Path(env["VOICES_DATABASE"]).exists():
+        return []
+    return db_rows(env, "SELECT id FROM dialogues")
+
+
+async def test_a_human_seat_whose_input_ends_pauses_with_one_line(env, tmp_path, server):
+    result = await voices(env, tmp_path, "run", "--a", "human:Ann", "--b", GLM, "--rounds", "1", typed="")
+    assert result.code == 0, result.err
+    assert "Your input ended before your turn: pausing." in result.out
+    assert "Traceback" not in result.err and not server.chat_requests
+    assert db_rows(env, "SELECT status FROM dialogues") == [("paused",)]
+
+
+async def test_a_second_process_on_a_running_dialogue_is_refused_naming_the_holder(env, tmp_path):
+    """Two terminals on one dialogue: the second is refused at once, the first goes on unharmed
+    and is billed once for each call."""
+    async with FakeOpenRouter(default_delay=0.05) as slow:
+        env["VOICES_OPENROUTER_BASE_URL"] = slow.base_url
+        first = await start(env, tmp_path, *RUN[:-4], "--rounds", "3", "--opening", "Hi")
+        while not slow.chat_requests:
+            await asyncio.sleep(0.02)
+        second = await voices(env, tmp_path, "resume", "1")
+        out, err = await asyncio.wait_for(first.communicate(), timeout=60)
+        reported = sum(slow.reported_costs, Decimal(0))
+    err2 = one_line(second)
+    assert "dialogue 1 is being run by another process" in err2 and "pid" in err2
+    assert first.returncode == 0, err.decode()
+    assert db_rows(env, "SELECT status, stop_reason FROM dialogues") == [("finished", "max_rounds")]
+    assert len(slow.chat_requests) == 6  # no call of the second process's
+    (spent,) = db_rows(env, "SELECT spent_usd FROM dialogues")[0]
+    assert Decimal(spent) == reported
