@@ -12,7 +12,7 @@ import os
 import platform
 from collections.abc import Awaitable, Callable
 
-from bench import caching, discord, local, relay, scale, store
+from bench import backpressure, caching, discord, local, relay, scale, store
 
 Bench = Callable[[bool], list[Awaitable[dict[str, str]]]]
 
@@ -46,6 +46,28 @@ BENCHES: dict[str, tuple[str, Bench]] = {
     "discord": (
         "Discord calls per turn (1,500 characters)",
         lambda quick: [discord.measure(seconds=2 if quick else 30)],
+    ),
+    "backpressure": (
+        "Back-pressure (Discord answering 429 while a dialogue streams at 50 tokens/s)",
+        lambda quick: [
+            backpressure.storm(
+                storm_seconds=2 if quick else 30,
+                rounds=2 if quick else 10,
+                words=10 if quick else 50,
+                tokens_per_second=100 if quick else 50,
+            )
+        ],
+    ),
+    "sharing": (
+        "Three dialogues sharing a channel's webhook (50 tokens/s each)",
+        lambda quick: [
+            backpressure.shared(
+                dialogues=3,
+                rounds=1 if quick else 3,
+                words=10 if quick else 50,
+                tokens_per_second=100 if quick else 50,
+            )
+        ],
     ),
 }
 

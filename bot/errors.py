@@ -45,6 +45,11 @@ class StateError(VoicesError):
 class LeaseHeld(StateError):
     """Another process holds the dialogue's lease, or took it over from this one."""
 
+    def __init__(self, message: str, seconds_left: float | None = None):
+        super().__init__(message)
+        #: When the holder's lease lapses if it is not renewed (None: it was taken from us).
+        self.seconds_left = seconds_left
+
 
 class StoreError(VoicesError):
     """The database cannot be opened or used."""

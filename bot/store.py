@@ -403,7 +403,8 @@ class Store:
             left = (expires - now).total_seconds()
             raise LeaseHeld(
                 f"dialogue {dialogue_id} is being run by another process ({rows[0]['owner']}); "
-                f"if that process has died, its lease lapses in {left:.0f} s and it can be resumed then"
+                f"if that process has died, its lease lapses in {left:.0f} s and it can be resumed then",
+                seconds_left=left,
             )
 
     # Turns and calls -------------------------------------------------------------------------

@@ -60,17 +60,26 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     A code block cut in two is closed at the end of one message and reopened (same fence and
     language) at the start of the next, so every message renders on its own.
     """
-    if len(text) <= limit and fence_open_after(text, None) is None:
-        return [text] if text else []
-    chunks = []
-    opener: str | None = None
+    return [message for _, message, _ in split_tail(text, None, limit)]
+
+
+def split_tail(text: str, opener: str | None, limit: int = MESSAGE_LIMIT) -> list[tuple[str, str, str | None]]:
+    """Return (piece, message, fence open after it) for each message of `text`, which starts inside
+    the code block `opener` opened (None: outside any).
+
+    Pieces are cut from the front, so every piece but the last stays as it is however much text
+    follows: a reply streamed into messages is split from its last message on, not from the start.
+    """
+    if opener is None and len(text) <= limit and fence_open_after(text, None) is None:
+        return [(text, text, None)] if text else []
+    parts = []
     for piece in split_pieces(text, limit):
         head = f"{opener}\n" if opener else ""
-        opener_after = fence_open_after(piece, opener)
-        tail = f"\n{_fence_of(opener_after)}" if opener_after else ""
-        chunks.append(f"{head}{piece}{tail}")
-        opener = opener_after
-    return chunks
+        after = fence_open_after(piece, opener)
+        tail = f"\n{_fence_of(after)}" if after else ""
+        parts.append((piece, f"{head}{piece}{tail}", after))
+        opener = after
+    return parts
 
 
 def fence_open_after(text: str, opener: str | None) -> str | None:

@@ -30,12 +30,14 @@ from bot.events import (
     TurnRestarted,
     TurnStarted,
 )
+from bot.errors import LeaseHeld
 from bot.guilds import GuildStore
+from bot.mailbox import Mailbox
 from bot.models import Dialogue, NoteKind, Status, StopReason, Turn, TurnStatus
 from bot.rooms import Room, RoomStore
 from bot.store import Store
 from bot.transcript import headline, render_json, render_markdown
-from cogs._format import split_message
+from cogs._format import split_message, split_tail
 from cogs.people import SayButton
 from cogs.status import ControlButton, status_embed
 from cogs.webhooks import NO_MENTIONS, WebhookPool
@@ -44,6 +46,11 @@ log = logging.getLogger(__name__)
 
 # Discord tolerates about five edits per five seconds on a message; one a second leaves room.
 EDIT_INTERVAL = 1.0
+# How long the end of a turn is retried before the thread is told the transcript has the rest.
+FINAL_PATIENCE = 600.0
+LANDING_FAILED = (
+    "⚠ Discord kept refusing the end of turn {turn}; the transcript files have its whole text."
+)
 
 
 def now() -> float:
@@ -58,8 +65,9 @@ async def pause(seconds: float) -> None:
 
 
 async def wait_for_member(waiting: Awaitable[bool]) -> bool:
-    """Wait for a member's words in their turn. A harness that must know which waits are for
-    outside input (SimCord) may swap in its own."""
+    """Wait on the outside: a member's words in their turn, the lease's next renewal, or the next
+    event of the engine (which is itself waiting on one of those, or working). A harness that must
+    know which waits are for outside input (SimCord) may swap in its own."""
     return await waiting
 
 
@@ -69,7 +77,11 @@ def _outside(waiting: Awaitable[bool]) -> Awaitable[bool]:
 
 @dataclass
 class _Live:
-    """The turn being streamed: its text so far and the messages showing it."""
+    """The turn being streamed: its text so far and the messages showing it.
+
+    `shown` is what each message was last asked to say, `confirmed` what Discord accepted (a
+    message without a slot's id, 0, stands for a piece of nothing but white space).
+    """
 
     seq: int
     name: str
@@ -77,7 +89,25 @@ class _Live:
     text: str = ""
     messages: list[int] = field(default_factory=list)
     shown: list[str] = field(default_factory=list)
+    confirmed: list[str] = field(default_factory=list)
     edited_at: list[float] = field(default_factory=list)
+    #: The pieces before `offset` are final (a later message has begun); `opener` is the code fence
+    #: open there and `final` how many messages they fill. Only the tail is split again.
+    offset: int = 0
+    opener: str | None = None
+    final: int = 0
+
+
+def _posted(live: _Live) -> tuple[int, ...]:
+    return tuple(m for m in live.messages if m)
+
+
+def _merge(old: Event, new: Event) -> Event | None:
+    """Pieces of one reply that queued up while Discord was slow travel as one."""
+    if isinstance(old, Delta) and isinstance(new, Delta):
+        if old.seq == new.seq and old.reasoning == new.reasoning:
+            return Delta(old.seq, old.text + new.text, old.reasoning)
+    return None
 
 
 class Relay:
@@ -100,16 +130,34 @@ class Relay:
         self._waiting = False
 
     async def run(self) -> None:
-        """Catch up on what a crash left unposted, then follow the dialogue to its end or pause."""
+        """Catch up on what a crash left unposted, then follow the dialogue to its end or pause.
+
+        The dialogue runs in a task of its own and drops its events in a mailbox: however slow
+        Discord is (429s, a shared webhook), the engine never waits for a post or an edit.
+        """
         await self._catch_up()
+        box: Mailbox[Event] = Mailbox(_merge, idle=_outside)
+        feeding = asyncio.create_task(self._feed(box), name=f"voices-engine-{self.room.dialogue_id}")
         try:
-            await self._follow()
+            await self._follow(box)
         finally:
+            if not feeding.done():
+                feeding.cancel()
+            await asyncio.wait({feeding})
             for task in self._deferred.values():
                 task.cancel()
 
-    async def _follow(self) -> None:
-        async for event in self._s.runner.run(self.room.dialogue_id, self.control):
+    async def _feed(self, box: Mailbox[Event]) -> None:
+        try:
+            async for event in self._s.runner.run(self.room.dialogue_id, self.control):
+                box.put(event)
+        except Exception as exc:  # the display says it, once it has shown what came before
+            box.close(exc)
+        else:
+            box.close()
+
+    async def _follow(self, box: Mailbox[Event]) -> None:
+        async for event in box:
             try:
                 await self._show(event)
             except (discord.NotFound, discord.Forbidden) as exc:
@@ -207,25 +255,29 @@ class Relay:
         live = self._live
         assert live is not None
         moment = now()
-        chunks = split_message(live.text)
-        for index, chunk in enumerate(chunks):
-            if not chunk.strip():
-                continue
-            if index >= len(live.messages):
-                # Earlier messages are complete once a new one starts: show their final text now.
-                await self._edit_all(live, chunks[:index])
-                message = await self._s.webhooks.send(self.thread, live.name, live.avatar_url, chunk)
-                live.messages.append(message.id)
-                live.shown.append(chunk)
-                live.edited_at.append(moment)
-                await self._s.rooms.set_live_messages(self.room.dialogue_id, tuple(live.messages))
-            elif chunk != live.shown[index] and (force or moment - live.edited_at[index] >= EDIT_INTERVAL):
-                await self._edit(live, index, chunk)
+        parts = split_tail(live.text[live.offset :], live.opener)
+        for n, (piece, chunk, after) in enumerate(parts):
+            index = live.final + n
+            done = n < len(parts) - 1  # a later message has begun: this one's text is final
+            if index >= len(live.messages) and (chunk.strip() or done):
+                await self._post_piece(live, chunk, moment)
+            elif index < len(live.messages) and live.messages[index] and chunk != live.shown[index]:
+                if force or done or moment - live.edited_at[index] >= EDIT_INTERVAL:
+                    await self._edit(live, index, chunk)
+            if done:
+                live.offset, live.opener, live.final = live.offset + len(piece), after, live.final + 1
 
-    async def _edit_all(self, live: _Live, chunks: list[str]) -> None:
-        for index, chunk in enumerate(chunks[: len(live.messages)]):
-            if chunk != live.shown[index]:
-                await self._edit(live, index, chunk)
+    async def _post_piece(self, live: _Live, chunk: str, moment: float) -> None:
+        """Start the next message of the reply (none for a piece of nothing but white space)."""
+        message_id = 0
+        if chunk.strip():
+            message = await self._s.webhooks.send(self.thread, live.name, live.avatar_url, chunk)
+            message_id = message.id
+        live.messages.append(message_id)
+        live.shown.append(chunk)
+        live.confirmed.append(chunk)
+        live.edited_at.append(moment)
+        await self._s.rooms.set_live_messages(self.room.dialogue_id, _posted(live))
 
     async def _edit(self, live: _Live, index: int, chunk: str) -> None:
         """Edit one message now, or, if its last edit was under a second ago, in the background
@@ -235,23 +287,52 @@ class Relay:
         live.shown[index], live.edited_at[index] = chunk, now() + max(wait, 0)
         if wait <= 0:
             await self._s.webhooks.edit(self.thread, message_id, chunk)
+            live.confirmed[index] = chunk
             return
         previous = self._deferred.pop(message_id, None)
         if previous is not None:
             previous.cancel()
-        self._deferred[message_id] = asyncio.create_task(self._edit_later(wait, message_id, chunk))
+        self._deferred[message_id] = asyncio.create_task(self._edit_later(wait, live, index, chunk))
 
-    async def _edit_later(self, wait: float, message_id: int, chunk: str) -> None:
+    async def _edit_later(self, wait: float, live: _Live, index: int, chunk: str) -> None:
+        message_id = live.messages[index]
         await pause(wait)
         try:
             await self._s.webhooks.edit(self.thread, message_id, chunk)
+            live.confirmed[index] = chunk
         except (discord.NotFound, discord.Forbidden) as exc:
             self._lost(exc)
         except discord.HTTPException as exc:
+            # The turn's end makes sure its final text lands (see _land).
             log.warning("dialogue %s: an edit failed (%s)", self.room.dialogue_id, exc)
         finally:
             if self._deferred.get(message_id) is asyncio.current_task():
                 del self._deferred[message_id]
+
+    async def _land(self, live: _Live) -> None:
+        """Make the thread show a finished turn's whole text: what Discord refused (a 429 past
+        discord.py's retries, a 5xx) is tried again, backing off, for FINAL_PATIENCE seconds;
+        after that the thread and the log say the transcript has the rest."""
+        delay, deadline = 1.0, now() + FINAL_PATIENCE
+        while True:
+            try:
+                await self._flush(force=True)
+                await self._settle_edits()
+                for index, message_id in enumerate(live.messages):
+                    if message_id and live.confirmed[index] != live.shown[index]:
+                        await self._s.webhooks.edit(self.thread, message_id, live.shown[index])
+                        live.confirmed[index] = live.shown[index]
+                return
+            except (discord.NotFound, discord.Forbidden):
+                raise
+            except discord.HTTPException as exc:
+                if now() + delay > deadline:
+                    log.error("dialogue %s: turn %d never fully reached Discord (%s)", self.room.dialogue_id, live.seq + 1, exc)
+                    await self.thread.send(LANDING_FAILED.format(turn=live.seq + 1), allowed_mentions=NO_MENTIONS)
+                    return
+                log.warning("dialogue %s: Discord refused turn %d's text (%s); again in %.0f s", self.room.dialogue_id, live.seq + 1, exc, delay)
+                await pause(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _settle_edits(self) -> None:
         """Wait for the edits still waiting out their second (before the dialogue's end is posted)."""
@@ -263,7 +344,7 @@ class Relay:
         live = self._live
         if live is None:
             return
-        for message_id in live.messages:
+        for message_id in _posted(live):
             if (pending := self._deferred.pop(message_id, None)) is not None:
                 pending.cancel()
             await self._s.webhooks.delete(self.thread, message_id)
@@ -272,8 +353,10 @@ class Relay:
 
     async def _finish_turn(self, turn: Turn) -> None:
         live = self._live or _Live(turn.seq, turn.speaker, None)
+        if not turn.text.startswith(live.text[: live.offset]):
+            live.offset, live.opener, live.final = 0, None, 0  # split it all again
         live.text = turn.text  # the committed text is the truth, whatever the stream showed
-        await self._flush(force=True)
+        await self._land(live)
         if turn.status is TurnStatus.EMPTY:
             await self._s.webhooks.send(
                 self.thread,
@@ -284,7 +367,7 @@ class Relay:
         elif turn.status is TurnStatus.CANCELLED:
             await self._s.webhooks.send(self.thread, live.name, live.avatar_url, "*✂ Cut off.*")
         await self._post_reasoning(turn, live)
-        await self._s.rooms.mark_posted(self.room.dialogue_id, turn.seq, tuple(live.messages))
+        await self._s.rooms.mark_posted(self.room.dialogue_id, turn.seq, _posted(live))
         self._live = None
 
     async def _post_reasoning(self, turn: Turn, live: _Live) -> None:
@@ -425,7 +508,19 @@ class Relays:
     async def _guard(self, relay: Relay) -> None:
         dialogue_id = relay.room.dialogue_id
         try:
-            await relay.run()
+            while True:
+                try:
+                    await relay.run()
+                    break
+                except LeaseHeld as exc:
+                    # Another process runs it, or ran it and died: once its lease lapses, this
+                    # process takes the dialogue over (the restart path after a crash).
+                    if exc.seconds_left is None:
+                        raise
+                    log.warning("dialogue %s: %s; trying again then", dialogue_id, exc)
+                    await asyncio.sleep(exc.seconds_left + 0.5)
+        except LeaseHeld as exc:
+            log.warning("dialogue %s is no longer run here: %s", dialogue_id, exc)
         except Exception:  # one dialogue's failure is logged and never reaches another
             log.exception("relay of dialogue %s failed", dialogue_id)
         finally:

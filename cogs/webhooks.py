@@ -1,15 +1,21 @@
 """One bot-owned webhook per parent channel, found or created once and recreated when deleted.
 
-Discord allows 15 webhooks per channel, so personas share one and differ by username and avatar.
+Discord allows 15 webhooks per channel, so personas share one and differ by username and avatar,
+and every dialogue in the channel shares its rate limit. Its requests go through one FairQueue per
+webhook: the dialogues take turns (one streaming fast cannot starve the others), an edit still
+waiting is replaced by a newer edit of the same message, and discord.py paces each request by
+the rate-limit headers Discord sends back.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 from typing import Any
 
 import discord
 
+from bot.mailbox import FairQueue
 from cogs._format import sanitize_name
 
 WEBHOOK_NAME = "Voices"
@@ -23,6 +29,7 @@ class WebhookPool:
         self._client = client
         self._hooks: dict[int, discord.Webhook] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._queues: dict[int, FairQueue] = {}
 
     async def get(self, channel: discord.TextChannel) -> discord.Webhook:
         """Return the bot's webhook on `channel`, reusing one that exists."""
@@ -43,8 +50,9 @@ class WebhookPool:
         self, thread: discord.Thread, name: str, avatar_url: str | None, content: str = "", **extra: Any
     ) -> discord.WebhookMessage:
         """Post into the thread as a persona; mentions are never delivered."""
-        message: discord.WebhookMessage = await self._with_retry(
+        message: discord.WebhookMessage = await self._queued(
             thread,
+            None,
             lambda hook: hook.send(
                 content,
                 username=sanitize_name(name),
@@ -58,9 +66,10 @@ class WebhookPool:
         return message
 
     async def edit(self, thread: discord.Thread, message_id: int, content: str) -> None:
-        """Replace the text of a persona's message."""
-        await self._with_retry(
+        """Replace the text of a persona's message (a newer edit waiting in line replaces this one)."""
+        await self._queued(
             thread,
+            ("edit", message_id),
             lambda hook: hook.edit_message(
                 message_id, content=content, thread=thread, allowed_mentions=NO_MENTIONS
             ),
@@ -69,13 +78,18 @@ class WebhookPool:
     async def delete(self, thread: discord.Thread, message_id: int) -> None:
         """Delete a persona's message (a reply that was restarted); a missing one is already gone."""
         try:
-            await self._with_retry(thread, lambda hook: hook.delete_message(message_id, thread=thread))
+            await self._queued(thread, None, lambda hook: hook.delete_message(message_id, thread=thread))
         except discord.NotFound:
             pass
 
-    async def _with_retry(self, thread: discord.Thread, call: Any) -> Any:
+    async def _queued(self, thread: discord.Thread, key: Hashable | None, call: Any) -> Any:
+        """Make the request when the thread's turn on its channel's webhook comes."""
         parent = thread.parent
         assert isinstance(parent, discord.TextChannel)
+        queue = self._queues.setdefault(parent.id, FairQueue())
+        return await queue.run(thread.id, lambda: self._with_retry(parent, call), key)
+
+    async def _with_retry(self, parent: discord.TextChannel, call: Any) -> Any:
         hook = await self.get(parent)
         try:
             return await call(hook)

@@ -22,15 +22,19 @@ def test_quick_benchmarks_report_every_figure():
         "Local model",
         "Prompt caching",
         "Discord calls per turn",
+        "Back-pressure",
+        "Three dialogues sharing a channel's webhook",
     ):
         assert f"## {title}" in out
     assert "| True ($" in out  # the transcript's costs add up to what the server reported, exactly
     caching = out.split("## Prompt caching")[1].split("##")[0]
     assert caching.rstrip().endswith("| True |")  # the saving Voices reports is the one measured
+    pressure = out.split("## Back-pressure")[1].split("##")[0]
+    assert "| True |" in pressure  # every turn's whole text reached the thread after the 429s
     assert "Traceback" not in result.stderr
 
 
 def test_an_unknown_benchmark_is_one_clear_line():
     result = subprocess.run([sys.executable, "-m", "bench", "nope"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
-    assert "unknown benchmark nope; choose from relay, scale, store, local, caching, discord" in result.stderr
+    assert "unknown benchmark nope; choose from relay, scale, store, local, caching, discord, backpressure, sharing" in result.stderr

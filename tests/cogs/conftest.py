@@ -72,6 +72,12 @@ class World:
     def thread(self, index: int = -1) -> Any:
         return self.channel.threads[index]
 
+    async def crash(self) -> None:
+        """The bot's process goes away: its dialogues stop where they are. (SimCord's restart
+        detaches the old bot but leaves its tasks running, which a dead process would not.) Their
+        leases are given up as the tasks end; a lease left to lapse is tested on its own."""
+        await self.bot.relays.close()
+
     async def finish(self, dialogue_id: int) -> None:
         """Let the dialogue's background relay run to its end, moving SimCord's clock along for the
         edits that wait out their second (SimCord's time only moves when a test moves it)."""

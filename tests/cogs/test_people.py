@@ -254,6 +254,7 @@ async def test_a_restart_while_a_member_is_due_asks_once_again_and_their_answer_
     await world.env.settle()
     assert len(asking(world.thread())) == 1
     fresh = create_bot(make_settings(tmp_path, server))
+    await world.crash()
     await world.env.restart_bot(fresh)
     await world.env.settle()
     thread = world.thread()

@@ -300,6 +300,7 @@ async def test_a_restart_mid_dialogue_resumes_with_no_turn_posted_twice_or_lost(
     await start(world, rounds=3)
     assert len(await world.bot.services.store.list_turns(1)) == 1
     fresh = create_bot(make_settings(tmp_path, server))
+    await world.crash()
     await world.env.restart_bot(fresh)
     await world.env.settle()
     await fresh.relays.wait(1)
@@ -323,6 +324,7 @@ async def test_commands_are_synced_once_not_on_every_start(world, tmp_path, serv
         return [r for r in world.env.http_requests if r.method == "PUT" and r.path.endswith("/commands")]
 
     assert len(syncs()) == 1
+    await world.crash()
     await world.env.restart_bot(create_bot(make_settings(tmp_path, server)))
     assert len(syncs()) == 1
     assert "voices start" in world.alice.available_commands(world.channel)
@@ -384,6 +386,7 @@ async def test_buttons_keep_working_after_a_restart(world, tmp_path, server):
     await world.env.advance_time(30)
     await world.finish(1)
     fresh = create_bot(make_settings(tmp_path, server))
+    await world.crash()
     await world.env.restart_bot(fresh)
     result = await world.alice.click(status_message(world.thread()), label="Resume")
     assert "Resuming dialogue 1" in result.response.content
@@ -486,11 +489,14 @@ async def test_a_restart_during_a_waiting_closing_edit_still_shows_the_whole_rep
     limited = {"error": {"code": 429, "message": "slow down"}}
     full = "one two three four five six seven"
     world.server.enqueue(
-        Reply(text=full, chunk_words=2), Reply(status=429, headers={"Retry-After": "30"}, error=limited)
+        # Pieces apart in time, or the display (which takes what queued up as one) posts them at once.
+        Reply(text=full, chunk_words=2, chunk_delay=0.05),
+        Reply(status=429, headers={"Retry-After": "30"}, error=limited),
     )
     await start(world, rounds=2)
     assert persona_posts(world.thread())[0].content == "one two "
     fresh = create_bot(make_settings(tmp_path, server))
+    await world.crash()
     await world.env.restart_bot(fresh)
     held["on"] = False
     for _ in range(60):
@@ -555,3 +561,21 @@ async def test_a_compaction_is_shown_in_the_thread_with_its_summary(world):
     headline = next(c for c in own if c.startswith("⟲ Context compacted"))
     assert "by z-ai/glm-5" in headline
     assert own[own.index(headline) + 1] == "They have counted, at length, and agree on little."
+
+
+async def test_a_discord_answering_429_holds_neither_the_dialogue_nor_any_turns_text(world, caplog):
+    """Every persona post and edit is refused for a while (past discord.py's own retries): the
+    dialogue runs on regardless, and afterwards the thread holds every turn's whole text."""
+    world.env.inject_error(
+        "*", "/webhooks/*/simcord_webhook_*", status=429, message="You are being rate limited.", times=8
+    )
+    world.server.enqueue(*[Reply(text=f"Reply {i}: " + "word " * 30, chunk_words=3) for i in range(4)])
+    await start(world, rounds=2)
+    await world.finish(1)
+    store = world.bot.services.store
+    assert (await store.get_dialogue(1)).stop_reason is StopReason.MAX_ROUNDS
+    turns = await store.list_turns(1)
+    posts = persona_posts(world.thread())
+    assert [m.content for m in posts] == [t.text for t in turns]
+    assert "Discord refused turn 1's text" in caplog.text  # the end of the turn was tried again
+    assert not [m for m in world.thread().history() if "kept refusing" in m.content]
