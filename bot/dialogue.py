@@ -571,7 +571,9 @@ class DialogueRunner:
             # The provider billed above the prices Voices knew: learn the new ones before the next
             # reservation, and stop at once if the budget is spent.
             await self.router.refresh(plan.persona)
-            if stop is None and budget.remaining <= 0:
+            # Overspending is the news, more than a reply that came back empty or failed with it.
+            quiet = stop is None or stop.reason in (StopReason.EMPTY_REPLY, StopReason.PROVIDER_ERROR)
+            if quiet and budget.remaining <= 0:
                 stop = _Stop(StopReason.BUDGET, _over_detail(bill.over, budget))
         if stop is not None:
             yield stop
