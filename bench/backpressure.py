@@ -14,44 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import discord
 import simcord
 from simcord._dpy_internals import real_monotonic
 
+from bench.discord import bot_settings, real_pause
 from bench.harness import MODELS, fake_server, gaps_and_streams, ms, percentile, spec
 from bot.events import Delta
 from bot.mailbox import Mailbox
 from bot.rooms import Room
 from cogs import create_bot, relay
 from cogs.webhooks import WebhookPool
-from config import Settings
-
-
-async def real_pause(seconds: float) -> None:
-    # SimCord's clock only moves when told to; waits here must pass in real time.
-    await asyncio.get_running_loop().run_in_executor(None, time.sleep, seconds)
-
-
-def settings(folder: str, base_url: str) -> Settings:
-    return Settings(
-        _env_file=None,
-        openrouter_api_key="bench",
-        openrouter_base_url=base_url,
-        database=Path(folder) / "bench.db",
-        discord_token="bench",
-        default_max_tokens=4000,
-        max_budget="100",
-        daily_cap_guild="100",
-        daily_cap_member="100",
-        max_concurrent=10,
-    )
 
 
 async def storm(storm_seconds: float, rounds: int, words: int, tokens_per_second: float) -> dict[str, str]:
@@ -61,7 +39,7 @@ async def storm(storm_seconds: float, rounds: int, words: int, tokens_per_second
     try:
         async with fake_server(1 / tokens_per_second, words) as server:
             with tempfile.TemporaryDirectory() as folder:
-                bot = create_bot(settings(folder, server.base_url))
+                bot = create_bot(bot_settings(folder, server.base_url))
                 async with simcord.run(bot, settle_timeout=storm_seconds * 4 + 120) as env:
                     guild = env.create_guild()
                     channel = guild.create_text_channel("general")
@@ -125,7 +103,7 @@ async def shared(dialogues: int, rounds: int, words: int, tokens_per_second: flo
     try:
         async with fake_server(1 / tokens_per_second, words) as server:
             with tempfile.TemporaryDirectory() as folder:
-                bot = create_bot(settings(folder, server.base_url))
+                bot = create_bot(bot_settings(folder, server.base_url))
                 async with simcord.run(bot, settle_timeout=600) as env:
                     guild = env.create_guild()
                     channel = guild.create_text_channel("general")

@@ -22,6 +22,27 @@ from config import Settings
 CHARS = 1500
 
 
+async def real_pause(seconds: float) -> None:
+    """Wait real time: SimCord's clock only moves when told to, and SimCord waits for executor work."""
+    await asyncio.get_running_loop().run_in_executor(None, time.sleep, seconds)
+
+
+def bot_settings(folder: str, base_url: str) -> Settings:
+    """Return the bot's settings for a benchmark: the fake server, a fresh database, caps that never bind."""
+    return Settings(
+        _env_file=None,
+        openrouter_api_key="bench",
+        openrouter_base_url=base_url,
+        database=Path(folder) / "bench.db",
+        discord_token="bench",
+        default_max_tokens=4000,
+        max_budget="100",
+        daily_cap_guild="100",
+        daily_cap_member="100",
+        max_concurrent=10,
+    )
+
+
 async def measure(seconds: float) -> dict[str, str]:
     """Stream one reply of about 1,500 characters over `seconds` and count what reached Discord."""
     words = CHARS // 5  # "w123 " is about five characters
@@ -34,28 +55,12 @@ async def measure(seconds: float) -> dict[str, str]:
 
     WebhookPool.edit = timed_edit  # type: ignore[method-assign]
 
-    # SimCord's clock only moves when told to; the edit throttle must run on real seconds here,
-    # and an edit that waits out its second must wait real time (SimCord waits for executor work).
-    async def real_pause(seconds: float) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, time.sleep, seconds)
-
     virtual_now, relay.now = relay.now, real_monotonic
     virtual_pause, relay.pause = relay.pause, real_pause
     try:
         async with fake_server(seconds / words, words) as server:
             with tempfile.TemporaryDirectory() as folder:
-                settings = Settings(
-                    _env_file=None,
-                    openrouter_api_key="bench",
-                    openrouter_base_url=server.base_url,
-                    database=Path(folder) / "bench.db",
-                    discord_token="bench",
-                    default_max_tokens=4000,
-                    max_budget="100",
-                    daily_cap_guild="100",
-                    daily_cap_member="100",
-                )
-                bot = create_bot(settings)
+                bot = create_bot(bot_settings(folder, server.base_url))
                 async with simcord.run(bot, settle_timeout=seconds * 4 + 30) as env:
                     guild = env.create_guild()
                     channel = guild.create_text_channel("general")

@@ -9,21 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
+from bot.billing import charge_lost
 from bot.budget import (
     Budget,
-    Reservation,
-    cache_saving,
     count_bytes,
     estimate_prompt_tokens,
     format_usd,
     worst_case_cost,
 )
-from bot.billing import Bill, Charge, charge, charge_lost
-from bot.call import Attempt, stream_call, wait_or_stop
 from bot.context import Compactor
 from bot.control import Control
 from bot.errors import InputError, LeaseHeld, ProviderError, StateError
@@ -34,7 +30,6 @@ from bot.events import (
     Noted,
     Started,
     TurnFinished,
-    TurnRestarted,
     TurnStarted,
 )
 from bot.loops import notice
@@ -53,19 +48,17 @@ from bot.models import (
     TurnStatus,
     Usage,
 )
-from bot.plan import Halted, Tuning, TurnPlan, max_tokens_of, tokens_per_byte
-from bot.prompts import build_messages, cache_breakpoints, current_window
+from bot.plan import Halted, Stop, Tuning, TurnPlan, max_tokens_of, tokens_per_byte
+from bot.prompts import build_messages, current_window
 from bot.providers import Router
-from bot.providers.base import ChatRequest, CostLookup
 from bot.retry import RetryPolicy
 from bot.store import Store
 from bot.summary import Summariser, summariser
+from bot.turn import TurnPlayer
 
 log = logging.getLogger(__name__)
 
 MAX_PARTICIPANTS = 8
-# An empty reply is retried once with this much more room, since reasoning usually ate it all.
-EMPTY_RETRY_FACTOR = 2
 
 
 # Validation ------------------------------------------------------------------------------------
@@ -107,14 +100,6 @@ def carried_rounds(turns: int, participants: int) -> int:
 # The runner ------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Stop:
-    """Why the run ends; no reason means a pause."""
-
-    reason: StopReason | None
-    detail: str | None = None
-
-
 class DialogueRunner:
     """Create dialogues and run them turn by turn, persisting each turn as it completes."""
 
@@ -137,11 +122,20 @@ class DialogueRunner:
         self._max_budget = max_budget
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
-        self.tuning = tuning or Tuning()
+        self.player = TurnPlayer(store, router, self._retry, sleep, clock, tuning or Tuning())
         self.summariser = Summariser(store, router, self._retry, sleep, clock)
         self.compactor = Compactor(store, router, self.summariser, clock)
         # Dialogues running in this process: a second run of one would write every turn twice.
         self._active: set[int] = set()
+
+    @property
+    def tuning(self) -> Tuning:
+        """How long dialogues are kept cheap and going; one value, which the turn player reads too."""
+        return self.player.tuning
+
+    @tuning.setter
+    def tuning(self, tuning: Tuning) -> None:
+        self.player.tuning = tuning
 
     async def create(self, spec: DialogueSpec) -> Dialogue:
         """Validate the spec against the limits and the catalogue, then store it as pending."""
@@ -246,20 +240,20 @@ class DialogueRunner:
         dialogue = await self.store.get_dialogue(dialogue_id)
         yield Started(dialogue)
 
-        stop: _Stop | None = None
+        stop: Stop | None = None
         try:
             async for event in self._turns(dialogue, models, control):
-                if isinstance(event, _Stop):
+                if isinstance(event, Stop):
                     stop = event
                 else:
                     yield event
         except ProviderError as exc:
-            stop = _Stop(StopReason.PROVIDER_ERROR, str(exc))
+            stop = Stop(StopReason.PROVIDER_ERROR, str(exc))
         except StateError:
             raise  # another process owns the dialogue; its state is not ours to change
         except Exception as exc:
             log.exception("dialogue %s failed", dialogue_id)
-            stop = _Stop(StopReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            stop = Stop(StopReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
         if control.lost_lease is not None:
             raise LeaseHeld(control.lost_lease)  # the dialogue's state is the new holder's to write
         if stop is None or stop.reason is None:
@@ -294,8 +288,8 @@ class DialogueRunner:
 
     async def _turns(
         self, dialogue: Dialogue, models: list[ModelInfo], control: Control
-    ) -> AsyncIterator[Event | _Stop]:
-        """Yield events turn after turn, then one _Stop; return without one to pause."""
+    ) -> AsyncIterator[Event | Stop]:
+        """Yield events turn after turn, then one Stop; return without one to pause."""
         turns = await self.store.list_turns(dialogue.id)
         # Interjections left while the dialogue was paused count as new: reported at the first boundary.
         notes = [
@@ -325,20 +319,20 @@ class DialogueRunner:
                     yield limit
                 return
             assert plan is not None
-            steps: AsyncIterator[Event | Turn | _Stop]
+            steps: AsyncIterator[Event | Turn | Stop]
             if plan.persona.is_human:
                 steps = self._human_turn(dialogue, plan, control)
             else:
                 if (overflow := plan.overflow()) is not None:
                     if dialogue.context_policy is ContextPolicy.STOP:
-                        yield _Stop(StopReason.CONTEXT_LIMIT, overflow)
+                        yield Stop(StopReason.CONTEXT_LIMIT, overflow)
                         return
                     try:
                         note = await self.compactor.make_room(
                             dialogue, plan, turns, notes, budget, control, deadline, self.tuning
                         )
                     except Halted as halted:
-                        yield _Stop(halted.reason, halted.detail)
+                        yield Stop(halted.reason, halted.detail)
                         return
                     yield Noted(note)
                     dialogue = await self.store.get_dialogue(dialogue.id)
@@ -350,16 +344,16 @@ class DialogueRunner:
                 worst = worst_case_cost(plan.model.pricing, plan.prompt_estimate, plan.max_tokens)
                 reservation = budget.reserve(worst)
                 if reservation is None:
-                    yield _Stop(StopReason.BUDGET, _budget_detail(plan, worst, budget))
+                    yield Stop(StopReason.BUDGET, _budget_detail(plan, worst, budget))
                     return
                 yield TurnStarted(plan.seq, plan.round, plan.seat, plan.persona, worst)
-                steps = self._play_turn(dialogue, plan, reservation, budget, control, deadline)
+                steps = self.player.play(dialogue, plan, reservation, budget, control, deadline)
             turn: Turn | None = None
             stop = None
             async for item in steps:
                 if isinstance(item, Turn):
                     turn = item
-                elif isinstance(item, _Stop):
+                elif isinstance(item, Stop):
                     stop = item
                 else:
                     yield item
@@ -373,7 +367,7 @@ class DialogueRunner:
                 yield TurnFinished(turn, totals.spent_usd)
                 if stop is None and turn.status is TurnStatus.OK:
                     async for found in self._notice_loops(dialogue, turns):
-                        if isinstance(found, _Stop):
+                        if isinstance(found, Stop):
                             stop = found
                         else:
                             yield found
@@ -384,7 +378,7 @@ class DialogueRunner:
 
     async def _human_turn(
         self, dialogue: Dialogue, plan: TurnPlan, control: Control
-    ) -> AsyncIterator[Event | Turn | _Stop]:
+    ) -> AsyncIterator[Event | Turn | Stop]:
         """A person's turn: wait for their words, then commit them as a free turn.
 
         When the wait passes the turn timeout the dialogue pauses; it goes on once they answer.
@@ -395,7 +389,7 @@ class DialogueRunner:
             yield AwaitingHuman(plan.seq, plan.round, plan.seat, plan.persona, timeout)
             text = await control.wait_for_said(timeout)
         if text is None or not text.strip():
-            yield _Stop(control.reason, control.detail) if control.stop_requested else _Stop(None)
+            yield Stop(control.reason, control.detail) if control.stop_requested else Stop(None)
             return
         started = self._clock()
         yield TurnStarted(plan.seq, plan.round, plan.seat, plan.persona, Decimal(0))
@@ -458,141 +452,29 @@ class DialogueRunner:
         plan: TurnPlan | None,
         control: Control,
         deadline: float | None,
-    ) -> _Stop | None:
-        """Return why no further call may start (a _Stop whose reason is None means pause)."""
+    ) -> Stop | None:
+        """Return why no further call may start (a Stop whose reason is None means pause)."""
         if plan is None:
-            return _Stop(StopReason.MAX_ROUNDS, f"{dialogue.limits.max_rounds} rounds")
+            return Stop(StopReason.MAX_ROUNDS, f"{dialogue.limits.max_rounds} rounds")
         if control.stop_requested:
-            return _Stop(control.reason, control.detail)
+            return Stop(control.reason, control.detail)
         if control.pause_requested:
-            return _Stop(None)
+            return Stop(None)
         if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-            return _Stop(StopReason.TIME, f"{dialogue.limits.max_seconds:g} s")
+            return Stop(StopReason.TIME, f"{dialogue.limits.max_seconds:g} s")
         return None
 
     @staticmethod
-    def _check_tokens(dialogue: Dialogue, plan: TurnPlan, tokens_used: int) -> _Stop | None:
+    def _check_tokens(dialogue: Dialogue, plan: TurnPlan, tokens_used: int) -> Stop | None:
         limit = dialogue.limits.max_total_tokens
         if limit is not None and tokens_used + plan.prompt_estimate + plan.max_tokens > limit:
-            return _Stop(
+            return Stop(
                 StopReason.TOKENS,
                 f"{tokens_used} of {limit} tokens used; the next call could pass it",
             )
         return None
 
-    async def _play_turn(
-        self,
-        dialogue: Dialogue,
-        plan: TurnPlan,
-        reservation: Reservation,
-        budget: Budget,
-        control: Control,
-        deadline: float | None,
-    ) -> AsyncIterator[Event | Turn | _Stop]:
-        """Stream one turn with its retries and commit it; yield its events, the Turn, maybe a _Stop.
-
-        Network failures are retried on the same reservation (an error is not billed). An empty
-        reply is billed, then retried once with more room under a new reservation.
-        """
-        plan.started_at = self._clock()
-        await self.store.begin_call(dialogue.id, plan.seq, reservation.amount, plan.started_at)
-        bill = Bill()
-        attempts, seconds, max_tokens, empty_retried = 0, 0.0, plan.max_tokens, False
-        stop: _Stop | None = None
-        while True:
-            attempts += 1
-            attempt = Attempt()
-            provider = self.router.route(plan.persona).provider
-            request = self._request(dialogue, plan, max_tokens)
-            noted = False
-            async for delta in stream_call(provider, request, plan.seq, attempt, control, deadline):
-                if attempt.generation_id and not noted:
-                    # Kept at once: should this process die now, the call's cost can still be asked.
-                    await self.store.note_generation(dialogue.id, plan.seq, attempt.generation_id)
-                    noted = True
-                yield delta
-            seconds += attempt.seconds
-            if attempt.error is not None:
-                delay = self._retry.delay(attempt.error, attempts)
-                if delay is not None:
-                    yield TurnRestarted(plan.seq, attempts + 1, str(attempt.error), delay)
-                    if not await wait_or_stop(self._sleep, delay, control):
-                        continue
-                    attempt.interrupted = control.reason
-                elif not empty_retried:
-                    budget.release(reservation)
-                    await self.store.cancel_call(dialogue.id, plan.seq)
-                    yield _Stop(StopReason.PROVIDER_ERROR, str(attempt.error))
-                    return
-                else:  # the empty first reply was billed: keep it on record
-                    budget.release(reservation)
-                    status, stop = (
-                        TurnStatus.EMPTY,
-                        _Stop(StopReason.PROVIDER_ERROR, str(attempt.error)),
-                    )
-                    break
-            charged = await self._charge(provider, plan, attempt, reservation.amount)
-            budget.settle(reservation, charged.cost)
-            bill.add(charged, reservation.amount)
-            if attempt.interrupted is not None:
-                status, stop = (
-                    TurnStatus.CANCELLED,
-                    _Stop(attempt.interrupted, control.detail or "the reply was cut off"),
-                )
-                break
-            if "".join(attempt.text).strip():
-                status = TurnStatus.OK
-                break
-            bigger = _grow(max_tokens, plan)
-            retry = (
-                None
-                if empty_retried
-                else budget.reserve(worst_case_cost(plan.model.pricing, plan.prompt_estimate, bigger))
-            )
-            if retry is None:
-                finish = attempt.completion.finish_reason if attempt.completion else None
-                detail = f"{plan.persona.name} replied with no text (finish_reason={finish})"
-                if not empty_retried:
-                    detail += "; the budget left no room to retry"
-                status, stop = TurnStatus.EMPTY, _Stop(StopReason.EMPTY_REPLY, detail)
-                break
-            reservation, max_tokens, empty_retried = retry, bigger, True
-            # The first reply is billed but not yet committed: the in-flight record covers both.
-            await self.store.begin_call(dialogue.id, plan.seq, bill.cost + retry.amount, self._clock())
-            yield TurnRestarted(plan.seq, attempts + 1, "the reply was empty", 0.0)
-        turn = self._turn(dialogue, plan, status, attempt, bill, attempts, seconds)
-        notes = [Note(dialogue.id, plan.seq + 1, NoteKind.BILLING, p, self._clock()) for p in bill.problems]
-        await self.store.add_turn(turn, notes)
-        yield turn
-        for note in await self.store.list_notes(dialogue.id) if notes else ():
-            if note.kind is NoteKind.BILLING and note.before_seq == plan.seq + 1:
-                yield Noted(note)
-        if bill.over is not None:
-            # The provider billed above the prices Voices knew: learn the new ones before the next
-            # reservation, and stop at once if the budget is spent.
-            await self.router.refresh(plan.persona)
-            # Overspending is the news, more than a reply that came back empty or failed with it.
-            quiet = stop is None or stop.reason in (StopReason.EMPTY_REPLY, StopReason.PROVIDER_ERROR)
-            if quiet and budget.remaining <= 0:
-                stop = _Stop(StopReason.BUDGET, _over_detail(bill.over, budget))
-        if stop is not None:
-            yield stop
-
-    async def _charge(self, provider: object, plan: TurnPlan, attempt: Attempt, reserved: Decimal) -> Charge:
-        """Return what one attempt is charged: from its usage, or, when it has none it can be billed
-        by (cut off, or a provider that reported none or nonsense), from the provider's record of the
-        call, or else its reservation, so the cap still holds."""
-        completion = attempt.completion
-        if attempt.interrupted is None and completion is not None:
-            charged = charge(completion.usage, plan.model.pricing, reserved)
-            if charged.source != "reserved":
-                return charged
-            generation_id = completion.generation_id or attempt.generation_id
-            lost = await charge_lost(provider, generation_id, reserved)
-            return replace(lost, rejected=charged.rejected)
-        return await charge_lost(provider, attempt.generation_id, reserved)
-
-    async def _notice_loops(self, dialogue: Dialogue, turns: Sequence[Turn]) -> AsyncIterator[Event | _Stop]:
+    async def _notice_loops(self, dialogue: Dialogue, turns: Sequence[Turn]) -> AsyncIterator[Event | Stop]:
         """Note each new sign of going in circles; pause or stop if the dialogue asks for it."""
         names = [p.name for p in dialogue.participants]
         findings = notice(turns, names, self.tuning.loops)
@@ -602,77 +484,9 @@ class DialogueRunner:
         if not findings:
             return
         if dialogue.loop_action is LoopAction.STOP:
-            yield _Stop(StopReason.CONVERGENCE, "; ".join(f.detail for f in findings))
+            yield Stop(StopReason.CONVERGENCE, "; ".join(f.detail for f in findings))
         elif dialogue.loop_action is LoopAction.PAUSE:
-            yield _Stop(None)
-
-    def _request(self, dialogue: Dialogue, plan: TurnPlan, max_tokens: int) -> ChatRequest:
-        return ChatRequest(
-            model=plan.model.id,
-            messages=plan.messages,
-            max_tokens=max_tokens,
-            temperature=plan.persona.temperature,
-            reasoning_effort=plan.persona.reasoning_effort,
-            # One session per speaker keeps its calls on one provider, which helps prompt caching.
-            session_id=f"voices-{dialogue.id}-{plan.seat}",
-            chat_format=plan.persona.chat_format,
-            speaker=plan.persona.name,
-            others=tuple(p.name for seat, p in enumerate(dialogue.participants) if seat != plan.seat),
-            cache_breakpoints=self._breakpoints(plan),
-        )
-
-    def _breakpoints(self, plan: TurnPlan) -> tuple[int, ...]:
-        if plan.persona.provider is not None or self.router.route(plan.persona) is not self.router.default:
-            return ()  # only OpenRouter takes cache_control parts; other servers may refuse them
-        if not plan.model.id.startswith(self.tuning.cache_breakpoint_models):
-            return ()  # models that cache on their own need only the sticky session_id
-        return cache_breakpoints(plan.messages)
-
-    def _turn(
-        self,
-        dialogue: Dialogue,
-        plan: TurnPlan,
-        status: TurnStatus,
-        attempt: Attempt,
-        bill: Bill,
-        attempts: int,
-        seconds: float,
-    ) -> Turn:
-        completion = attempt.completion
-        assert plan.started_at is not None
-        return Turn(
-            dialogue_id=dialogue.id,
-            seq=plan.seq,
-            round=plan.round,
-            seat=plan.seat,
-            speaker=plan.persona.name,
-            status=status,
-            text="".join(attempt.text),
-            reasoning="".join(attempt.reasoning),
-            usage=bill.usage,
-            cost_usd=bill.cost,
-            cost_source=bill.source,
-            model_used=completion.model if completion else plan.model.id,
-            finish_reason=completion.finish_reason if completion else None,
-            latency_ms=round(seconds * 1000),
-            attempts=attempts,
-            started_at=plan.started_at,
-            ended_at=self._clock(),
-            generation_id=completion.generation_id if completion else attempt.generation_id,
-            provider=completion.provider if completion else None,
-            cache_saving_usd=cache_saving(bill.usage, plan.model.pricing),
-        )
-
-
-def _grow(max_tokens: int, plan: TurnPlan) -> int:
-    """Return the room for an empty reply's retry: twice as much, within the model's limits."""
-    bigger = max_tokens * EMPTY_RETRY_FACTOR
-    if plan.model.max_completion_tokens:
-        bigger = min(bigger, plan.model.max_completion_tokens)
-    if plan.model.context_length:
-        bigger = min(bigger, plan.model.context_length - plan.prompt_estimate)
-    return max(bigger, max_tokens)
-
+            yield Stop(None)
 
 def _calibration(
     dialogue: Dialogue, seat: int, turns: Sequence[Turn], notes: Sequence[Note]
@@ -698,12 +512,4 @@ def _budget_detail(plan: TurnPlan, worst: Decimal, budget: Budget) -> str:
     return (
         f"{plan.persona.name}'s next call could cost up to {format_usd(worst)}; "
         f"{format_usd(budget.remaining)} of {format_usd(budget.limit)} left"
-    )
-
-
-def _over_detail(over: tuple[Decimal, Decimal], budget: Budget) -> str:
-    billed, reserved = over
-    return (
-        f"the provider billed {format_usd(billed)} for a call whose worst case at its published prices "
-        f"was {format_usd(reserved)}; {format_usd(budget.spent)} of {format_usd(budget.limit)} spent"
     )

@@ -1,5 +1,5 @@
 """One turn's plan: who speaks next, what they are shown, how big the reply may be, and whether it
-fits the model's context; the Tuning of long dialogues; and Halted, the reason a run cannot go on."""
+fits the model's context; the Tuning of long dialogues; and Halted and Stop, why a run cannot go on."""
 
 from __future__ import annotations
 
@@ -37,6 +37,14 @@ class Halted(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+@dataclass(slots=True)
+class Stop:
+    """Why a run ends; no reason means a pause."""
+
+    reason: StopReason | None
+    detail: str | None = None
 
 
 @dataclass(slots=True)

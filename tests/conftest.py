@@ -80,23 +80,32 @@ def clock() -> SteppingClock:
     return SteppingClock()
 
 
+def build_runner(
+    store: Store,
+    provider: Provider,
+    clock: SteppingClock,
+    sleep: RecordingSleep,
+    max_budget: Decimal = Decimal("10"),
+    retry: RetryPolicy | None = None,
+) -> DialogueRunner:
+    """Return the real engine over one provider and its catalogue, with a test's clock and sleep."""
+    catalogue = Catalogue(provider, store, timedelta(hours=1), clock)
+    return DialogueRunner(
+        store,
+        Router(Route(provider, catalogue)),
+        clock,
+        max_rounds=50,
+        max_budget=max_budget,
+        retry=retry or RetryPolicy(),
+        sleep=sleep,
+    )
+
+
 @pytest.fixture
 def make_runner(
     store: Store, sleep: RecordingSleep, clock: SteppingClock
 ) -> Callable[[Provider], DialogueRunner]:
-    def build(provider: Provider) -> DialogueRunner:
-        catalogue = Catalogue(provider, store, timedelta(hours=1), clock)
-        return DialogueRunner(
-            store,
-            Router(Route(provider, catalogue)),
-            clock,
-            max_rounds=50,
-            max_budget=Decimal("10"),
-            retry=RetryPolicy(),
-            sleep=sleep,
-        )
-
-    return build
+    return lambda provider: build_runner(store, provider, clock, sleep)
 
 
 @pytest.fixture

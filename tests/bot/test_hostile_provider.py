@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,15 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.catalogue import Catalogue
 from bot.console import dialogue_table
-from bot.dialogue import DialogueRunner
 from bot.errors import InputError
 from bot.events import Ended
 from bot.models import NoteKind, StopReason, TurnStatus
-from bot.providers import Route, Router
 from bot.providers.openai_compat import OpenAICompatProvider
 from bot.retry import RetryPolicy
 from bot.store import Store
 from bot.transcript import render_json, render_markdown
-from tests.conftest import API_KEY, RecordingSleep, SteppingClock, make_spec
+from tests.conftest import API_KEY, RecordingSleep, SteppingClock, build_runner, make_spec
 from tests.fake_openrouter import FakeOpenRouter, Reply
 
 COSTS = st.sampled_from(
@@ -75,7 +71,10 @@ async def _attack(folder: Path, script: list[Reply], rounds: int, rise: bool) ->
         server.models = copy.deepcopy(server.models)
         server.enqueue(*script)
         async with Store.open(folder / "v.db") as store:
-            runner = _runner(store, OpenAICompatProvider(http, server.base_url, API_KEY))
+            provider = OpenAICompatProvider(http, server.base_url, API_KEY)
+            runner = build_runner(
+                store, provider, SteppingClock(), RecordingSleep(), Decimal(1), RetryPolicy(attempts=2)
+            )
             try:
                 dialogue = await runner.create(make_spec(rounds=rounds, budget=str(budget), max_tokens=100))
             except InputError:
@@ -107,17 +106,3 @@ async def _attack(folder: Path, script: list[Reply], rounds: int, rise: bool) ->
         turn.reasoning.encode()
         assert turn.status is not TurnStatus.OK or turn.text.strip()
     assert "\x1b" not in markdown
-
-
-def _runner(store: Store, provider: OpenAICompatProvider) -> DialogueRunner:
-    clock = SteppingClock()
-    catalogue = Catalogue(provider, store, timedelta(hours=1), clock)
-    return DialogueRunner(
-        store,
-        Router(Route(provider, catalogue)),
-        clock,
-        max_rounds=50,
-        max_budget=Decimal(1),
-        retry=RetryPolicy(attempts=2),
-        sleep=RecordingSleep(),
-    )

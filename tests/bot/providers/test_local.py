@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 
 from bot.catalogue import Catalogue
+from bot.dialogue import DialogueRunner
 from bot.control import Control
 from bot.errors import InputError
 from bot.events import Delta
@@ -37,16 +39,15 @@ def shared_models() -> LocalModels:
 
 
 @pytest.fixture
-def local_runner(make_runner, store, clock, shared_models):
+def local_runner(store, clock, sleep, shared_models):
     """A runner whose default provider is scripted and whose local: models are real."""
 
     def build():
         default = ScriptedProvider([])
         route = Route(default, Catalogue(default, store, timedelta(hours=1), clock))
         local = Route(LocalProvider(shared_models), LocalCatalogue(shared_models))
-        runner = make_runner(default)
-        runner.router = Router(route, local=local)
-        return runner
+        router = Router(route, local=local)
+        return DialogueRunner(store, router, clock, max_rounds=50, max_budget=Decimal(10), sleep=sleep)
 
     return build
 

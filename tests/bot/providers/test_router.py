@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 
 from bot.catalogue import Catalogue
+from bot.dialogue import DialogueRunner
 from bot.errors import InputError
 from bot.models import Persona
 from bot.providers import Route, Router
@@ -20,13 +21,15 @@ LAB_MODELS = [{"id": "llama3.2", "object": "model", "owned_by": "library"}]  # w
 
 
 async def test_a_persona_on_a_named_server_is_served_there_with_its_key_and_prices(
-    make_runner, provider, store, clock, http, server
+    make_runner, provider, store, clock, sleep, http, server
 ):
     async with FakeOpenRouter(models=LAB_MODELS) as lab:
         lab_provider = OpenAICompatProvider(http, lab.base_url, "lab-key")
-        runner = make_runner(provider)
         lab_route = Route(lab_provider, Catalogue(lab_provider, store, timedelta(hours=1), clock))
-        runner.router = Router(runner.router.default, {"lab": lab_route})
+        default = make_runner(provider).router.default
+        runner = DialogueRunner(
+            store, Router(default, {"lab": lab_route}), clock, max_rounds=50, max_budget=Decimal(10), sleep=sleep
+        )
         spec = make_spec(OPUS, GLM, rounds=1)
         local = Persona(
             "Llama",

@@ -1,0 +1,240 @@
+"""One model's turn: its call streamed, retried when the network fails or the reply comes back
+empty, billed (bot/billing.py says what), and committed with its bill's notes in one transaction.
+
+The runner decides who speaks and when to stop; this plays the turn it was given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import datetime
+from decimal import Decimal
+
+from bot.billing import Bill, Charge, charge, charge_lost
+from bot.budget import Budget, Reservation, cache_saving, format_usd, worst_case_cost
+from bot.call import Attempt, stream_call, wait_or_stop
+from bot.control import Control
+from bot.events import Event, Noted, TurnRestarted
+from bot.models import Dialogue, Note, NoteKind, StopReason, Turn, TurnStatus
+from bot.plan import Stop, Tuning, TurnPlan
+from bot.prompts import cache_breakpoints
+from bot.providers import Router
+from bot.providers.base import ChatRequest
+from bot.retry import RetryPolicy
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+# An empty reply is retried once with this much more room, since reasoning usually ate it all.
+EMPTY_RETRY_FACTOR = 2
+
+
+class TurnPlayer:
+    """Play a model's turn: stream, retry, bill and commit it."""
+
+    def __init__(
+        self,
+        store: Store,
+        router: Router,
+        retry: RetryPolicy,
+        sleep: Callable[[float], Awaitable[None]],
+        clock: Callable[[], datetime],
+        tuning: Tuning,
+    ):
+        self.store = store
+        self.router = router
+        self._retry = retry
+        self._sleep = sleep
+        self._clock = clock
+        self.tuning = tuning
+
+    async def play(
+        self,
+        dialogue: Dialogue,
+        plan: TurnPlan,
+        reservation: Reservation,
+        budget: Budget,
+        control: Control,
+        deadline: float | None,
+    ) -> AsyncIterator[Event | Turn | Stop]:
+        """Stream one turn with its retries and commit it; yield its events, the Turn, maybe a Stop.
+
+        Network failures are retried on the same reservation (an error is not billed). An empty
+        reply is billed, then retried once with more room under a new reservation.
+        """
+        plan.started_at = self._clock()
+        await self.store.begin_call(dialogue.id, plan.seq, reservation.amount, plan.started_at)
+        bill = Bill()
+        attempts, seconds, max_tokens, empty_retried = 0, 0.0, plan.max_tokens, False
+        stop: Stop | None = None
+        while True:
+            attempts += 1
+            attempt = Attempt()
+            provider = self.router.route(plan.persona).provider
+            request = self._request(dialogue, plan, max_tokens)
+            noted = False
+            async for delta in stream_call(provider, request, plan.seq, attempt, control, deadline):
+                if attempt.generation_id and not noted:
+                    # Kept at once: should this process die now, the call's cost can still be asked.
+                    await self.store.note_generation(dialogue.id, plan.seq, attempt.generation_id)
+                    noted = True
+                yield delta
+            seconds += attempt.seconds
+            if attempt.error is not None:
+                delay = self._retry.delay(attempt.error, attempts)
+                if delay is not None:
+                    yield TurnRestarted(plan.seq, attempts + 1, str(attempt.error), delay)
+                    if not await wait_or_stop(self._sleep, delay, control):
+                        continue
+                    attempt.interrupted = control.reason
+                elif not empty_retried:
+                    budget.release(reservation)
+                    await self.store.cancel_call(dialogue.id, plan.seq)
+                    yield Stop(StopReason.PROVIDER_ERROR, str(attempt.error))
+                    return
+                else:  # the empty first reply was billed: keep it on record
+                    budget.release(reservation)
+                    status, stop = (
+                        TurnStatus.EMPTY,
+                        Stop(StopReason.PROVIDER_ERROR, str(attempt.error)),
+                    )
+                    break
+            charged = await self._charge(provider, plan, attempt, reservation.amount)
+            budget.settle(reservation, charged.cost)
+            bill.add(charged, reservation.amount)
+            if attempt.interrupted is not None:
+                status, stop = (
+                    TurnStatus.CANCELLED,
+                    Stop(attempt.interrupted, control.detail or "the reply was cut off"),
+                )
+                break
+            if "".join(attempt.text).strip():
+                status = TurnStatus.OK
+                break
+            bigger = _grow(max_tokens, plan)
+            retry = (
+                None
+                if empty_retried
+                else budget.reserve(worst_case_cost(plan.model.pricing, plan.prompt_estimate, bigger))
+            )
+            if retry is None:
+                finish = attempt.completion.finish_reason if attempt.completion else None
+                detail = f"{plan.persona.name} replied with no text (finish_reason={finish})"
+                if not empty_retried:
+                    detail += "; the budget left no room to retry"
+                status, stop = TurnStatus.EMPTY, Stop(StopReason.EMPTY_REPLY, detail)
+                break
+            reservation, max_tokens, empty_retried = retry, bigger, True
+            # The first reply is billed but not yet committed: the in-flight record covers both.
+            await self.store.begin_call(dialogue.id, plan.seq, bill.cost + retry.amount, self._clock())
+            yield TurnRestarted(plan.seq, attempts + 1, "the reply was empty", 0.0)
+        turn = self._turn(dialogue, plan, status, attempt, bill, attempts, seconds)
+        notes = [Note(dialogue.id, plan.seq + 1, NoteKind.BILLING, p, self._clock()) for p in bill.problems]
+        await self.store.add_turn(turn, notes)
+        yield turn
+        for note in await self.store.list_notes(dialogue.id) if notes else ():
+            if note.kind is NoteKind.BILLING and note.before_seq == plan.seq + 1:
+                yield Noted(note)
+        if bill.over is not None:
+            # The provider billed above the prices Voices knew: learn the new ones before the next
+            # reservation, and stop at once if the budget is spent.
+            await self.router.refresh(plan.persona)
+            # Overspending is the news, more than a reply that came back empty or failed with it.
+            quiet = stop is None or stop.reason in (StopReason.EMPTY_REPLY, StopReason.PROVIDER_ERROR)
+            if quiet and budget.remaining <= 0:
+                stop = Stop(StopReason.BUDGET, _over_detail(bill.over, budget))
+        if stop is not None:
+            yield stop
+
+    async def _charge(self, provider: object, plan: TurnPlan, attempt: Attempt, reserved: Decimal) -> Charge:
+        """Return what one attempt is charged: from its usage, or, when it has none it can be billed
+        by (cut off, or a provider that reported none or nonsense), from the provider's record of the
+        call, or else its reservation, so the cap still holds."""
+        completion = attempt.completion
+        if attempt.interrupted is None and completion is not None:
+            charged = charge(completion.usage, plan.model.pricing, reserved)
+            if charged.source != "reserved":
+                return charged
+            generation_id = completion.generation_id or attempt.generation_id
+            lost = await charge_lost(provider, generation_id, reserved)
+            return replace(lost, rejected=charged.rejected)
+        return await charge_lost(provider, attempt.generation_id, reserved)
+
+    def _request(self, dialogue: Dialogue, plan: TurnPlan, max_tokens: int) -> ChatRequest:
+        return ChatRequest(
+            model=plan.model.id,
+            messages=plan.messages,
+            max_tokens=max_tokens,
+            temperature=plan.persona.temperature,
+            reasoning_effort=plan.persona.reasoning_effort,
+            # One session per speaker keeps its calls on one provider, which helps prompt caching.
+            session_id=f"voices-{dialogue.id}-{plan.seat}",
+            chat_format=plan.persona.chat_format,
+            speaker=plan.persona.name,
+            others=tuple(p.name for seat, p in enumerate(dialogue.participants) if seat != plan.seat),
+            cache_breakpoints=self._breakpoints(plan),
+        )
+
+    def _breakpoints(self, plan: TurnPlan) -> tuple[int, ...]:
+        if plan.persona.provider is not None or self.router.route(plan.persona) is not self.router.default:
+            return ()  # only OpenRouter takes cache_control parts; other servers may refuse them
+        if not plan.model.id.startswith(self.tuning.cache_breakpoint_models):
+            return ()  # models that cache on their own need only the sticky session_id
+        return cache_breakpoints(plan.messages)
+
+    def _turn(
+        self,
+        dialogue: Dialogue,
+        plan: TurnPlan,
+        status: TurnStatus,
+        attempt: Attempt,
+        bill: Bill,
+        attempts: int,
+        seconds: float,
+    ) -> Turn:
+        completion = attempt.completion
+        assert plan.started_at is not None
+        return Turn(
+            dialogue_id=dialogue.id,
+            seq=plan.seq,
+            round=plan.round,
+            seat=plan.seat,
+            speaker=plan.persona.name,
+            status=status,
+            text="".join(attempt.text),
+            reasoning="".join(attempt.reasoning),
+            usage=bill.usage,
+            cost_usd=bill.cost,
+            cost_source=bill.source,
+            model_used=completion.model if completion else plan.model.id,
+            finish_reason=completion.finish_reason if completion else None,
+            latency_ms=round(seconds * 1000),
+            attempts=attempts,
+            started_at=plan.started_at,
+            ended_at=self._clock(),
+            generation_id=completion.generation_id if completion else attempt.generation_id,
+            provider=completion.provider if completion else None,
+            cache_saving_usd=cache_saving(bill.usage, plan.model.pricing),
+        )
+
+
+
+def _grow(max_tokens: int, plan: TurnPlan) -> int:
+    """Return the room for an empty reply's retry: twice as much, within the model's limits."""
+    bigger = max_tokens * EMPTY_RETRY_FACTOR
+    if plan.model.max_completion_tokens:
+        bigger = min(bigger, plan.model.max_completion_tokens)
+    if plan.model.context_length:
+        bigger = min(bigger, plan.model.context_length - plan.prompt_estimate)
+    return max(bigger, max_tokens)
+
+
+
+def _over_detail(over: tuple[Decimal, Decimal], budget: Budget) -> str:
+    billed, reserved = over
+    return (
+        f"the provider billed {format_usd(billed)} for a call whose worst case at its published prices "
+        f"was {format_usd(reserved)}; {format_usd(budget.spent)} of {format_usd(budget.limit)} spent"
+    )
