@@ -85,6 +85,8 @@ def test_no_input_gives_a_traceback(tmp_path: Path, argv: list[str], environment
     if not os.environ["VOICES_PERSONAS_FILE"]:
         del os.environ["VOICES_PERSONAS_FILE"]
     out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(tmp_path)  # a relative --out ("", "3") writes here, not into the checkout
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -92,6 +94,7 @@ def test_no_input_gives_a_traceback(tmp_path: Path, argv: list[str], environment
             except SystemExit as exit_:  # argparse's own exit
                 code = int(exit_.code or 0)
     finally:
+        os.chdir(here)
         os.environ.clear()
         os.environ.update(saved)
         root.handlers[:], root.level = handlers, level  # main() set up logging for a process
