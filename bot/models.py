@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal
 from enum import StrEnum
 
 
@@ -226,6 +226,14 @@ class Dialogue:
     children: tuple[int, ...] = ()
 
 
+def plain(amount: Decimal) -> str:
+    """Return an amount in plain decimal notation, no exponent and no trailing zeros ("0", not "0E-9"):
+    the form money takes in the store and the transcripts, which every reader of decimals parses."""
+    wide = Context(prec=60)  # normalize rounds to the context's precision; money must not be rounded
+    text = format(amount.normalize(wide), "f")
+    return "0" if text in ("-0", "0") else text
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts and cost of one model call, as the provider reported them.
@@ -298,8 +306,8 @@ class Turn:
             "reasoning_tokens": self.usage.reasoning_tokens,
             "cached_tokens": self.usage.cached_tokens,
             "cache_write_tokens": self.usage.cache_write_tokens,
-            "cost_usd": str(self.cost_usd),
-            "cache_saving_usd": str(self.cache_saving_usd),
+            "cost_usd": plain(self.cost_usd),
+            "cache_saving_usd": plain(self.cache_saving_usd),
             "cost_source": self.cost_source,
             "model_used": self.model_used,
             "provider": self.provider,
@@ -401,6 +409,6 @@ class Note:
             "model": self.model,
             "prompt_tokens": self.usage.prompt_tokens,
             "completion_tokens": self.usage.completion_tokens,
-            "cost_usd": str(self.cost_usd),
+            "cost_usd": plain(self.cost_usd),
             "created_at": self.created_at.isoformat(),
         }

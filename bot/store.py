@@ -42,6 +42,7 @@ from bot.models import (
     Turn,
     TurnStatus,
     Usage,
+    plain,
 )
 
 
@@ -50,7 +51,7 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def _money(amount: Decimal | None) -> str | None:
-    return str(amount) if amount is not None else None
+    return plain(amount) if amount is not None else None
 
 
 def utc_now() -> datetime:
@@ -212,7 +213,7 @@ class Store:
                     "origin": spec.origin,
                     "opening": spec.opening,
                     "max_rounds": limits.max_rounds,
-                    "budget": str(limits.budget_usd),
+                    "budget": plain(limits.budget_usd),
                     "max_total_tokens": limits.max_total_tokens,
                     "max_seconds": limits.max_seconds,
                     "created_at": _iso(now),
@@ -416,7 +417,7 @@ class Store:
             await conn.execute(
                 "INSERT OR REPLACE INTO calls_in_flight (dialogue_id, seq, reserved_usd, started_at) "
                 "VALUES (?, ?, ?, ?)",
-                (dialogue_id, seq, str(reserved), _iso(now)),
+                (dialogue_id, seq, plain(reserved), _iso(now)),
             )
 
     async def note_generation(self, dialogue_id: int, seq: int, generation_id: str) -> None:
@@ -457,7 +458,7 @@ class Store:
             spent = await self._spent(conn, dialogue_id)
             await conn.execute(
                 "UPDATE dialogues SET spent_usd = ?, interrupted_calls = interrupted_calls + ? WHERE id = ?",
-                (str(spent + total), len(amounts), dialogue_id),
+                (plain(spent + total), len(amounts), dialogue_id),
             )
             await conn.execute("DELETE FROM calls_in_flight WHERE dialogue_id = ?", (dialogue_id,))
         return total
@@ -497,7 +498,7 @@ class Store:
                    completion_tokens = completion_tokens + ?, reasoning_tokens = reasoning_tokens + ?
                WHERE id = ?""",
             (
-                str(spent + cost),
+                plain(spent + cost),
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 usage.reasoning_tokens,
@@ -670,10 +671,10 @@ class Store:
                         m.name,
                         m.context_length,
                         m.max_completion_tokens,
-                        str(m.pricing.prompt),
-                        str(m.pricing.completion),
-                        str(m.pricing.request),
-                        str(m.pricing.internal_reasoning),
+                        plain(m.pricing.prompt),
+                        plain(m.pricing.completion),
+                        plain(m.pricing.request),
+                        plain(m.pricing.internal_reasoning),
                         _money(m.pricing.cache_read),
                         _money(m.pricing.cache_write),
                     )

@@ -14,7 +14,7 @@ from typing import Any
 
 from bot.budget import format_usd
 from bot.markdown import escape_block
-from bot.models import Dialogue, LineageKind, Note, NoteKind, Turn, TurnStatus
+from bot.models import Dialogue, LineageKind, Note, NoteKind, Turn, TurnStatus, plain
 
 # 2: prompt-cache tokens and savings, the context and loop policies, notes between turns (compactions,
 # loops, interjections, memories), human seats, and continuations and forks (parent, children).
@@ -246,7 +246,7 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]
             "opening": dialogue.opening,
             "limits": {
                 "max_rounds": limits.max_rounds,
-                "budget_usd": str(limits.budget_usd),
+                "budget_usd": plain(limits.budget_usd),
                 "max_total_tokens": limits.max_total_tokens,
                 "max_seconds": limits.max_seconds,
             },
@@ -279,14 +279,14 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]
         "turns": [_turn_json(t) for t in turns],
         "notes": [n.record() for n in notes],
         "totals": {
-            "spent_usd": str(totals.spent_usd),
+            "spent_usd": plain(totals.spent_usd),
             "prompt_tokens": totals.prompt_tokens,
             "completion_tokens": totals.completion_tokens,
             "reasoning_tokens": totals.reasoning_tokens,
             "interrupted_calls": totals.interrupted_calls,
             "cached_tokens": cached,
             "cache_write_tokens": written,
-            "cache_saving_usd": str(saved),
+            "cache_saving_usd": plain(saved),
             "rounds_completed": _rounds_completed(dialogue, turns),
             "turns": len(turns),
         },

@@ -182,6 +182,9 @@ def _request_body(request: ChatRequest) -> dict[str, Any]:
         "stream": True,
         # Deprecated and without effect on OpenRouter today, but older deployments need it to send cost.
         "usage": {"include": True},
+        # OpenAI's API and many compatible servers stream usage only when asked this way;
+        # OpenRouter accepts it beside its own field (shared/reference/openrouter-api.md).
+        "stream_options": {"include_usage": True},
     }
     if request.temperature is not None:
         body["temperature"] = request.temperature

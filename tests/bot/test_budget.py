@@ -10,6 +10,7 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +26,7 @@ from bot.catalogue import Catalogue
 from bot.dialogue import DialogueRunner
 from bot.errors import InputError, ServerError
 from bot.events import Ended
-from bot.models import ContextPolicy, ModelInfo, Pricing, Usage
+from bot.models import ContextPolicy, ModelInfo, Pricing, Usage, plain
 from bot.providers import Route, Router
 from bot.providers.base import ChatRequest
 from bot.providers.scripted import ScriptedProvider, ScriptedReply
@@ -230,3 +231,20 @@ def test_spending_never_passes_the_budget(tmp_path_factory, scenario, data):
             assert final.dialogue.totals.spent_usd == recorded
 
     asyncio.run(scenario_run())
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [
+        ("0E-9", "0"),
+        ("0.000000000", "0"),
+        ("-0", "0"),
+        ("0.0000000012", "0.0000000012"),
+        ("1.50", "1.5"),
+        ("1E+6", "1000000"),
+        ("123456789012345678901234567890.123456789", "123456789012345678901234567890.123456789"),
+    ],
+)
+def test_money_is_written_in_plain_decimal_notation(amount, text):
+    """A stored or exported amount never has an exponent ("0E-9" broke readers of JSON decimals)."""
+    assert plain(Decimal(amount)) == text

@@ -59,6 +59,8 @@ async def test_request_carries_model_messages_limits_and_key(provider, server):
     assert body["temperature"] == 0.7
     assert body["reasoning"] == {"effort": "low"}
     assert body["session_id"] == "voices-1-0"
+    # Usage is asked for both ways: OpenRouter's field, and the one OpenAI-compatible servers read.
+    assert body["usage"] == {"include": True} and body["stream_options"] == {"include_usage": True}
 
 
 async def test_stream_yields_reasoning_then_text_and_usage_with_exact_cost(provider, server):
