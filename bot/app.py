@@ -86,7 +86,13 @@ async def open_app(config: EngineConfig) -> AsyncIterator[App]:
         catalogue = Catalogue(provider, store, ttl, utc_now)
         named = {}
         for spec in config.providers:
-            server = OpenAICompatProvider(http, spec.base_url, spec.api_key)
+            server = OpenAICompatProvider(
+                http,
+                spec.base_url,
+                spec.api_key,
+                generation_lookups=False,
+                key_setting=f"the api_key of [providers.{spec.name}] in the personas file",
+            )
             named[spec.name] = Route(server, Catalogue(server, store, ttl, utc_now))
         local = LocalModels()
         router = Router(Route(provider, catalogue), named, Route(LocalProvider(local), LocalCatalogue(local)))

@@ -8,12 +8,14 @@ for the dialogue (a bill above its reservation stops it once the budget is spent
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_CEILING, Decimal
 
 from bot.budget import QUANTUM, format_usd, prompt_cost
 from bot.models import Pricing, Usage
-from bot.providers.base import CostLookup
+from bot.providers.base import CostLookup, TokenCounter
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class Charge:
     rejected: str | None = None
     #: The charge passed the call's reservation: the provider billed above the prices Voices knew.
     over: bool = False
+    #: How the tokens were counted, when the provider reported none.
+    counted: str = ""
 
 
 def charge(usage: Usage | None, pricing: Pricing, reserved: Decimal) -> Charge:
@@ -101,6 +105,24 @@ async def charge_lost(provider: object, generation_id: str | None, reserved: Dec
     return Charge(Usage(), reserved, "reserved")
 
 
+# What a byte-level estimate assumes when a server can neither report nor count its tokens.
+BYTES_PER_TOKEN = 4
+
+
+async def count_usage(provider: object, messages: Sequence[dict[str, str]], reply: str) -> tuple[Usage, str]:
+    """Return the tokens of a call whose provider reported no usage, marked estimated, and how they
+    were counted: by the server's own tokenizer where it has one, else from the bytes."""
+    prompt = "\n".join(m["content"] for m in messages)
+    if isinstance(provider, TokenCounter):
+        asked = await provider.count_tokens(prompt)
+        answered = await provider.count_tokens(reply) if reply else 0
+        if asked is not None and answered is not None:
+            return Usage(asked, answered, estimated=True), "by the server's tokenizer"
+    bytes_in, bytes_out = len(prompt.encode()), len(reply.encode())
+    usage = Usage(math.ceil(bytes_in / BYTES_PER_TOKEN), math.ceil(bytes_out / BYTES_PER_TOKEN), estimated=True)
+    return usage, f"from the text's bytes (about {BYTES_PER_TOKEN} to a token)"
+
+
 def _with_over(bill: Charge, reserved: Decimal) -> Charge:
     if bill.cost <= reserved:
         return bill
@@ -126,12 +148,15 @@ class Bill:
     problems: list[str] = field(default_factory=list)
     #: (billed, reserved) of a call billed above its reservation, if any was.
     over: tuple[Decimal, Decimal] | None = None
+    #: How the tokens were counted, when the provider reported none.
+    counted: str = ""
 
     def add(self, bill: Charge, reserved: Decimal) -> None:
         """Add one call's charge to the turn's."""
         self.usage = self.usage + bill.usage
         self.cost += bill.cost
         self.source = max(self.source, bill.source, key=SOURCES.index)
+        self.counted = bill.counted or self.counted
         if bill.rejected:
             self.problems.append(f"{bill.rejected}; charged {format_usd(bill.cost)} ({bill.source})")
         if bill.over:

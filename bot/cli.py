@@ -27,10 +27,21 @@ from bot.app import App, EngineConfig, check_personas, open_app
 from bot.budget import parse_usd
 from bot.console import DialogueView, dialogue_table, model_table
 from bot.control import Control
-from bot.errors import InputError
+from bot.catalogue import Catalogue
+from bot.errors import InputError, ProviderError
 from bot.events import AwaitingHuman, Ended
 from bot.lineage import continue_dialogue, fork
-from bot.models import HUMAN, ContextPolicy, Dialogue, DialogueSpec, Limits, LoopAction, Persona, Status
+from bot.models import (
+    HUMAN,
+    ContextPolicy,
+    Dialogue,
+    DialogueSpec,
+    Limits,
+    LoopAction,
+    ModelInfo,
+    Persona,
+    Status,
+)
 from bot.personas import load_personas, resolve_participants
 from bot.providers import local
 from bot.providers.local import is_local, local_available
@@ -241,12 +252,33 @@ async def dispatch(
             async with open_app(config) as app:
                 if args.refresh:
                     await app.catalogue.models(refresh=True)
-                found = await app.catalogue.search(args.search)
+                found = [("openrouter", m) for m in await app.catalogue.search(args.search)]
+                named, silent = await search_named(app, args.search, args.refresh)
+            found += named
             if local_available() and args.search.lower() in local.DEFAULT:
-                found.append(local.info(local.DEFAULT))  # the free model this install carries
+                found.append(("local", local.info(local.DEFAULT)))  # the free model this install carries
             console.print(model_table(found))
             console.print(f"{len(found)} models", style="dim")
+            for line in silent:
+                console.print(line, style="yellow", markup=False)
     return 0
+
+
+async def search_named(app: App, search: str, refresh: bool) -> tuple[list[tuple[str, ModelInfo]], list[str]]:
+    """Return the models of the persona library's servers that match, by server, and a line for each
+    server that did not answer (one down server must not hide the others)."""
+    found: list[tuple[str, ModelInfo]] = []
+    silent = []
+    for name, route in app.runner.router.named.items():
+        if not isinstance(route.catalogue, Catalogue):
+            continue
+        try:
+            if refresh:
+                await route.catalogue.models(refresh=True)
+            found += [(name, m) for m in await route.catalogue.search(search)]
+        except ProviderError as exc:
+            silent.append(f"{name}: no model list ({exc})")
+    return found, silent
 
 
 async def run_dialogue(

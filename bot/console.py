@@ -153,15 +153,16 @@ def dialogue_table(dialogues: Sequence[Dialogue]) -> Table:
     return table
 
 
-def model_table(models: Sequence[ModelInfo]) -> Table:
-    """Return a table of models with context length and prices per million tokens (a cached prompt
-    token's too, where the model has one)."""
-    table = Table("model", "context", "max reply", "$/M prompt", "$/M completion", "$/M cached")
+def model_table(models: Sequence[tuple[str, ModelInfo]]) -> Table:
+    """Return a table of (provider, model) with context length and prices per million tokens (a
+    cached prompt token's too, where the model has one)."""
+    table = Table("model", "provider", "context", "max reply", "$/M prompt", "$/M completion", "$/M cached")
     million = 1_000_000
-    for m in sorted(models, key=lambda m: m.id):
+    for provider, m in sorted(models, key=lambda row: (row[0] != "openrouter", row[0], row[1].id)):
         cached = m.pricing.cache_read
         table.add_row(
             printable(m.id),
+            printable(provider),
             str(m.context_length or "?"),
             str(m.max_completion_tokens or "?"),
             f"{m.pricing.prompt * million:.4g}",

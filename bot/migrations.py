@@ -202,6 +202,13 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    (
+        "A server that reports no usage (llama.cpp's, among others): the turn's token counts were "
+        "estimated, and the transcripts mark them so.",
+        """
+        ALTER TABLE turns ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

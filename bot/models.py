@@ -248,6 +248,8 @@ class Usage:
     cost_usd: Decimal | None = None
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    #: The provider reported no usage: the token counts were estimated (a tokenizer, or bytes).
+    estimated: bool = False
 
     def __add__(self, other: Usage) -> Usage:
         cost = None
@@ -260,6 +262,7 @@ class Usage:
             cost,
             self.cached_tokens + other.cached_tokens,
             self.cache_write_tokens + other.cache_write_tokens,
+            self.estimated or other.estimated,
         )
 
 
@@ -306,6 +309,7 @@ class Turn:
             "reasoning_tokens": self.usage.reasoning_tokens,
             "cached_tokens": self.usage.cached_tokens,
             "cache_write_tokens": self.usage.cache_write_tokens,
+            "usage_estimated": self.usage.estimated,
             "cost_usd": plain(self.cost_usd),
             "cache_saving_usd": plain(self.cache_saving_usd),
             "cost_source": self.cost_source,
@@ -340,6 +344,12 @@ class Pricing:
     #: Prompt-cache prices; None when the model publishes none (its tokens then cost `prompt`).
     cache_read: Decimal | None = None
     cache_write: Decimal | None = None
+
+    @property
+    def is_free(self) -> bool:
+        """True when no token or request costs anything (a local server, a free model)."""
+        prices = (self.prompt, self.completion, self.request, self.internal_reasoning, self.cache_read, self.cache_write)
+        return not any(prices)
 
 
 @dataclass(frozen=True, slots=True)

@@ -538,6 +538,7 @@ class Store:
                     Decimal(r["cost_usd"]),
                     r["cached_tokens"],
                     r["cache_write_tokens"],
+                    bool(r["usage_estimated"]),
                 ),
                 cost_usd=Decimal(r["cost_usd"]),
                 cost_source=r["cost_source"],

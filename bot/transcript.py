@@ -115,9 +115,10 @@ def _turn_block(turn: Turn, name: str) -> list[str]:
     cache = ""
     if usage.cached_tokens or usage.cache_write_tokens:
         cache = f", cached={usage.cached_tokens}, cache_write={usage.cache_write_tokens}"
+    about = "~" if usage.estimated else ""  # the server reported no usage: counted here instead
     lines += [
-        f"*[tokens: prompt={usage.prompt_tokens}{cache}, completion={usage.completion_tokens}, "
-        f"reasoning={usage.reasoning_tokens}, cost={format_usd(turn.cost_usd)}]*",
+        f"*[tokens: prompt={about}{usage.prompt_tokens}{cache}, completion={about}{usage.completion_tokens}, "
+        f"reasoning={about}{usage.reasoning_tokens}, cost={format_usd(turn.cost_usd)}]*",
         "",
     ]
     return lines

@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 
-from bot.billing import Bill, Charge, charge, charge_lost
+from bot.billing import Bill, Charge, charge, charge_lost, count_usage
 from bot.budget import Budget, Reservation, cache_saving, format_usd, worst_case_cost
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
@@ -101,7 +101,7 @@ class TurnPlayer:
                         Stop(StopReason.PROVIDER_ERROR, str(attempt.error)),
                     )
                     break
-            charged = await self._charge(provider, plan, attempt, reservation.amount)
+            charged = await self._charge(provider, plan, request, attempt, reservation.amount)
             budget.settle(reservation, charged.cost)
             bill.add(charged, reservation.amount)
             if attempt.interrupted is not None:
@@ -131,7 +131,10 @@ class TurnPlayer:
             await self.store.begin_call(dialogue.id, plan.seq, bill.cost + retry.amount, self._clock())
             yield TurnRestarted(plan.seq, attempts + 1, "the reply was empty", 0.0)
         turn = self._turn(dialogue, plan, status, attempt, bill, attempts, seconds)
-        notes = [Note(dialogue.id, plan.seq + 1, NoteKind.BILLING, p, self._clock()) for p in bill.problems]
+        problems = bill.problems + (
+            await self._unreported_note(dialogue, plan, bill.counted) if bill.usage.estimated else []
+        )
+        notes = [Note(dialogue.id, plan.seq + 1, NoteKind.BILLING, p, self._clock()) for p in problems]
         await self.store.add_turn(turn, notes)
         yield turn
         for note in await self.store.list_notes(dialogue.id) if notes else ():
@@ -148,19 +151,40 @@ class TurnPlayer:
         if stop is not None:
             yield stop
 
-    async def _charge(self, provider: object, plan: TurnPlan, attempt: Attempt, reserved: Decimal) -> Charge:
+    async def _charge(
+        self, provider: object, plan: TurnPlan, request: ChatRequest, attempt: Attempt, reserved: Decimal
+    ) -> Charge:
         """Return what one attempt is charged: from its usage, or, when it has none it can be billed
         by (cut off, or a provider that reported none or nonsense), from the provider's record of the
         call, or else its reservation, so the cap still holds."""
         completion = attempt.completion
-        if attempt.interrupted is None and completion is not None:
-            charged = charge(completion.usage, plan.model.pricing, reserved)
-            if charged.source != "reserved":
-                return charged
-            generation_id = completion.generation_id or attempt.generation_id
+        if attempt.interrupted is not None or completion is None:
+            return await charge_lost(provider, attempt.generation_id, reserved)
+        generation_id = completion.generation_id or attempt.generation_id
+        if completion.usage is None:
+            # Reported nothing (llama.cpp's server, for one): the provider's record of the call
+            # where it keeps one, else the worst case; the tokens are counted here, marked ~.
             lost = await charge_lost(provider, generation_id, reserved)
-            return replace(lost, rejected=charged.rejected)
-        return await charge_lost(provider, attempt.generation_id, reserved)
+            reply = "".join(attempt.text) + "".join(attempt.reasoning)
+            usage, counted = await count_usage(provider, request.messages, reply)
+            return replace(lost, usage=usage, source=lost.source if reserved else "computed", counted=counted)
+        charged = charge(completion.usage, plan.model.pricing, reserved)
+        if charged.source != "reserved":
+            return charged
+        lost = await charge_lost(provider, generation_id, reserved)
+        return replace(lost, rejected=charged.rejected)
+
+    async def _unreported_note(self, dialogue: Dialogue, plan: TurnPlan, counted: str) -> list[str]:
+        """Say once per dialogue and speaker why its tokens carry a ~ and its cost is an upper bound."""
+        opening = f"{plan.persona.name}'s server reports no token usage"
+        if any(n.kind is NoteKind.BILLING and n.text.startswith(opening) for n in await self.store.list_notes(dialogue.id)):
+            return []
+        if plan.model.pricing.is_free:
+            return [f"{opening}: its tokens are counted {counted} and marked ~; it costs nothing"]
+        return [
+            f"{opening}: its tokens are counted {counted} and marked ~, and each of its calls is "
+            "charged its worst case at the prices set for it, so the cost shown is an upper bound"
+        ]
 
     def _request(self, dialogue: Dialogue, plan: TurnPlan, max_tokens: int) -> ChatRequest:
         return ChatRequest(

@@ -591,3 +591,20 @@ async def test_a_second_process_on_a_running_dialogue_is_refused_naming_the_hold
     assert len(slow.chat_requests) == 6  # no call of the second process's
     (spent,) = db_rows(env, "SELECT spent_usd FROM dialogues")[0]
     assert Decimal(spent) == reported
+
+
+async def test_models_lists_the_named_servers_too_and_says_which_one_did_not_answer(env, tmp_path):
+    lab_models = [{"id": "llama3.2", "object": "model", "owned_by": "library"}]
+    async with FakeOpenRouter(models=lab_models) as lab:
+        (tmp_path / "personas.toml").write_text(
+            f'[providers.lab]\nbase_url = "{lab.base_url}"\n\n'
+            '[providers.down]\nbase_url = "http://127.0.0.1:9/v1"\n\n'
+            '[llama]\nmodel = "llama3.2"\nprovider = "lab"\n'
+        )
+        env["VOICES_PERSONAS_FILE"] = str(tmp_path / "personas.toml")
+        env["VOICES_CONNECT_TIMEOUT"] = "2"
+        result = await voices(env, tmp_path, "models")
+    assert result.code == 0, result.err
+    rows = {line.split("│")[1].strip(): line for line in result.out.splitlines() if line.count("│") > 3}
+    assert "lab" in rows["llama3.2"] and "openrouter" in rows["z-ai/glm-5"]
+    assert "down: no model list (cannot reach http://127.0.0.1:9/v1" in result.out

@@ -50,6 +50,11 @@ class Router:
         self._named = dict(named or {})
         self._local = local
 
+    @property
+    def named(self) -> dict[str, Route]:
+        """Return the OpenAI-compatible servers of the persona library, by name."""
+        return dict(self._named)
+
     def route(self, persona: Persona) -> Route:
         """Return the route that serves this persona, or raise InputError naming what is missing."""
         if is_local(persona.model):

@@ -86,3 +86,12 @@ class CostLookup(Protocol):
     async def generation_cost(self, generation_id: str) -> Decimal | None:
         """Return what the call cost, or None if the provider cannot say (yet)."""
         ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """A provider that can count tokens as its model does (a server's tokenize endpoint)."""
+
+    async def count_tokens(self, text: str) -> int | None:
+        """Return how many tokens the text makes, or None if the provider cannot say."""
+        ...

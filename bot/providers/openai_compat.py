@@ -42,10 +42,27 @@ class OpenAICompatProvider:
     #: Seconds between asks for a generation's record, which appears a moment after the call ends.
     LOOKUP_WAITS: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5)
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str | None):
+    #: Tokenize endpoints of servers that report no usage: llama-cpp-python's, then llama.cpp's own.
+    TOKENIZERS: tuple[tuple[str, str], ...] = (("/extras/tokenize", "input"), ("/tokenize", "content"))
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        api_key: str | None,
+        generation_lookups: bool = True,
+        key_setting: str = "OPENROUTER_API_KEY",
+    ):
+        """`generation_lookups`: the server keeps OpenRouter's `GET /generation` records (others
+        answer 404, which would cost a cut-off call three seconds of asking). `key_setting` names
+        where its key is set, for the line that says it was rejected."""
+        self._key_setting = key_setting
         self.source = base_url.rstrip("/")
         self._http = http
         self._api_key = api_key
+        self._lookups = generation_lookups
+        #: The tokenize endpoint that answered (None: not tried yet; "": none does).
+        self._tokenizer: tuple[str, str] | str | None = None
         self._mask = Masker([api_key] if api_key else [])
 
     def _headers(self) -> dict[str, str]:
@@ -124,7 +141,7 @@ class OpenAICompatProvider:
         status = response.status_code
         detail = self._scrub(_error_message(response))
         retry_after = _retry_after(response.headers.get("retry-after"))
-        return _error_for_status(status, detail, retry_after)
+        return _error_for_status(status, detail, retry_after, self._key_setting)
 
     def _stream_error(self, error: Any) -> ProviderError:
         error = error if isinstance(error, dict) else {"message": str(error)}
@@ -132,7 +149,7 @@ class OpenAICompatProvider:
         code = error.get("code")
         status = code if isinstance(code, int) else None
         if status is not None and 400 <= status < 600:
-            return _error_for_status(status, message, None)
+            return _error_for_status(status, message, None, self._key_setting)
         return ServerError(f"the model failed mid-reply: {message}")
 
     async def generation_cost(self, generation_id: str) -> Decimal | None:
@@ -141,6 +158,8 @@ class OpenAICompatProvider:
         The record often appears a moment after the call ends (a 404 until then), so it is asked
         for a few times, a little longer apart each time, for about three seconds in all.
         """
+        if not self._lookups:
+            return None
         url = f"{self.source}/generation"
         for wait in (*self.LOOKUP_WAITS, None):
             try:
@@ -156,6 +175,24 @@ class OpenAICompatProvider:
             if response.status_code != 404 or wait is None:
                 return None
             await asyncio.sleep(wait)
+        return None
+
+    async def count_tokens(self, text: str) -> int | None:
+        """Return the tokens `text` makes on this server, from its tokenize endpoint, if it has one."""
+        if self._tokenizer == "":
+            return None
+        root = self.source.removesuffix("/v1")
+        candidates = [self._tokenizer] if isinstance(self._tokenizer, tuple) else list(self.TOKENIZERS)
+        for path, field in candidates:
+            try:
+                response = await self._http.post(f"{root}{path}", json={field: text}, headers=self._headers())
+                tokens = response.json()["tokens"] if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                tokens = None
+            if isinstance(tokens, list):
+                self._tokenizer = (path, field)
+                return len(tokens)
+        self._tokenizer = ""
         return None
 
     async def list_models(self) -> list[ModelInfo]:
@@ -342,12 +379,14 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
-def _error_for_status(status: int, detail: str, retry_after: float | None) -> ProviderError:
+def _error_for_status(
+    status: int, detail: str, retry_after: float | None, key_setting: str = "OPENROUTER_API_KEY"
+) -> ProviderError:
     kind: type[ProviderError]
     if status == 401:
         kind, text = (
             AuthError,
-            f"the API key was rejected (401: {detail}); check OPENROUTER_API_KEY",
+            f"the API key was rejected (401: {detail}); check {key_setting}",
         )
     elif status == 402:
         kind, text = (
