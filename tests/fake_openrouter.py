@@ -89,6 +89,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     usage: dict[str, Any] | None = None  # None: computed from the request and the catalogue
     send_usage: bool = True
+    #: Send usage in the chunk that carries finish_reason, not in a chunk of its own after it.
+    usage_with_last_choice: bool = False
     keepalives: int = 1
     drop_after_chunks: int | None = None
     #: Cut the connection after this many bytes of the response (head included), wherever that falls.
@@ -327,11 +329,13 @@ class FakeOpenRouter:
             )
             await _end(writer)
             return True
-        await _event(
-            writer,
-            {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]},
-        )
-        if reply.send_usage:
+        last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]}
+        if reply.send_usage and reply.usage_with_last_choice:  # as some servers do
+            last["usage"] = reply.usage or self._usage(request, reply)
+            await _chunk(writer, "data: " + _usage_json(last) + "\n\n")
+        else:
+            await _event(writer, last)
+        if reply.send_usage and not reply.usage_with_last_choice:
             usage = reply.usage or self._usage(request, reply)
             await _chunk(writer, "data: " + _usage_json({**base, "choices": [], "usage": usage}) + "\n\n")
         if reply.send_done:

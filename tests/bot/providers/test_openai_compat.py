@@ -220,3 +220,13 @@ async def test_catalogue_at_a_wrong_url_says_so(http, server):
     provider = OpenAICompatProvider(http, server.base_url + "/nothing-here", API_KEY)
     with pytest.raises(BadRequest):
         await provider.list_models()
+
+
+@pytest.mark.parametrize("with_last_choice", [False, True])
+async def test_usage_is_read_wherever_the_server_puts_it(provider, server, with_last_choice):
+    """In a chunk of its own with empty choices (OpenRouter, OpenAI), or in the last choice chunk."""
+    server.enqueue(Reply(text="two words", usage_with_last_choice=with_last_choice))
+    events = [e async for e in provider.stream(REQUEST)]
+    completion = events[-1]
+    assert isinstance(completion, Completion) and completion.usage is not None
+    assert completion.usage.completion_tokens == 2 and completion.usage.cost_usd == server.reported_costs[-1]
