@@ -14,6 +14,7 @@ from simcord._dpy_internals import real_monotonic
 from bot.models import Status, StopReason
 from bot.personas import load_personas
 from bot.providers.local import local_available
+from bot.store import Store
 from cogs import create_bot
 from cogs.relay import transcript_files
 from cogs.webhooks import WebhookPool
@@ -579,3 +580,27 @@ async def test_a_discord_answering_429_holds_neither_the_dialogue_nor_any_turns_
     assert [m.content for m in posts] == [t.text for t in turns]
     assert "Discord refused turn 1's text" in caplog.text  # the end of the turn was tried again
     assert not [m for m in world.thread().history() if "kept refusing" in m.content]
+
+
+async def test_a_restarted_bot_takes_a_dialogue_over_once_the_dead_process_lease_lapses(
+    world, tmp_path, server, caplog
+):
+    """The bot died holding the dialogue's lease (kill -9: nothing released it). The new bot finds it
+    held, waits for it to lapse, then carries the dialogue on, each turn posted once."""
+    hold_second_turn(world)
+    await start(world, rounds=2)
+    await world.crash()
+    async with Store.open(tmp_path / "voices.db") as dead:
+        await dead.take_lease(1, 1.0)  # what the dead process last renewed
+    fresh = create_bot(make_settings(tmp_path, server))
+    await world.env.restart_bot(fresh)
+    store = fresh.services.store
+    for _ in range(60):
+        await world.env.advance_time(1.0)
+        if (await store.get_dialogue(1)).status.is_final and not fresh.relays.is_running(1):
+            break
+    assert (await store.get_dialogue(1)).stop_reason is StopReason.MAX_ROUNDS
+    posts = persona_posts(world.thread())
+    assert [m.author.name for m in posts] == ["claude-opus-4.6", "glm-5"] * 2
+    assert len({m.content for m in posts}) == 4
+    assert "is being run by another process" in caplog.text and "trying again then" in caplog.text
