@@ -123,6 +123,9 @@ class Relay:
         self._speaker: str | None = None
         self._gone = False
         self._deferred: dict[int, asyncio.Task[None]] = {}
+        #: After Discord refused a streamed post: seconds to wait, and until when (relay.now()).
+        self._cool_down = 0.0
+        self._quiet_until = 0.0
         #: A model's reply is being written (a member's words are not welcome until it is done).
         self.speaking = False
         #: The message asking a member for their turn: this run's, or one a paused or crashed run left.
@@ -164,8 +167,17 @@ class Relay:
                 self._lost(exc)
             except discord.HTTPException as exc:
                 # discord.py already retried rate limits and 5xx; one post that still fails must not
-                # end the dialogue, and the transcript keeps the whole turn either way.
-                log.warning("dialogue %s: a post failed (%s); carrying on", self.room.dialogue_id, exc)
+                # end the dialogue, and the end of the turn is made to land (see _land). Until the
+                # cool-down is over, streamed pieces only gather: asking again at every piece would
+                # hammer a Discord that said no, and take the engine's event loop with it.
+                self._cool_down = min(max(self._cool_down * 2, 1.0), 30.0)
+                self._quiet_until = now() + self._cool_down
+                log.warning(
+                    "dialogue %s: a post failed (%s); streaming resumes in %.0f s",
+                    self.room.dialogue_id,
+                    exc,
+                    self._cool_down,
+                )
 
     def _lost(self, exc: discord.HTTPException) -> None:
         """The thread was deleted or locked: stop the dialogue with that reason, post nothing more."""
@@ -205,7 +217,9 @@ class Relay:
             case Delta(reasoning=False):
                 assert self._live is not None
                 self._live.text += event.text
-                await self._flush(force=False)
+                if now() >= self._quiet_until:
+                    await self._flush(force=False)
+                    self._cool_down = 0.0  # Discord took it: the next refusal starts again at 1 s
             case TurnRestarted():
                 await self._discard_live()
             case TurnFinished(turn=turn):
