@@ -48,7 +48,13 @@ async def storm(storm_seconds: float, rounds: int, words: int, tokens_per_second
                     asyncio.get_running_loop().call_later(storm_seconds, env.backend.faults.clear)
                     started = real_monotonic()
                     await alice.slash(
-                        channel, "voices start", a=MODELS[0], b=MODELS[1], opening="Go.", rounds=rounds, budget="5"
+                        channel,
+                        "voices start",
+                        a=MODELS[0],
+                        b=MODELS[1],
+                        opening="Go.",
+                        rounds=rounds,
+                        budget="5",
                     )
                     await bot.relays.wait(1)
                     await env.settle()
@@ -116,7 +122,9 @@ async def shared(dialogues: int, rounds: int, words: int, tokens_per_second: flo
                         plan = spec(rounds, max_tokens=400)
                         plan = replace(plan, limits=replace(plan.limits, budget_usd=Decimal(5)))
                         dialogue = await bot.services.runner.create(plan)
-                        thread = await home.create_thread(name=f"bench {n}", type=discord.ChannelType.public_thread)
+                        thread = await home.create_thread(
+                            name=f"bench {n}", type=discord.ChannelType.public_thread
+                        )
                         room = Room(dialogue.id, guild.id, home.id, thread.id, alice.id)
                         await bot.relays.start(await bot.services.rooms.create(room))
                         started.append(dialogue.id)
@@ -140,7 +148,9 @@ def _latencies(arrivals: list[tuple[float, int, str]], shown: list[tuple[float, 
     """For each piece of text, the time until some message first showed the turn up to it."""
     found = []
     for arrived, _box, text in arrivals:
-        when = next((at for at, _thread, content in shown if at >= arrived and content.startswith(text)), None)
+        when = next(
+            (at for at, _thread, content in shown if at >= arrived and content.startswith(text)), None
+        )
         if when is not None:
             found.append(when - arrived)
     return found

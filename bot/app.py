@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 
 from bot.catalogue import Catalogue
-from bot.errors import InputError
 from bot.dialogue import DialogueRunner
+from bot.errors import InputError
 from bot.personas import ProviderSpec
 from bot.plan import Tuning
 from bot.providers import Route, Router

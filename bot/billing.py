@@ -119,7 +119,9 @@ async def count_usage(provider: object, messages: Sequence[dict[str, str]], repl
         if asked is not None and answered is not None:
             return Usage(asked, answered, estimated=True), "by the server's tokenizer"
     bytes_in, bytes_out = len(prompt.encode()), len(reply.encode())
-    usage = Usage(math.ceil(bytes_in / BYTES_PER_TOKEN), math.ceil(bytes_out / BYTES_PER_TOKEN), estimated=True)
+    usage = Usage(
+        math.ceil(bytes_in / BYTES_PER_TOKEN), math.ceil(bytes_out / BYTES_PER_TOKEN), estimated=True
+    )
     return usage, f"from the text's bytes (about {BYTES_PER_TOKEN} to a token)"
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Context, Decimal, InvalidOperation
 
 from bot.errors import InputError
-from bot.models import Pricing, Usage, plain
+from bot.models import Pricing, Usage
 
 # Chat templates wrap every message in a few special tokens (role markers, separators). 16 is
 # above what the common templates add, so the estimate below stays an upper bound.

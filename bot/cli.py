@@ -25,9 +25,9 @@ from rich.markdown import Markdown
 
 from bot.app import App, EngineConfig, check_personas, open_app
 from bot.budget import parse_usd
+from bot.catalogue import Catalogue
 from bot.console import DialogueView, dialogue_table, model_table
 from bot.control import Control
-from bot.catalogue import Catalogue
 from bot.errors import InputError, ProviderError
 from bot.events import AwaitingHuman, Ended
 from bot.lineage import continue_dialogue, fork

@@ -44,7 +44,9 @@ class DialogueView:
             case AwaitingHuman():
                 style = SPEAKER_STYLES[event.seat % len(SPEAKER_STYLES)]
                 self._console.rule(
-                    Text.assemble((f"Round {event.round} · ", "dim"), (printable(event.persona.name), style), " (you)"),
+                    Text.assemble(
+                        (f"Round {event.round} · ", "dim"), (printable(event.persona.name), style), " (you)"
+                    ),
                     align="left",
                 )
                 wait = f"; after {event.timeout:g} s it pauses" if event.timeout else ""

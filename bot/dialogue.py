@@ -488,6 +488,7 @@ class DialogueRunner:
         elif dialogue.loop_action is LoopAction.PAUSE:
             yield Stop(None)
 
+
 def _calibration(
     dialogue: Dialogue, seat: int, turns: Sequence[Turn], notes: Sequence[Note]
 ) -> tuple[int, int] | None:

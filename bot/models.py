@@ -348,7 +348,14 @@ class Pricing:
     @property
     def is_free(self) -> bool:
         """True when no token or request costs anything (a local server, a free model)."""
-        prices = (self.prompt, self.completion, self.request, self.internal_reasoning, self.cache_read, self.cache_write)
+        prices = (
+            self.prompt,
+            self.completion,
+            self.request,
+            self.internal_reasoning,
+            self.cache_read,
+            self.cache_write,
+        )
         return not any(prices)
 
 

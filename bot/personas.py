@@ -64,7 +64,9 @@ def _read(path: Path) -> dict[str, Any]:
             f"{exc.start}); save it as UTF-8"
         ) from None
     except OSError as exc:
-        raise InputError(f"cannot read persona file {path}: {exc.strerror}; set VOICES_PERSONAS_FILE") from None
+        raise InputError(
+            f"cannot read persona file {path}: {exc.strerror}; set VOICES_PERSONAS_FILE"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"persona file {path} is not valid TOML: {exc}; fix it") from None
 

@@ -395,7 +395,9 @@ class Store:
     async def _fence(self, conn: Writer, dialogue_id: int, now: datetime) -> None:
         """Raise LeaseHeld if another process holds a live lease on the dialogue: it alone may
         write the dialogue's calls, turns and state (inside the caller's transaction)."""
-        rows = await conn.fetchall("SELECT owner, expires_at FROM leases WHERE dialogue_id = ?", (dialogue_id,))
+        rows = await conn.fetchall(
+            "SELECT owner, expires_at FROM leases WHERE dialogue_id = ?", (dialogue_id,)
+        )
         if not rows or rows[0]["owner"] == self.owner:
             return
         expires = _dt(rows[0]["expires_at"])

@@ -177,7 +177,10 @@ class TurnPlayer:
     async def _unreported_note(self, dialogue: Dialogue, plan: TurnPlan, counted: str) -> list[str]:
         """Say once per dialogue and speaker why its tokens carry a ~ and its cost is an upper bound."""
         opening = f"{plan.persona.name}'s server reports no token usage"
-        if any(n.kind is NoteKind.BILLING and n.text.startswith(opening) for n in await self.store.list_notes(dialogue.id)):
+        if any(
+            n.kind is NoteKind.BILLING and n.text.startswith(opening)
+            for n in await self.store.list_notes(dialogue.id)
+        ):
             return []
         if plan.model.pricing.is_free:
             return [f"{opening}: its tokens are counted {counted} and marked ~; it costs nothing"]
@@ -244,7 +247,6 @@ class TurnPlayer:
         )
 
 
-
 def _grow(max_tokens: int, plan: TurnPlan) -> int:
     """Return the room for an empty reply's retry: twice as much, within the model's limits."""
     bigger = max_tokens * EMPTY_RETRY_FACTOR
@@ -253,7 +255,6 @@ def _grow(max_tokens: int, plan: TurnPlan) -> int:
     if plan.model.context_length:
         bigger = min(bigger, plan.model.context_length - plan.prompt_estimate)
     return max(bigger, max_tokens)
-
 
 
 def _over_detail(over: tuple[Decimal, Decimal], budget: Budget) -> str:

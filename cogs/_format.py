@@ -63,7 +63,9 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     return [message for _, message, _ in split_tail(text, None, limit)]
 
 
-def split_tail(text: str, opener: str | None, limit: int = MESSAGE_LIMIT) -> list[tuple[str, str, str | None]]:
+def split_tail(
+    text: str, opener: str | None, limit: int = MESSAGE_LIMIT
+) -> list[tuple[str, str, str | None]]:
     """Return (piece, message, fence open after it) for each message of `text`, which starts inside
     the code block `opener` opened (None: outside any).
 

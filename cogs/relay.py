@@ -19,6 +19,7 @@ import discord
 from bot.app import utc_now
 from bot.control import Control
 from bot.dialogue import DialogueRunner
+from bot.errors import LeaseHeld
 from bot.events import (
     AwaitingHuman,
     Delta,
@@ -30,7 +31,6 @@ from bot.events import (
     TurnRestarted,
     TurnStarted,
 )
-from bot.errors import LeaseHeld
 from bot.guilds import GuildStore
 from bot.mailbox import Mailbox
 from bot.models import Dialogue, NoteKind, Status, StopReason, Turn, TurnStatus
@@ -48,9 +48,7 @@ log = logging.getLogger(__name__)
 EDIT_INTERVAL = 1.0
 # How long the end of a turn is retried before the thread is told the transcript has the rest.
 FINAL_PATIENCE = 600.0
-LANDING_FAILED = (
-    "⚠ Discord kept refusing the end of turn {turn}; the transcript files have its whole text."
-)
+LANDING_FAILED = "⚠ Discord kept refusing the end of turn {turn}; the transcript files have its whole text."
 
 
 def now() -> float:
@@ -341,10 +339,23 @@ class Relay:
                 raise
             except discord.HTTPException as exc:
                 if now() + delay > deadline:
-                    log.error("dialogue %s: turn %d never fully reached Discord (%s)", self.room.dialogue_id, live.seq + 1, exc)
-                    await self.thread.send(LANDING_FAILED.format(turn=live.seq + 1), allowed_mentions=NO_MENTIONS)
+                    log.error(
+                        "dialogue %s: turn %d never fully reached Discord (%s)",
+                        self.room.dialogue_id,
+                        live.seq + 1,
+                        exc,
+                    )
+                    await self.thread.send(
+                        LANDING_FAILED.format(turn=live.seq + 1), allowed_mentions=NO_MENTIONS
+                    )
                     return
-                log.warning("dialogue %s: Discord refused turn %d's text (%s); again in %.0f s", self.room.dialogue_id, live.seq + 1, exc, delay)
+                log.warning(
+                    "dialogue %s: Discord refused turn %d's text (%s); again in %.0f s",
+                    self.room.dialogue_id,
+                    live.seq + 1,
+                    exc,
+                    delay,
+                )
                 await pause(delay)
                 delay = min(delay * 2, 30.0)
 

@@ -11,10 +11,10 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.app import EngineConfig
+from bot.errors import InputError
 from bot.guilds import GuildPolicy
 from bot.loops import LoopThresholds
 from bot.models import ContextPolicy, LoopAction
-from bot.errors import InputError
 from bot.personas import ProviderSpec, load_providers
 from bot.plan import Tuning
 

@@ -484,7 +484,9 @@ def one_line(result: Result) -> str:
         (b"[providers.p]\nbase_url = 'http://x'\napi_key = 'k\xc3\xa9y'", "api_key"),
     ],
 )
-async def test_a_broken_personas_file_is_one_line_and_listing_still_works(env, tmp_path, server, content, message):
+async def test_a_broken_personas_file_is_one_line_and_listing_still_works(
+    env, tmp_path, server, content, message
+):
     (tmp_path / "personas.toml").write_bytes(content)
     env["VOICES_PERSONAS_FILE"] = str(tmp_path / "personas.toml")
     assert message in one_line(await voices(env, tmp_path, *RUN))
@@ -507,8 +509,15 @@ async def test_an_api_key_that_cannot_be_a_header_is_one_line_and_never_shown(en
 
 async def test_an_opening_that_is_not_utf8_is_one_line(env, tmp_path, server):
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *RUN[:-1], b"caf\xe9",
-        env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bot",
+        *RUN[:-1],
+        b"caf\xe9",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await process.communicate()
     result = Result(process.returncode or 0, out.decode(), err.decode())
@@ -547,7 +556,9 @@ async def test_a_read_only_database_is_called_read_only(env, tmp_path):
         ("--budget", "NaN", "budget must be an amount in USD such as 0.25"),
     ],
 )
-async def test_zero_and_non_finite_limits_are_refused_naming_the_flag(env, tmp_path, server, flag, value, message):
+async def test_zero_and_non_finite_limits_are_refused_naming_the_flag(
+    env, tmp_path, server, flag, value, message
+):
     assert message in one_line(await voices(env, tmp_path, *RUN, flag, value))
     assert not server.chat_requests
 

@@ -15,7 +15,24 @@ from hypothesis import strategies as st
 from bot.__main__ import main
 
 VALUES = st.sampled_from(
-    ["", "0", "-1", "1", "3", "0.01", "nan", "inf", "1e999", "-0", "abc", "é", "x" * 300, "$0.05", " ", "9" * 40]
+    [
+        "",
+        "0",
+        "-1",
+        "1",
+        "3",
+        "0.01",
+        "nan",
+        "inf",
+        "1e999",
+        "-0",
+        "abc",
+        "é",
+        "x" * 300,
+        "$0.05",
+        " ",
+        "9" * 40,
+    ]
 )
 FLAGS = st.sampled_from(
     [
@@ -25,7 +42,9 @@ FLAGS = st.sampled_from(
     ]
 )  # fmt: skip
 MODELS = st.sampled_from(["claude", "glm", "z-ai/glm-5", "nobody", "a/b", "local:/nope.gguf", "x" * 90])
-COMMANDS = st.sampled_from(["run", "resume", "list", "show", "export", "models", "fork", "continue", "interject"])
+COMMANDS = st.sampled_from(
+    ["run", "resume", "list", "show", "export", "models", "fork", "continue", "interject"]
+)
 ENVIRONMENT = st.dictionaries(
     st.sampled_from(
         [
@@ -68,7 +87,9 @@ def command_lines(draw) -> list[str]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(argv=command_lines(), environment=ENVIRONMENT, personas=PERSONAS)
-def test_no_input_gives_a_traceback(tmp_path: Path, argv: list[str], environment: dict[str, str], personas: bytes):
+def test_no_input_gives_a_traceback(
+    tmp_path: Path, argv: list[str], environment: dict[str, str], personas: bytes
+):
     (tmp_path / "personas.toml").write_bytes(personas)
     base = {
         # Nothing leaves the machine: a refused port on loopback stands for the provider.

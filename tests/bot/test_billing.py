@@ -102,7 +102,9 @@ async def test_a_cost_that_is_not_a_number_never_reaches_the_database(runner, st
 
 
 async def test_token_counts_that_are_not_numbers_are_charged_the_worst_case(runner, store, server):
-    server.enqueue(Reply(text="hello", usage={"prompt_tokens": "abc", "completion_tokens": -3, "cost": 0.001}))
+    server.enqueue(
+        Reply(text="hello", usage={"prompt_tokens": "abc", "completion_tokens": -3, "cost": 0.001})
+    )
     dialogue = await runner.create(make_spec(rounds=1, budget="0.5"))
     events = await run_all(runner, dialogue.id)
     first = (await store.list_turns(dialogue.id))[0]

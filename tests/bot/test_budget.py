@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from bot.billing import charge
 from bot.budget import (
     Budget,
     cache_saving,
@@ -21,7 +22,6 @@ from bot.budget import (
     format_usd,
     worst_case_cost,
 )
-from bot.billing import charge
 from bot.catalogue import Catalogue
 from bot.dialogue import DialogueRunner
 from bot.errors import InputError, ServerError

@@ -32,7 +32,9 @@ COSTS = st.sampled_from(
     [None, -1, -0.0001, float("nan"), float("inf"), float("-inf"), 1e30, 0.5, "abc", "", [1], 0, 0.00001]
 )
 TEXT = st.lists(
-    st.sampled_from(["word ", "\ud800", "\udfff", "\x1b]52;c;aGk=\x07", "\x1b[2J", "**beta:**\n", "é", "\n", "<!--"]),
+    st.sampled_from(
+        ["word ", "\ud800", "\udfff", "\x1b]52;c;aGk=\x07", "\x1b[2J", "**beta:**\n", "é", "\n", "<!--"]
+    ),
     max_size=8,
 ).map("".join)
 
@@ -61,7 +63,9 @@ def replies(draw: Any) -> Reply:
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(script=st.lists(replies(), min_size=1, max_size=10), rounds=st.integers(1, 4), rise=st.booleans())
-def test_no_lie_of_a_provider_breaks_the_cap_the_books_or_the_database(tmp_path_factory, script, rounds, rise):
+def test_no_lie_of_a_provider_breaks_the_cap_the_books_or_the_database(
+    tmp_path_factory, script, rounds, rise
+):
     asyncio.run(_attack(Path(tmp_path_factory.mktemp("hostile")), script, rounds, rise))
 
 
@@ -92,7 +96,9 @@ async def _attack(folder: Path, script: list[Reply], rounds: int, rise: bool) ->
         markdown = render_markdown(final, turns, notes)
     spent = final.totals.spent_usd
     assert spent.is_finite() and spent >= 0
-    assert spent == sum((t.cost_usd for t in turns), Decimal(0)) + sum((n.cost_usd for n in notes), Decimal(0))
+    assert spent == sum((t.cost_usd for t in turns), Decimal(0)) + sum(
+        (n.cost_usd for n in notes), Decimal(0)
+    )
     assert all(t.cost_usd.is_finite() and t.cost_usd >= 0 for t in turns)
     over = any(n.kind is NoteKind.BILLING and "above the" in n.text for n in notes)
     if not over:

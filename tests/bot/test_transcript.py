@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
-from markdown_it import MarkdownIt
 from hypothesis import strategies as st
+from markdown_it import MarkdownIt
 
 from bot.models import Dialogue, Limits, Persona, Pricing, Status, StopReason, Turn, TurnStatus, Usage
-from bot.text import repair
 from bot.providers.scripted import ScriptedProvider, ScriptedReply, free_models
+from bot.text import repair
 from bot.transcript import SCHEMA_VERSION, render_json, render_markdown
 from tests.conftest import GLM, OPUS, make_spec, run_all
 
@@ -201,7 +201,9 @@ def skeleton(markdown: str) -> list[tuple[str, str]]:
             # A speaker line is a bold name and a colon alone ("**beta:**", or a person's
             # "**alice** *(human)*:"); a token line an emphasised bracket alone.
             strong = ["strong_open", "text", "strong_close"]
-            if (kinds == strong and shown.endswith(":")) or (kinds[:3] == strong and shown.endswith("(human):")):
+            if (kinds == strong and shown.endswith(":")) or (
+                kinds[:3] == strong and shown.endswith("(human):")
+            ):
                 found.append(("speaker", shown))
             elif kinds == ["em_open", "text", "em_close"] and shown.startswith("["):
                 found.append(("tokens", shown.split(":")[0]))

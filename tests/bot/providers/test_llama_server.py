@@ -35,7 +35,9 @@ from bot.retry import RetryPolicy
 from bot.transcript import render_markdown
 from tests.conftest import make_spec
 
-SERVER_EXTRA = all(importlib.util.find_spec(m) for m in ("uvicorn", "fastapi", "sse_starlette", "starlette_context"))
+SERVER_EXTRA = all(
+    importlib.util.find_spec(m) for m in ("uvicorn", "fastapi", "sse_starlette", "starlette_context")
+)
 pytestmark = pytest.mark.skipif(
     not (local_available() and SERVER_EXTRA),
     reason="needs the voices[local] extra (llama-cpp-python with its server)",
@@ -81,7 +83,9 @@ def llama() -> Iterator[str]:
     process.wait(timeout=30)
 
 
-def runner_on(base_url: str, http: httpx.AsyncClient, store, clock, sleep, key: str | None = None) -> DialogueRunner:
+def runner_on(
+    base_url: str, http: httpx.AsyncClient, store, clock, sleep, key: str | None = None
+) -> DialogueRunner:
     """The engine with a named server 'llama' at `base_url`, as a [providers.llama] table makes it."""
     server = OpenAICompatProvider(
         http, base_url, key, generation_lookups=False, key_setting="the api_key of [providers.llama]"
@@ -102,7 +106,9 @@ def runner_on(base_url: str, http: httpx.AsyncClient, store, clock, sleep, key: 
 
 def on_llama(spec, priced: bool):
     prices = {"prompt_price": Decimal("0.000001"), "completion_price": Decimal("0.000002")} if priced else {}
-    seats = tuple(replace(p, model=ALIAS, provider="llama", max_tokens=16, **prices) for p in spec.participants)
+    seats = tuple(
+        replace(p, model=ALIAS, provider="llama", max_tokens=16, **prices) for p in spec.participants
+    )
     return replace(spec, participants=seats)
 
 
@@ -125,7 +131,9 @@ async def test_a_priced_dialogue_is_charged_its_worst_case_with_tokens_counted_b
     assert "prompt=~" in render_markdown(*await store.history(dialogue.id))
 
 
-async def test_free_personas_on_it_cost_nothing_and_still_count_their_tokens(llama, http, store, clock, sleep):
+async def test_free_personas_on_it_cost_nothing_and_still_count_their_tokens(
+    llama, http, store, clock, sleep
+):
     runner = runner_on(llama, http, store, clock, sleep)
     dialogue = await runner.create(on_llama(make_spec(rounds=1), priced=False))
     events = [e async for e in runner.run(dialogue.id)]

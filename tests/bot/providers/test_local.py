@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 
 from bot.catalogue import Catalogue
-from bot.dialogue import DialogueRunner
 from bot.control import Control
+from bot.dialogue import DialogueRunner
 from bot.errors import InputError
 from bot.events import Delta
 from bot.models import Status, StopReason, TurnStatus

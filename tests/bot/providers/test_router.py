@@ -28,7 +28,12 @@ async def test_a_persona_on_a_named_server_is_served_there_with_its_key_and_pric
         lab_route = Route(lab_provider, Catalogue(lab_provider, store, timedelta(hours=1), clock))
         default = make_runner(provider).router.default
         runner = DialogueRunner(
-            store, Router(default, {"lab": lab_route}), clock, max_rounds=50, max_budget=Decimal(10), sleep=sleep
+            store,
+            Router(default, {"lab": lab_route}),
+            clock,
+            max_rounds=50,
+            max_budget=Decimal(10),
+            sleep=sleep,
         )
         spec = make_spec(OPUS, GLM, rounds=1)
         local = Persona(
