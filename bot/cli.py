@@ -92,6 +92,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
 
 
+# The largest whole number SQLite stores; an id or a limit past it could never be one.
+LARGEST = 2**63 - 1
+
+
 def _whole(least: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -100,6 +104,8 @@ def _whole(least: int) -> Callable[[str], int]:
             value = least - 1
         if value < least:
             raise argparse.ArgumentTypeError(f"must be a whole number of at least {least}, not '{text}'")
+        if value > LARGEST:
+            raise argparse.ArgumentTypeError(f"must be at most {LARGEST}, not '{text}'")
         return value
 
     return parse

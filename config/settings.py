@@ -42,28 +42,28 @@ class Settings(BaseSettings):
     transcripts_dir: Path = Path("transcripts")
     personas_file: Path = CONFIG_DIR / "personas.toml"
 
-    default_rounds: int = Field(default=6, ge=1)
-    max_rounds: int = Field(default=50, ge=1)
-    default_budget: Decimal = Field(default=Decimal("0.10"), gt=0)
-    max_budget: Decimal = Field(default=Decimal("5.00"), gt=0)
-    default_max_tokens: int = Field(default=2048, ge=16)
-    max_seconds: float | None = Field(default=3600.0, gt=0)
-    max_total_tokens: int | None = Field(default=None, ge=1)
+    default_rounds: int = Field(default=6, ge=1, le=10_000)
+    max_rounds: int = Field(default=50, ge=1, le=10_000)
+    default_budget: Decimal = Field(default=Decimal("0.10"), gt=0, le=1_000_000, allow_inf_nan=False)
+    max_budget: Decimal = Field(default=Decimal("5.00"), gt=0, le=1_000_000, allow_inf_nan=False)
+    default_max_tokens: int = Field(default=2048, ge=16, le=10_000_000)
+    max_seconds: float | None = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    max_total_tokens: int | None = Field(default=None, ge=1, le=10**15)
 
     # Long dialogues: the context policy and loop action are each dialogue's defaults.
     context_policy: ContextPolicy = ContextPolicy.COMPACT
     summary_model: str | None = None
-    keep_recent: int = Field(default=4, ge=1)
-    summary_max_tokens: int = Field(default=600, ge=64)
+    keep_recent: int = Field(default=4, ge=1, le=10_000)
+    summary_max_tokens: int = Field(default=600, ge=64, le=10_000_000)
     loop_action: LoopAction = LoopAction.NOTIFY
     loop_similarity: float = Field(default=0.5, gt=0, le=1)
-    loop_window: int = Field(default=4, ge=2)
-    loop_repeats: int = Field(default=2, ge=1)
-    loop_farewells: int = Field(default=3, ge=1)
+    loop_window: int = Field(default=4, ge=2, le=10_000)
+    loop_repeats: int = Field(default=2, ge=1, le=10_000)
+    loop_farewells: int = Field(default=3, ge=1, le=10_000)
     # People in the dialogue: seconds a person has for their turn before the dialogue pauses for them
     # (empty = no limit), and seconds between one member's interjections.
-    human_timeout: float | None = Field(default=600.0, gt=0)
-    interject_cooldown: float = Field(default=60.0, ge=0)
+    human_timeout: float | None = Field(default=600.0, gt=0, allow_inf_nan=False)
+    interject_cooldown: float = Field(default=60.0, ge=0, allow_inf_nan=False)
     interject_max_chars: int = Field(default=500, ge=1, le=4000)
     # Seconds a dialogue's lease lasts unless its process renews it: how soon another process may
     # take over the dialogue of one that died.
@@ -77,15 +77,15 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "VOICES_DISCORD_TOKEN")
     )
     dev_guild_id: int | None = None
-    daily_cap_guild: Decimal = Field(default=Decimal("5.00"), ge=0)
-    daily_cap_member: Decimal = Field(default=Decimal("1.00"), ge=0)
-    max_concurrent: int = Field(default=3, ge=1)
+    daily_cap_guild: Decimal = Field(default=Decimal("5.00"), ge=0, le=1_000_000, allow_inf_nan=False)
+    daily_cap_member: Decimal = Field(default=Decimal("1.00"), ge=0, le=1_000_000, allow_inf_nan=False)
+    max_concurrent: int = Field(default=3, ge=1, le=10_000)
     reasoning: Literal["hide", "spoiler", "file"] = "hide"
 
-    connect_timeout: float = Field(default=10.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     # Reasoning models may send nothing but keep-alive comments for minutes; reads wait this long.
-    read_timeout: float = Field(default=300.0, gt=0)
-    catalogue_ttl_hours: float = Field(default=24.0, ge=0)
+    read_timeout: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    catalogue_ttl_hours: float = Field(default=24.0, ge=0, le=100_000)
     log_level: LogLevel = "WARNING"
     # discord.py, httpx and aiosqlite log at most this loudly (their debug lines name webhook URLs;
     # tokens are masked all the same).

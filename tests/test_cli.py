@@ -619,3 +619,25 @@ async def test_models_lists_the_named_servers_too_and_says_which_one_did_not_ans
     rows = {line.split("│")[1].strip(): line for line in result.out.splitlines() if line.count("│") > 3}
     assert "lab" in rows["llama3.2"] and "openrouter" in rows["z-ai/glm-5"]
     assert "down: no model list (cannot reach http://127.0.0.1:9/v1" in result.out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("resume", "9" * 40),
+        (*RUN, "--max-tokens", "9" * 30),
+    ],
+)
+async def test_a_number_too_large_to_store_is_one_line(env, tmp_path, server, args):
+    """The fuzz found `voices resume 99…9` ending in a traceback from SQLite."""
+    assert "must be at most 9223372036854775807" in one_line(await voices(env, tmp_path, *args))
+    assert not server.chat_requests
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("VOICES_MAX_SECONDS", "inf"), ("VOICES_CATALOGUE_TTL_HOURS", "1e999"), ("VOICES_MAX_ROUNDS", "9" * 30)],
+)
+async def test_settings_past_what_can_be_used_are_one_line(env, tmp_path, variable, value):
+    env[variable] = value
+    assert one_line(await voices(env, tmp_path, "list")).startswith(f"error: {variable}: ")
