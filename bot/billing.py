@@ -79,7 +79,7 @@ def charge(usage: Usage | None, pricing: Pricing, reserved: Decimal) -> Charge:
         return Charge(Usage(), reserved, "reserved", "the provider reported no usage")
     if not usable(usage):
         why = f"the provider reported impossible token counts ({_counts(usage)})"
-        return _with_over(Charge(Usage(), reserved, "reserved", why), reserved)
+        return Charge(Usage(), reserved, "reserved", why)
     reported = valid_cost(usage.cost_usd)
     clean = replace(usage, cost_usd=None)
     if reported is not None:

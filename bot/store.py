@@ -465,9 +465,9 @@ class Store:
             await conn.execute("DELETE FROM calls_in_flight WHERE dialogue_id = ?", (dialogue_id,))
         return total
 
-    async def add_turn(self, turn: Turn, notes: Sequence[Note] = ()) -> None:
+    async def add_turn(self, turn: Turn, notes: Sequence[Note] = ()) -> list[Note]:
         """Commit a finished turn, settle its call and add it to the dialogue's totals, atomically,
-        with the notes that say what was wrong with its bill."""
+        with the notes that say what was wrong with its bill; return those notes as stored."""
         async with self.transaction() as conn:
             await self._fence(conn, turn.dialogue_id, utc_now())
             try:
@@ -479,8 +479,7 @@ class Store:
                 ) from None
             await self._charge(conn, turn.dialogue_id, turn.cost_usd, turn.usage)
             await self._settle_call(conn, turn.dialogue_id, turn.seq)
-            for note in notes:
-                await self._insert_note(conn, note)
+            return [replace(note, id=await self._insert_note(conn, note)) for note in notes]
 
     @staticmethod
     async def _insert_turn(conn: Writer, turn: Turn) -> None:

@@ -135,11 +135,10 @@ class TurnPlayer:
             await self._unreported_note(dialogue, plan, bill.counted) if bill.usage.estimated else []
         )
         notes = [Note(dialogue.id, plan.seq + 1, NoteKind.BILLING, p, self._clock()) for p in problems]
-        await self.store.add_turn(turn, notes)
+        stored = await self.store.add_turn(turn, notes)
         yield turn
-        for note in await self.store.list_notes(dialogue.id) if notes else ():
-            if note.kind is NoteKind.BILLING and note.before_seq == plan.seq + 1:
-                yield Noted(note)
+        for note in stored:
+            yield Noted(note)
         if bill.over is not None:
             # The provider billed above the prices Voices knew: learn the new ones before the next
             # reservation, and stop at once if the budget is spent.
