@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -35,6 +36,7 @@ from bot.events import (
 from bot.loops import notice
 from bot.models import (
     HUMAN_SOURCE,
+    MAX_SEED,
     ContextPolicy,
     Dialogue,
     DialogueSpec,
@@ -47,6 +49,7 @@ from bot.models import (
     Turn,
     TurnStatus,
     Usage,
+    new_seed,
 )
 from bot.plan import Halted, Stop, Tuning, TurnPlan, max_tokens_of, tokens_per_byte
 from bot.prompts import build_messages, current_window
@@ -54,6 +57,7 @@ from bot.providers import Router
 from bot.retry import RetryPolicy
 from bot.store import Store
 from bot.summary import Summariser, summariser
+from bot.text import counted
 from bot.turn import TurnPlayer
 
 log = logging.getLogger(__name__)
@@ -87,6 +91,8 @@ def validate_spec(spec: DialogueSpec, max_rounds: int, max_budget: Decimal) -> N
         raise InputError("the token limit must be at least 1")
     if limits.max_seconds is not None and limits.max_seconds <= 0:
         raise InputError("the time limit must be above 0 seconds")
+    if spec.seed is not None and not 0 <= spec.seed <= MAX_SEED:
+        raise InputError(f"the seed must be a whole number from 0 to {MAX_SEED}, not {spec.seed}")
     for persona in spec.participants:
         if persona.max_tokens is not None and persona.max_tokens < 16:
             raise InputError(f"{persona.name}: max_tokens must be at least 16 (some providers refuse less)")
@@ -140,6 +146,8 @@ class DialogueRunner:
     async def create(self, spec: DialogueSpec) -> Dialogue:
         """Validate the spec against the limits and the catalogue, then store it as pending."""
         await self.check(spec)
+        if spec.seed is None:
+            spec = replace(spec, seed=new_seed())
         return await self.store.create_dialogue(spec, self._clock())
 
     async def check(self, spec: DialogueSpec) -> Decimal:
@@ -175,7 +183,8 @@ class DialogueRunner:
         total = dialogue.limits.max_rounds + rounds
         if rounds < 1 or total > self._max_rounds:
             raise InputError(
-                f"a dialogue can have at most {self._max_rounds} rounds; it has {dialogue.limits.max_rounds}"
+                f"a dialogue can have at most {counted(self._max_rounds, 'round')}; "
+                f"it has {dialogue.limits.max_rounds}"
             )
         await self.store.extend_rounds(dialogue_id, total, reopen)
         return await self.store.get_dialogue(dialogue_id)
@@ -455,7 +464,7 @@ class DialogueRunner:
     ) -> Stop | None:
         """Return why no further call may start (a Stop whose reason is None means pause)."""
         if plan is None:
-            return Stop(StopReason.MAX_ROUNDS, f"{dialogue.limits.max_rounds} rounds")
+            return Stop(StopReason.MAX_ROUNDS, counted(dialogue.limits.max_rounds, "round"))
         if control.stop_requested:
             return Stop(control.reason, control.detail)
         if control.pause_requested:

@@ -209,6 +209,13 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE turns ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;
         """,
     ),
+    (
+        "Sampling that samples: each dialogue draws a seed (or is given one) that every call is "
+        "sent, so a run can be repeated; dialogues from before have none.",
+        """
+        ALTER TABLE dialogues ADD COLUMN seed INTEGER;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

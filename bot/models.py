@@ -5,6 +5,7 @@ Plain frozen dataclasses and enums, shared by every other module; no I/O here.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Context, Decimal
@@ -163,6 +164,8 @@ class DialogueSpec:
     parent: Lineage | None = None
     inherited: tuple[Turn, ...] = ()
     inherited_notes: tuple[Note, ...] = ()
+    #: The seed every call is sent (plus the turn's number), so a run can be repeated; None draws one.
+    seed: int | None = None
 
 
 class LineageKind(StrEnum):
@@ -170,6 +173,31 @@ class LineageKind(StrEnum):
 
     CONTINUE = "continue"
     FORK = "fork"
+
+
+#: The origin of a dialogue run with `--dry-run`: scripted answers, no cost, nothing real.
+DRY_RUN = "dry-run"
+
+#: Seeds stay within a signed 32-bit integer, the widest that every provider and llama.cpp take.
+MAX_SEED = 2**31 - 1
+
+
+def new_seed() -> int:
+    """Draw a seed for a dialogue that was not given one."""
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def call_seed(seed: int, seq: int) -> int:
+    """Return the seed of turn `seq`'s call: a run repeats with the seed, and no two turns share one."""
+    return (seed + seq) % (MAX_SEED + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Child:
+    """A dialogue that comes from this one: its id, and whether it continues it or forks it."""
+
+    id: int
+    kind: LineageKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +251,8 @@ class Dialogue:
     loop_action: LoopAction = LoopAction.NOTIFY
     summary_model: str | None = None
     parent: Lineage | None = None
-    children: tuple[int, ...] = ()
+    children: tuple[Child, ...] = ()
+    seed: int | None = None
 
 
 def plain(amount: Decimal) -> str:

@@ -24,6 +24,7 @@ import aiosqlite
 from bot.errors import DialogueNotFound, LeaseHeld, StateError, StoreError
 from bot.migrations import SCHEMA_VERSION, migrate, schema_version
 from bot.models import (
+    Child,
     ContextPolicy,
     Dialogue,
     DialogueSpec,
@@ -104,6 +105,10 @@ class Writer:
             return list(await cursor.fetchall())
 
 
+def _try_open(path: Path) -> None:
+    sqlite3.connect(path).close()
+
+
 class Store:
     """The dialogue database. Open it with `async with Store.open(path) as store`."""
 
@@ -127,6 +132,10 @@ class Store:
                     f"cannot create {path.parent}: {exc.strerror}; set VOICES_DATABASE"
                 ) from None
         try:
+            # Tried first without aiosqlite: when its connect fails, its worker thread reports the
+            # failure's clean-up to the event loop later, which may have closed by then (a CLI that
+            # exits on the error), and a traceback follows the one-line error.
+            await asyncio.to_thread(_try_open, path)
             conn = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {path}: {exc}; set VOICES_DATABASE") from None
@@ -200,10 +209,10 @@ class Store:
         query = """
             INSERT INTO dialogues (origin, status, opening, max_rounds, budget_usd, max_total_tokens,
                                    max_seconds, created_at, context_policy, loop_action, summary_model,
-                                   parent_id, parent_kind, parent_turns)
+                                   parent_id, parent_kind, parent_turns, seed)
             VALUES (:origin, 'pending', :opening, :max_rounds, :budget, :max_total_tokens,
                     :max_seconds, :created_at, :context_policy, :loop_action, :summary_model,
-                    :parent_id, :parent_kind, :parent_turns)
+                    :parent_id, :parent_kind, :parent_turns, :seed)
         """
         limits = spec.limits
         async with self.transaction() as conn:
@@ -223,6 +232,7 @@ class Store:
                     "parent_id": spec.parent.parent_id if spec.parent else None,
                     "parent_kind": str(spec.parent.kind) if spec.parent else None,
                     "parent_turns": spec.parent.turns if spec.parent else 0,
+                    "seed": spec.seed,
                 },
             )
             assert dialogue_id is not None
@@ -278,7 +288,7 @@ class Store:
             "SELECT * FROM participants WHERE dialogue_id = ? ORDER BY seat", (row["id"],)
         )
         children = await self.fetchall(
-            "SELECT id FROM dialogues WHERE parent_id = ? ORDER BY id", (row["id"],)
+            "SELECT id, parent_kind FROM dialogues WHERE parent_id = ? ORDER BY id", (row["id"],)
         )
         return Dialogue(
             id=row["id"],
@@ -325,7 +335,8 @@ class Store:
             parent=Lineage(row["parent_id"], LineageKind(row["parent_kind"]), row["parent_turns"])
             if row["parent_id"] is not None
             else None,
-            children=tuple(c["id"] for c in children),
+            children=tuple(Child(c["id"], LineageKind(c["parent_kind"])) for c in children),
+            seed=row["seed"],
         )
 
     async def delete_dialogue(self, dialogue_id: int) -> None:

@@ -79,8 +79,10 @@ def _lineage(dialogue: Dialogue) -> list[str]:
     elif parent is not None:
         carried = f"turns 1–{parent.turns} carried over" if parent.turns else "remembered in summary"
         lines.append(f"**Continues:** dialogue {parent.parent_id} ({carried})  ")
-    if dialogue.children:
-        lines.append(f"**Continued in:** dialogue {', '.join(str(c) for c in dialogue.children)}  ")
+    for kind, label in ((LineageKind.CONTINUE, "Continued in"), (LineageKind.FORK, "Forked into")):
+        ids = [str(child.id) for child in dialogue.children if child.kind is kind]
+        if ids:
+            lines.append(f"**{label}:** dialogue {', '.join(ids)}  ")
     return lines
 
 
@@ -261,7 +263,10 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]
             }
             if dialogue.parent
             else None,
-            "children": list(dialogue.children),
+            "children": [child.id for child in dialogue.children],
+            "continued_in": [c.id for c in dialogue.children if c.kind is LineageKind.CONTINUE],
+            "forked_into": [c.id for c in dialogue.children if c.kind is LineageKind.FORK],
+            "seed": dialogue.seed,
         },
         "participants": [
             {

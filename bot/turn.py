@@ -17,7 +17,7 @@ from bot.budget import Budget, Reservation, cache_saving, format_usd, worst_case
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
 from bot.events import Event, Noted, TurnRestarted
-from bot.models import Dialogue, Note, NoteKind, StopReason, Turn, TurnStatus
+from bot.models import Dialogue, Note, NoteKind, StopReason, Turn, TurnStatus, call_seed
 from bot.plan import Stop, Tuning, TurnPlan
 from bot.prompts import cache_breakpoints
 from bot.providers import Router
@@ -158,7 +158,14 @@ class TurnPlayer:
         call, or else its reservation, so the cap still holds."""
         completion = attempt.completion
         if attempt.interrupted is not None or completion is None:
-            return await charge_lost(provider, attempt.generation_id, reserved)
+            lost = await charge_lost(provider, attempt.generation_id, reserved)
+            reply = "".join(attempt.text) + "".join(attempt.reasoning)
+            if not reply:
+                return lost
+            # Cut off: no usage came, but the text shown was generated; its tokens are counted
+            # (marked ~) rather than shown as zero beside it.
+            usage, _ = await count_usage(provider, request.messages, reply)
+            return replace(lost, usage=usage)
         generation_id = completion.generation_id or attempt.generation_id
         if completion.usage is None:
             # Reported nothing (llama.cpp's server, for one): the provider's record of the call
@@ -201,6 +208,7 @@ class TurnPlayer:
             speaker=plan.persona.name,
             others=tuple(p.name for seat, p in enumerate(dialogue.participants) if seat != plan.seat),
             cache_breakpoints=self._breakpoints(plan),
+            seed=call_seed(dialogue.seed, plan.seq) if dialogue.seed is not None else None,
         )
 
     def _breakpoints(self, plan: TurnPlan) -> tuple[int, ...]:

