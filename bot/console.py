@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -20,8 +21,8 @@ from bot.events import (
     TurnRestarted,
     TurnStarted,
 )
-from bot.models import Dialogue, ModelInfo, NoteKind, TurnStatus
-from bot.text import printable
+from bot.models import DRY_RUN, Dialogue, ModelInfo, NoteKind, TurnStatus
+from bot.text import counted, printable
 from bot.transcript import headline
 
 SPEAKER_STYLES = ("bold cyan", "bold magenta", "bold green", "bold yellow")
@@ -35,6 +36,8 @@ class DialogueView:
         self._show_reasoning = show_reasoning
         self._budget = "$0"
         self._in_reasoning = False
+        #: Whether the current attempt at a turn has put any visible text on the screen.
+        self._shown = False
 
     def show(self, event: Event) -> None:
         """Render one event."""
@@ -61,24 +64,27 @@ class DialogueView:
                     (f" ({printable(event.persona.model)})", "dim"),
                 )
                 self._console.rule(title, align="left")
+                self._shown = False
             case Delta(reasoning=True) if self._show_reasoning:
                 self._write(event.text, "dim italic")
                 self._in_reasoning = True
+                self._shown = self._shown or bool(event.text.strip())
             case Delta(reasoning=False):
                 if self._in_reasoning:
                     self._console.print()
                     self._in_reasoning = False
                 self._write(event.text)
+                self._shown = self._shown or bool(event.text.strip())
             case TurnRestarted():
                 wait = f"; retrying in {event.delay:.1f} s" if event.delay else "; retrying"
-                self._console.print()
+                # Only a reply that was shown can be taken back; an empty one has nothing to discard.
+                discarded = "; the partial reply above is discarded" if self._shown else ""
+                if self._shown:
+                    self._console.print()
                 self._console.print(
-                    Text(
-                        f"↻ {printable(event.reason)}{wait} (attempt {event.attempt}); "
-                        "the partial reply above is discarded",
-                        "yellow",
-                    )
+                    Text(f"↻ {printable(event.reason)}{wait} (attempt {event.attempt}){discarded}", "yellow")
                 )
+                self._shown = self._in_reasoning = False
             case TurnFinished(turn=turn) if turn.is_human:
                 pass
             case TurnFinished(turn=turn, spent=spent):
@@ -89,10 +95,12 @@ class DialogueView:
                     self._console.print(Text("✂ cut off", "bold red"))
                 usage = turn.usage
                 cached = f" (cached {usage.cached_tokens})" if usage.cached_tokens else ""
+                about = "~" if usage.estimated else ""  # counted here, not reported by the provider
                 self._console.print(
                     Text(
-                        f"tokens: prompt={usage.prompt_tokens}{cached} completion={usage.completion_tokens} "
-                        f"reasoning={usage.reasoning_tokens} · cost {format_usd(turn.cost_usd)} · "
+                        f"tokens: prompt={about}{usage.prompt_tokens}{cached} "
+                        f"completion={about}{usage.completion_tokens} "
+                        f"reasoning={about}{usage.reasoning_tokens} · cost {format_usd(turn.cost_usd)} · "
                         f"spent {format_usd(spent)} of {self._budget}",
                         "dim",
                     )
@@ -115,7 +123,7 @@ class DialogueView:
             Text.assemble(
                 ("Dialogue ", "bold"),
                 (str(dialogue.id), "bold"),
-                f" · {names} · {dialogue.limits.max_rounds} rounds · budget {self._budget}",
+                f" · {names} · {counted(dialogue.limits.max_rounds, 'round')} · budget {self._budget}",
             )
         )
         self._console.print(Text(f"Opening: {printable(dialogue.opening)}", "italic"))
@@ -138,19 +146,26 @@ class DialogueView:
 
 
 def dialogue_table(dialogues: Sequence[Dialogue]) -> Table:
-    """Return a table of dialogues: id, who, state, reason, cost, when, and what they came from."""
-    table = Table("id", "participants", "status", "reason", "cost")
-    table.add_column("created", no_wrap=True)
-    table.add_column("from", no_wrap=True)  # narrow columns wrap first; this one reads as a phrase
+    """Return a table of dialogues that reads at 80 columns: id, who, state, reason, cost, when, and
+    where they came from (a dry run, a fork, a continuation)."""
+    # No vertical rules and short dates leave room; the short facts never wrap, the two phrases
+    # (who, and where from) wrap between words, and nothing is cut off.
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("id", no_wrap=True)
+    table.add_column("participants", min_width=len("participants"), overflow="fold")
+    for name in ("status", "reason", "cost", "created"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("from", min_width=len("continues 9"), overflow="fold")
     for d in dialogues:
+        origins = (["dry run"] if d.origin == DRY_RUN else []) + ([d.parent.describe] if d.parent else [])
         table.add_row(
             str(d.id),
             printable(" ↔ ".join(p.name for p in d.participants)),
             str(d.status),
             str(d.stop_reason or ""),
             format_usd(d.totals.spent_usd),
-            d.created_at.strftime("%Y-%m-%d %H:%M"),
-            d.parent.describe if d.parent else "",
+            d.created_at.strftime("%m-%d %H:%M"),
+            ", ".join(origins),
         )
     return table
 
@@ -158,7 +173,11 @@ def dialogue_table(dialogues: Sequence[Dialogue]) -> Table:
 def model_table(models: Sequence[tuple[str, ModelInfo]]) -> Table:
     """Return a table of (provider, model) with context length and prices per million tokens (a
     cached prompt token's too, where the model has one)."""
-    table = Table("model", "provider", "context", "max reply", "$/M prompt", "$/M completion", "$/M cached")
+    # Like the dialogue list, it reads at 80 columns: the id folds rather than being cut off.
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("model", min_width=len("local:default"), overflow="fold")
+    for name in ("provider", "context", "max reply", "$/M in", "$/M out", "$/M cached"):
+        table.add_column(name, no_wrap=True, justify="left" if name == "provider" else "right")
     million = 1_000_000
     for provider, m in sorted(models, key=lambda row: (row[0] != "openrouter", row[0], row[1].id)):
         cached = m.pricing.cache_read

@@ -15,6 +15,7 @@ from bot.budget import format_usd
 from bot.errors import InputError
 from bot.models import DialogueSpec
 from bot.store import Store
+from bot.text import counted
 
 Reasoning = Literal["hide", "spoiler", "file"]
 REASONING_MODES: tuple[Reasoning, ...] = ("hide", "spoiler", "file")
@@ -55,7 +56,7 @@ def check_start(policy: GuildPolicy, spec: DialogueSpec, usage: GuildLoad) -> No
                 f"{persona.model} is not allowed in this server; `/voices config` lists the models"
             )
     if limits.max_rounds > policy.max_rounds:
-        raise InputError(f"this server allows at most {policy.max_rounds} rounds per dialogue")
+        raise InputError(f"this server allows at most {counted(policy.max_rounds, 'round')} per dialogue")
     if limits.budget_usd > policy.max_budget:
         raise InputError(f"this server allows a budget of at most {format_usd(policy.max_budget)}")
     if usage.active >= policy.max_concurrent:

@@ -1,6 +1,6 @@
 """Text from outside (models, members, files), made safe where it crosses a boundary: lone surrogates
 repaired to U+FFFD where it comes in, control characters and escape sequences removed where it goes
-out to a terminal, and secrets masked wherever text is logged or shown.
+out to a terminal, and secrets masked wherever text is logged or shown; and counts put in words.
 """
 
 from __future__ import annotations
@@ -80,3 +80,8 @@ class Masker:
             elif index == 0 or not hidden[index - 1]:
                 out.append(MASK)
         return "".join(out)
+
+
+def counted(number: int, noun: str) -> str:
+    """Return "1 round", "3 rounds": a count with its noun, singular where it is one."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

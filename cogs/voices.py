@@ -29,6 +29,7 @@ from bot.models import (
 )
 from bot.personas import resolve_participants
 from bot.rooms import Room
+from bot.text import counted
 from cogs.errors import reply, user_message
 from cogs.people import ME, seat_of
 from cogs.relay import transcript_files
@@ -146,9 +147,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         )
         await self.bot.relays.start(room)
         await interaction.followup.send(
-            f"Started dialogue {dialogue.id} in {thread.mention}: {spec.limits.max_rounds} rounds, budget "
-            f"{format_usd(spec.limits.budget_usd)} (each call reserves its worst case; the first at most "
-            f"{format_usd(worst)}).",
+            f"Started dialogue {dialogue.id} in {thread.mention}: "
+            f"{counted(spec.limits.max_rounds, 'round')}, budget {format_usd(spec.limits.budget_usd)} "
+            f"(each call reserves its worst case; the first at most {format_usd(worst)}).",
             ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
@@ -300,11 +301,13 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         current = await self.s.store.get_dialogue(room.dialogue_id)
         policy = await self.s.guilds.policy(room.guild_id)
         if current.limits.max_rounds + rounds > policy.max_rounds:
-            raise InputError(f"this server allows at most {policy.max_rounds} rounds per dialogue")
+            raise InputError(f"this server allows at most {counted(policy.max_rounds, 'round')} per dialogue")
         extended = await self.s.runner.extend(room.dialogue_id, rounds)
         if extended.status is Status.PAUSED and current.status.is_final:
             await self.bot.relays.start(room)
-        await reply(interaction, f"Dialogue {extended.id} now has {extended.limits.max_rounds} rounds.")
+        await reply(
+            interaction, f"Dialogue {extended.id} now has {counted(extended.limits.max_rounds, 'round')}."
+        )
 
     # People --------------------------------------------------------------------------------
 

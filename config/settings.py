@@ -17,6 +17,7 @@ from bot.loops import LoopThresholds
 from bot.models import ContextPolicy, LoopAction
 from bot.personas import ProviderSpec, load_providers
 from bot.plan import Tuning
+from bot.providers.local import IMAGE_ADVICE, INSTALL
 
 CONFIG_DIR = Path(__file__).resolve().parent
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -68,6 +69,8 @@ class Settings(BaseSettings):
     # Seconds a dialogue's lease lasts unless its process renews it: how soon another process may
     # take over the dialogue of one that died.
     lease_seconds: float = Field(default=15.0, ge=1, le=3600)
+    #: Set by the Dockerfile: advice about installing things speaks of rebuilding the image, not pip.
+    image: bool = False
 
     #: Comma-separated model id prefixes that cache only at explicit breakpoints.
     cache_breakpoint_models: str = "anthropic/,google/gemini"
@@ -134,6 +137,7 @@ class Settings(BaseSettings):
             providers=providers,
             providers_error=error,
             tuning=self.tuning(),
+            install_advice=IMAGE_ADVICE if self.image else INSTALL,
         )
 
     def _providers(self) -> tuple[tuple[ProviderSpec, ...], str | None]:

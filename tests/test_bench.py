@@ -19,7 +19,7 @@ def test_quick_benchmarks_report_every_figure():
         "Relay overhead",
         "Concurrency",
         "Store and transcripts",
-        "Local model",
+        "Local models",
         "Prompt caching",
         "Discord calls per turn",
         "Back-pressure",
@@ -32,6 +32,10 @@ def test_quick_benchmarks_report_every_figure():
     pressure = out.split("## Back-pressure")[1].split("##")[0]
     assert "| True |" in pressure  # every turn's whole text reached the thread after the 429s
     assert "Traceback" not in result.stderr
+    # Titles name the figures the quick run used, not the full run's.
+    assert "## Relay overhead (2 rounds, 500 tokens/s)" in out
+    assert "## Store and transcripts (100 turns)" in out
+    assert "## Concurrency (1 round per dialogue" in out
 
 
 def test_an_unknown_benchmark_is_one_clear_line():

