@@ -20,6 +20,7 @@ RUN pip install --no-cache-dir --upgrade pip \
  && if [ "$(uname -m)" = "x86_64" ]; then \
       export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"; \
     fi \
+ && export CMAKE_ARGS="${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF" \
  && pip wheel --no-cache-dir --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11-slim

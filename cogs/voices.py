@@ -4,6 +4,7 @@ config. Each command turns options into engine calls and shows the result."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
@@ -17,6 +18,7 @@ from bot.errors import InputError, StateError
 from bot.guilds import GuildLoad, check_start
 from bot.lineage import continue_dialogue, fork
 from bot.models import (
+    MAX_SEED,
     ContextPolicy,
     Dialogue,
     DialogueSpec,
@@ -95,6 +97,7 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         system_d="System prompt for the fourth speaker",
         context="When the history outgrows a model's context: stop, truncate, or compact into a summary",
         on_loop="When the dialogue goes in circles: notify in the thread, pause, or stop",
+        seed="Repeat an earlier dialogue's sampling (its transcript's seed); drawn at random if left out",
     )
     @app_commands.autocomplete(a=speaker_choices, b=speaker_choices, c=speaker_choices, d=speaker_choices)
     @app_commands.checks.bot_has_permissions(**NEEDED)
@@ -114,6 +117,7 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         d: app_commands.Range[str, 1, 200] | None = None,
         system_c: app_commands.Range[str, 1, 4000] | None = None,
         system_d: app_commands.Range[str, 1, 4000] | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
     ) -> None:
         """Start a dialogue between two to four voices (models, or you) in a new public thread."""
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -132,6 +136,7 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             context,
             on_loop,
         )
+        spec = replace(spec, seed=seed)
         await self._check_guild(interaction, spec)
         worst = await self.s.runner.check(spec)
         names = " ↔ ".join(p.name for p in spec.participants)

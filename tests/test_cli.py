@@ -719,3 +719,18 @@ async def test_models_without_a_network_lists_what_is_known_here(env, tmp_path, 
     assert "showing the copy from" in line
     if local_available():
         assert "local:default" in result.out
+
+
+async def test_a_retry_notice_speaks_of_a_discarded_reply_only_when_one_was_shown(env, tmp_path, server):
+    server.enqueue(
+        Reply(text="", finish_reason="stop"),  # empty: nothing was shown
+        Reply(text="Hello there."),
+        Reply(text="Half a thou", drop_after_chunks=2),  # shown, then the connection drops
+        Reply(text="A whole thought."),
+    )
+    result = await voices(env, tmp_path, "run", "--a", OPUS, "--b", GLM, "--rounds", "1", "--budget", "0.5")
+    assert result.code == 0, result.err
+    notices = [line for line in result.out.splitlines() if line.startswith("↻")]
+    assert len(notices) == 2, result.out
+    assert notices[0] == "↻ the reply was empty; retrying (attempt 2)"
+    assert notices[1].endswith("; the partial reply above is discarded")

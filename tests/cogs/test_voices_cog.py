@@ -10,6 +10,7 @@ import time
 import discord
 import pytest
 from simcord._dpy_internals import real_monotonic
+from simcord.backend.errors import OptionError
 
 from bot.models import Status, StopReason
 from bot.personas import load_personas
@@ -91,6 +92,17 @@ async def test_the_end_posts_status_transcripts_and_a_notice_in_the_channel(worl
     notice = world.channel.history()[-1]
     assert "Dialogue 1 (claude-opus-4.6 ↔ glm-5) ended: all rounds completed." in notice.content
     assert str(thread.id) in notice.content
+
+
+async def test_a_seed_given_at_start_is_sent_with_every_call_and_kept_in_the_transcript(world):
+    await start(world, rounds=1, seed=77)
+    await world.finish(1)
+    assert [r.body["seed"] for r in world.server.chat_requests] == [77, 78]
+    document = json.loads(await world.thread().history()[-1].attachments[1].read())
+    assert document["dialogue"]["seed"] == 77
+    # The option's range is declared to Discord, whose client refuses a seed outside it.
+    with pytest.raises(OptionError, match="'seed' of 'voices start' must be ≥ 0"):
+        await start(world, rounds=1, seed=-1)
 
 
 async def test_model_output_never_pings_anyone_and_the_key_never_shows(world):
