@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 
 from bot.app import App, EngineConfig, check_personas, open_app
+from bot.backup import back_up, check
 from bot.budget import parse_usd
 from bot.catalogue import Catalogue
 from bot.console import DialogueView, dialogue_table, model_table
@@ -233,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="search the model catalogue")
     models.add_argument("search", nargs="?", default="")
     models.add_argument("--refresh", action="store_true", help="fetch the catalogue again now")
+
+    database = sub.add_parser("db", help="back up or check the database")
+    tasks = database.add_subparsers(dest="task", required=True, metavar="TASK", parser_class=Parser)
+    copy = tasks.add_parser("backup", help="copy the live database consistently, while dialogues run")
+    copy.add_argument("path", type=Path, help="the file to write (replaced only once the copy is whole)")
+    verify = tasks.add_parser("check", help="check a database or a backup: integrity and schema")
+    verify.add_argument("path", type=Path, nargs="?", help="the file to check (default: VOICES_DATABASE)")
     return parser
 
 
@@ -284,6 +292,8 @@ async def dispatch(
                 console.print(f"wrote {args.out}", markup=False)
             else:
                 console.file.write(text)
+        case "db":
+            return run_db_task(args, config, console)
         case "models":
             async with open_app(config) as app:
                 found, silent = await search_catalogue(app, args.search, args.refresh)
@@ -294,6 +304,20 @@ async def dispatch(
             console.print(f"{len(found)} models", style="dim")
             for line in silent:
                 console.print(line, style="yellow", markup=False)
+    return 0
+
+
+def run_db_task(args: argparse.Namespace, config: EngineConfig, console: Console) -> int:
+    """Back up or check a database; a check that finds a problem exits 1 with it in one line."""
+    if args.task == "backup":
+        health = back_up(config.database, args.path)
+        console.print(f"backed up {config.database} to {health.describe()}", markup=False)
+        return 0
+    health = check(args.path or config.database)
+    if not health.ok:
+        print(f"error: {health.describe()}", file=sys.stderr)
+        return 1
+    console.print(health.describe(), markup=False)
     return 0
 
 

@@ -734,3 +734,27 @@ async def test_a_retry_notice_speaks_of_a_discarded_reply_only_when_one_was_show
     assert len(notices) == 2, result.out
     assert notices[0] == "↻ the reply was empty; retrying (attempt 2)"
     assert notices[1].endswith("; the partial reply above is discarded")
+
+
+async def test_db_backup_and_check_from_the_command_line(env, tmp_path, server):
+    assert (await voices(env, tmp_path, *RUN)).code == 0
+    copy = tmp_path / "backups" / "voices.db"
+    made = await voices(env, tmp_path, "db", "backup", str(copy))
+    assert made.code == 0, made.err
+    assert (
+        made.out.strip()
+        == f"backed up {tmp_path / 'voices.db'} to {copy}: ok (schema 8, 1 dialogue, 4 turns)"
+    )
+    checked = await voices(env, tmp_path, "db", "check", str(copy))
+    assert checked.code == 0 and checked.out.strip() == f"{copy}: ok (schema 8, 1 dialogue, 4 turns)"
+    # The copy is the database: Voices pointed at it shows the same transcript.
+    restored = await voices(
+        {**env, "VOICES_DATABASE": str(copy)}, tmp_path, "export", "1", "--format", "json"
+    )
+    original = await voices(env, tmp_path, "export", "1", "--format", "json")
+    assert restored.out == original.out
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database")
+    bad = await voices(env, tmp_path, "db", "check", str(junk))
+    assert bad.code == 1
+    assert bad.err.strip() == f"error: {junk}: not a readable SQLite database (file is not a database)"
