@@ -90,10 +90,11 @@ BENCHES: dict[str, Bench] = {
 
 
 def table(rows: list[dict[str, str]]) -> str:
-    """Return rows of figures as a Markdown table, one column per figure."""
-    header = list(rows[0])
+    """Return rows of figures as a Markdown table, one column per figure; a row that lacks a figure
+    (a model that is not installed, say) shows a dash there."""
+    header = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row[k] for k in header) + " |" for row in rows]
+    lines += ["| " + " | ".join(row.get(k, "—") for k in header) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ import string
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from importlib import metadata
 from pathlib import Path
@@ -24,11 +25,12 @@ from typing import NoReturn, TypeVar
 from rich.console import Console
 from rich.markdown import Markdown
 
+from bot import usage
 from bot.app import App, EngineConfig, check_personas, open_app
 from bot.backup import back_up, check
 from bot.budget import parse_usd
 from bot.catalogue import Catalogue
-from bot.console import DialogueView, dialogue_table, model_table
+from bot.console import DialogueView, dialogue_table, model_table, usage_table
 from bot.control import Control
 from bot.errors import InputError, ProviderError
 from bot.events import AwaitingHuman, Ended
@@ -51,6 +53,7 @@ from bot.providers import local
 from bot.providers.local import is_local, local_available
 from bot.text import printable, repair
 from bot.transcript import render_json, render_markdown
+from bot.usage import GROUPINGS
 
 _T = TypeVar("_T")
 
@@ -122,6 +125,13 @@ def _seed(text: str) -> int:
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, not '{text}'")
     return value
+
+
+def _date(text: str) -> datetime:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a day as YYYY-MM-DD, not '{text}'") from None
 
 
 def _seconds(text: str) -> float:
@@ -235,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("search", nargs="?", default="")
     models.add_argument("--refresh", action="store_true", help="fetch the catalogue again now")
 
+    spend = sub.add_parser("usage", help="who spent what: by member, model, day or server")
+    spend.add_argument("--since", type=_date, help="from this day on (YYYY-MM-DD, UTC)")
+    spend.add_argument("--by", choices=GROUPINGS, default="member", help="how to group (default: member)")
+    spend.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
     database = sub.add_parser("db", help="back up or check the database")
     tasks = database.add_subparsers(dest="task", required=True, metavar="TASK", parser_class=Parser)
     copy = tasks.add_parser("backup", help="copy the live database consistently, while dialogues run")
@@ -294,6 +309,17 @@ async def dispatch(
                 console.file.write(text)
         case "db":
             return run_db_task(args, config, console)
+        case "usage":
+            async with open_app(config) as app:
+                rows = await usage.report(app.store, args.by, args.since)
+            if args.format == "csv":
+                console.file.write(usage.as_csv(rows, args.by))
+            elif args.format == "json":
+                console.file.write(usage.as_json(rows, args.by))
+            elif rows:
+                console.print(usage_table(rows, args.by))
+            else:
+                console.print("No spend yet.", markup=False)
         case "models":
             async with open_app(config) as app:
                 found, silent = await search_catalogue(app, args.search, args.refresh)

@@ -24,6 +24,7 @@ from bot.events import (
 from bot.models import DRY_RUN, Dialogue, ModelInfo, NoteKind, TurnStatus
 from bot.text import counted, printable
 from bot.transcript import headline
+from bot.usage import UsageRow, total
 
 SPEAKER_STYLES = ("bold cyan", "bold magenta", "bold green", "bold yellow")
 
@@ -189,5 +190,23 @@ def model_table(models: Sequence[tuple[str, ModelInfo]]) -> Table:
             f"{m.pricing.prompt * million:.4g}",
             f"{m.pricing.completion * million:.4g}",
             f"{cached * million:.4g}" if cached is not None else "—",
+        )
+    return table
+
+
+def usage_table(rows: Sequence[UsageRow], by: str) -> Table:
+    """Return a spend report as a table, with the total under it."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, show_footer=True)
+    table.add_column(by, footer="total", overflow="fold")
+    for name in ("dialogues", "prompt tokens", "completion tokens"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("spent", footer=format_usd(total(rows)), justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            printable(row.key),
+            str(len(row.dialogues)),
+            str(row.prompt_tokens),
+            str(row.completion_tokens),
+            format_usd(row.spent_usd),
         )
     return table

@@ -216,6 +216,16 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE dialogues ADD COLUMN seed INTEGER;
         """,
     ),
+    (
+        "Spend reports count each call once: a fork or continuation carries its parent's notes (a "
+        "summary's cost among them) as copies, marked here. A copy keeps its original time, older "
+        "than the dialogue that holds it, which marks the copies made before this migration.",
+        """
+        ALTER TABLE notes ADD COLUMN inherited INTEGER NOT NULL DEFAULT 0;
+        UPDATE notes SET inherited = 1
+         WHERE created_at < (SELECT d.created_at FROM dialogues d WHERE d.id = notes.dialogue_id);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -24,6 +24,7 @@ import aiosqlite
 from bot.errors import DialogueNotFound, LeaseHeld, StateError, StoreError
 from bot.migrations import SCHEMA_VERSION, migrate, schema_version
 from bot.models import (
+    DRY_RUN,
     Child,
     ContextPolicy,
     Dialogue,
@@ -264,7 +265,7 @@ class Store:
             for turn in spec.inherited:
                 await self._insert_turn(conn, replace(turn, dialogue_id=dialogue_id, inherited=True))
             for note in spec.inherited_notes:
-                await self._insert_note(conn, replace(note, dialogue_id=dialogue_id))
+                await self._insert_note(conn, replace(note, dialogue_id=dialogue_id), inherited=True)
         return await self.get_dialogue(dialogue_id)
 
     async def get_dialogue(self, dialogue_id: int) -> Dialogue:
@@ -337,6 +338,45 @@ class Store:
             else None,
             children=tuple(Child(c["id"], LineageKind(c["parent_kind"])) for c in children),
             seed=row["seed"],
+        )
+
+    # Spend ------------------------------------------------------------------------------------
+
+    async def spending(
+        self, since: datetime | None = None, guild_id: int | None = None, member_id: int | None = None
+    ) -> list[sqlite3.Row]:
+        """Return each dialogue's spend and tokens with where it ran and who started it (a Discord
+        room's guild and starter; none for the command line's), dry runs left out."""
+        return await self.fetchall(
+            """SELECT d.id, d.origin, d.created_at, d.spent_usd, d.prompt_tokens, d.completion_tokens,
+                      r.guild_id, r.starter_id
+                 FROM dialogues d LEFT JOIN rooms r ON r.dialogue_id = d.id
+                WHERE d.origin != :dry_run
+                  AND (:since IS NULL OR d.created_at >= :since)
+                  AND (:guild IS NULL OR r.guild_id = :guild)
+                  AND (:member IS NULL OR r.starter_id = :member)
+                ORDER BY d.id""",
+            {
+                "dry_run": DRY_RUN,
+                "since": _iso(since) if since else None,
+                "guild": guild_id,
+                "member": member_id,
+            },
+        )
+
+    async def spending_by_model(self, dialogue_ids: Sequence[int]) -> list[sqlite3.Row]:
+        """Return what each model cost in these dialogues: their own turns and summaries, each call
+        once (copies carried into a fork or continuation are not counted again)."""
+        if not dialogue_ids:
+            return []
+        marks = ",".join("?" * len(dialogue_ids))
+        return await self.fetchall(
+            f"""SELECT dialogue_id, model_used AS model, prompt_tokens, completion_tokens, cost_usd
+                  FROM turns WHERE inherited = 0 AND dialogue_id IN ({marks})
+                UNION ALL
+                SELECT dialogue_id, model, prompt_tokens, completion_tokens, cost_usd
+                  FROM notes WHERE inherited = 0 AND model IS NOT NULL AND dialogue_id IN ({marks})""",
+            (*dialogue_ids, *dialogue_ids),
         )
 
     async def delete_dialogue(self, dialogue_id: int) -> None:
@@ -621,8 +661,9 @@ class Store:
         return note_id
 
     @staticmethod
-    async def _insert_note(conn: Writer, note: Note) -> int:
-        note_id = await _insert(conn, "notes", {"dialogue_id": note.dialogue_id, **note.record()})
+    async def _insert_note(conn: Writer, note: Note, inherited: bool = False) -> int:
+        record = {"dialogue_id": note.dialogue_id, **note.record(), "inherited": int(inherited)}
+        note_id = await _insert(conn, "notes", record)
         assert note_id is not None
         return note_id
 

@@ -4,6 +4,7 @@ config. Each command turns options into engine calls and shows the result."""
 from __future__ import annotations
 
 import asyncio
+import io
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
@@ -12,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import usage as spend
 from bot.app import utc_now
 from bot.budget import format_usd, parse_usd
 from bot.errors import InputError, StateError
@@ -36,6 +38,7 @@ from cogs.errors import reply, user_message
 from cogs.people import ME, seat_of
 from cogs.relay import transcript_files
 from cogs.status import status_embed
+from cogs.usage import PER, usage_since, usage_text
 from cogs.webhooks import NO_MENTIONS
 
 if TYPE_CHECKING:
@@ -557,6 +560,36 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         files = await transcript_files(self.s.store, found.id, limit)
         await interaction.followup.send(
             f"Transcript of dialogue {found.id}.", files=files, allowed_mentions=NO_MENTIONS
+        )
+
+    @app_commands.command(name="usage")
+    @app_commands.describe(
+        period="How far back (default: the last 30 days)",
+        member="Whose spend (Manage Server needed for anyone but you)",
+    )
+    async def usage(
+        self,
+        interaction: discord.Interaction,
+        period: Literal["today", "7 days", "30 days", "all"] = "30 days",
+        member: discord.Member | None = None,
+    ) -> None:
+        """Who spent what in this server, by member, model and day, beside its caps (CSV attached)."""
+        assert interaction.guild_id is not None
+        governs = interaction.permissions.manage_guild
+        if not governs and member is not None and member.id != interaction.user.id:
+            raise InputError("another member's usage needs the Manage Server permission; leave member empty")
+        who = member.id if member else (None if governs else interaction.user.id)
+        since = usage_since(period, utc_now())
+        reports = {by: await spend.report(self.s.store, by, since, interaction.guild_id, who) for by in PER}
+        policy = await self.s.guilds.policy(interaction.guild_id)
+        scope = f"<@{who}>" if who else "this server"
+        text = usage_text(reports, scope, period, policy.daily_cap_guild, policy.daily_cap_member)
+        files = [
+            discord.File(io.BytesIO(spend.as_csv(rows, by).encode()), filename=f"usage-by-{by}.csv")
+            for by, rows in reports.items()
+        ]
+        await interaction.response.send_message(
+            text, files=files, ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
     @app_commands.command(name="personas")

@@ -36,6 +36,8 @@ def test_quick_benchmarks_report_every_figure():
     assert "## Relay overhead (2 rounds, 500 tokens/s)" in out
     assert "## Store and transcripts (100 turns)" in out
     assert "## Concurrency (1 round per dialogue" in out
+    local = out.split("## Local models")[1].split("##")[0]
+    assert "| local:smollm2 |" in local and "| local:gemma3 |" in local  # measured, or said missing
 
 
 def test_an_unknown_benchmark_is_one_clear_line():

@@ -758,3 +758,31 @@ async def test_db_backup_and_check_from_the_command_line(env, tmp_path, server):
     bad = await voices(env, tmp_path, "db", "check", str(junk))
     assert bad.code == 1
     assert bad.err.strip() == f"error: {junk}: not a readable SQLite database (file is not a database)"
+
+
+async def test_usage_agrees_with_the_transcripts_to_the_digit(env, tmp_path, server):
+    empty = await voices(env, tmp_path, "usage")
+    assert empty.code == 0 and empty.out.strip() == "No spend yet."
+    assert (await voices(env, tmp_path, *RUN)).code == 0
+    assert (await voices(env, tmp_path, "fork", "1", "2", "--rounds", "1", "--budget", "0.05")).code == 0
+    assert (await voices(env, tmp_path, "run", "--dry-run", "--rounds", "1")).code == 0  # costs nothing
+    spent = sum(
+        Decimal(json.loads((tmp_path / "transcripts" / f"{i}.json").read_text())["totals"]["spent_usd"])
+        for i in (1, 2)
+    )
+    for by in ("member", "model", "day", "server"):
+        report = await voices(env, tmp_path, "usage", "--by", by, "--format", "json")
+        assert report.code == 0, report.err
+        document = json.loads(report.out)
+        assert Decimal(document["total_usd"]) == spent
+        assert sum(Decimal(r["spent_usd"]) for r in document["rows"]) == spent
+    models = await voices(env, tmp_path, "usage", "--by", "model", "--format", "csv")
+    lines = models.out.splitlines()
+    assert lines[0] == "model,dialogues,prompt_tokens,completion_tokens,spent_usd"
+    assert {line.split(",")[0] for line in lines[1:]} == {OPUS, GLM}
+    table = await voices(env, tmp_path, "usage")
+    assert "command line" in table.out and "total" in table.out
+    later = await voices(env, tmp_path, "usage", "--since", "2999-01-01", "--format", "json")
+    assert json.loads(later.out)["total_usd"] == "0"
+    bad = await voices(env, tmp_path, "usage", "--by", "planet")
+    assert bad.code == 2 and bad.err.count("\n") == 1 and "invalid choice: 'planet'" in bad.err

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import time
+from decimal import Decimal
 
 import discord
 import pytest
@@ -616,3 +617,49 @@ async def test_a_restarted_bot_takes_a_dialogue_over_once_the_dead_process_lease
     assert [m.author.name for m in posts] == ["claude-opus-4.6", "glm-5"] * 2
     assert len({m.content for m in posts}) == 4
     assert "is being run by another process" in caplog.text and "trying again then" in caplog.text
+
+
+async def test_usage_reports_spend_to_managers_and_each_member_their_own(world):
+    await start(world, rounds=1)
+    await world.finish(1)
+    await start(world, member=world.bob, rounds=1)
+    await world.finish(2)
+    store = world.bot.services.store
+    alice_spent = (await store.get_dialogue(1)).totals.spent_usd
+    bob_spent = (await store.get_dialogue(2)).totals.spent_usd
+    manager_role = world.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+    carol = world.guild.add_member(world.env.create_user("carol"), roles=[manager_role])
+
+    everyone = await carol.slash(world.channel, "voices usage", period="all")
+    assert everyone.ephemeral
+    text = everyone.response.content
+    assert text.startswith("**Usage of this server, all:**") and "over 2 dialogues" in text
+    assert f"<@{world.alice.id}>" in text and f"<@{world.bob.id}>" in text
+    assert "caps per day: server $" in text
+    files = {a.filename: (await a.read()).decode() for a in everyone.response.attachments}
+    assert set(files) == {"usage-by-member.csv", "usage-by-model.csv", "usage-by-day.csv"}
+    for csv_text in files.values():
+        # Exact decimals that add up to what the dialogues spent, to the digit.
+        amounts = [Decimal(line.rsplit(",", 1)[1]) for line in csv_text.splitlines()[1:]]
+        assert sum(amounts) == alice_spent + bob_spent
+    members = dict(line.split(",", 1) for line in files["usage-by-member.csv"].splitlines()[1:])
+    assert Decimal(members[str(world.alice.id)].rsplit(",", 1)[1]) == alice_spent
+
+    own = await world.bob.slash(world.channel, "voices usage")
+    assert own.response.content.startswith(f"**Usage of <@{world.bob.id}>, 30 days:**")
+    own_files = {a.filename: (await a.read()).decode() for a in own.response.attachments}
+    assert (
+        sum(Decimal(line.rsplit(",", 1)[1]) for line in own_files["usage-by-model.csv"].splitlines()[1:])
+        == bob_spent
+    )
+    refused = await world.bob.slash(world.channel, "voices usage", member=world.alice)
+    assert refused.response.content == (
+        "⚠ another member's usage needs the Manage Server permission; leave member empty"
+    )
+    # Nothing pings: the members are named, never notified.
+    payload = next(r for r in sent_payloads_all(world) if "Usage of this server" in str(r.json))
+    assert payload.json["data"]["allowed_mentions"] == {"parse": []}
+
+
+def sent_payloads_all(world):
+    return [r for r in world.env.http_requests if r.method == "POST" and isinstance(r.json, dict)]
