@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.migrations import SCHEMA_VERSION
 from bot.providers.local import local_available
 from tests.conftest import API_KEY, GLM, OPUS
 from tests.fake_openrouter import FakeOpenRouter, Reply, plain
@@ -743,10 +744,13 @@ async def test_db_backup_and_check_from_the_command_line(env, tmp_path, server):
     assert made.code == 0, made.err
     assert (
         made.out.strip()
-        == f"backed up {tmp_path / 'voices.db'} to {copy}: ok (schema 8, 1 dialogue, 4 turns)"
+        == f"backed up {tmp_path / 'voices.db'} to {copy}: ok (schema {SCHEMA_VERSION}, 1 dialogue, 4 turns)"
     )
     checked = await voices(env, tmp_path, "db", "check", str(copy))
-    assert checked.code == 0 and checked.out.strip() == f"{copy}: ok (schema 8, 1 dialogue, 4 turns)"
+    assert (
+        checked.code == 0
+        and checked.out.strip() == f"{copy}: ok (schema {SCHEMA_VERSION}, 1 dialogue, 4 turns)"
+    )
     # The copy is the database: Voices pointed at it shows the same transcript.
     restored = await voices(
         {**env, "VOICES_DATABASE": str(copy)}, tmp_path, "export", "1", "--format", "json"
