@@ -26,8 +26,10 @@ RUN pip install --no-cache-dir --upgrade pip \
 FROM python:3.11-slim
 ARG EXTRAS
 # VOICES_IMAGE: advice about installing things speaks of rebuilding the image, not of pip.
+# The health endpoint listens on the container's network, for the HEALTHCHECK and for Prometheus.
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     VOICES_IMAGE=1 \
+    VOICES_METRICS_PORT=8080 VOICES_METRICS_HOST=0.0.0.0 \
     VOICES_DATABASE=/home/voices/data/voices.db \
     VOICES_TRANSCRIPTS_DIR=/home/voices/transcripts
 # llama.cpp runs its threads with OpenMP.
@@ -42,5 +44,9 @@ USER voices
 WORKDIR /home/voices
 RUN mkdir -p data transcripts
 VOLUME ["/home/voices/data", "/home/voices/transcripts"]
+EXPOSE 8080
+# Healthy while the gateway is connected and the database answers (see /healthz); for `voices bot`.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['VOICES_METRICS_PORT'] + '/healthz', timeout=4)"]
 ENTRYPOINT ["voices"]
 CMD ["bot"]

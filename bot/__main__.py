@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = settings.discord_token
     secrets = [config.api_key or "", token.get_secret_value() if token else ""]
     secrets += [spec.api_key for spec in config.providers if spec.api_key]
-    setup_logging(settings.log_level, secrets, settings.library_log_level)
+    setup_logging(settings.log_level, secrets, settings.library_log_level, settings.log_format == "json")
     if args.command == "bot":
         return run_bot(settings)
     try:

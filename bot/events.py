@@ -58,6 +58,8 @@ class TurnRestarted:
     attempt: int
     reason: str
     delay: float
+    #: What went wrong, as a short name: the error's class (RateLimited, ServerError…), or "Empty".
+    kind: str = "Empty"
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,9 @@ class TurnPlayer:
             if attempt.error is not None:
                 delay = self._retry.delay(attempt.error, attempts)
                 if delay is not None:
-                    yield TurnRestarted(plan.seq, attempts + 1, str(attempt.error), delay)
+                    yield TurnRestarted(
+                        plan.seq, attempts + 1, str(attempt.error), delay, type(attempt.error).__name__
+                    )
                     if not await wait_or_stop(self._sleep, delay, control):
                         continue
                     attempt.interrupted = control.reason

@@ -14,10 +14,12 @@ from discord.ext import commands
 from bot.app import open_app
 from bot.catalogue import Catalogue
 from bot.guilds import GuildStore
+from bot.metrics import Metrics
 from bot.models import Persona
 from bot.personas import load_personas
 from bot.rooms import RoomStore
 from cogs import EXTENSIONS
+from cogs.health import Health, RateLimitCounter
 from cogs.people import InterjectButton, SayButton
 from cogs.relay import Relays, Services
 from cogs.status import ControlButton
@@ -50,19 +52,31 @@ class VoicesBot(commands.Bot):
         app = await self._resources.enter_async_context(open_app(self.settings.engine_config()))
         self.catalogue = app.catalogue
         self.personas = load_personas(self.settings.personas_file)
+        metrics = Metrics()
         self.services = Services(
             store=app.store,
             runner=app.runner,
             rooms=RoomStore(app.store),
             guilds=GuildStore(app.store, self.settings.guild_defaults()),
-            webhooks=WebhookPool(self),
+            webhooks=WebhookPool(self, metrics),
+            metrics=metrics,
         )
         self.relays = Relays(self, self.services)
+        counter = RateLimitCounter(metrics)
+        logging.getLogger("discord").addHandler(counter)
+        self._resources.callback(logging.getLogger("discord").removeHandler, counter)
+        if self.settings.metrics_port is not None:
+            health = Health(metrics, app.store, self._connected, self.relays.running)
+            await health.start(self.settings.metrics_host, self.settings.metrics_port)
+            self._resources.push_async_callback(health.stop)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(ControlButton, SayButton, InterjectButton)
         await self.sync_commands()
         self.loop.create_task(self._resume_when_ready(), name="voices-resume")
+
+    def _connected(self) -> bool:
+        return self.is_ready() and not self.is_closed()
 
     async def _resume_when_ready(self) -> None:
         await self.wait_until_ready()

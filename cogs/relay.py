@@ -33,6 +33,7 @@ from bot.events import (
 )
 from bot.guilds import GuildStore
 from bot.mailbox import Mailbox
+from bot.metrics import Metrics
 from bot.models import Dialogue, NoteKind, Status, StopReason, Turn, TurnStatus
 from bot.rooms import Room, RoomStore
 from bot.store import Store
@@ -94,6 +95,8 @@ class _Live:
     offset: int = 0
     opener: str | None = None
     final: int = 0
+    #: When the oldest piece not yet sent to Discord arrived (for the token-to-Discord latency).
+    unshown_since: float | None = None
 
 
 def _posted(live: _Live) -> tuple[int, ...]:
@@ -121,6 +124,7 @@ class Relay:
         self._speaker: str | None = None
         self._gone = False
         self._deferred: dict[int, asyncio.Task[None]] = {}
+        self._waiting_since: dict[int, float | None] = {}
         #: After Discord refused a streamed post: seconds to wait, and until when (relay.now()).
         self._cool_down = 0.0
         self._quiet_until = 0.0
@@ -151,6 +155,7 @@ class Relay:
     async def _feed(self, box: Mailbox[Event]) -> None:
         try:
             async for event in self._s.runner.run(self.room.dialogue_id, self.control):
+                self._s.metrics.observe(self.room.dialogue_id, event)
                 box.put(event)
         except Exception as exc:  # the display says it, once it has shown what came before
             box.close(exc)
@@ -215,6 +220,8 @@ class Relay:
             case Delta(reasoning=False):
                 assert self._live is not None
                 self._live.text += event.text
+                if self._live.unshown_since is None:
+                    self._live.unshown_since = now()
                 if now() >= self._quiet_until:
                     await self._flush(force=False)
                     self._cool_down = 0.0  # Discord took it: the next refusal starts again at 1 s
@@ -267,15 +274,17 @@ class Relay:
         live = self._live
         assert live is not None
         moment = now()
+        since, live.unshown_since = live.unshown_since, None
         parts = split_tail(live.text[live.offset :], live.opener)
         for n, (piece, chunk, after) in enumerate(parts):
             index = live.final + n
             done = n < len(parts) - 1  # a later message has begun: this one's text is final
             if index >= len(live.messages) and (chunk.strip() or done):
                 await self._post_piece(live, chunk, moment)
+                self._shown(since)
             elif index < len(live.messages) and live.messages[index] and chunk != live.shown[index]:
                 if force or done or moment - live.edited_at[index] >= EDIT_INTERVAL:
-                    await self._edit(live, index, chunk)
+                    await self._edit(live, index, chunk, since)
             if done:
                 live.offset, live.opener, live.final = live.offset + len(piece), after, live.final + 1
 
@@ -291,7 +300,12 @@ class Relay:
         live.edited_at.append(moment)
         await self._s.rooms.set_live_messages(self.room.dialogue_id, _posted(live))
 
-    async def _edit(self, live: _Live, index: int, chunk: str) -> None:
+    def _shown(self, since: float | None) -> None:
+        """Count how long the oldest piece just shown waited to reach Discord."""
+        if since is not None:
+            self._s.metrics.token_to_discord.observe(max(now() - since, 0.0))
+
+    async def _edit(self, live: _Live, index: int, chunk: str, since: float | None = None) -> None:
         """Edit one message now, or, if its last edit was under a second ago, in the background
         once the second is over: never two edits a second, and the dialogue never waits for it."""
         wait = EDIT_INTERVAL - (now() - live.edited_at[index])
@@ -300,18 +314,26 @@ class Relay:
         if wait <= 0:
             await self._s.webhooks.edit(self.thread, message_id, chunk)
             live.confirmed[index] = chunk
+            self._shown(since)
             return
         previous = self._deferred.pop(message_id, None)
         if previous is not None:
             previous.cancel()
-        self._deferred[message_id] = asyncio.create_task(self._edit_later(wait, live, index, chunk))
+            # The edit it replaces never went out: its text waits from the earlier time still.
+            waiting = self._waiting_since.get(message_id)
+            since = min(s for s in (since, waiting) if s is not None) if since or waiting else None
+        self._waiting_since[message_id] = since
+        self._deferred[message_id] = asyncio.create_task(self._edit_later(wait, live, index, chunk, since))
 
-    async def _edit_later(self, wait: float, live: _Live, index: int, chunk: str) -> None:
+    async def _edit_later(
+        self, wait: float, live: _Live, index: int, chunk: str, since: float | None = None
+    ) -> None:
         message_id = live.messages[index]
         await pause(wait)
         try:
             await self._s.webhooks.edit(self.thread, message_id, chunk)
             live.confirmed[index] = chunk
+            self._shown(since)
         except (discord.NotFound, discord.Forbidden) as exc:
             self._lost(exc)
         except discord.HTTPException as exc:
@@ -320,6 +342,7 @@ class Relay:
         finally:
             if self._deferred.get(message_id) is asyncio.current_task():
                 del self._deferred[message_id]
+                self._waiting_since.pop(message_id, None)
 
     async def _land(self, live: _Live) -> None:
         """Make the thread show a finished turn's whole text: what Discord refused (a 429 past
@@ -481,6 +504,7 @@ class Services:
     rooms: RoomStore
     guilds: GuildStore
     webhooks: WebhookPool
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 class Relays:
@@ -491,6 +515,10 @@ class Relays:
         self._s = services
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._relays: dict[int, Relay] = {}
+
+    def running(self) -> int:
+        """Return how many dialogues this process runs now."""
+        return len(self._tasks)
 
     def is_running(self, dialogue_id: int) -> bool:
         return dialogue_id in self._tasks

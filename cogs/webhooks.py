@@ -16,6 +16,7 @@ from typing import Any
 import discord
 
 from bot.mailbox import FairQueue
+from bot.metrics import Metrics
 from cogs._format import sanitize_name
 
 WEBHOOK_NAME = "Voices"
@@ -25,8 +26,9 @@ NO_MENTIONS = discord.AllowedMentions.none()
 class WebhookPool:
     """Hand out the bot's webhook of a channel; `send` and `edit` recreate a deleted one once."""
 
-    def __init__(self, client: discord.Client):
+    def __init__(self, client: discord.Client, metrics: Metrics | None = None):
         self._client = client
+        self._metrics = metrics or Metrics()
         self._hooks: dict[int, discord.Webhook] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._queues: dict[int, FairQueue] = {}
@@ -90,6 +92,7 @@ class WebhookPool:
         return await queue.run(thread.id, lambda: self._with_retry(parent, call), key)
 
     async def _with_retry(self, parent: discord.TextChannel, call: Any) -> Any:
+        self._metrics.discord_requests.labels("webhook").inc()
         hook = await self.get(parent)
         try:
             return await call(hook)

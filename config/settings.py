@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # Seconds a dialogue's lease lasts unless its process renews it: how soon another process may
     # take over the dialogue of one that died.
     lease_seconds: float = Field(default=15.0, ge=1, le=3600)
+    #: The health and metrics endpoint (/healthz, /metrics) of `voices bot`; off unless a port is set.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
     #: Set by the Dockerfile: advice about installing things speaks of rebuilding the image, not pip.
     image: bool = False
 
@@ -93,6 +96,8 @@ class Settings(BaseSettings):
     # discord.py, httpx and aiosqlite log at most this loudly (their debug lines name webhook URLs;
     # tokens are masked all the same).
     library_log_level: LogLevel = "WARNING"
+    #: `json` writes one JSON object per log line (time, level, logger, message, exception).
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("openrouter_api_key", "discord_token", "summary_model", "human_timeout", mode="before")
     @classmethod

@@ -4,6 +4,7 @@ secret, whole or in part, reaches a log line."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 
 from rich.console import Console
@@ -69,6 +70,24 @@ def test_logs_at_debug_carry_no_secret_and_discord_stays_at_warning(capfd):
     assert API_KEY[5:20] not in err and API_KEY[:8] not in err
     assert "secret-token" not in err and "/webhooks/1/***" in err
     assert "calling with ***" in err and "Traceback" in err
+
+
+def test_json_log_lines_are_one_object_each_with_secrets_masked(capfd):
+    setup_logging("INFO", [API_KEY], as_json=True)
+    try:
+        logging.getLogger("bot.anything").info('calling with %s and a "quote"', API_KEY)
+        try:
+            raise RuntimeError(f"server said: key {API_KEY[5:20]} is wrong")
+        except RuntimeError:
+            logging.getLogger("bot.anything").exception("failed")
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = capfd.readouterr().err.splitlines()
+    first, second = (json.loads(line) for line in lines)
+    assert first["level"] == "INFO" and first["logger"] == "bot.anything"
+    assert first["message"] == 'calling with *** and a "quote"'
+    assert second["message"] == "failed" and "Traceback" in second["exception"]
+    assert API_KEY[5:20] not in lines[1] and first["time"].endswith("+00:00")
 
 
 async def test_lone_surrogates_from_a_provider_are_repaired_and_cost_no_turn(runner, store, server):
