@@ -46,6 +46,13 @@ class Health:
 def back_up(source: Path, target: Path) -> Health:
     """Copy the database at `source` to `target` as one consistent snapshot, check the copy, and
     return what it holds; `target` appears only once it is whole and checked."""
+    try:
+        return _back_up(source, target)
+    except OSError as exc:  # a path the file system refuses (too long, say) before any copying
+        raise InputError(f"cannot write {target}: {exc.strerror}; choose another path") from None
+
+
+def _back_up(source: Path, target: Path) -> Health:
     if not source.is_file():
         raise InputError(f"no database at {source}; set VOICES_DATABASE or give the right path")
     if target.exists() and target.resolve() == source.resolve():
@@ -83,7 +90,11 @@ def back_up(source: Path, target: Path) -> Health:
 def check(path: Path) -> Health:
     """Return whether the file at `path` is a whole Voices database: SQLite's integrity and foreign
     key checks, and a schema this Voices can open."""
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    if not found:
         raise InputError(f"no database at {path}; give the path of a Voices database")
     try:
         conn = _connect(path, read_only=True)

@@ -563,8 +563,13 @@ def check_writable(folder: Path) -> None:
     # Nothing is created here (a refused dialogue leaves no trace): the folder, or the nearest
     # folder above it that exists, must be one this process may write in.
     existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as exc:  # a name longer than the file system allows, say
+        raise InputError(
+            f"cannot write transcripts to {folder}: {exc.strerror}; choose another --out"
+        ) from None
     if not existing.is_dir():
         why = f"{existing} is not a folder"
     elif not os.access(existing, os.W_OK | os.X_OK):

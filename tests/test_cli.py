@@ -790,3 +790,17 @@ async def test_usage_agrees_with_the_transcripts_to_the_digit(env, tmp_path, ser
     assert json.loads(later.out)["total_usd"] == "0"
     bad = await voices(env, tmp_path, "usage", "--by", "planet")
     assert bad.code == 2 and bad.err.count("\n") == 1 and "invalid choice: 'planet'" in bad.err
+
+
+async def test_a_name_too_long_for_the_file_system_is_one_line(env, tmp_path, server):
+    """Found by the CLI fuzz test: a 300-character folder name raised OSError from a path check."""
+    long = "x" * 300
+    assert (await voices(env, tmp_path, *RUN)).code == 0  # a database to back up
+    for argv in (
+        (*RUN, "--out", long),
+        ("db", "backup", long),
+        ("db", "check", long),
+    ):
+        result = await voices(env, tmp_path, *argv)
+        assert result.code == 2 and result.err.count("\n") == 1, (argv, result.err)
+        assert "File name too long" in result.err and "Traceback" not in result.err
