@@ -189,14 +189,14 @@ class DialogueRunner:
         await self.store.extend_rounds(dialogue_id, total, reopen)
         return await self.store.get_dialogue(dialogue_id)
 
-    async def interject(self, dialogue_id: int, author: str, text: str) -> Note:
+    async def interject(self, dialogue_id: int, author: str, text: str, author_id: str | None = None) -> Note:
         """Store a spectator's note for every model to read at the next turn boundary."""
         if not text.strip():
             raise InputError("the interjection is empty; say something")
         dialogue = await self.store.get_dialogue(dialogue_id)
         if dialogue.status.is_final:
             raise StateError(f"dialogue {dialogue_id} has ended; its models no longer read notes")
-        return await self.store.add_interjection(dialogue_id, author, text.strip(), self._clock())
+        return await self.store.add_interjection(dialogue_id, author, text.strip(), self._clock(), author_id)
 
     async def run(self, dialogue_id: int, control: Control | None = None) -> AsyncIterator[Event]:
         """Run (or resume) the dialogue until a limit, a stop, a pause or an error; yield what happens."""

@@ -226,6 +226,13 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
          WHERE created_at < (SELECT d.created_at FROM dialogues d WHERE d.id = notes.dialogue_id);
         """,
     ),
+    (
+        "Forgetting a member: an interjection records its author's id (names change and repeat); "
+        "older ones carry only the name.",
+        """
+        ALTER TABLE notes ADD COLUMN author_id TEXT;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -440,9 +440,11 @@ class Note:
     model: str | None = None
     usage: Usage = field(default_factory=Usage)
     cost_usd: Decimal = Decimal(0)
-    #: Who wrote an interjection (a member's display name).
+    #: Who wrote an interjection (a member's display name), and their id, by which they are
+    #: forgotten on request (names change and repeat).
     author: str | None = None
     id: int | None = None
+    author_id: str | None = None
 
     def record(self) -> dict[str, object]:
         """Return every field as plain values (money as an exact string)."""
@@ -450,6 +452,7 @@ class Note:
             "before_seq": self.before_seq,
             "kind": str(self.kind),
             "author": self.author,
+            "author_id": self.author_id,
             "text": self.text,
             "first_kept_seq": self.first_kept_seq,
             "model": self.model,

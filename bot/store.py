@@ -628,7 +628,9 @@ class Store:
             note_id = await self._record_note(conn, note, settles_seq)
         return replace(note, id=note_id)
 
-    async def add_interjection(self, dialogue_id: int, author: str, text: str, now: datetime) -> Note:
+    async def add_interjection(
+        self, dialogue_id: int, author: str, text: str, now: datetime, author_id: str | None = None
+    ) -> Note:
         """Store a spectator's note at the next turn boundary: after the turn in flight, if any."""
         async with self.transaction() as conn:
             done = await conn.fetchall("SELECT COUNT(*) FROM turns WHERE dialogue_id = ?", (dialogue_id,))
@@ -637,7 +639,13 @@ class Store:
                 (dialogue_id, done[0][0]),
             )
             note = Note(
-                dialogue_id, done[0][0] + flying[0][0], NoteKind.INTERJECTION, text, now, author=author
+                dialogue_id,
+                done[0][0] + flying[0][0],
+                NoteKind.INTERJECTION,
+                text,
+                now,
+                author=author,
+                author_id=author_id,
             )
             note_id = await self._insert_note(conn, note)
         return replace(note, id=note_id)
@@ -682,6 +690,7 @@ class Store:
                 usage=Usage(r["prompt_tokens"], r["completion_tokens"]),
                 cost_usd=Decimal(r["cost_usd"]),
                 author=r["author"],
+                author_id=r["author_id"],
                 id=r["id"],
             )
             for r in rows

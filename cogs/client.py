@@ -3,21 +3,26 @@ and resumes every dialogue a restart interrupted."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 from contextlib import AsyncExitStack
+from datetime import timedelta
+from typing import Any
 
 import discord
 from discord.ext import commands
 
-from bot.app import open_app
+from bot.app import open_app, utc_now
 from bot.catalogue import Catalogue
 from bot.guilds import GuildStore
 from bot.metrics import Metrics
 from bot.models import Persona
 from bot.personas import load_personas
+from bot.privacy import delete_older
 from bot.rooms import RoomStore
+from bot.text import counted
 from cogs import EXTENSIONS
 from cogs.health import Health, RateLimitCounter
 from cogs.people import InterjectButton, SayButton
@@ -27,6 +32,8 @@ from cogs.webhooks import WebhookPool
 from config import Settings
 
 log = logging.getLogger(__name__)
+#: Retention runs at start-up, then once a day.
+RETENTION_INTERVAL = 24 * 3600
 
 
 class VoicesBot(commands.Bot):
@@ -62,6 +69,7 @@ class VoicesBot(commands.Bot):
             metrics=metrics,
         )
         self.relays = Relays(self, self.services)
+        self._count_requests(metrics)
         counter = RateLimitCounter(metrics)
         logging.getLogger("discord").addHandler(counter)
         self._resources.callback(logging.getLogger("discord").removeHandler, counter)
@@ -74,6 +82,43 @@ class VoicesBot(commands.Bot):
         self.add_dynamic_items(ControlButton, SayButton, InterjectButton)
         await self.sync_commands()
         self.loop.create_task(self._resume_when_ready(), name="voices-resume")
+        if self.settings.retain_days is not None:
+            self.loop.create_task(self._retain_daily(self.settings.retain_days), name="voices-retention")
+
+    def _count_requests(self, metrics: Metrics) -> None:
+        """Count the bot's own REST requests (webhooks count theirs in WebhookPool): discord.py
+        offers no hook, so its one entry point is wrapped."""
+        request = self.http.request
+
+        async def counted(route: Any, **options: Any) -> Any:
+            metrics.discord_requests.labels("bot").inc()
+            try:
+                return await request(route, **options)
+            except discord.HTTPException as exc:
+                if exc.status == 429:  # past discord.py's own retries, which its log reports
+                    metrics.discord_rate_limited.inc()
+                raise
+
+        self.http.request = counted  # type: ignore[method-assign]
+
+    async def _retain_daily(self, days: int) -> None:
+        while not self.is_closed():
+            await self.retain(days)
+            await asyncio.sleep(RETENTION_INTERVAL)
+
+    async def retain(self, days: int) -> list[int]:
+        """Delete the dialogues that ended more than `days` days ago, saying in the log which."""
+        cutoff = utc_now() - timedelta(days=days)
+        removed = await delete_older(self.services.store, cutoff)
+        if removed:
+            log.warning(
+                "retention (VOICES_RETAIN_DAYS=%d): deleted %s that ended before %s: %s",
+                days,
+                counted(len(removed), "dialogue"),
+                cutoff.strftime("%Y-%m-%d %H:%M UTC"),
+                ", ".join(map(str, removed)),
+            )
+        return removed
 
     def _connected(self) -> bool:
         return self.is_ready() and not self.is_closed()

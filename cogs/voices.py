@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
@@ -32,6 +33,7 @@ from bot.models import (
     StopReason,
 )
 from bot.personas import resolve_participants
+from bot.privacy import forget_member
 from bot.rooms import Room
 from bot.text import counted
 from cogs.errors import reply, user_message
@@ -56,6 +58,7 @@ NEEDED = dict(
     read_message_history=True,
 )
 Action = Literal["stop", "pause", "resume"]
+log = logging.getLogger(__name__)
 
 
 @app_commands.guild_only()
@@ -389,7 +392,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         limit = self.bot.settings.interject_max_chars
         if len(text) > limit:
             raise InputError(f"an interjection is at most {limit} characters; yours has {len(text)}")
-        note = await self.s.runner.interject(room.dialogue_id, interaction.user.display_name, text)
+        note = await self.s.runner.interject(
+            room.dialogue_id, interaction.user.display_name, text, str(interaction.user.id)
+        )
         self._interjected[interaction.user.id] = asyncio.get_running_loop().time()
         when = "" if self.bot.relays.is_running(room.dialogue_id) else ", when the dialogue goes on"
         # The thread shows it in its place, at that boundary.
@@ -590,6 +595,30 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         ]
         await interaction.response.send_message(
             text, files=files, ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    @app_commands.command(name="forget")
+    @app_commands.describe(member="Whose words to remove (Manage Server needed for anyone but you)")
+    async def forget(self, interaction: discord.Interaction, member: discord.Member | None = None) -> None:
+        """Remove what a member wrote in this server's dialogues (yours if nobody is named)."""
+        assert interaction.guild_id is not None
+        target = member or interaction.user
+        if target.id != interaction.user.id and not interaction.permissions.manage_guild:
+            raise InputError("forgetting another member needs the Manage Server permission")
+        names = {target.name, target.display_name, getattr(target, "global_name", None) or target.name}
+        done = await forget_member(self.s.store, interaction.guild_id, target.id, sorted(names))
+        log.info(
+            "forgot member %s in guild %s at %s's request: %s",
+            target.id,
+            interaction.guild_id,
+            interaction.user.id,
+            done.describe(),
+        )
+        whose = "your" if target.id == interaction.user.id else f"{target.mention}'s"
+        await reply(
+            interaction,
+            f"Removed {whose} words from this server's dialogues: {done.describe()}. Transcripts "
+            "fetched from now on show the marker instead; costs are kept, without the name.",
         )
 
     @app_commands.command(name="personas")

@@ -96,7 +96,11 @@ class WebhookPool:
         hook = await self.get(parent)
         try:
             return await call(hook)
-        except discord.NotFound as exc:
+        except discord.HTTPException as exc:
+            if exc.status == 429:  # past discord.py's own retries (each of those is counted as logged)
+                self._metrics.discord_rate_limited.inc()
+            if not isinstance(exc, discord.NotFound):
+                raise
             if exc.code != 10015:  # Unknown Webhook; anything else is the caller's business
                 raise
             self._hooks.pop(parent.id, None)

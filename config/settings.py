@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     # Seconds a dialogue's lease lasts unless its process renews it: how soon another process may
     # take over the dialogue of one that died.
     lease_seconds: float = Field(default=15.0, ge=1, le=3600)
+    #: Delete dialogues that ended more than this many days ago, once a day (off when unset).
+    retain_days: int | None = Field(default=None, ge=1, le=100_000)
     #: The health and metrics endpoint (/healthz, /metrics) of `voices bot`; off unless a port is set.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"

@@ -3,6 +3,7 @@ SimCord, and after it ends."""
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 
@@ -53,6 +54,7 @@ async def test_metrics_follow_a_dialogue_and_health_says_ok(world):
         assert value(during, "voices_tokens_total", model="anthropic/claude-opus-4.6", kind="completion") > 0
         assert value(during, "voices_provider_errors_total", kind="RateLimited") == 1
         assert value(during, "voices_discord_requests_total", kind="webhook") >= 1
+        assert value(during, "voices_discord_requests_total", kind="bot") >= 2  # the thread, the status
 
         await world.finish(1)
         after = (await http.get("/metrics")).text
@@ -75,3 +77,16 @@ async def test_health_is_503_naming_what_is_down(world):
         down = await http.get("/healthz")
     assert down.status_code == 503
     assert down.text == "the database does not answer (ValueError)\n"
+
+
+async def test_429s_that_discord_py_waits_out_are_counted_from_its_log(world):
+    """discord.py retries a 429 itself and reports it only in its log; the bot counts those lines."""
+    metrics = world.bot.services.metrics
+    logging.getLogger("discord.http").warning(
+        "We are being rate limited. %s %s responded with 429. Retrying in %.2f seconds.", "POST", "/x", 1.0
+    )
+    logging.getLogger("discord.webhook.async_").warning(
+        "Webhook ID %s is rate limited. Retrying in %.2f seconds.", 1, 2.0
+    )
+    logging.getLogger("discord.http").warning("something else entirely")
+    assert value(metrics.exposition().decode(), "voices_discord_rate_limited_total") == 2

@@ -267,3 +267,56 @@ async def test_a_restart_while_a_member_is_due_asks_once_again_and_their_answer_
     assert (await fresh.services.store.get_dialogue(1)).stop_reason is StopReason.MAX_ROUNDS
     assert [m.content for m in persona_posts(thread)][1] == "Still here after the restart."
     assert len(world.server.chat_requests) == 1  # GLM's turn was not asked for twice
+
+
+async def test_forgetting_a_member_reaches_their_turns_notes_openings_and_every_copy(world):
+    """Alice sits in a seat, opens, interjects; the dialogue is forked and continued; she asks to be
+    forgotten. Her words are gone from every copy, the models' words and the costs stay."""
+    await start(world, a="me", b=GLM, rounds=2, opening="My secret question about Alice's life.")
+    await world.env.settle()
+    thread = world.thread()
+    await world.alice.slash(thread, "voices say", text="Alice's private words, turn one.")
+    await world.env.settle()
+    await world.alice.slash(thread, "voices interject", text="Alice's private note.")
+    await world.alice.slash(thread, "voices say", text="Alice's private words, turn three.")
+    await world.finish(1)
+    await world.bob.slash(world.channel, "voices fork", dialogue=1, turn=2, rounds=1, budget="0.25")
+    await world.finish(2)
+    await world.bob.slash(world.channel, "voices continue", dialogue=1, rounds=1, budget="0.25")
+    await world.env.settle()
+    await world.alice.slash(world.thread(), "voices say", text="Alice's private words, continued.")
+    await world.finish(3)
+    store = world.bot.services.store
+    assert (await store.get_dialogue(3)).parent.kind.value == "continue"
+    spent_before = [(await store.get_dialogue(i)).totals.spent_usd for i in (1, 2, 3)]
+    glm_words = [t.text for t in await store.list_turns(1) if not t.is_human]
+
+    # Bob may not forget Alice; Alice may forget herself.
+    refused = await world.bob.slash(world.channel, "voices forget", member=world.alice)
+    assert "needs the Manage Server permission" in refused.response.content
+    done = await world.alice.slash(world.channel, "voices forget")
+    assert done.ephemeral and done.response.content.startswith("Removed your words")
+
+    for dialogue_id in (1, 2, 3):
+        markdown = await world.bot.services.store.history(dialogue_id)
+        dialogue, turns, notes = markdown[0], markdown[1], markdown[2]
+        everything = json.dumps(
+            [
+                dialogue.opening,
+                [t.text for t in turns],
+                [n.text for n in notes],
+                [p.name for p in dialogue.participants],
+            ]
+        )
+        assert "Alice" not in everything and "alice" not in everything, everything
+        assert str(world.alice.id) not in json.dumps([p.model for p in dialogue.participants])
+        assert dialogue.opening == "[removed at the member's request]"
+        assert [t.text for t in turns if t.is_human] and all(
+            t.text == "[removed at the member's request]" for t in turns if t.is_human
+        )
+    assert [t.text for t in await store.list_turns(1) if not t.is_human] == glm_words
+    assert [(await store.get_dialogue(i)).totals.spent_usd for i in (1, 2, 3)] == spent_before
+    # A transcript fetched afterwards is regenerated from what is stored now.
+    again = await world.bob.slash(world.channel, "voices transcript", dialogue=1)
+    text = (await again.response.attachments[0].read()).decode()
+    assert "Alice's private" not in text and "removed at the member's request" in text

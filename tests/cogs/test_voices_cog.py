@@ -593,6 +593,10 @@ async def test_a_discord_answering_429_holds_neither_the_dialogue_nor_any_turns_
     assert [m.content for m in posts] == [t.text for t in turns]
     assert "Discord refused turn 1's text" in caplog.text  # the end of the turn was tried again
     assert not [m for m in world.thread().history() if "kept refusing" in m.content]
+    # The metrics counted each 429 that discord.py reported as it waited and retried.
+    metrics = world.bot.services.metrics.exposition().decode()
+    limited = float(metrics.split("\nvoices_discord_rate_limited_total ")[1].split()[0])
+    assert limited == 8  # every refusal injected
 
 
 async def test_a_restarted_bot_takes_a_dialogue_over_once_the_dead_process_lease_lapses(

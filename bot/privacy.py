@@ -1,0 +1,116 @@
+"""What Voices forgets: a member's words and identity in a server's dialogues, on request, and whole
+dialogues once they are older than the retention time.
+
+Forgetting replaces what the member wrote (their turns in a human seat, their interjections, the
+openings they gave) with a marker saying it was removed at their request, and removes their id and
+name from those dialogues. The copies a fork or a continuation carried over are forgotten with the
+originals. Money records stay, anonymised: the dialogue still cost what it cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from bot.models import HUMAN, NoteKind
+from bot.store import Store, Writer
+from bot.text import counted
+
+MARKER = "[removed at the member's request]"
+#: What a forgotten member's seat is called from then on.
+REMOVED_NAME = "Removed member"
+REMOVED_SEAT = f"{HUMAN}0"
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What a forget request changed."""
+
+    turns: int
+    interjections: int
+    openings: int
+    seats: int
+
+    def describe(self) -> str:
+        return (
+            f"{counted(self.turns, 'turn')}, {counted(self.interjections, 'interjection')} and "
+            f"{counted(self.openings, 'opening')} replaced, and {counted(self.seats, 'seat')} made anonymous"
+        )
+
+
+async def forget_member(store: Store, guild_id: int, member_id: int, names: Sequence[str] = ()) -> Forgotten:
+    """Forget what member `member_id` wrote in guild `guild_id`'s dialogues, in one transaction.
+
+    Interjections made before their author's id was recorded are matched by the `names` given
+    (the member's current names): the only trace they left.
+    """
+    async with store.transaction() as conn:
+        ids = [
+            r[0] for r in await conn.fetchall("SELECT dialogue_id FROM rooms WHERE guild_id = ?", (guild_id,))
+        ]
+        if not ids:
+            return Forgotten(0, 0, 0, 0)
+        inside = f"dialogue_id IN ({','.join('?' * len(ids))})"
+        seat = f"{HUMAN}{member_id}"
+        turns = await conn.update(
+            f"""UPDATE turns SET text = ?, reasoning = ''
+                 WHERE {inside} AND (dialogue_id, seat) IN
+                       (SELECT dialogue_id, seat FROM participants WHERE model = ?)""",
+            (MARKER, *ids, seat),
+        )
+        seats = await conn.update(
+            f"UPDATE participants SET name = ?, model = ?, system_prompt = '' WHERE {inside} AND model = ?",
+            (REMOVED_NAME, REMOVED_SEAT, *ids, seat),
+        )
+        named = ",".join("?" * len(names)) or "NULL"
+        interjections = await conn.update(
+            f"""UPDATE notes SET text = ?, author = NULL, author_id = NULL
+                 WHERE {inside} AND kind = ?
+                   AND (author_id = ? OR (author_id IS NULL AND author IN ({named})))""",
+            (MARKER, *ids, str(NoteKind.INTERJECTION), str(member_id), *names),
+        )
+        openings = await _forget_openings(conn, ids, member_id)
+        await conn.execute(
+            f"UPDATE rooms SET starter_id = 0 WHERE {inside} AND starter_id = ?", (*ids, member_id)
+        )
+    return Forgotten(turns, interjections, openings, seats)
+
+
+async def _forget_openings(conn: Writer, ids: list[int], member_id: int) -> int:
+    """Replace the openings the member gave, and the same openings carried into forks and
+    continuations of those dialogues (a child that kept its parent's opening)."""
+    inside = f"r.dialogue_id IN ({','.join('?' * len(ids))})"
+    rows = await conn.fetchall(
+        f"SELECT d.id, d.opening FROM dialogues d JOIN rooms r ON r.dialogue_id = d.id "
+        f"WHERE {inside} AND r.starter_id = ?",
+        (*ids, member_id),
+    )
+    todo = [(r["id"], r["opening"]) for r in rows]
+    changed = 0
+    while todo:
+        dialogue_id, opening = todo.pop()
+        changed += await conn.update(
+            "UPDATE dialogues SET opening = ? WHERE id = ? AND opening != ?", (MARKER, dialogue_id, MARKER)
+        )
+        children = await conn.fetchall(
+            "SELECT id FROM dialogues WHERE parent_id = ? AND opening = ?", (dialogue_id, opening)
+        )
+        todo += [(c["id"], opening) for c in children]
+    return changed
+
+
+async def delete_older(store: Store, cutoff: datetime) -> list[int]:
+    """Delete the dialogues that ended before `cutoff`, with everything that hangs off them; return
+    their ids. Running and paused dialogues are kept whatever their age."""
+    async with store.transaction() as conn:
+        rows = await conn.fetchall(
+            "SELECT id FROM dialogues "
+            "WHERE status IN ('finished', 'stopped', 'failed') AND ended_at < ? ORDER BY id",
+            (cutoff.isoformat(),),
+        )
+        ids = [r[0] for r in rows]
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+            await conn.execute(f"DELETE FROM dialogues WHERE id IN ({','.join('?' * len(batch))})", batch)
+    return ids
