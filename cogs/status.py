@@ -1,4 +1,5 @@
-"""The status message at the top of a dialogue's thread, and its Stop / Pause / Resume / Interject buttons.
+"""The status message at the top of a dialogue's thread, and its Stop / Pause / Resume / Interject buttons;
+the thread's first message (who asked what, and the voices), and the system prompts on request.
 
 The buttons' custom ids carry the dialogue id, so they keep working after a restart: the click is
 handled from the store, not from anything held in memory.
@@ -29,6 +30,27 @@ COLOURS = {
     Status.STOPPED: discord.Colour.dark_grey(),
     Status.FAILED: discord.Colour.red(),
 }
+
+
+def opening_text(dialogue: Dialogue, starter: str) -> str:
+    """Return the thread's first message: who asked what (the asker named, mentioning nobody), and
+    who sits in each seat with which model."""
+    quoted = "\n".join(f"> {line}" if line.strip() else ">" for line in dialogue.opening.splitlines())
+    seats = " · ".join(
+        f"**{discord.utils.escape_markdown(p.name)}** "
+        + ("(a member)" if p.is_human else f"(`{discord.utils.escape_markdown(p.model)}`)")
+        for p in dialogue.participants
+    )
+    return f"{starter} opened dialogue {dialogue.id} with:\n{quoted}\n**Voices:** {seats}"
+
+
+def prompts_embed(dialogue: Dialogue) -> discord.Embed:
+    """Return each voice's system prompt, as the models were given it (cut to Discord's limits)."""
+    embed = discord.Embed(title="System prompts")
+    for persona in dialogue.participants:
+        prompt = "(a member: no prompt)" if persona.is_human else persona.system_prompt or "(none)"
+        embed.add_field(name=persona.name[:256], value=prompt[:1024], inline=False)
+    return fit_embed(embed)
 
 
 def status_embed(

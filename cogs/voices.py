@@ -36,10 +36,11 @@ from bot.personas import resolve_participants
 from bot.privacy import forget_member
 from bot.rooms import Room
 from bot.text import counted
+from cogs._format import split_message
 from cogs.errors import reply, user_message
 from cogs.people import ME, seat_of
 from cogs.relay import transcript_files
-from cogs.status import status_embed
+from cogs.status import opening_text, prompts_embed, status_embed
 from cogs.usage import PER, usage_since, usage_text
 from cogs.webhooks import NO_MENTIONS
 
@@ -156,6 +157,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         room = await self.s.rooms.create(
             Room(dialogue.id, channel.guild.id, channel.id, thread.id, interaction.user.id)
         )
+        # The question comes first in the thread, so spectators see what the voices were given.
+        for chunk in split_message(opening_text(dialogue, interaction.user.mention)):
+            await thread.send(chunk, allowed_mentions=NO_MENTIONS)
         await self.bot.relays.start(room)
         await interaction.followup.send(
             f"Started dialogue {dialogue.id} in {thread.mention}: "
@@ -533,11 +537,13 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
     @app_commands.command(name="status")
     @app_commands.describe(dialogue="The dialogue's id (default: the one of this thread)")
     async def status(self, interaction: discord.Interaction, dialogue: int | None = None) -> None:
-        """Show the live figures of a dialogue."""
+        """Show the live figures of a dialogue, and each voice's system prompt."""
         room = await self._room(interaction, dialogue)
         found = await self.s.store.get_dialogue(room.dialogue_id)
         embed = status_embed(found, await self.s.store.list_turns(found.id), None)
-        await interaction.response.send_message(embed=embed, ephemeral=True)
+        await interaction.response.send_message(
+            embeds=[embed, prompts_embed(found)], ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
 
     @app_commands.command(name="list")
     async def list_(self, interaction: discord.Interaction) -> None:

@@ -667,3 +667,24 @@ async def test_usage_reports_spend_to_managers_and_each_member_their_own(world):
 
 def sent_payloads_all(world):
     return [r for r in world.env.http_requests if r.method == "POST" and isinstance(r.json, dict)]
+
+
+async def test_the_thread_begins_with_the_opening_and_status_shows_the_system_prompts(world):
+    await start(
+        world, rounds=1, opening="What is @everyone afraid of?\n\nAnswer <@123> too.", system_a="Be Claude."
+    )
+    await world.finish(1)
+    thread = world.thread()
+    first = thread.history()[0]
+    assert first.webhook_id is None and not first.embeds
+    assert first.content == (
+        f"<@{world.alice.id}> opened dialogue 1 with:\n"
+        "> What is @everyone afraid of?\n>\n> Answer <@123> too.\n"
+        "**Voices:** **claude-opus-4.6** (`anthropic/claude-opus-4.6`) · **glm-5** (`z-ai/glm-5`)"
+    )
+    (sent,) = [r for r in sent_payloads(world) if "opened dialogue 1" in str(r.json)]
+    assert sent.json["allowed_mentions"] == {"parse": []}  # names the asker, pings nobody
+    shown = await world.bob.slash(thread, "voices status")
+    prompts = shown.response.embeds[1]
+    assert prompts.title == "System prompts"
+    assert [(f.name, f.value) for f in prompts.fields][0] == ("claude-opus-4.6", "Be Claude.")
