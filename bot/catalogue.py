@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from bot.errors import UnknownModel
-from bot.models import ModelInfo
+from bot.models import ModelInfo, matching
 from bot.providers.base import Provider
 from bot.store import Store
 
@@ -45,15 +45,10 @@ class Catalogue:
 
     async def search(self, text: str = "") -> list[ModelInfo]:
         """Return the models whose id or name contains `text`, case-insensitive."""
-        return _matching(text, (await self.models()).values())
+        return matching(text, (await self.models()).values())
 
     async def search_stored(self, text: str = "") -> tuple[datetime | None, list[ModelInfo]]:
         """Return when the stored copy was fetched and its models that match, however old it is:
         what can still be shown when the provider cannot be reached."""
         fetched_at, cached = await self._store.load_models(self._provider.source)
-        return fetched_at, _matching(text, cached)
-
-
-def _matching(text: str, models: Iterable[ModelInfo]) -> list[ModelInfo]:
-    needle = text.lower()
-    return [m for m in models if needle in m.id.lower() or needle in m.name.lower()]
+        return fetched_at, matching(text, cached)

@@ -6,6 +6,7 @@ Plain frozen dataclasses and enums, shared by every other module; no I/O here.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Context, Decimal
@@ -253,6 +254,13 @@ class Dialogue:
     parent: Lineage | None = None
     children: tuple[Child, ...] = ()
     seed: int | None = None
+
+
+def matching(text: str, models: Iterable[ModelInfo]) -> list[ModelInfo]:
+    """Return the models whose id or name contains `text`, case-insensitive: what every model
+    search (OpenRouter's catalogue, a stored copy, the local models) means by a match."""
+    needle = text.lower()
+    return [m for m in models if needle in m.id.lower() or needle in m.name.lower()]
 
 
 def plain(amount: Decimal) -> str:

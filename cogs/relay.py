@@ -393,6 +393,7 @@ class Relay:
         if live is None:
             return
         for message_id in _posted(live):
+            self._waiting_since.pop(message_id, None)
             if (pending := self._deferred.pop(message_id, None)) is not None:
                 pending.cancel()
             await self._s.webhooks.delete(self.thread, message_id)
