@@ -45,46 +45,50 @@ async def forget_member(store: Store, guild_id: int, member_id: int, names: Sequ
     Interjections made before their author's id was recorded are matched by the `names` given
     (the member's current names): the only trace they left.
     """
+    # The server's dialogues, as a sub-query: no list of ids to bind, however many there are.
+    inside = "dialogue_id IN (SELECT dialogue_id FROM rooms WHERE guild_id = :guild)"
+    values = {
+        "guild": guild_id,
+        "marker": MARKER,
+        "seat": f"{HUMAN}{member_id}",
+        "member": member_id,
+        "author_id": str(member_id),
+        "kind": str(NoteKind.INTERJECTION),
+    }
+    named = ",".join(f":name{i}" for i in range(len(names))) or "NULL"
+    values |= {f"name{i}": name for i, name in enumerate(names)}
     async with store.transaction() as conn:
-        ids = [
-            r[0] for r in await conn.fetchall("SELECT dialogue_id FROM rooms WHERE guild_id = ?", (guild_id,))
-        ]
-        if not ids:
-            return Forgotten(0, 0, 0, 0)
-        inside = f"dialogue_id IN ({','.join('?' * len(ids))})"
-        seat = f"{HUMAN}{member_id}"
         turns = await conn.update(
-            f"""UPDATE turns SET text = ?, reasoning = ''
+            f"""UPDATE turns SET text = :marker, reasoning = ''
                  WHERE {inside} AND (dialogue_id, seat) IN
-                       (SELECT dialogue_id, seat FROM participants WHERE model = ?)""",
-            (MARKER, *ids, seat),
+                       (SELECT dialogue_id, seat FROM participants WHERE model = :seat)""",
+            values,
         )
         seats = await conn.update(
-            f"UPDATE participants SET name = ?, model = ?, system_prompt = '' WHERE {inside} AND model = ?",
-            (REMOVED_NAME, REMOVED_SEAT, *ids, seat),
+            f"""UPDATE participants SET name = :removed, model = :anonymous, system_prompt = ''
+                 WHERE {inside} AND model = :seat""",
+            values | {"removed": REMOVED_NAME, "anonymous": REMOVED_SEAT},
         )
-        named = ",".join("?" * len(names)) or "NULL"
         interjections = await conn.update(
-            f"""UPDATE notes SET text = ?, author = NULL, author_id = NULL
-                 WHERE {inside} AND kind = ?
-                   AND (author_id = ? OR (author_id IS NULL AND author IN ({named})))""",
-            (MARKER, *ids, str(NoteKind.INTERJECTION), str(member_id), *names),
+            f"""UPDATE notes SET text = :marker, author = NULL, author_id = NULL
+                 WHERE {inside} AND kind = :kind
+                   AND (author_id = :author_id OR (author_id IS NULL AND author IN ({named})))""",
+            values,
         )
-        openings = await _forget_openings(conn, ids, member_id)
+        openings = await _forget_openings(conn, guild_id, member_id)
         await conn.execute(
-            f"UPDATE rooms SET starter_id = 0 WHERE {inside} AND starter_id = ?", (*ids, member_id)
+            "UPDATE rooms SET starter_id = 0 WHERE guild_id = ? AND starter_id = ?", (guild_id, member_id)
         )
     return Forgotten(turns, interjections, openings, seats)
 
 
-async def _forget_openings(conn: Writer, ids: list[int], member_id: int) -> int:
+async def _forget_openings(conn: Writer, guild_id: int, member_id: int) -> int:
     """Replace the openings the member gave, and the same openings carried into forks and
     continuations of those dialogues (a child that kept its parent's opening)."""
-    inside = f"r.dialogue_id IN ({','.join('?' * len(ids))})"
     rows = await conn.fetchall(
-        f"SELECT d.id, d.opening FROM dialogues d JOIN rooms r ON r.dialogue_id = d.id "
-        f"WHERE {inside} AND r.starter_id = ?",
-        (*ids, member_id),
+        "SELECT d.id, d.opening FROM dialogues d JOIN rooms r ON r.dialogue_id = d.id "
+        "WHERE r.guild_id = ? AND r.starter_id = ?",
+        (guild_id, member_id),
     )
     todo = [(r["id"], r["opening"]) for r in rows]
     changed = 0

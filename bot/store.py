@@ -106,6 +106,22 @@ class Writer:
             return list(await cursor.fetchall())
 
 
+# The dialogues a spend report covers, filtered by the named values of _spending_filter.
+_SPENDING = """
+    SELECT d.id, d.origin, d.created_at, d.spent_usd, d.prompt_tokens, d.completion_tokens,
+           r.guild_id, r.starter_id
+      FROM dialogues d LEFT JOIN rooms r ON r.dialogue_id = d.id
+     WHERE d.origin != :dry_run
+       AND (:since IS NULL OR d.created_at >= :since)
+       AND (:guild IS NULL OR r.guild_id = :guild)
+       AND (:member IS NULL OR r.starter_id = :member)
+"""
+
+
+def _spending_filter(since: datetime | None, guild_id: int | None, member_id: int | None) -> dict[str, Any]:
+    return {"dry_run": DRY_RUN, "since": _iso(since), "guild": guild_id, "member": member_id}
+
+
 def _try_open(path: Path) -> None:
     sqlite3.connect(path).close()
 
@@ -348,35 +364,22 @@ class Store:
         """Return each dialogue's spend and tokens with where it ran and who started it (a Discord
         room's guild and starter; none for the command line's), dry runs left out."""
         return await self.fetchall(
-            """SELECT d.id, d.origin, d.created_at, d.spent_usd, d.prompt_tokens, d.completion_tokens,
-                      r.guild_id, r.starter_id
-                 FROM dialogues d LEFT JOIN rooms r ON r.dialogue_id = d.id
-                WHERE d.origin != :dry_run
-                  AND (:since IS NULL OR d.created_at >= :since)
-                  AND (:guild IS NULL OR r.guild_id = :guild)
-                  AND (:member IS NULL OR r.starter_id = :member)
-                ORDER BY d.id""",
-            {
-                "dry_run": DRY_RUN,
-                "since": _iso(since) if since else None,
-                "guild": guild_id,
-                "member": member_id,
-            },
+            f"SELECT * FROM ({_SPENDING}) ORDER BY id", _spending_filter(since, guild_id, member_id)
         )
 
-    async def spending_by_model(self, dialogue_ids: Sequence[int]) -> list[sqlite3.Row]:
-        """Return what each model cost in these dialogues: their own turns and summaries, each call
-        once (copies carried into a fork or continuation are not counted again)."""
-        if not dialogue_ids:
-            return []
-        marks = ",".join("?" * len(dialogue_ids))
+    async def spending_by_model(
+        self, since: datetime | None = None, guild_id: int | None = None, member_id: int | None = None
+    ) -> list[sqlite3.Row]:
+        """Return what each model cost in the same dialogues as `spending`: their own turns and
+        summaries, each call once (copies carried into a fork or continuation are not counted again)."""
         return await self.fetchall(
-            f"""SELECT dialogue_id, model_used AS model, prompt_tokens, completion_tokens, cost_usd
-                  FROM turns WHERE inherited = 0 AND dialogue_id IN ({marks})
+            f"""WITH chosen AS (SELECT id FROM ({_SPENDING}))
+                SELECT dialogue_id, model_used AS model, prompt_tokens, completion_tokens, cost_usd
+                  FROM turns WHERE inherited = 0 AND dialogue_id IN chosen
                 UNION ALL
                 SELECT dialogue_id, model, prompt_tokens, completion_tokens, cost_usd
-                  FROM notes WHERE inherited = 0 AND model IS NOT NULL AND dialogue_id IN ({marks})""",
-            (*dialogue_ids, *dialogue_ids),
+                  FROM notes WHERE inherited = 0 AND model IS NOT NULL AND dialogue_id IN chosen""",
+            _spending_filter(since, guild_id, member_id),
         )
 
     async def delete_dialogue(self, dialogue_id: int) -> None:

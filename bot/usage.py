@@ -24,8 +24,6 @@ from bot.store import Store
 GROUPINGS = ("member", "model", "day", "server")
 #: The model line for spend that no turn or summary holds: calls a crash cut off, settled later.
 UNSETTLED = "(calls cut off by a crash)"
-# SQLite takes at most 32,766 bound values in one statement; ids are asked for in batches.
-BATCH = 500
 
 
 @dataclass(slots=True)
@@ -67,14 +65,12 @@ async def report(
     else:
         spent = {d["id"]: Decimal(d["spent_usd"]) for d in dialogues}
         held = dict.fromkeys(spent, Decimal(0))
-        ids = list(spent)
-        for start in range(0, len(ids), BATCH):
-            for call in await store.spending_by_model(ids[start : start + BATCH]):
-                cost = Decimal(call["cost_usd"])
-                row(call["model"]).add(
-                    call["dialogue_id"], call["prompt_tokens"], call["completion_tokens"], cost
-                )
-                held[call["dialogue_id"]] += cost
+        for call in await store.spending_by_model(since, guild_id, member_id):
+            cost = Decimal(call["cost_usd"])
+            row(call["model"]).add(
+                call["dialogue_id"], call["prompt_tokens"], call["completion_tokens"], cost
+            )
+            held[call["dialogue_id"]] += cost
         for dialogue_id, total in spent.items():
             if total != held[dialogue_id]:
                 row(UNSETTLED).add(dialogue_id, 0, 0, total - held[dialogue_id])
