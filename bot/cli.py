@@ -48,7 +48,7 @@ from bot.models import (
     Persona,
     Status,
 )
-from bot.personas import load_personas, resolve_participants
+from bot.personas import load_personas, resolve_participants, resolve_persona
 from bot.providers import local
 from bot.providers.local import is_local, local_available
 from bot.text import printable, repair
@@ -185,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
         "compact them into a summary (default: VOICES_CONTEXT_POLICY)",
     )
     run.add_argument("--summary-model", metavar="MODEL", help="the model that writes compaction summaries")
+    run.add_argument(
+        "--referee",
+        metavar="PERSONA_OR_MODEL",
+        help="a model that takes no turns but gives its verdict at the end, paid from the budget",
+    )
+    run.add_argument(
+        "--referee-every",
+        type=_whole(1),
+        metavar="N",
+        help="a verdict after every N rounds too, not only at the end (needs --referee)",
+    )
     run.add_argument(
         "--on-loop",
         choices=[str(a) for a in LoopAction],
@@ -388,10 +399,10 @@ async def run_dialogue(
     check_personas(config)
     spec = _spec(args, defaults, _default_pair(args, config))
     if args.dry_run:
-        config = replace(config, dry_run_models=_models_of(spec.participants, spec.summary_model))
+        config = replace(config, dry_run_models=_models_of(_seated(spec), spec.summary_model))
         spec = replace(spec, origin=DRY_RUN)
     else:
-        _require_key(config, spec.participants)
+        _require_key(config, _seated(spec))
     check_writable(args.out or defaults.transcripts_dir)
     async with open_app(config) as app:
         dialogue = await app.runner.create(spec)
@@ -434,9 +445,9 @@ async def _config_for(config: EngineConfig, dialogue_id: int, extra_model: str |
     async with open_app(config) as app:
         dialogue = await app.store.get_dialogue(dialogue_id)
     if dialogue.origin == DRY_RUN:
-        models = _models_of(dialogue.participants, dialogue.summary_model)
+        models = _models_of(_seated(dialogue), dialogue.summary_model)
         return replace(config, dry_run_models=models + ((extra_model,) if extra_model else ()))
-    _require_key(config, dialogue.participants)
+    _require_key(config, _seated(dialogue))
     return config
 
 
@@ -616,9 +627,10 @@ def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]
     if args.d is not None and args.c is None:
         raise InputError("--d was given without --c; seats fill in order, so give --c first (or use --c)")
     refs = [(seat, pair[SEATS.index(seat)] if seat in "ab" else getattr(args, seat)) for seat in SEATS]
+    library = load_personas(defaults.personas_file)
     participants = resolve_participants(
         [(ref, getattr(args, f"system_{seat}")) for seat, ref in refs if ref is not None],
-        load_personas(defaults.personas_file),
+        library,
         _given(args.max_tokens, defaults.max_tokens),
         force_max_tokens=args.max_tokens is not None,
         person=_human,
@@ -629,6 +641,9 @@ def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]
         max_total_tokens=_given(args.max_total_tokens, defaults.max_total_tokens),
         max_seconds=_given(args.max_seconds, defaults.max_seconds),
     )
+    referee = None
+    if args.referee is not None:
+        referee = resolve_persona(args.referee, library, _given(args.max_tokens, defaults.max_tokens))
     return DialogueSpec(
         tuple(participants),
         args.opening,
@@ -637,6 +652,8 @@ def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]
         loop_action=LoopAction(args.on_loop or defaults.loop_action),
         summary_model=args.summary_model or defaults.summary_model,
         seed=args.seed,
+        referee=referee,
+        referee_every=args.referee_every,
     )
 
 
@@ -654,8 +671,13 @@ def _human(ref: str) -> Persona | None:
     return Persona(name=name or getpass.getuser().capitalize() or "You", model=f"{HUMAN}terminal")
 
 
+def _seated(dialogue: DialogueSpec | Dialogue) -> tuple[Persona, ...]:
+    """Return everyone a dialogue may call a model for: its participants and its referee."""
+    return dialogue.participants + ((dialogue.referee,) if dialogue.referee else ())
+
+
 def _models_of(participants: Sequence[Persona], summary_model: str | None) -> tuple[str, ...]:
-    """Return every model a dialogue may call: its participants' and its summariser's."""
+    """Return every model a dialogue may call: its participants' (referee included) and its summariser's."""
     return tuple(p.model for p in participants) + ((summary_model,) if summary_model else ())
 
 

@@ -110,6 +110,8 @@ class DialogueView:
                 self._console.print(Text(printable(headline(note)), "bold yellow"))
                 if note.kind is NoteKind.COMPACTED:
                     self._console.print(Text(printable(note.text), "dim italic"))
+                elif note.kind is NoteKind.VERDICT:
+                    self._console.print(Text(printable(note.text)))
             case Ended(dialogue=dialogue):
                 self._ended(dialogue)
 

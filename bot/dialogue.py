@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from bot.billing import charge_lost
@@ -45,6 +45,7 @@ from bot.models import (
     ModelInfo,
     Note,
     NoteKind,
+    Status,
     StopReason,
     Turn,
     TurnStatus,
@@ -54,6 +55,7 @@ from bot.models import (
 from bot.plan import Halted, Stop, Tuning, TurnPlan, max_tokens_of, tokens_per_byte
 from bot.prompts import build_messages, current_window
 from bot.providers import Router
+from bot.referee import Referee, already_judged, due
 from bot.retry import RetryPolicy
 from bot.store import Store
 from bot.summary import Summariser, summariser
@@ -93,7 +95,16 @@ def validate_spec(spec: DialogueSpec, max_rounds: int, max_budget: Decimal) -> N
         raise InputError("the time limit must be above 0 seconds")
     if spec.seed is not None and not 0 <= spec.seed <= MAX_SEED:
         raise InputError(f"the seed must be a whole number from 0 to {MAX_SEED}, not {spec.seed}")
-    for persona in spec.participants:
+    if spec.referee_every is not None and spec.referee is None:
+        raise InputError("a verdict every few rounds needs a referee; give one (--referee)")
+    if spec.referee_every is not None and not 1 <= spec.referee_every <= limits.max_rounds:
+        raise InputError(
+            f"the referee's interval must be from 1 to the rounds ({limits.max_rounds}), "
+            f"not {spec.referee_every}"
+        )
+    if spec.referee is not None and spec.referee.is_human:
+        raise InputError("the referee must be a model; a person can judge in the thread")
+    for persona in (*spec.participants, *([spec.referee] if spec.referee else [])):
         if persona.max_tokens is not None and persona.max_tokens < 16:
             raise InputError(f"{persona.name}: max_tokens must be at least 16 (some providers refuse less)")
 
@@ -131,6 +142,7 @@ class DialogueRunner:
         self.player = TurnPlayer(store, router, self._retry, sleep, clock, tuning or Tuning())
         self.summariser = Summariser(store, router, self._retry, sleep, clock)
         self.compactor = Compactor(store, router, self.summariser, clock)
+        self.referee = Referee(store, router, self.summariser, clock)
         # Dialogues running in this process: a second run of one would write every turn twice.
         self._active: set[int] = set()
 
@@ -172,6 +184,16 @@ class DialogueRunner:
                 f"budget ${spec.limits.budget_usd} is below the worst case of the first call "
                 f"(${worst:.6f}); raise the budget or lower max_tokens"
             )
+        if spec.referee is not None:
+            # Said now, not after the rounds were paid for: the verdict must fit beside the first call.
+            draft = _draft(spec)
+            verdict = await self.referee.reserve(draft, spec.inherited, notes, max_tokens_of(first, model))
+            if worst + verdict > spec.limits.budget_usd:
+                raise InputError(
+                    f"budget ${spec.limits.budget_usd} cannot pay for the first call (up to ${worst:.6f}) "
+                    f"and the referee's verdict (up to ${verdict:.6f}); raise the budget or give the "
+                    "referee a lower max_tokens"
+                )
         return worst
 
     async def extend(self, dialogue_id: int, rounds: int) -> Dialogue:
@@ -268,8 +290,22 @@ class DialogueRunner:
         if stop is None or stop.reason is None:
             await self.store.mark_paused(dialogue_id)
         else:
+            if (verdict := await self._final_verdict(dialogue_id, stop.reason, control)) is not None:
+                yield Noted(verdict)
             await self.store.finish_dialogue(dialogue_id, stop.reason, stop.detail, self._clock())
         yield Ended(await self.store.get_dialogue(dialogue_id))
+
+    async def _final_verdict(self, dialogue_id: int, reason: StopReason, control: Control) -> Note | None:
+        """Let the referee judge a dialogue that came to its end (not one stopped by a member or
+        failed), once: a resumed run finds the verdict already there."""
+        dialogue, turns, notes = await self.store.history(dialogue_id)
+        played = [t for t in turns if not t.inherited]
+        if dialogue.referee is None or reason.status is not Status.FINISHED or not played:
+            return None
+        if already_judged(notes, len(turns)):
+            return None
+        budget = Budget(dialogue.limits.budget_usd, dialogue.totals.spent_usd)
+        return await self.referee.judge(dialogue, turns, notes, budget, control, final=True)
 
     async def _lost_calls_billed(self, dialogue: Dialogue) -> dict[int, Decimal]:
         """Ask the providers what the calls a dead process left in flight cost, where they can say."""
@@ -351,9 +387,10 @@ class DialogueRunner:
                     yield limit
                     return
                 worst = worst_case_cost(plan.model.pricing, plan.prompt_estimate, plan.max_tokens)
-                reservation = budget.reserve(worst)
+                held = await self.referee.reserve(dialogue, turns, notes, plan.max_tokens)
+                reservation = budget.reserve(worst) if budget.remaining - held >= worst else None
                 if reservation is None:
-                    yield Stop(StopReason.BUDGET, _budget_detail(plan, worst, budget))
+                    yield Stop(StopReason.BUDGET, _budget_detail(plan, worst, budget, held))
                     return
                 yield TurnStarted(plan.seq, plan.round, plan.seat, plan.persona, worst)
                 steps = self.player.play(dialogue, plan, reservation, budget, control, deadline)
@@ -380,6 +417,17 @@ class DialogueRunner:
                             stop = found
                         else:
                             yield found
+                if stop is None and due(dialogue, turn) and not already_judged(notes, len(turns)):
+                    notes = await self.store.list_notes(dialogue.id)
+                    # An interim verdict may not spend what the final one is held back for.
+                    held = await self.referee.reserve(dialogue, turns, notes)
+                    interim = Budget(budget.limit - held, totals.spent_usd)
+                    verdict = await self.referee.judge(dialogue, turns, notes, interim, control, final=False)
+                    yield Noted(verdict)
+                    notes = await self.store.list_notes(dialogue.id)
+                    dialogue = await self.store.get_dialogue(dialogue.id)
+                    totals = dialogue.totals
+                    budget = Budget(dialogue.limits.budget_usd, totals.spent_usd)
             if stop is not None:
                 if stop.reason is not None:
                     yield stop
@@ -518,8 +566,23 @@ def _calibration(
     return None
 
 
-def _budget_detail(plan: TurnPlan, worst: Decimal, budget: Budget) -> str:
+def _budget_detail(plan: TurnPlan, worst: Decimal, budget: Budget, held: Decimal) -> str:
+    verdict = f", and the referee's verdict up to {format_usd(held)}" if held else ""
     return (
-        f"{plan.persona.name}'s next call could cost up to {format_usd(worst)}; "
+        f"{plan.persona.name}'s next call could cost up to {format_usd(worst)}{verdict}; "
         f"{format_usd(budget.remaining)} of {format_usd(budget.limit)} left"
+    )
+
+
+def _draft(spec: DialogueSpec) -> Dialogue:
+    """Return the dialogue a spec will make, before it is stored: what the referee's reserve reads."""
+    return Dialogue(
+        id=0,
+        participants=spec.participants,
+        opening=spec.opening,
+        limits=spec.limits,
+        status=Status.PENDING,
+        created_at=datetime.now(UTC),
+        referee=spec.referee,
+        referee_every=spec.referee_every,
     )

@@ -104,6 +104,8 @@ def _child_spec(
         context_policy=parent.context_policy,
         loop_action=parent.loop_action,
         summary_model=parent.summary_model,
+        referee=parent.referee,
+        referee_every=parent.referee_every,
         inherited=inherited,
         inherited_notes=inherited_notes,
     )

@@ -233,6 +233,27 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE notes ADD COLUMN author_id TEXT;
         """,
     ),
+    (
+        "A referee: a model that takes no turns but judges the dialogue at its end (and every few "
+        "rounds when asked). Its verdicts are notes, paid like summaries.",
+        """
+        CREATE TABLE referees (
+            dialogue_id      INTEGER PRIMARY KEY REFERENCES dialogues(id) ON DELETE CASCADE,
+            every_rounds     INTEGER,
+            name             TEXT NOT NULL,
+            model            TEXT NOT NULL,
+            system_prompt    TEXT NOT NULL DEFAULT '',
+            temperature      REAL,
+            max_tokens       INTEGER,
+            reasoning_effort TEXT,
+            avatar_url       TEXT,
+            provider         TEXT,
+            prompt_price     TEXT,
+            completion_price TEXT,
+            chat_format      TEXT
+        );
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -167,6 +167,9 @@ class DialogueSpec:
     inherited_notes: tuple[Note, ...] = ()
     #: The seed every call is sent (plus the turn's number), so a run can be repeated; None draws one.
     seed: int | None = None
+    #: A model that takes no turns but judges the dialogue at its end (and every `referee_every` rounds).
+    referee: Persona | None = None
+    referee_every: int | None = None
 
 
 class LineageKind(StrEnum):
@@ -254,6 +257,8 @@ class Dialogue:
     parent: Lineage | None = None
     children: tuple[Child, ...] = ()
     seed: int | None = None
+    referee: Persona | None = None
+    referee_every: int | None = None
 
 
 def matching(text: str, models: Iterable[ModelInfo]) -> list[ModelInfo]:
@@ -419,6 +424,10 @@ class NoteKind(StrEnum):
     MEMORY = "memory"
     #: A provider's bill that could not be taken as it was: what was wrong, and what was charged.
     BILLING = "billing"
+    #: The referee's judgement of the dialogue so far (or, at its end, of all of it).
+    VERDICT = "verdict"
+    #: The referee was due to judge and could not (the budget, the provider): why, in words.
+    NO_VERDICT = "no_verdict"
 
     @property
     def is_context(self) -> bool:

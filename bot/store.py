@@ -61,6 +61,46 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_PERSONA_COLUMNS = (
+    "name, model, system_prompt, temperature, max_tokens, reasoning_effort, avatar_url, provider, "
+    "prompt_price, completion_price, chat_format"
+)
+_PERSONA_SLOTS = ", ".join("?" * len(_PERSONA_COLUMNS.split(",")))
+
+
+def _persona_row(p: Persona) -> tuple[object, ...]:
+    """Return a persona's values in the order of _PERSONA_COLUMNS (a seat's, or the referee's)."""
+    return (
+        p.name,
+        p.model,
+        p.system_prompt,
+        p.temperature,
+        p.max_tokens,
+        p.reasoning_effort,
+        p.avatar_url,
+        p.provider,
+        _money(p.prompt_price),
+        _money(p.completion_price),
+        p.chat_format,
+    )
+
+
+def _persona(row: sqlite3.Row) -> Persona:
+    return Persona(
+        name=row["name"],
+        model=row["model"],
+        system_prompt=row["system_prompt"],
+        temperature=row["temperature"],
+        max_tokens=row["max_tokens"],
+        reasoning_effort=row["reasoning_effort"],
+        avatar_url=row["avatar_url"],
+        provider=row["provider"],
+        prompt_price=Decimal(row["prompt_price"]) if row["prompt_price"] else None,
+        completion_price=Decimal(row["completion_price"]) if row["completion_price"] else None,
+        chat_format=row["chat_format"],
+    )
+
+
 def _check_money(amount: Decimal) -> None:
     """Refuse to store an amount that is not money: billing validates first, so this is a bug."""
     if not amount.is_finite() or amount < 0:
@@ -254,29 +294,16 @@ class Store:
             )
             assert dialogue_id is not None
             await conn.executemany(
-                """INSERT INTO participants (dialogue_id, seat, name, model, system_prompt, temperature,
-                                             max_tokens, reasoning_effort, avatar_url, provider,
-                                             prompt_price, completion_price, chat_format)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                [
-                    (
-                        dialogue_id,
-                        seat,
-                        p.name,
-                        p.model,
-                        p.system_prompt,
-                        p.temperature,
-                        p.max_tokens,
-                        p.reasoning_effort,
-                        p.avatar_url,
-                        p.provider,
-                        _money(p.prompt_price),
-                        _money(p.completion_price),
-                        p.chat_format,
-                    )
-                    for seat, p in enumerate(spec.participants)
-                ],
+                f"INSERT INTO participants (dialogue_id, seat, {_PERSONA_COLUMNS}) "
+                f"VALUES (?, ?, {_PERSONA_SLOTS})",
+                [(dialogue_id, seat, *_persona_row(p)) for seat, p in enumerate(spec.participants)],
             )
+            if spec.referee is not None:
+                await conn.execute(
+                    f"INSERT INTO referees (dialogue_id, every_rounds, {_PERSONA_COLUMNS}) "
+                    f"VALUES (?, ?, {_PERSONA_SLOTS})",
+                    (dialogue_id, spec.referee_every, *_persona_row(spec.referee)),
+                )
             # Carried-over turns belong to this dialogue's history but not to its totals.
             for turn in spec.inherited:
                 await self._insert_turn(conn, replace(turn, dialogue_id=dialogue_id, inherited=True))
@@ -307,24 +334,10 @@ class Store:
         children = await self.fetchall(
             "SELECT id, parent_kind FROM dialogues WHERE parent_id = ? ORDER BY id", (row["id"],)
         )
+        referee = await self.fetchall("SELECT * FROM referees WHERE dialogue_id = ?", (row["id"],))
         return Dialogue(
             id=row["id"],
-            participants=tuple(
-                Persona(
-                    name=p["name"],
-                    model=p["model"],
-                    system_prompt=p["system_prompt"],
-                    temperature=p["temperature"],
-                    max_tokens=p["max_tokens"],
-                    reasoning_effort=p["reasoning_effort"],
-                    avatar_url=p["avatar_url"],
-                    provider=p["provider"],
-                    prompt_price=Decimal(p["prompt_price"]) if p["prompt_price"] else None,
-                    completion_price=Decimal(p["completion_price"]) if p["completion_price"] else None,
-                    chat_format=p["chat_format"],
-                )
-                for p in seats
-            ),
+            participants=tuple(_persona(p) for p in seats),
             opening=row["opening"],
             limits=Limits(
                 max_rounds=row["max_rounds"],
@@ -354,6 +367,8 @@ class Store:
             else None,
             children=tuple(Child(c["id"], LineageKind(c["parent_kind"])) for c in children),
             seed=row["seed"],
+            referee=_persona(referee[0]) if referee else None,
+            referee_every=referee[0]["every_rounds"] if referee else None,
         )
 
     # Spend ------------------------------------------------------------------------------------

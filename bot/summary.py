@@ -60,14 +60,7 @@ def summary_messages(
 ) -> list[ChatMessage]:
     """Return the request that asks for a summary of these turns (and the interjections among them)."""
     names = " and ".join(p.name for p in participants)
-    said = interjections_by_turn(notes)
-    lines = []
-    for turn in turns:
-        lines += said.get(turn.seq, [])
-        if turn.status is TurnStatus.OK:
-            lines.append(f"{turn.speaker}: {turn.text}")
-    if turns:
-        lines += said.get(turns[-1].seq + 1, [])
+    lines = conversation_lines(turns, notes)
     earlier = f"What came before, in summary:\n{previous}\n\n" if previous else ""
     return [
         {
@@ -81,6 +74,20 @@ def summary_messages(
         },
         {"role": "user", "content": earlier + "The conversation:\n\n" + "\n\n".join(lines)},
     ]
+
+
+def conversation_lines(turns: Sequence[Turn], notes: Sequence[Note]) -> list[str]:
+    """Return the turns (and the interjections among them) as a reader outside the dialogue is
+    shown them: one "Speaker: text" paragraph each, empty and cut-off replies left out."""
+    said = interjections_by_turn(notes)
+    lines = []
+    for turn in turns:
+        lines += said.get(turn.seq, [])
+        if turn.status is TurnStatus.OK:
+            lines.append(f"{turn.speaker}: {turn.text}")
+    if turns:
+        lines += said.get(turns[-1].seq + 1, [])
+    return lines
 
 
 class Summariser:

@@ -15,6 +15,7 @@ from typing import Any
 from bot.budget import format_usd
 from bot.markdown import escape_block
 from bot.models import Dialogue, LineageKind, Note, NoteKind, Turn, TurnStatus, plain
+from bot.text import counted
 
 # 2: prompt-cache tokens and savings, the context and loop policies, notes between turns (compactions,
 # loops, interjections, memories), human seats, and continuations and forks (parent, children).
@@ -33,6 +34,9 @@ def render_markdown(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[N
     for name, persona in zip(names, dialogue.participants, strict=True):
         model = "a person (human seat)" if persona.is_human else f"`{persona.model}`"
         lines.append(f"**Model ({name}):** {model}  ")
+    if dialogue.referee is not None:
+        referee = dialogue.referee
+        lines.append(f"**Referee:** {_inline(referee.name)} (`{referee.model}`){_every(dialogue)}  ")
     lines += _lineage(dialogue)
     lines += [
         f"**Rounds:** {_rounds_completed(dialogue, turns)} of {dialogue.limits.max_rounds}  ",
@@ -144,6 +148,10 @@ def headline(note: Note) -> str:
         )
     if note.kind is NoteKind.BILLING:
         return f"⚠ Bill: {note.text}"
+    if note.kind is NoteKind.VERDICT:
+        return f"⚖ {note.author}'s verdict ({note.model}, cost {format_usd(note.cost_usd)})"
+    if note.kind is NoteKind.NO_VERDICT:
+        return f"⚖ {note.author} gave no verdict: {note.text}"
     return f"🔁 Going in circles ({note.kind}): {note.text}"
 
 
@@ -151,9 +159,18 @@ def _note_block(note: Note) -> list[str]:
     if note.kind is NoteKind.INTERJECTION:
         return [f"> **{_inline(note.author or '?')}** *(interjection)*: {_inline(note.text)}", ""]
     lines = [f"*{_inline(headline(note))}*", ""]
-    if note.kind is NoteKind.COMPACTED:
+    if note.kind in (NoteKind.COMPACTED, NoteKind.VERDICT):
         lines += [*_quote(note.text), ""]
     return lines
+
+
+def _every(dialogue: Dialogue) -> str:
+    every = dialogue.referee_every
+    return (
+        f", every {every} rounds and at the end"
+        if every and every > 1
+        else (", after every round" if every == 1 else ", at the end")
+    )
 
 
 def _statistics(
@@ -199,6 +216,14 @@ def _statistics(
         lines.append(
             f"- **Context:** {len(compactions)} compactions, {len(truncations)} truncations "
             f"(summaries cost {format_usd(cost)})"
+        )
+    judged = [n for n in notes if n.kind in (NoteKind.VERDICT, NoteKind.NO_VERDICT)]
+    if dialogue.referee is not None:
+        verdicts = sum(1 for n in judged if n.kind is NoteKind.VERDICT)
+        cost = sum((n.cost_usd for n in judged), start=Decimal(0))
+        lines.append(
+            f"- **Referee** {_inline(dialogue.referee.name)} (`{dialogue.referee.model}`): "
+            f"{counted(verdicts, 'verdict')}, {len(judged) - verdicts} missed, cost={format_usd(cost)}"
         )
     said = [n for n in notes if n.kind is NoteKind.INTERJECTION]
     if said:
@@ -282,6 +307,7 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]
             }
             for seat, p in enumerate(dialogue.participants)
         ],
+        "referee": _referee_json(dialogue),
         "turns": [_turn_json(t) for t in turns],
         "notes": [n.record() for n in notes],
         "totals": {
@@ -298,6 +324,19 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]
         },
     }
     return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+
+
+def _referee_json(dialogue: Dialogue) -> dict[str, Any] | None:
+    referee = dialogue.referee
+    if referee is None:
+        return None
+    return {
+        "name": referee.name,
+        "model": referee.model,
+        "system_prompt": referee.system_prompt,
+        "max_tokens": referee.max_tokens,
+        "every_rounds": dialogue.referee_every,
+    }
 
 
 def _turn_json(turn: Turn) -> dict[str, Any]:

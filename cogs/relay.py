@@ -232,6 +232,13 @@ class Relay:
                 await self._finish_turn(turn)
                 self._speaker = None
                 await self._update_status(None)
+            case Noted(note=note) if note.kind is NoteKind.VERDICT:
+                # The referee speaks as its own persona, like the voices it judges.
+                referee = (await self._s.store.get_dialogue(self.room.dialogue_id)).referee
+                avatar = referee.avatar_url if referee else None
+                for chunk in split_message(f"**⚖ Verdict**\n{note.text}"):
+                    await self._s.webhooks.send(self.thread, note.author or "Referee", avatar, chunk)
+                await self._update_status(None)
             case Noted(note=note):
                 # In the bot's own voice, not a persona's: the thread sees what the engine did.
                 await self.thread.send(headline(note)[:2000], allowed_mentions=NO_MENTIONS)
@@ -456,7 +463,8 @@ class Relay:
     async def _update_status(self, dialogue: Dialogue | None) -> None:
         dialogue = dialogue or await self._s.store.get_dialogue(self.room.dialogue_id)
         turns = await self._s.store.list_turns(dialogue.id)
-        embed = status_embed(dialogue, turns, self._speaker, waiting=self._waiting)
+        notes = await self._s.store.list_notes(dialogue.id) if dialogue.referee else ()
+        embed = status_embed(dialogue, turns, self._speaker, waiting=self._waiting, notes=notes)
         view = ControlButton.view_for(dialogue)
         if self._status is None and self.room.status_message_id is not None:
             self._status = self.thread.get_partial_message(self.room.status_message_id)  # type: ignore[assignment]

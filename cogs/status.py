@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.budget import format_usd
-from bot.models import Dialogue, Status, Turn
+from bot.models import Dialogue, Note, NoteKind, Status, Turn
 from bot.transcript import cache_totals
 from cogs._format import fit_embed
 from cogs.people import InterjectButton
@@ -41,7 +41,11 @@ def opening_text(dialogue: Dialogue, starter: str) -> str:
         + ("(a member)" if p.is_human else f"(`{discord.utils.escape_markdown(p.model)}`)")
         for p in dialogue.participants
     )
-    return f"{starter} opened dialogue {dialogue.id} with:\n{quoted}\n**Voices:** {seats}"
+    text = f"{starter} opened dialogue {dialogue.id} with:\n{quoted}\n**Voices:** {seats}"
+    if dialogue.referee is not None:
+        name = discord.utils.escape_markdown(dialogue.referee.name)
+        text += f"\n**Referee:** **{name}** (`{discord.utils.escape_markdown(dialogue.referee.model)}`)"
+    return text
 
 
 def prompts_embed(dialogue: Dialogue) -> discord.Embed:
@@ -50,13 +54,21 @@ def prompts_embed(dialogue: Dialogue) -> discord.Embed:
     for persona in dialogue.participants:
         prompt = "(a member: no prompt)" if persona.is_human else persona.system_prompt or "(none)"
         embed.add_field(name=persona.name[:256], value=prompt[:1024], inline=False)
+    if dialogue.referee is not None:
+        prompt = dialogue.referee.system_prompt or "(none besides the referee's task)"
+        embed.add_field(name=f"{dialogue.referee.name} (referee)"[:256], value=prompt[:1024], inline=False)
     return fit_embed(embed)
 
 
 def status_embed(
-    dialogue: Dialogue, turns: Sequence[Turn], speaker: str | None, waiting: bool = False
+    dialogue: Dialogue,
+    turns: Sequence[Turn],
+    speaker: str | None,
+    waiting: bool = False,
+    notes: Sequence[Note] = (),
 ) -> discord.Embed:
-    """Return the live figures of a dialogue: round, speaker, money, tokens per speaker, time."""
+    """Return the live figures of a dialogue: round, speaker, money, tokens per speaker, time, and
+    the referee's latest verdict."""
     names = " ↔ ".join(p.name for p in dialogue.participants)
     count = len(dialogue.participants)
     done = len(turns)
@@ -94,6 +106,11 @@ def status_embed(
             ),
             inline=False,
         )
+    judged = [n for n in notes if n.kind in (NoteKind.VERDICT, NoteKind.NO_VERDICT)]
+    if judged:
+        last = judged[-1]
+        value = last.text if last.kind is NoteKind.VERDICT else f"(none: {last.text})"
+        embed.add_field(name=f"Verdict · {last.author}"[:256], value=value[:1024], inline=False)
     embed.set_footer(text=f"Dialogue {dialogue.id}")
     return fit_embed(embed)
 

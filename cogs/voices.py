@@ -32,7 +32,7 @@ from bot.models import (
     Status,
     StopReason,
 )
-from bot.personas import resolve_participants
+from bot.personas import resolve_participants, resolve_persona
 from bot.privacy import forget_member
 from bot.rooms import Room
 from bot.text import counted
@@ -105,8 +105,12 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         context="When the history outgrows a model's context: stop, truncate, or compact into a summary",
         on_loop="When the dialogue goes in circles: notify in the thread, pause, or stop",
         seed="Repeat an earlier dialogue's sampling (its transcript's seed); drawn at random if left out",
+        referee="A persona or model that takes no turns but gives a verdict at the end, from the budget",
+        referee_every="Also a verdict after every N rounds (needs referee)",
     )
-    @app_commands.autocomplete(a=speaker_choices, b=speaker_choices, c=speaker_choices, d=speaker_choices)
+    @app_commands.autocomplete(
+        a=speaker_choices, b=speaker_choices, c=speaker_choices, d=speaker_choices, referee=speaker_choices
+    )
     @app_commands.checks.bot_has_permissions(**NEEDED)
     async def start(
         self,
@@ -125,6 +129,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         system_c: app_commands.Range[str, 1, 4000] | None = None,
         system_d: app_commands.Range[str, 1, 4000] | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        referee: app_commands.Range[str, 1, 200] | None = None,
+        referee_every: app_commands.Range[int, 1, 100] | None = None,
     ) -> None:
         """Start a dialogue between two to four voices (models, or you) in a new public thread."""
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -143,7 +149,10 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             context,
             on_loop,
         )
-        spec = replace(spec, seed=seed)
+        judge = None
+        if referee is not None:
+            judge = resolve_persona(referee, self.bot.personas, self.bot.settings.default_max_tokens)
+        spec = replace(spec, seed=seed, referee=judge, referee_every=referee_every)
         await self._check_guild(interaction, spec)
         worst = await self.s.runner.check(spec)
         names = " ↔ ".join(p.name for p in spec.participants)
@@ -540,7 +549,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         """Show the live figures of a dialogue, and each voice's system prompt."""
         room = await self._room(interaction, dialogue)
         found = await self.s.store.get_dialogue(room.dialogue_id)
-        embed = status_embed(found, await self.s.store.list_turns(found.id), None)
+        turns, notes = await self.s.store.list_turns(found.id), await self.s.store.list_notes(found.id)
+        embed = status_embed(found, turns, None, notes=notes)
         await interaction.response.send_message(
             embeds=[embed, prompts_embed(found)], ephemeral=True, allowed_mentions=NO_MENTIONS
         )

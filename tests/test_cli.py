@@ -133,9 +133,35 @@ async def test_list_show_export_and_models(env, tmp_path):
         assert "local:default" in (await voices(env, tmp_path, "models", "local")).out
 
 
+async def test_run_with_a_referee_prints_and_keeps_its_verdict(env, tmp_path, server):
+    server.enqueue_for(GLM, Reply("Interim: level so far."), Reply("Claude made the stronger case."))
+    result = await voices(env, tmp_path, *RUN, "--b", OPUS, "--referee", GLM, "--referee-every", "1")
+    assert result.code == 0, result.err
+    assert result.out.count("⚖ glm-5's verdict (z-ai/glm-5, cost $") == 2
+    assert "Claude made the stronger case." in result.out
+    # Printed after the last turn, before the end line.
+    assert result.out.index("Claude made the stronger case.") < result.out.index("Ended: all rounds")
+    document = json.loads((tmp_path / "transcripts" / "1.json").read_text())
+    assert [n["text"] for n in document["notes"] if n["kind"] == "verdict"] == [
+        "Interim: level so far.",
+        "Claude made the stronger case.",
+    ]
+    assert Decimal(document["totals"]["spent_usd"]) == sum(server.reported_costs)
+    assert document["referee"] == {
+        "name": "glm-5",
+        "model": GLM,
+        "system_prompt": "",
+        "max_tokens": 300,
+        "every_rounds": 1,
+    }
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (("--referee-every", "1"), "a verdict every few rounds needs a referee; give one (--referee)"),
+        (("--referee", "nobody"), "'nobody' is neither a persona"),
+        (("--referee", OPUS, "--budget", "0.008"), "budget $0.008 cannot pay for the first call (up to $"),
         (("--rounds", "0"), "argument --rounds: must be a whole number of at least 1, not '0'"),
         (("--rounds", "51"), "rounds must be between 1 and 50"),
         (("--budget", "0"), "budget must be above $0"),

@@ -1,0 +1,138 @@
+"""The referee against the loopback server: when it judges, what it reads, what it costs, and that a
+referee that cannot judge never takes the dialogue down with it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from decimal import Decimal
+
+import pytest
+
+from bot.control import Control
+from bot.errors import InputError
+from bot.events import Noted, TurnFinished
+from bot.models import NoteKind, Persona, Status, StopReason
+from bot.transcript import render_json, render_markdown
+from tests.conftest import GLM, OPUS, make_spec, run_all
+from tests.fake_openrouter import Reply, text_of
+
+JUDGE = Persona(name="Judge", model=OPUS, system_prompt="You are strict but fair.", max_tokens=200)
+
+
+def refereed(rounds=2, every=None, budget="1", **kwargs):
+    spec = make_spec(GLM, GLM, rounds=rounds, budget=budget, **kwargs)
+    return replace(spec, referee=JUDGE, referee_every=every)
+
+
+def verdicts(notes):
+    return [n for n in notes if n.kind in (NoteKind.VERDICT, NoteKind.NO_VERDICT)]
+
+
+async def test_the_referee_reads_the_whole_dialogue_at_its_end_and_its_verdict_is_kept_and_paid(
+    runner, server, store
+):
+    dialogue = await runner.create(refereed(rounds=2))
+    said = ("Cats are better.", "Dogs are better.", "Cats still.", "Dogs still.")
+    server.enqueue(*(Reply(text) for text in said))
+    server.enqueue_for(OPUS, Reply("P0 made the stronger case: the argument held."))
+    events = await run_all(runner, dialogue.id)
+
+    judged = [e.note for e in events if isinstance(e, Noted)]
+    assert [(n.kind, n.author, n.text) for n in judged] == [
+        (NoteKind.VERDICT, "Judge", "P0 made the stronger case: the argument held.")
+    ]
+    # The verdict comes after the last turn, and before the dialogue's end.
+    assert events.index(next(e for e in events if isinstance(e, Noted))) > max(
+        i for i, e in enumerate(events) if isinstance(e, TurnFinished)
+    )
+    asked = server.chat_requests[-1].body
+    assert asked["model"] == OPUS
+    system, shown = (text_of(m["content"]) for m in asked["messages"])
+    assert system.startswith("You are strict but fair.") and "referee" in system and "ended" in system
+    for said in ("P0: Cats are better.", "P1: Dogs are better.", "P0: Cats still.", "P1: Dogs still."):
+        assert said in shown
+    final = events[-1].dialogue
+    assert final.stop_reason is StopReason.MAX_ROUNDS
+    # Every cent the server billed is in the totals: four turns and the verdict.
+    assert final.totals.spent_usd == sum(server.reported_costs)
+    assert judged[0].cost_usd == server.reported_costs[-1] > 0
+
+    history = await store.history(dialogue.id)
+    markdown = render_markdown(*history)
+    assert "**Referee:** Judge (`anthropic/claude-opus-4.6`), at the end" in markdown
+    assert "> P0 made the stronger case: the argument held." in markdown
+    assert "- **Referee** Judge (`anthropic/claude-opus-4.6`): 1 verdict, 0 missed" in markdown
+    document = json.loads(render_json(*history))
+    assert document["referee"]["name"] == "Judge" and document["referee"]["model"] == OPUS
+    [note] = [n for n in document["notes"] if n["kind"] == "verdict"]
+    assert note["author"] == "Judge" and Decimal(note["cost_usd"]) == judged[0].cost_usd
+    assert note["before_seq"] == 4
+
+
+async def test_every_n_rounds_the_referee_judges_the_rounds_so_far_then_at_the_end(runner, server, store):
+    dialogue = await runner.create(refereed(rounds=5, every=2))
+    await run_all(runner, dialogue.id)
+    notes = verdicts(await store.list_notes(dialogue.id))
+    # After rounds 2 and 4, and the final one after round 5: never twice at one point.
+    assert [n.before_seq for n in notes] == [4, 8, 10]
+    asks = [r.body for r in server.chat_requests if r.body["model"] == OPUS]
+    assert "after round 2 of 5" in text_of(asks[0]["messages"][0]["content"])
+    assert "It has ended" in text_of(asks[2]["messages"][0]["content"])
+    # The interim verdicts are not fed to the speakers: they only judge.
+    for request in server.chat_requests:
+        if request.body["model"] == GLM:
+            assert not any(n.text in text_of(m["content"]) for n in notes for m in request.body["messages"])
+
+
+async def test_a_budget_too_small_for_the_verdict_is_refused_before_anything_is_spent(runner, server):
+    # GLM's first call fits in $0.001; the referee (Opus, 200 tokens at $25/M) does not fit beside it.
+    with pytest.raises(InputError, match=r"cannot pay for the first call .* and the referee's verdict"):
+        await runner.create(refereed(budget="0.004"))
+    assert server.chat_requests == []
+
+
+async def test_turns_leave_room_for_the_verdict_so_a_tight_budget_still_ends_judged(runner, server, store):
+    dialogue = await runner.create(refereed(rounds=30, budget="0.02"))
+    events = await run_all(runner, dialogue.id)
+    final = events[-1].dialogue
+    assert final.stop_reason is StopReason.BUDGET
+    assert "and the referee's verdict up to $" in final.stop_detail
+    assert 4 <= len(await store.list_turns(dialogue.id)) < 60
+    [verdict] = verdicts(await store.list_notes(dialogue.id))
+    assert verdict.kind is NoteKind.VERDICT
+    assert final.totals.spent_usd == sum(server.reported_costs) <= Decimal("0.02")
+
+
+async def test_a_referee_that_fails_leaves_a_note_and_the_dialogue_still_finishes(runner, server, store):
+    dialogue = await runner.create(refereed(rounds=1))
+    server.enqueue_for(OPUS, Reply(status=400, error={"message": "This model is unavailable", "code": 400}))
+    events = await run_all(runner, dialogue.id)
+    final = events[-1].dialogue
+    assert final.status is Status.FINISHED and final.stop_reason is StopReason.MAX_ROUNDS
+    [note] = verdicts(await store.list_notes(dialogue.id))
+    assert note.kind is NoteKind.NO_VERDICT and "This model is unavailable" in note.text
+    assert note.cost_usd == 0 and final.totals.spent_usd == sum(server.reported_costs)
+    assert "⚖ Judge gave no verdict: " in render_markdown(*await store.history(dialogue.id))
+
+
+async def test_a_dialogue_stopped_by_a_member_is_not_judged(runner, server, store):
+    dialogue = await runner.create(refereed(rounds=3))
+    control = Control()
+    events = []
+    async for event in runner.run(dialogue.id, control):
+        events.append(event)
+        if isinstance(event, TurnFinished):
+            control.stop()
+    assert events[-1].dialogue.stop_reason is StopReason.USER_STOP
+    assert verdicts(await store.list_notes(dialogue.id)) == []
+    assert all(r.body["model"] == GLM for r in server.chat_requests)
+
+
+async def test_an_interval_needs_a_referee_and_fits_the_rounds(runner):
+    with pytest.raises(InputError, match="needs a referee"):
+        await runner.create(replace(make_spec(rounds=2), referee_every=1))
+    with pytest.raises(InputError, match="interval must be from 1 to the rounds"):
+        await runner.create(refereed(rounds=2, every=3))
+    with pytest.raises(InputError, match="the referee must be a model"):
+        await runner.create(replace(refereed(), referee=Persona("Me", "human:1")))
