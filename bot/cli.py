@@ -30,6 +30,7 @@ from bot.app import App, EngineConfig, check_personas, open_app
 from bot.backup import back_up, check
 from bot.budget import parse_usd
 from bot.catalogue import Catalogue
+from bot.chart import render_png
 from bot.console import DialogueView, dialogue_table, model_table, usage_table
 from bot.control import Control
 from bot.errors import InputError, ProviderError
@@ -247,7 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write a dialogue's transcript as Markdown or JSON")
     export.add_argument("id", type=_whole(1))
-    export.add_argument("--format", choices=("md", "json"), default="md")
+    export.add_argument(
+        "--format",
+        choices=("md", "json", "png"),
+        default="md",
+        help="md or json: a transcript; png: a picture of tokens per turn and spend against the budget",
+    )
     export.add_argument("--out", type=Path, help="file to write (default: standard output)")
 
     sub.add_parser("bot", help="run the Discord bot (needs DISCORD_TOKEN)")
@@ -310,6 +316,16 @@ async def dispatch(
                 text = await _render(app, args.id, "md")
             text = printable(text)  # what a model wrote is shown, never obeyed by the terminal
             console.print(Markdown(text) if console.is_terminal else text, markup=False)
+        case "export" if args.format == "png":
+            if args.out is None and sys.stdout.isatty():
+                raise InputError("a PNG is not for a terminal; give --out FILE (or redirect the output)")
+            async with open_app(config) as app:
+                picture = render_png(*await app.store.history(args.id))
+            if args.out:
+                write_atomically(args.out, picture)
+                console.print(f"wrote {args.out}", markup=False)
+            else:
+                sys.stdout.buffer.write(picture)
         case "export":
             async with open_app(config) as app:
                 text = await _render(app, args.id, args.format)
@@ -590,12 +606,12 @@ def check_writable(folder: Path) -> None:
     raise InputError(f"cannot write transcripts to {folder}: {why}; choose another --out")
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write text so that the file is either the old one or the whole new one, never half."""
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """Write text (or bytes) so that the file is either the old one or the whole new one, never half."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(text, encoding="utf-8")
+        partial.write_bytes(content.encode() if isinstance(content, str) else content)
         os.replace(partial, path)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror}; choose another --out") from None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import discord
 
 from bot.app import utc_now
+from bot.chart import render_png
 from bot.control import Control
 from bot.dialogue import DialogueRunner
 from bot.errors import LeaseHeld
@@ -493,7 +494,8 @@ class Relay:
 
 
 async def transcript_files(store: Store, dialogue_id: int, size_limit: int) -> list[discord.File]:
-    """Return `transcript-<id>.md` and `.json`, each gzip-compressed if it would pass the upload limit."""
+    """Return `transcript-<id>.md` and `.json` (each gzip-compressed if it would pass the upload limit)
+    and `dialogue-<id>.png`, the picture of the dialogue."""
     history = await store.history(dialogue_id)
     files = []
     for extension, text in (("md", render_markdown(*history)), ("json", render_json(*history))):
@@ -501,6 +503,10 @@ async def transcript_files(store: Store, dialogue_id: int, size_limit: int) -> l
         if len(data) > size_limit:
             data, name = gzip.compress(data), f"{name}.gz"
         files.append(discord.File(io.BytesIO(data), filename=name))
+    # The picture beside them: drawing it takes a few tens of milliseconds, off the event loop.
+    picture = await asyncio.to_thread(render_png, *history)
+    if len(picture) <= size_limit:  # a picture does not compress: past the limit it is left out
+        files.append(discord.File(io.BytesIO(picture), filename=f"dialogue-{dialogue_id}.png"))
     return files
 
 

@@ -156,6 +156,18 @@ async def test_run_with_a_referee_prints_and_keeps_its_verdict(env, tmp_path, se
     }
 
 
+async def test_export_png_writes_the_picture_to_a_file_or_a_pipe(env, tmp_path):
+    assert (await voices(env, tmp_path, *RUN)).code == 0
+    out = tmp_path / "pictures" / "1.png"
+    written = await voices(env, tmp_path, "export", "1", "--format", "png", "--out", str(out))
+    assert written.code == 0 and f"wrote {out}" in written.out
+    piped = await start(env, tmp_path, "export", "1", "--format", "png")
+    data, _ = await piped.communicate()
+    assert data == out.read_bytes() and data.startswith(b"\x89PNG\r\n\x1a\n")
+    missing = await voices(env, tmp_path, "export", "9", "--format", "png", "--out", str(tmp_path / "9.png"))
+    assert missing.code == 2 and "no dialogue 9" in missing.err and not (tmp_path / "9.png").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

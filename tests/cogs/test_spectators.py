@@ -3,7 +3,10 @@ dialogue and dialogues on a schedule. SimCord drives the real bot against the lo
 
 from __future__ import annotations
 
+import io
 import json
+
+from PIL import Image
 
 from tests.cogs.test_voices_cog import persona_posts, sent_payloads, start, status_message
 from tests.conftest import GLM, OPUS
@@ -54,3 +57,21 @@ async def test_a_failing_referee_is_one_line_in_the_thread_and_the_dialogue_fini
     assert status_message(thread).embeds[0].description.startswith("**Ended:** all rounds completed")
     assert [m.author.name for m in persona_posts(thread)] == ["claude-opus-4.6", "glm-5"]
     assert GLM in {r.body["model"] for r in world.server.chat_requests}
+
+
+# The picture --------------------------------------------------------------------------------------
+
+
+async def test_the_end_attaches_a_picture_of_the_dialogue_beside_the_transcripts(world):
+    await start(world)
+    await world.finish(1)
+    last = world.thread().history()[-1]
+    assert [a.filename for a in last.attachments] == [
+        "transcript-1.md",
+        "transcript-1.json",
+        "dialogue-1.png",
+    ]
+    picture = Image.open(io.BytesIO(await last.attachments[2].read()))
+    assert picture.format == "PNG" and picture.width >= 800
+    again = await world.bob.slash(world.channel, "voices transcript", dialogue=1)
+    assert "dialogue-1.png" in [a.filename for a in again.response.attachments]
