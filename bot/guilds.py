@@ -34,6 +34,10 @@ class GuildPolicy:
     allowed_models: frozenset[str] | None = None
     #: Members with this role may interject in any dialogue (its starter always may); None: nobody else.
     interject_role: int | None = None
+    #: An audience vote at each dialogue's end: whether, what it asks (None: the default), how long.
+    polls: bool = True
+    poll_question: str | None = None
+    poll_hours: int = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +52,7 @@ class GuildLoad:
 def check_start(policy: GuildPolicy, spec: DialogueSpec, usage: GuildLoad) -> None:
     """Raise InputError naming the guild limit a new dialogue would break."""
     limits = spec.limits
-    for persona in spec.participants:
+    for persona in (*spec.participants, *((spec.referee,) if spec.referee else ())):
         if persona.is_human:
             continue  # a member's own seat costs nothing and is no model to allow
         if policy.allowed_models is not None and persona.model not in policy.allowed_models:
@@ -85,6 +89,9 @@ _COLUMNS = (
     "reasoning",
     "allowed_models",
     "interject_role",
+    "polls",
+    "poll_question",
+    "poll_hours",
 )
 _MONEY = {"max_budget", "daily_cap_guild", "daily_cap_member"}
 
@@ -110,6 +117,8 @@ class GuildStore:
                 value = Decimal(value)
             elif name == "allowed_models":
                 value = frozenset(json.loads(value))
+            elif name == "polls":
+                value = bool(value)
             changes[name] = value
         return replace(self.defaults, **changes)
 
@@ -121,7 +130,9 @@ class GuildStore:
             raise InputError(f"unknown setting {', '.join(sorted(unknown))}")
         values = {}
         for name, value in changes.items():
-            if isinstance(value, Decimal):
+            if isinstance(value, bool):
+                value = int(value)
+            elif isinstance(value, Decimal):
                 value = str(value)
             elif isinstance(value, frozenset):
                 value = json.dumps(sorted(value))

@@ -254,6 +254,28 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    (
+        "The audience's vote at a dialogue's end: the question and its answers, where it was posted, "
+        "when it closes, and the tally once it has; and each server's choice of polls (NULL: the "
+        "default).",
+        """
+        CREATE TABLE votes (
+            dialogue_id INTEGER PRIMARY KEY REFERENCES dialogues(id) ON DELETE CASCADE,
+            question    TEXT NOT NULL,
+            answers     TEXT NOT NULL,
+            channel_id  INTEGER,
+            message_id  INTEGER,
+            opened_at   TEXT NOT NULL,
+            closes_at   TEXT NOT NULL,
+            counts      TEXT,
+            closed_at   TEXT
+        );
+        CREATE INDEX votes_open ON votes(closes_at) WHERE closed_at IS NULL;
+        ALTER TABLE guild_settings ADD COLUMN polls INTEGER;
+        ALTER TABLE guild_settings ADD COLUMN poll_question TEXT;
+        ALTER TABLE guild_settings ADD COLUMN poll_hours INTEGER;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -259,6 +259,37 @@ class Dialogue:
     seed: int | None = None
     referee: Persona | None = None
     referee_every: int | None = None
+    #: The audience's vote on the dialogue, once one was opened.
+    vote: AudienceVote | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceVote:
+    """A vote the audience was asked at the end of a dialogue: one answer per participant, and once
+    it closed, the votes each answer got (None while it is open, or when its tally was lost)."""
+
+    question: str
+    answers: tuple[str, ...]
+    opened_at: datetime
+    closes_at: datetime
+    counts: tuple[int, ...] | None = None
+    closed_at: datetime | None = None
+
+    @property
+    def result(self) -> str:
+        """Return the outcome in a few words: who got most votes, a tie, none, or still open."""
+        if self.closed_at is None:
+            return f"open until {self.closes_at.strftime('%Y-%m-%d %H:%M UTC')}"
+        if self.counts is None:
+            return "closed without a tally (its message was deleted)"
+        tally = " · ".join(f"{a} {n}" for a, n in zip(self.answers, self.counts, strict=True))
+        total = sum(self.counts)
+        if not total:
+            return f"{tally}: no votes"
+        best = max(self.counts)
+        leaders = [a for a, n in zip(self.answers, self.counts, strict=True) if n == best]
+        verdict = f"most votes: {leaders[0]}" if len(leaders) == 1 else f"a tie: {' and '.join(leaders)}"
+        return f"{tally} ({total} vote{'s' if total != 1 else ''}; {verdict})"
 
 
 def matching(text: str, models: Iterable[ModelInfo]) -> list[ModelInfo]:

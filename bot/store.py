@@ -7,6 +7,7 @@ transaction, so a crash leaves either the whole turn (with the dialogue's totals
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import socket
@@ -25,6 +26,7 @@ from bot.errors import DialogueNotFound, LeaseHeld, StateError, StoreError
 from bot.migrations import SCHEMA_VERSION, migrate, schema_version
 from bot.models import (
     DRY_RUN,
+    AudienceVote,
     Child,
     ContextPolicy,
     Dialogue,
@@ -98,6 +100,17 @@ def _persona(row: sqlite3.Row) -> Persona:
         prompt_price=Decimal(row["prompt_price"]) if row["prompt_price"] else None,
         completion_price=Decimal(row["completion_price"]) if row["completion_price"] else None,
         chat_format=row["chat_format"],
+    )
+
+
+def _vote(row: sqlite3.Row) -> AudienceVote:
+    return AudienceVote(
+        question=row["question"],
+        answers=tuple(json.loads(row["answers"])),
+        opened_at=_dt(row["opened_at"]) or datetime.now(UTC),
+        closes_at=_dt(row["closes_at"]) or datetime.now(UTC),
+        counts=tuple(json.loads(row["counts"])) if row["counts"] is not None else None,
+        closed_at=_dt(row["closed_at"]),
     )
 
 
@@ -335,6 +348,7 @@ class Store:
             "SELECT id, parent_kind FROM dialogues WHERE parent_id = ? ORDER BY id", (row["id"],)
         )
         referee = await self.fetchall("SELECT * FROM referees WHERE dialogue_id = ?", (row["id"],))
+        vote = await self.fetchall("SELECT * FROM votes WHERE dialogue_id = ?", (row["id"],))
         return Dialogue(
             id=row["id"],
             participants=tuple(_persona(p) for p in seats),
@@ -369,6 +383,7 @@ class Store:
             seed=row["seed"],
             referee=_persona(referee[0]) if referee else None,
             referee_every=referee[0]["every_rounds"] if referee else None,
+            vote=_vote(vote[0]) if vote else None,
         )
 
     # Spend ------------------------------------------------------------------------------------

@@ -236,6 +236,9 @@ def _statistics(
             f"- **Interrupted calls:** {totals.interrupted_calls} (lost in a crash or a stop: charged what "
             "the provider billed, or else their worst case)"
         )
+    if dialogue.vote is not None:
+        vote = dialogue.vote
+        lines.append(f"- **Audience vote:** {_inline(vote.question)} {_inline(vote.result)}")
     lines += [
         f"- **Stop reason:** {ended}",
         f"- **Date:** {_when(dialogue.created_at)}",
@@ -308,6 +311,7 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]
             for seat, p in enumerate(dialogue.participants)
         ],
         "referee": _referee_json(dialogue),
+        "audience_vote": _vote_json(dialogue),
         "turns": [_turn_json(t) for t in turns],
         "notes": [n.record() for n in notes],
         "totals": {
@@ -336,6 +340,20 @@ def _referee_json(dialogue: Dialogue) -> dict[str, Any] | None:
         "system_prompt": referee.system_prompt,
         "max_tokens": referee.max_tokens,
         "every_rounds": dialogue.referee_every,
+    }
+
+
+def _vote_json(dialogue: Dialogue) -> dict[str, Any] | None:
+    vote = dialogue.vote
+    if vote is None:
+        return None
+    counts = vote.counts or (None,) * len(vote.answers)
+    return {
+        "question": vote.question,
+        "answers": [{"answer": a, "votes": n} for a, n in zip(vote.answers, counts, strict=True)],
+        "opened_at": _iso(vote.opened_at),
+        "closes_at": _iso(vote.closes_at),
+        "closed_at": _iso(vote.closed_at),
     }
 
 

@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 from contextlib import AsyncExitStack
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import discord
@@ -23,9 +23,11 @@ from bot.personas import load_personas
 from bot.privacy import delete_older
 from bot.rooms import RoomStore
 from bot.text import counted
+from bot.votes import VoteStore
 from cogs import EXTENSIONS
 from cogs.health import Health, RateLimitCounter
 from cogs.people import InterjectButton, SayButton
+from cogs.polls import Polls
 from cogs.relay import Relays, Services
 from cogs.status import ControlButton
 from cogs.webhooks import WebhookPool
@@ -34,6 +36,14 @@ from config import Settings
 log = logging.getLogger(__name__)
 #: Retention runs at start-up, then once a day.
 RETENTION_INTERVAL = 24 * 3600
+#: Votes close, and scheduled dialogues start, on a minute's tick.
+TICK = 60
+
+
+async def clock_pause(seconds: float) -> None:
+    """Wait for the next tick; a harness with virtual time (SimCord) may swap in its own, and tick
+    the bot itself at the moments it chooses."""
+    await asyncio.sleep(seconds)
 
 
 class VoicesBot(commands.Bot):
@@ -43,6 +53,7 @@ class VoicesBot(commands.Bot):
     relays: Relays
     catalogue: Catalogue
     personas: dict[str, Persona]
+    polls: Polls
 
     def __init__(self, settings: Settings):
         super().__init__(
@@ -66,8 +77,11 @@ class VoicesBot(commands.Bot):
             rooms=RoomStore(app.store),
             guilds=GuildStore(app.store, self.settings.guild_defaults()),
             webhooks=WebhookPool(self, metrics),
+            votes=VoteStore(app.store),
             metrics=metrics,
         )
+        self.polls = Polls(self, self.services)
+        self.services.on_end.append(self.polls.open)
         self.relays = Relays(self, self.services)
         self._count_requests(metrics)
         counter = RateLimitCounter(metrics)
@@ -82,6 +96,7 @@ class VoicesBot(commands.Bot):
         self.add_dynamic_items(ControlButton, SayButton, InterjectButton)
         await self.sync_commands()
         self.loop.create_task(self._resume_when_ready(), name="voices-resume")
+        self.loop.create_task(self._tick_every_minute(), name="voices-clock")
         if self.settings.retain_days is not None:
             self.loop.create_task(self._retain_daily(self.settings.retain_days), name="voices-retention")
 
@@ -100,6 +115,21 @@ class VoicesBot(commands.Bot):
                 raise
 
         self.http.request = counted  # type: ignore[method-assign]
+
+    async def _tick_every_minute(self) -> None:
+        """Close the audience votes whose time is up (and catch up at start-up on those that closed
+        while the bot was down)."""
+        await self.wait_until_ready()
+        while not self.is_closed():
+            try:
+                await self.tick(utc_now())
+            except Exception:  # one bad minute must not stop the clock
+                log.exception("the minute's work failed")
+            await clock_pause(TICK)
+
+    async def tick(self, now: datetime) -> None:
+        """Do what is due at `now`: close votes."""
+        await self.polls.close_due(now)
 
     async def _retain_daily(self, days: int) -> None:
         while not self.is_closed():

@@ -7,17 +7,15 @@ The engine decides everything; this module only turns its events into Discord me
 from __future__ import annotations
 
 import asyncio
-import gzip
 import io
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import discord
 
 from bot.app import utc_now
-from bot.chart import render_png
 from bot.control import Control
 from bot.dialogue import DialogueRunner
 from bot.errors import LeaseHeld
@@ -38,8 +36,10 @@ from bot.metrics import Metrics
 from bot.models import Dialogue, NoteKind, Status, StopReason, Turn, TurnStatus
 from bot.rooms import Room, RoomStore
 from bot.store import Store
-from bot.transcript import headline, render_json, render_markdown
+from bot.transcript import headline
+from bot.votes import VoteStore
 from cogs._format import split_message, split_tail
+from cogs.files import transcript_files
 from cogs.people import SayButton
 from cogs.status import ControlButton, status_embed
 from cogs.webhooks import NO_MENTIONS, WebhookPool
@@ -479,6 +479,12 @@ class Relay:
             await self._status.edit(embed=embed, view=view)
 
     async def _post_end(self, dialogue: Dialogue) -> None:
+        # The audience vote comes before the closing message, which stays the thread's last word.
+        for hook in self._s.on_end:
+            try:
+                await hook(dialogue, self.thread)
+            except Exception:  # a failed extra never holds back the transcripts
+                log.exception("dialogue %s: an end-of-dialogue step failed", dialogue.id)
         files = await transcript_files(self._s.store, dialogue.id, self.thread.guild.filesize_limit)
         reason = dialogue.stop_reason.describe if dialogue.stop_reason else str(dialogue.status)
         await self.thread.send(
@@ -493,23 +499,6 @@ class Relay:
             )
 
 
-async def transcript_files(store: Store, dialogue_id: int, size_limit: int) -> list[discord.File]:
-    """Return `transcript-<id>.md` and `.json` (each gzip-compressed if it would pass the upload limit)
-    and `dialogue-<id>.png`, the picture of the dialogue."""
-    history = await store.history(dialogue_id)
-    files = []
-    for extension, text in (("md", render_markdown(*history)), ("json", render_json(*history))):
-        data, name = text.encode(), f"transcript-{dialogue_id}.{extension}"
-        if len(data) > size_limit:
-            data, name = gzip.compress(data), f"{name}.gz"
-        files.append(discord.File(io.BytesIO(data), filename=name))
-    # The picture beside them: drawing it takes a few tens of milliseconds, off the event loop.
-    picture = await asyncio.to_thread(render_png, *history)
-    if len(picture) <= size_limit:  # a picture does not compress: past the limit it is left out
-        files.append(discord.File(io.BytesIO(picture), filename=f"dialogue-{dialogue_id}.png"))
-    return files
-
-
 @dataclass
 class Services:
     """What the Discord side uses of the engine."""
@@ -519,7 +508,11 @@ class Services:
     rooms: RoomStore
     guilds: GuildStore
     webhooks: WebhookPool
+    votes: VoteStore
     metrics: Metrics = field(default_factory=Metrics)
+    #: What else happens in a thread once its dialogue has ended, before its transcripts are posted
+    #: (the audience vote): each is called in turn, and one that fails does not stop the others.
+    on_end: list[Callable[[Dialogue, discord.Thread], Awaitable[None]]] = field(default_factory=list)
 
 
 class Relays:

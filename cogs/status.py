@@ -106,6 +106,9 @@ def status_embed(
             ),
             inline=False,
         )
+    if dialogue.vote is not None:
+        vote = dialogue.vote
+        embed.add_field(name=f"Audience · {vote.question}"[:256], value=vote.result[:1024], inline=False)
     judged = [n for n in notes if n.kind in (NoteKind.VERDICT, NoteKind.NO_VERDICT)]
     if judged:
         last = judged[-1]

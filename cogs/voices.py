@@ -36,10 +36,11 @@ from bot.personas import resolve_participants, resolve_persona
 from bot.privacy import forget_member
 from bot.rooms import Room
 from bot.text import counted
+from bot.votes import DEFAULT_QUESTION, MAX_HOURS, check_question
 from cogs._format import split_message
 from cogs.errors import reply, user_message
+from cogs.files import transcript_files
 from cogs.people import ME, seat_of
-from cogs.relay import transcript_files
 from cogs.status import opening_text, prompts_embed, status_embed
 from cogs.usage import PER, usage_since, usage_text
 from cogs.webhooks import NO_MENTIONS
@@ -658,6 +659,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         reasoning="What to do with a model's reasoning text",
         allowed_models="Comma-separated model ids, or 'all'",
         interject_role="Members with this role may interject in any dialogue",
+        polls="An audience vote (a Discord poll) at the end of each dialogue",
+        poll_question="What the vote asks ('default' for: Who made the stronger case?)",
+        poll_hours="How long the vote stays open, in hours (1 to 768)",
     )
     async def config(
         self,
@@ -670,6 +674,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         reasoning: Literal["hide", "spoiler", "file"] | None = None,
         allowed_models: str | None = None,
         interject_role: discord.Role | None = None,
+        polls: bool | None = None,
+        poll_question: app_commands.Range[str, 1, 400] | None = None,
+        poll_hours: app_commands.Range[int, 1, MAX_HOURS] | None = None,
     ) -> None:
         """Show or change this server's limits (Manage Server needed to change them)."""
         assert interaction.guild_id is not None
@@ -692,6 +699,13 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             changes["allowed_models"] = await self._models(allowed_models)
         if interject_role is not None:
             changes["interject_role"] = interject_role.id
+        if polls is not None:
+            changes["polls"] = polls
+        if poll_question is not None:
+            default = poll_question.strip().lower() == "default"
+            changes["poll_question"] = None if default else check_question(poll_question)
+        if poll_hours is not None:
+            changes["poll_hours"] = poll_hours
         if changes and not interaction.permissions.manage_guild:
             raise InputError("changing the server's limits needs the Manage Server permission")
         guilds = self.s.guilds
@@ -701,6 +715,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             else await guilds.policy(interaction.guild_id)
         )
         models = "all" if policy.allowed_models is None else ", ".join(sorted(policy.allowed_models))
+        asked = policy.poll_question or DEFAULT_QUESTION
+        vote = f"“{asked}”, {policy.poll_hours} h" if policy.polls else "off"
         role = f"starter and <@&{policy.interject_role}>" if policy.interject_role else "starter only"
         await reply(
             interaction,
@@ -708,7 +724,7 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
                 f"Rounds ≤ {policy.max_rounds} · budget ≤ {format_usd(policy.max_budget)} · per day: server "
                 f"{format_usd(policy.daily_cap_guild)}, member {format_usd(policy.daily_cap_member)} · "
                 f"{policy.max_concurrent} at once · reasoning: {policy.reasoning} · models: {models} · "
-                f"interject: {role}"
+                f"interject: {role} · audience vote: {vote}"
             ),
         )
 

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     daily_cap_member: Decimal = Field(default=Decimal("1.00"), ge=0, le=1_000_000, allow_inf_nan=False)
     max_concurrent: int = Field(default=3, ge=1, le=10_000)
     reasoning: Literal["hide", "spoiler", "file"] = "hide"
+    #: An audience vote (a Discord poll) at each dialogue's end, open this many hours; servers may
+    #: switch it off or change it in /voices config.
+    polls: bool = True
+    poll_hours: int = Field(default=24, ge=1, le=768)
 
     connect_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     # Reasoning models may send nothing but keep-alive comments for minutes; reads wait this long.
@@ -184,4 +188,6 @@ class Settings(BaseSettings):
             daily_cap_member=self.daily_cap_member,
             max_concurrent=self.max_concurrent,
             reasoning=self.reasoning,
+            polls=self.polls,
+            poll_hours=self.poll_hours,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,18 @@ def webhooks_post_into_threads(monkeypatch):
         return _InThread(webhook, int(thread_id)) if thread_id else webhook
 
     monkeypatch.setattr(webhook_routes, "_incoming_webhook", incoming)
+
+
+@pytest.fixture(autouse=True)
+def clock_waits_for_the_test(monkeypatch):
+    """The bot's minute clock ticks once at start-up; after that a test ticks it (`bot.tick(now)`)
+    when the moment it wants has come. Patched before the bot starts, so no tick waits on a real
+    minute."""
+
+    async def never(seconds: float) -> None:
+        await asyncio.sleep(10**9)  # a virtual timer SimCord knows; no test moves its clock this far
+
+    monkeypatch.setattr("cogs.client.clock_pause", never)
 
 
 def make_settings(tmp_path: Path, server: FakeOpenRouter, **overrides: Any) -> Settings:
@@ -109,6 +122,7 @@ def world(simcord_env, simcord_bot, server, monkeypatch) -> World:
     monkeypatch.setattr(
         "cogs.relay.wait_for_member", lambda waiting: env.external_wait(waiting, reason="a member's turn")
     )
+
     guild = env.create_guild()
     channel = guild.create_text_channel("general")
     alice = guild.add_member(env.create_user("alice"))

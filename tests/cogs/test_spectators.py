@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import timedelta
 
+import discord
 from PIL import Image
 
+from bot.app import utc_now
 from tests.cogs.test_voices_cog import persona_posts, sent_payloads, start, status_message
 from tests.conftest import GLM, OPUS
 from tests.fake_openrouter import Reply
@@ -75,3 +78,118 @@ async def test_the_end_attaches_a_picture_of_the_dialogue_beside_the_transcripts
     assert picture.format == "PNG" and picture.width >= 800
     again = await world.bob.slash(world.channel, "voices transcript", dialogue=1)
     assert "dialogue-1.png" in [a.filename for a in again.response.attachments]
+
+
+# The audience vote --------------------------------------------------------------------------------
+
+
+def poll_message(thread):
+    (message,) = [m for m in thread.history() if getattr(m, "poll", None) is not None]
+    return message
+
+
+async def close_votes(world, hours: float = 24) -> None:
+    """Let the poll's time pass in SimCord, then tick the bot's clock at that moment."""
+    await world.env.advance_time(hours * 3600 + 1)
+    await world.bot.tick(utc_now() + timedelta(hours=hours, seconds=1))
+    await world.env.settle()
+
+
+async def test_the_audience_votes_and_the_tally_is_kept_shown_and_in_new_transcripts(world):
+    await start(world)
+    await world.finish(1)
+    thread = world.thread()
+    message = poll_message(thread)
+    assert message.poll.question == "Who made the stronger case?"
+    assert [a.text for a in message.poll.answers] == ["claude-opus-4.6", "glm-5"]
+    # The vote comes before the closing message, which keeps the transcripts and the last word.
+    assert thread.history()[-1].content.startswith("Dialogue 1 ended")
+    at_end = json.loads(await thread.history()[-1].attachments[1].read())
+    assert at_end["audience_vote"]["closed_at"] is None
+    assert [a["votes"] for a in at_end["audience_vote"]["answers"]] == [None, None]
+
+    vote = (await world.bot.services.store.get_dialogue(1)).vote
+    assert vote.closes_at - vote.opened_at == timedelta(hours=24)
+    await world.bot.tick(utc_now() + timedelta(hours=23))  # not yet: nothing is read or posted
+    assert (await world.bot.services.store.get_dialogue(1)).vote.closed_at is None
+    await world.alice.vote(message, answer=2)
+    await world.bob.vote(message, answer=2)
+    await world.bob.vote(message, answer=1)  # changed his mind: one vote each member
+    await close_votes(world)
+
+    line = thread.history()[-1]
+    assert line.content.startswith(
+        "🗳 The audience has voted: Who made the stronger case? claude-opus-4.6 1 · glm-5 1 "
+        "(2 votes; a tie: claude-opus-4.6 and glm-5)."
+    )
+    assert [a.filename for a in line.attachments][:2] == ["transcript-1.md", "transcript-1.json"]
+    document = json.loads(await line.attachments[1].read())
+    assert [(a["answer"], a["votes"]) for a in document["audience_vote"]["answers"]] == [
+        ("claude-opus-4.6", 1),
+        ("glm-5", 1),
+    ]
+    assert (
+        "- **Audience vote:** Who made the stronger case? claude-opus-4.6 1"
+        in (await line.attachments[0].read()).decode()
+    )
+    shown = await world.bob.slash(thread, "voices status")
+    (field,) = [f for f in shown.response.embeds[0].fields if f.name.startswith("Audience")]
+    assert field.value.startswith("claude-opus-4.6 1 · glm-5 1")
+    again = await world.bob.slash(world.channel, "voices transcript", dialogue=1)
+    assert json.loads(await again.response.attachments[1].read())["audience_vote"]["closed_at"]
+    # Ticking again posts nothing twice.
+    before = len(thread.history())
+    await world.bot.tick(utc_now() + timedelta(hours=30))
+    assert len(thread.history()) == before
+
+
+async def test_a_server_words_its_own_question_sets_the_time_or_switches_votes_off(world):
+    refused = await world.bob.slash(world.channel, "voices config", polls=False)
+    assert "Manage Server" in refused.response.content
+    managers = world.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+    carol = world.guild.add_member(world.env.create_user("carol"), roles=[managers])
+    too_long = await carol.slash(world.channel, "voices config", poll_question="?" * 301)
+    assert "the poll question has 301 characters; Discord takes 300" in too_long.response.content
+    shown = await carol.slash(world.channel, "voices config", poll_question="Who was funnier?", poll_hours=2)
+    assert "audience vote: “Who was funnier?”, 2 h" in shown.response.content
+    await start(world, rounds=1)
+    await world.finish(1)
+    message = poll_message(world.thread())
+    assert message.poll.question == "Who was funnier?"
+    await close_votes(world, hours=2)
+    assert "The audience has voted: Who was funnier? claude-opus-4.6 0 · glm-5 0: no votes" in (
+        world.thread().history()[-1].content
+    )
+    switched = await carol.slash(world.channel, "voices config", polls=False)
+    assert "audience vote: off" in switched.response.content
+    await start(world, rounds=1)
+    await world.finish(2)
+    assert [m for m in world.thread().history() if getattr(m, "poll", None) is not None] == []
+
+
+async def test_without_the_poll_permission_the_thread_is_told_once_and_the_dialogue_ends_as_ever(world):
+    denied = {world.guild.me: discord.PermissionOverwrite(send_polls=False)}
+    channel = world.guild.create_text_channel("no-polls", overwrites=denied)
+    await world.alice.slash(channel, "voices start", a=OPUS, b=GLM, opening="Hi", rounds=1, budget="0.25")
+    await world.finish(1)
+    thread = channel.threads[-1]
+    told = [m for m in thread.history() if "Send Polls" in m.content]
+    assert len(told) == 1 and "/voices config polls:False" in told[0].content
+    assert [m for m in thread.history() if getattr(m, "poll", None) is not None] == []
+    files = [a.filename for a in thread.history()[-1].attachments]
+    assert files[:2] == ["transcript-1.md", "transcript-1.json"]
+    assert await world.bot.services.votes.due(utc_now() + timedelta(days=400)) == []
+
+
+async def test_a_deleted_poll_closes_without_a_tally_and_nothing_breaks(world):
+    await start(world, rounds=1)
+    await world.finish(1)
+    message = poll_message(world.thread())
+    mods = world.guild.create_role("mods", permissions=discord.Permissions(manage_messages=True))
+    carol = world.guild.add_member(world.env.create_user("carol"), roles=[mods])
+    await carol.delete(message)
+    await close_votes(world)
+    dialogue = await world.bot.services.store.get_dialogue(1)
+    assert dialogue.vote is not None and dialogue.vote.closed_at is not None
+    assert dialogue.vote.counts is None
+    assert dialogue.vote.result == "closed without a tally (its message was deleted)"

@@ -18,7 +18,7 @@ from bot.personas import load_personas
 from bot.providers.local import local_available
 from bot.store import Store
 from cogs import create_bot
-from cogs.relay import transcript_files
+from cogs.files import transcript_files
 from cogs.webhooks import WebhookPool
 from tests.cogs.conftest import make_settings
 from tests.conftest import API_KEY, GLM, OPUS
