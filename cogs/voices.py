@@ -7,7 +7,6 @@ import asyncio
 import io
 import logging
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 import discord
@@ -18,7 +17,6 @@ from bot import usage as spend
 from bot.app import utc_now
 from bot.budget import format_usd, parse_usd
 from bot.errors import InputError, StateError
-from bot.guilds import GuildLoad, check_start
 from bot.lineage import continue_dialogue, fork
 from bot.models import (
     MAX_SEED,
@@ -37,11 +35,11 @@ from bot.privacy import forget_member
 from bot.rooms import Room
 from bot.text import counted
 from bot.votes import DEFAULT_QUESTION, MAX_HOURS, check_question
-from cogs._format import split_message
 from cogs.errors import reply, user_message
 from cogs.files import transcript_files
+from cogs.launch import check_guild, launch
 from cogs.people import ME, seat_of
-from cogs.status import opening_text, prompts_embed, status_embed
+from cogs.status import prompts_embed, status_embed
 from cogs.usage import PER, usage_since, usage_text
 from cogs.webhooks import NO_MENTIONS
 
@@ -154,23 +152,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         if referee is not None:
             judge = resolve_persona(referee, self.bot.personas, self.bot.settings.default_max_tokens)
         spec = replace(spec, seed=seed, referee=judge, referee_every=referee_every)
-        await self._check_guild(interaction, spec)
-        worst = await self.s.runner.check(spec)
-        names = " ↔ ".join(p.name for p in spec.participants)
-        thread = await channel.create_thread(
-            name=names[:100],
-            type=discord.ChannelType.public_thread,
-            auto_archive_duration=1440,
-            reason="a Voices dialogue",
+        dialogue, thread, worst = await launch(
+            self.bot, channel, spec, interaction.user.id, interaction.user.mention
         )
-        dialogue = await self.s.runner.create(spec)
-        room = await self.s.rooms.create(
-            Room(dialogue.id, channel.guild.id, channel.id, thread.id, interaction.user.id)
-        )
-        # The question comes first in the thread, so spectators see what the voices were given.
-        for chunk in split_message(opening_text(dialogue, interaction.user.mention)):
-            await thread.send(chunk, allowed_mentions=NO_MENTIONS)
-        await self.bot.relays.start(room)
         await interaction.followup.send(
             f"Started dialogue {dialogue.id} in {thread.mention}: "
             f"{counted(spec.limits.max_rounds, 'round')}, budget {format_usd(spec.limits.budget_usd)} "
@@ -212,17 +196,6 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             loop_action=LoopAction(on_loop or settings.loop_action),
             summary_model=settings.summary_model,
         )
-
-    async def _check_guild(self, interaction: discord.Interaction, spec: DialogueSpec) -> None:
-        assert interaction.guild_id is not None
-        policy = await self.s.guilds.policy(interaction.guild_id)
-        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        load = GuildLoad(
-            guild_today=await self.s.rooms.committed(interaction.guild_id, today),
-            member_today=await self.s.rooms.committed(interaction.guild_id, today, interaction.user.id),
-            active=await self.s.rooms.active_count(interaction.guild_id),
-        )
-        check_start(policy, spec, load)
 
     # Control ---------------------------------------------------------------------------------
 
@@ -489,7 +462,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         limits = Limits(
             rounds or settings.default_rounds, parse_usd(budget) if budget else settings.default_budget
         )
-        await self._check_guild(interaction, DialogueSpec(parent.participants, parent.opening, limits))
+        assert interaction.guild_id is not None
+        spec = DialogueSpec(parent.participants, parent.opening, limits)
+        await check_guild(self.s, interaction.guild_id, interaction.user.id, spec)
         runner = self.s.runner
         if turn is None:
             child = await continue_dialogue(
