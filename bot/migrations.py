@@ -276,6 +276,34 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE guild_settings ADD COLUMN poll_hours INTEGER;
         """,
     ),
+    (
+        "Shows on a schedule: fixed voices, opening, rounds and budget, put on in a channel daily or "
+        "weekly at a UTC time; `next_run_at` is the slot each waits for, and `disabled` says why "
+        "one stopped (its channel or a voice is gone).",
+        """
+        CREATE TABLE schedules (
+            id               INTEGER PRIMARY KEY,
+            guild_id         INTEGER NOT NULL,
+            channel_id       INTEGER NOT NULL,
+            created_by       INTEGER NOT NULL,
+            voices           TEXT NOT NULL,
+            opening          TEXT NOT NULL,
+            rounds           INTEGER NOT NULL,
+            budget_usd       TEXT NOT NULL,
+            cadence          TEXT NOT NULL,
+            at_minute        INTEGER NOT NULL,
+            weekday          INTEGER,
+            referee          TEXT,
+            next_run_at      TEXT NOT NULL,
+            last_run_at      TEXT,
+            last_dialogue_id INTEGER REFERENCES dialogues(id) ON DELETE SET NULL,
+            disabled         TEXT,
+            created_at       TEXT NOT NULL
+        );
+        CREATE INDEX schedules_due ON schedules(next_run_at) WHERE disabled IS NULL;
+        CREATE INDEX schedules_by_guild ON schedules(guild_id);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -22,6 +22,7 @@ from bot.models import Persona
 from bot.personas import load_personas
 from bot.privacy import delete_older
 from bot.rooms import RoomStore
+from bot.schedules import ScheduleStore
 from bot.text import counted
 from bot.votes import VoteStore
 from cogs import EXTENSIONS
@@ -29,6 +30,7 @@ from cogs.health import Health, RateLimitCounter
 from cogs.people import InterjectButton, SayButton
 from cogs.polls import Polls
 from cogs.relay import Relays, Services
+from cogs.schedules import Shows
 from cogs.status import ControlButton
 from cogs.webhooks import WebhookPool
 from config import Settings
@@ -54,6 +56,7 @@ class VoicesBot(commands.Bot):
     catalogue: Catalogue
     personas: dict[str, Persona]
     polls: Polls
+    shows: Shows
 
     def __init__(self, settings: Settings):
         super().__init__(
@@ -81,6 +84,7 @@ class VoicesBot(commands.Bot):
             metrics=metrics,
         )
         self.polls = Polls(self, self.services)
+        self.shows = Shows(self, ScheduleStore(app.store))
         self.services.on_end.append(self.polls.open)
         self.relays = Relays(self, self.services)
         self._count_requests(metrics)
@@ -117,8 +121,8 @@ class VoicesBot(commands.Bot):
         self.http.request = counted  # type: ignore[method-assign]
 
     async def _tick_every_minute(self) -> None:
-        """Close the audience votes whose time is up (and catch up at start-up on those that closed
-        while the bot was down)."""
+        """Close the audience votes whose time is up and put on the shows whose slot has come (and
+        catch up at start-up on what fell due while the bot was down)."""
         await self.wait_until_ready()
         while not self.is_closed():
             try:
@@ -128,8 +132,9 @@ class VoicesBot(commands.Bot):
             await clock_pause(TICK)
 
     async def tick(self, now: datetime) -> None:
-        """Do what is due at `now`: close votes."""
+        """Do what is due at `now`: close votes, put on scheduled shows."""
         await self.polls.close_due(now)
+        await self.shows.run_due(now)
 
     async def _retain_daily(self, days: int) -> None:
         while not self.is_closed():

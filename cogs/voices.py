@@ -7,6 +7,7 @@ import asyncio
 import io
 import logging
 from dataclasses import replace
+from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
 
 import discord
@@ -17,6 +18,7 @@ from bot import usage as spend
 from bot.app import utc_now
 from bot.budget import format_usd, parse_usd
 from bot.errors import InputError, StateError
+from bot.guilds import GuildLoad, check_start
 from bot.lineage import continue_dialogue, fork
 from bot.models import (
     MAX_SEED,
@@ -33,12 +35,14 @@ from bot.models import (
 from bot.personas import resolve_participants, resolve_persona
 from bot.privacy import forget_member
 from bot.rooms import Room
+from bot.schedules import Cadence, Schedule, parse_clock, parse_weekday
 from bot.text import counted
 from bot.votes import DEFAULT_QUESTION, MAX_HOURS, check_question
 from cogs.errors import reply, user_message
 from cogs.files import transcript_files
 from cogs.launch import check_guild, launch
 from cogs.people import ME, seat_of
+from cogs.schedules import show_spec
 from cogs.status import prompts_embed, status_embed
 from cogs.usage import PER, usage_since, usage_text
 from cogs.webhooks import NO_MENTIONS
@@ -622,6 +626,101 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         )
         await reply(interaction, "\n".join(lines))
 
+    # Schedules -------------------------------------------------------------------------------
+
+    schedule = app_commands.Group(
+        name="schedule", description="Dialogues that start on their own, daily or weekly"
+    )
+
+    @schedule.command(name="add")
+    @app_commands.describe(
+        a="Who speaks first: a persona or a model id",
+        b="Who answers: a persona or a model id",
+        opening="The first message, the same every time",
+        at="The time of day it starts, HH:MM in UTC (such as 18:00)",
+        cadence="Every day, or once a week",
+        weekday="For a weekly show: the day (monday … sunday)",
+        rounds="Rounds each time (default: the server's default)",
+        budget="Hard cap in USD each time",
+        referee="A persona or model that gives a verdict at the end",
+        channel="Where the show's threads open (default: here)",
+    )
+    @app_commands.autocomplete(a=speaker_choices, b=speaker_choices, referee=speaker_choices)
+    async def schedule_add(
+        self,
+        interaction: discord.Interaction,
+        a: app_commands.Range[str, 1, 200],
+        b: app_commands.Range[str, 1, 200],
+        opening: app_commands.Range[str, 1, 4000],
+        at: app_commands.Range[str, 1, 5],
+        cadence: Literal["daily", "weekly"] = "daily",
+        weekday: app_commands.Range[str, 2, 9] | None = None,
+        rounds: app_commands.Range[int, 1, 100] | None = None,
+        budget: app_commands.Range[str, 1, 20] | None = None,
+        referee: app_commands.Range[str, 1, 200] | None = None,
+        channel: discord.TextChannel | None = None,
+    ) -> None:
+        """Put a dialogue on daily or weekly at a UTC time (Manage Server)."""
+        assert interaction.guild_id is not None
+        self._may_schedule(interaction)
+        where = channel or interaction.channel
+        if not isinstance(where, discord.TextChannel):
+            raise InputError("give a text channel for the show's threads, or use this in one")
+        kind = Cadence(cadence)
+        day, clock = parse_weekday(kind, weekday), parse_clock(at)
+        settings = self.bot.settings
+        spend = parse_usd(budget) if budget else settings.default_budget
+        spec = show_spec(self.bot, (a, b), opening, rounds or settings.default_rounds, spend, referee)
+        # The show's own limits are checked now, not on the day: the caps for the day are then.
+        policy = await self.s.guilds.policy(interaction.guild_id)
+        check_start(policy, spec, GuildLoad(Decimal(0), Decimal(0), 0))
+        await self.s.runner.check(spec)
+        added = await self.bot.shows.schedules.add(
+            interaction.guild_id,
+            where.id,
+            interaction.user.id,
+            (a, b),
+            opening,
+            spec.limits.max_rounds,
+            spend,
+            kind,
+            clock,
+            day,
+            referee,
+            utc_now(),
+        )
+        names = " ↔ ".join(p.name for p in spec.participants)
+        await reply(
+            interaction,
+            f"Schedule {added.id}: {names}, {added.describe()} in {where.mention}, "
+            f"{counted(added.rounds, 'round')}, budget "
+            f"{format_usd(spend)}; first on {added.next_run_at.strftime('%Y-%m-%d %H:%M UTC')}.",
+        )
+
+    @schedule.command(name="list")
+    async def schedule_list(self, interaction: discord.Interaction) -> None:
+        """This server's scheduled shows: when each runs next, and any that stopped and why."""
+        assert interaction.guild_id is not None
+        shows = await self.bot.shows.schedules.of_guild(interaction.guild_id)
+        lines = [_schedule_line(s) for s in shows]
+        await reply(
+            interaction, "\n".join(lines) or "No scheduled shows: `/voices schedule add` puts one on."
+        )
+
+    @schedule.command(name="remove")
+    @app_commands.describe(schedule="The schedule's number (see /voices schedule list)")
+    async def schedule_remove(self, interaction: discord.Interaction, schedule: int) -> None:
+        """Take a scheduled show off (Manage Server); dialogues it started stay."""
+        assert interaction.guild_id is not None
+        self._may_schedule(interaction)
+        removed = await self.bot.shows.schedules.remove(interaction.guild_id, schedule)
+        await reply(interaction, f"Schedule {removed.id} ({removed.describe()}) is removed.")
+
+    @staticmethod
+    def _may_schedule(interaction: discord.Interaction) -> None:
+        if not interaction.permissions.manage_guild:
+            raise InputError("scheduling shows needs the Manage Server permission")
+
     # Settings --------------------------------------------------------------------------------
 
     @app_commands.command(name="config")
@@ -724,6 +823,20 @@ def _lineage_line(child: Dialogue, parent_room: Room) -> str:
     if lineage.turns:
         return f"Continues dialogue {lineage.parent_id} ({where}): all {lineage.turns} turns carry over."
     return f"Continues dialogue {lineage.parent_id} ({where}): every voice remembers it in a summary."
+
+
+def _schedule_line(schedule: Schedule) -> str:
+    voices = " ↔ ".join(schedule.voices)
+    last = f" · last: dialogue {schedule.last_dialogue_id}" if schedule.last_dialogue_id else ""
+    state = (
+        f"**disabled:** {schedule.disabled}"
+        if schedule.disabled
+        else f"next {schedule.next_run_at.strftime('%Y-%m-%d %H:%M UTC')}"
+    )
+    return (
+        f"**{schedule.id}** · {voices} · {schedule.describe()} in <#{schedule.channel_id}> · "
+        f"{counted(schedule.rounds, 'round')}, {format_usd(schedule.budget_usd)} · {state}{last}"
+    )
 
 
 def _line(dialogue: Dialogue, room: Room) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +46,40 @@ def webhooks_post_into_threads(monkeypatch):
     monkeypatch.setattr(webhook_routes, "_incoming_webhook", incoming)
 
 
+class TestClock:
+    """The bot's minute clock, moved by the test: it ticks once at start-up, then only when a test
+    calls `world.tick(moment)`, and reads that moment as the time. Patched in before the bot starts,
+    so that no tick waits on a real minute; the tick runs in the bot's own clock task, as in life."""
+
+    def __init__(self) -> None:
+        self.moment: datetime | None = None
+        self.sleeper: asyncio.Task[Any] | None = None
+        self._poked = False
+
+    def now(self) -> datetime:
+        return self.moment or datetime.now(UTC)
+
+    async def pause(self, seconds: float) -> None:
+        self.sleeper = asyncio.current_task()
+        try:
+            await asyncio.sleep(10**9)  # a virtual timer SimCord knows; no test moves its clock this far
+        except asyncio.CancelledError:
+            if not self._poked:
+                raise
+            self._poked = False
+
+    def poke(self, moment: datetime) -> None:
+        assert self.sleeper is not None, "the bot's clock has not started"
+        self.moment, self._poked = moment, True
+        self.sleeper.cancel()
+
+
 @pytest.fixture(autouse=True)
-def clock_waits_for_the_test(monkeypatch):
-    """The bot's minute clock ticks once at start-up; after that a test ticks it (`bot.tick(now)`)
-    when the moment it wants has come. Patched before the bot starts, so no tick waits on a real
-    minute."""
-
-    async def never(seconds: float) -> None:
-        await asyncio.sleep(10**9)  # a virtual timer SimCord knows; no test moves its clock this far
-
-    monkeypatch.setattr("cogs.client.clock_pause", never)
+def test_clock(monkeypatch) -> TestClock:
+    clock = TestClock()
+    monkeypatch.setattr("cogs.client.clock_pause", clock.pause)
+    monkeypatch.setattr("cogs.client.utc_now", clock.now)
+    return clock
 
 
 def make_settings(tmp_path: Path, server: FakeOpenRouter, **overrides: Any) -> Settings:
@@ -81,6 +106,13 @@ class World:
     alice: Any
     bob: Any
     server: FakeOpenRouter
+
+    clock: TestClock
+
+    async def tick(self, moment: datetime) -> None:
+        """Let the bot's clock tick at this moment (votes close, shows start), and settle."""
+        self.clock.poke(moment)
+        await self.env.settle()
 
     def thread(self, index: int = -1) -> Any:
         return self.channel.threads[index]
@@ -116,7 +148,7 @@ async def simcord_bot(tmp_path, server, request) -> AsyncIterator[VoicesBot]:
 
 
 @pytest.fixture
-def world(simcord_env, simcord_bot, server, monkeypatch) -> World:
+def world(simcord_env, simcord_bot, server, monkeypatch, test_clock) -> World:
     env = simcord_env
     # A member's turn waits on the member: outside input, as far as SimCord's settling goes.
     monkeypatch.setattr(
@@ -127,4 +159,4 @@ def world(simcord_env, simcord_bot, server, monkeypatch) -> World:
     channel = guild.create_text_channel("general")
     alice = guild.add_member(env.create_user("alice"))
     bob = guild.add_member(env.create_user("bob"))
-    return World(env, simcord_bot, guild, channel, alice, bob, server)
+    return World(env, simcord_bot, guild, channel, alice, bob, server, test_clock)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import io
 import json
 from datetime import timedelta
+from decimal import Decimal
 
 import discord
 from PIL import Image
 
 from bot.app import utc_now
+from cogs import create_bot
+from tests.cogs.conftest import make_settings
 from tests.cogs.test_voices_cog import persona_posts, sent_payloads, start, status_message
 from tests.conftest import GLM, OPUS
 from tests.fake_openrouter import Reply
@@ -49,6 +52,13 @@ async def test_a_budget_too_small_for_the_referee_is_refused_at_start(world):
     assert "cannot pay for the first call" in result.response.content
     assert "referee's verdict" in result.response.content
     assert world.channel.threads == [] and world.server.chat_requests == []
+
+
+async def test_a_referee_must_be_on_the_servers_allowed_list_too(world):
+    await world.bot.services.guilds.update(world.guild.id, allowed_models=frozenset({OPUS, GLM}))
+    result = await start(world, referee=REFEREE)
+    assert "tiny/short-context is not allowed in this server" in result.response.content
+    assert world.channel.threads == []
 
 
 async def test_a_failing_referee_is_one_line_in_the_thread_and_the_dialogue_finishes(world):
@@ -91,7 +101,7 @@ def poll_message(thread):
 async def close_votes(world, hours: float = 24) -> None:
     """Let the poll's time pass in SimCord, then tick the bot's clock at that moment."""
     await world.env.advance_time(hours * 3600 + 1)
-    await world.bot.tick(utc_now() + timedelta(hours=hours, seconds=1))
+    await world.tick(utc_now() + timedelta(hours=hours, seconds=1))
     await world.env.settle()
 
 
@@ -110,7 +120,7 @@ async def test_the_audience_votes_and_the_tally_is_kept_shown_and_in_new_transcr
 
     vote = (await world.bot.services.store.get_dialogue(1)).vote
     assert vote.closes_at - vote.opened_at == timedelta(hours=24)
-    await world.bot.tick(utc_now() + timedelta(hours=23))  # not yet: nothing is read or posted
+    await world.tick(utc_now() + timedelta(hours=23))  # not yet: nothing is read or posted
     assert (await world.bot.services.store.get_dialogue(1)).vote.closed_at is None
     await world.alice.vote(message, answer=2)
     await world.bob.vote(message, answer=2)
@@ -139,7 +149,7 @@ async def test_the_audience_votes_and_the_tally_is_kept_shown_and_in_new_transcr
     assert json.loads(await again.response.attachments[1].read())["audience_vote"]["closed_at"]
     # Ticking again posts nothing twice.
     before = len(thread.history())
-    await world.bot.tick(utc_now() + timedelta(hours=30))
+    await world.tick(utc_now() + timedelta(hours=30))
     assert len(thread.history()) == before
 
 
@@ -193,3 +203,139 @@ async def test_a_deleted_poll_closes_without_a_tally_and_nothing_breaks(world):
     assert dialogue.vote is not None and dialogue.vote.closed_at is not None
     assert dialogue.vote.counts is None
     assert dialogue.vote.result == "closed without a tally (its message was deleted)"
+
+
+# Shows on a schedule ------------------------------------------------------------------------------
+
+
+def manager(world, name="carol"):
+    managers = world.guild.create_role(f"{name}-mods", permissions=discord.Permissions(manage_guild=True))
+    return world.guild.add_member(world.env.create_user(name), roles=[managers])
+
+
+async def add_show(world, member, **options):
+    values = {"a": OPUS, "b": GLM, "opening": "What is a good day?", "at": "18:00", "rounds": 1} | options
+    return await member.slash(world.channel, "voices schedule add", **values)
+
+
+async def test_a_scheduled_show_starts_at_its_slot_once_and_again_the_next_day(world):
+    refused = await add_show(world, world.bob)
+    assert (
+        refused.ephemeral
+        and "scheduling shows needs the Manage Server permission" in refused.response.content
+    )
+    carol = manager(world)
+    added = await add_show(world, carol, budget="0.25")
+    assert added.response.content.startswith(
+        f"Schedule 1: claude-opus-4.6 ↔ glm-5, daily at 18:00 UTC in <#{world.channel.id}>, 1 round, "
+        "budget $0.2500; first on "
+    )
+    (show,) = await world.bot.shows.schedules.of_guild(world.guild.id)
+    assert (show.next_run_at.hour, show.next_run_at.minute) == (18, 0) and show.next_run_at > utc_now()
+
+    await world.tick(show.next_run_at - timedelta(minutes=1))  # not yet
+    assert world.channel.threads == []
+    await world.tick(show.next_run_at)
+    await world.finish(1)
+    thread = world.thread()
+    assert thread.history()[0].content.startswith(
+        f"Schedule 1 (daily at 18:00 UTC, set by <@{carol.id}>) opened dialogue 1 with:\n"
+        "> What is a good day?"
+    )
+    assert [m.author.name for m in persona_posts(thread)] == ["claude-opus-4.6", "glm-5"]
+    await world.tick(show.next_run_at + timedelta(minutes=1))  # the same slot never runs twice
+    assert len(world.channel.threads) == 1
+    listed = await world.bob.slash(world.channel, "voices schedule list")
+    assert "· last: dialogue 1" in listed.response.content and "next " in listed.response.content
+    await world.tick(show.next_run_at + timedelta(days=1))
+    await world.finish(2)
+    assert len(world.channel.threads) == 2
+    removed = await carol.slash(world.channel, "voices schedule remove", schedule=1)
+    assert removed.response.content == "Schedule 1 (daily at 18:00 UTC) is removed."
+    await world.tick(show.next_run_at + timedelta(days=2))
+    assert len(world.channel.threads) == 2
+
+
+async def test_a_show_counts_against_the_servers_caps_and_says_when_it_cannot_start(world):
+    carol = manager(world)
+    await add_show(world, carol, budget="0.40")
+    (show,) = await world.bot.shows.schedules.of_guild(world.guild.id)
+    await world.bot.services.guilds.update(world.guild.id, daily_cap_guild=Decimal("0.30"))
+    await world.tick(show.next_run_at)
+    assert world.channel.threads == []
+    said = world.channel.history()[-1].content
+    assert said.startswith("Scheduled show 1 did not start this time: the server's daily cap leaves $0.3000")
+    (show,) = await world.bot.shows.schedules.of_guild(world.guild.id)
+    assert show.disabled is None  # tomorrow it tries again
+
+
+async def test_a_show_refuses_what_a_dialogue_would_and_a_member_seat(world):
+    carol = manager(world)
+    for options, message in (
+        ({"at": "6pm"}, "'6pm' is not a time of day; write it as HH:MM in UTC"),
+        ({"cadence": "weekly"}, "a weekly show needs its weekday"),
+        ({"b": "me"}, "a scheduled show has no seat for a member"),
+        ({"rounds": 99}, "this server allows at most"),
+        ({"budget": "0.00001"}, "below the worst case of the first call"),
+    ):
+        result = await add_show(world, carol, **options)
+        assert result.ephemeral and message in result.response.content, options
+    assert await world.bot.shows.schedules.of_guild(world.guild.id) == []
+
+
+async def test_a_show_whose_channel_or_voice_is_gone_disables_itself_and_says_so(world):
+    carol = manager(world)
+    elsewhere = world.guild.create_text_channel("shows")
+    await add_show(world, carol, a="claude", channel=elsewhere)
+    await add_show(world, carol, at="19:00")
+    first, second = await world.bot.shows.schedules.of_guild(world.guild.id)
+    del world.bot.personas["claude"]  # the persona library was edited and the bot restarted
+    await world.tick(first.next_run_at)
+    told = elsewhere.history()[-1].content
+    assert told.startswith("Scheduled show 1 is disabled: 'claude' is neither a persona")
+    assert "`/voices schedule remove 1`" in told
+    world.env.backend.delete_channel(world.channel.id)  # as a moderator would, while the bot looks on
+    await world.env.settle()
+    await world.tick(second.next_run_at)
+    first, second = await world.bot.shows.schedules.of_guild(world.guild.id)
+    assert first.disabled.startswith("'claude' is neither a persona")
+    assert second.disabled == "its channel is gone, or the bot can no longer see it"
+    assert elsewhere.threads == [] and first.last_dialogue_id is None and second.last_dialogue_id is None
+    listed = await carol.slash(elsewhere, "voices schedule list")
+    assert "**disabled:** its channel is gone" in listed.response.content
+
+
+async def test_a_slot_missed_while_the_bot_was_down_runs_once_if_recent_or_is_skipped(world):
+    carol = manager(world)
+    await add_show(world, carol)
+    await add_show(world, carol, at="18:30")
+    recent, old = await world.bot.shows.schedules.of_guild(world.guild.id)
+    # The bot comes back at 18:45: 18:00's slot is 45 minutes late and 18:30's 15, within the hour's
+    # grace: each runs, once.
+    await world.tick(recent.next_run_at + timedelta(minutes=45))
+    assert len(world.channel.threads) == 2
+    # Down for a day: the next slots are hours past by the time it is back; both are skipped, and
+    # both wait for the slot after.
+    await world.tick(recent.next_run_at + timedelta(days=1, hours=3))
+    assert len(world.channel.threads) == 2
+    for show in await world.bot.shows.schedules.of_guild(world.guild.id):
+        assert show.next_run_at == recent.next_run_at.replace(minute=show.at.minute) + timedelta(days=2)
+
+
+async def test_a_show_survives_a_restart_and_its_slot_missed_while_down_runs_at_start_up(
+    world, tmp_path, server
+):
+    carol = manager(world)
+    await add_show(world, carol)
+    (show,) = await world.bot.shows.schedules.of_guild(world.guild.id)
+    await world.crash()
+    world.clock.moment = show.next_run_at + timedelta(minutes=20)  # back twenty minutes after the slot
+    fresh = create_bot(make_settings(tmp_path, server))
+    await world.env.restart_bot(fresh)
+    await world.env.settle()
+    (thread,) = world.channel.threads  # the start-up tick put the show on
+    await fresh.relays.wait(1)
+    await world.env.settle()
+    assert [m.author.name for m in persona_posts(thread)] == ["claude-opus-4.6", "glm-5"]
+    (show,) = await fresh.shows.schedules.of_guild(world.guild.id)
+    assert show.last_dialogue_id == 1
