@@ -160,6 +160,11 @@ class ScheduleStore:
             await conn.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))
         return schedule
 
+    async def earliest(self) -> datetime | None:
+        """Return the first slot any enabled schedule waits for."""
+        rows = await self._store.fetchall("SELECT min(next_run_at) FROM schedules WHERE disabled IS NULL")
+        return datetime.fromisoformat(rows[0][0]) if rows[0][0] else None
+
     async def due(self, now: datetime) -> list[Schedule]:
         """Return the enabled schedules whose next slot has come."""
         rows = await self._store.fetchall(

@@ -88,6 +88,11 @@ class VoteStore:
                 ),
             )
 
+    async def earliest(self) -> datetime | None:
+        """Return when the first open vote closes, if any is open."""
+        rows = await self._store.fetchall("SELECT min(closes_at) FROM votes WHERE closed_at IS NULL")
+        return datetime.fromisoformat(rows[0][0]) if rows[0][0] else None
+
     async def due(self, now: datetime) -> list[Posted]:
         """Return the open votes whose time is up."""
         rows = await self._store.fetchall(

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import discord
-from discord.ext import commands
+from discord.ext import commands, tasks
 
 from bot.app import open_app, utc_now
 from bot.catalogue import Catalogue
@@ -40,12 +40,6 @@ log = logging.getLogger(__name__)
 RETENTION_INTERVAL = 24 * 3600
 #: Votes close, and scheduled dialogues start, on a minute's tick.
 TICK = 60
-
-
-async def clock_pause(seconds: float) -> None:
-    """Wait for the next tick; a harness with virtual time (SimCord) may swap in its own, and tick
-    the bot itself at the moments it chooses."""
-    await asyncio.sleep(seconds)
 
 
 class VoicesBot(commands.Bot):
@@ -100,7 +94,7 @@ class VoicesBot(commands.Bot):
         self.add_dynamic_items(ControlButton, SayButton, InterjectButton)
         await self.sync_commands()
         self.loop.create_task(self._resume_when_ready(), name="voices-resume")
-        self.loop.create_task(self._tick_every_minute(), name="voices-clock")
+        self.clock.start()
         if self.settings.retain_days is not None:
             self.loop.create_task(self._retain_daily(self.settings.retain_days), name="voices-retention")
 
@@ -120,16 +114,19 @@ class VoicesBot(commands.Bot):
 
         self.http.request = counted  # type: ignore[method-assign]
 
-    async def _tick_every_minute(self) -> None:
-        """Close the audience votes whose time is up and put on the shows whose slot has come (and
-        catch up at start-up on what fell due while the bot was down)."""
+    @tasks.loop(seconds=TICK)
+    async def clock(self) -> None:
+        """Close the audience votes whose time is up and put on the shows whose slot has come; the
+        first tick, at start-up, catches up on what fell due while the bot was down. Discord's
+        clock, which a harness with virtual time (SimCord) moves."""
+        try:
+            await self.tick(discord.utils.utcnow())
+        except Exception:  # one bad minute must not stop the clock
+            log.exception("the minute's work failed")
+
+    @clock.before_loop
+    async def _before_clock(self) -> None:
         await self.wait_until_ready()
-        while not self.is_closed():
-            try:
-                await self.tick(utc_now())
-            except Exception:  # one bad minute must not stop the clock
-                log.exception("the minute's work failed")
-            await clock_pause(TICK)
 
     async def tick(self, now: datetime) -> None:
         """Do what is due at `now`: close votes, put on scheduled shows."""
@@ -188,6 +185,7 @@ class VoicesBot(commands.Bot):
         if self._closing:
             return
         self._closing = True
+        self.clock.cancel()
         if hasattr(self, "relays"):
             await self.relays.close()
         await super().close()

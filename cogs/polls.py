@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import discord
 
-from bot.app import utc_now
+from bot.deadlines import Deadlines
 from bot.models import Dialogue, Status
 from bot.votes import DEFAULT_QUESTION, Posted, answers_for
 from cogs.files import transcript_files
@@ -37,6 +37,7 @@ class Polls:
     def __init__(self, client: discord.Client, services: Services):
         self._client = client
         self._s = services
+        self._deadlines = Deadlines(services.votes.earliest)
 
     async def open(self, dialogue: Dialogue, thread: discord.Thread) -> None:
         """Ask the audience, if the server wants it and there was a dialogue to judge."""
@@ -61,14 +62,18 @@ class Polls:
         except discord.Forbidden:  # the permission was taken away a moment ago
             await thread.send(NO_PERMISSION, allowed_mentions=NO_MENTIONS)
             return
-        opened = utc_now()
+        opened = discord.utils.utcnow()
         where = (thread.id, message.id)
         await self._s.votes.open(dialogue.id, question, answers, where, opened, opened + hours)
+        self._deadlines.added(opened + hours)
 
     async def close_due(self, now: datetime) -> list[int]:
         """Read the tally of every vote whose time is up, keep it, and post it with the transcripts
         made again; return the dialogues whose vote closed."""
-        closed = []
+        closed: list[int] = []
+        if not await self._deadlines.due(now):
+            return closed
+        self._deadlines.forget()
         for posted in await self._s.votes.due(now):
             try:
                 counts = await self._tally(posted, now)

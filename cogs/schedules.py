@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.deadlines import Deadlines
 from bot.errors import InputError, VoicesError
 from bot.models import DialogueSpec, Limits
 from bot.personas import resolve_participants, resolve_persona
@@ -59,10 +60,14 @@ class Shows:
     def __init__(self, bot: VoicesBot, schedules: ScheduleStore):
         self._bot = bot
         self.schedules = schedules
+        self.deadlines = Deadlines(schedules.earliest)
 
     async def run_due(self, now: datetime) -> list[int]:
         """Start the dialogue of each schedule that is due; return the dialogues started."""
-        started = []
+        started: list[int] = []
+        if not await self.deadlines.due(now):
+            return started
+        self.deadlines.forget()
         for schedule in await self.schedules.due(now):
             if not await self.schedules.claim(schedule, now):
                 continue  # another process, or an earlier tick, has it

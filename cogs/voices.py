@@ -687,8 +687,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             clock,
             day,
             referee,
-            utc_now(),
+            discord.utils.utcnow(),
         )
+        self.bot.shows.deadlines.added(added.next_run_at)
         names = " ↔ ".join(p.name for p in spec.participants)
         await reply(
             interaction,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import simcord
 from simcord.http.routes import interactions as webhook_routes
 
 from cogs import create_bot
-from cogs.client import VoicesBot
+from cogs.client import TICK, VoicesBot
 from config import Settings
 from tests.conftest import API_KEY
 from tests.fake_openrouter import FakeOpenRouter
@@ -46,42 +45,6 @@ def webhooks_post_into_threads(monkeypatch):
     monkeypatch.setattr(webhook_routes, "_incoming_webhook", incoming)
 
 
-class TestClock:
-    """The bot's minute clock, moved by the test: it ticks once at start-up, then only when a test
-    calls `world.tick(moment)`, and reads that moment as the time. Patched in before the bot starts,
-    so that no tick waits on a real minute; the tick runs in the bot's own clock task, as in life."""
-
-    def __init__(self) -> None:
-        self.moment: datetime | None = None
-        self.sleeper: asyncio.Task[Any] | None = None
-        self._poked = False
-
-    def now(self) -> datetime:
-        return self.moment or datetime.now(UTC)
-
-    async def pause(self, seconds: float) -> None:
-        self.sleeper = asyncio.current_task()
-        try:
-            await asyncio.sleep(10**9)  # a virtual timer SimCord knows; no test moves its clock this far
-        except asyncio.CancelledError:
-            if not self._poked:
-                raise
-            self._poked = False
-
-    def poke(self, moment: datetime) -> None:
-        assert self.sleeper is not None, "the bot's clock has not started"
-        self.moment, self._poked = moment, True
-        self.sleeper.cancel()
-
-
-@pytest.fixture(autouse=True)
-def test_clock(monkeypatch) -> TestClock:
-    clock = TestClock()
-    monkeypatch.setattr("cogs.client.clock_pause", clock.pause)
-    monkeypatch.setattr("cogs.client.utc_now", clock.now)
-    return clock
-
-
 def make_settings(tmp_path: Path, server: FakeOpenRouter, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "openrouter_api_key": API_KEY,
@@ -107,11 +70,12 @@ class World:
     bob: Any
     server: FakeOpenRouter
 
-    clock: TestClock
-
     async def tick(self, moment: datetime) -> None:
-        """Let the bot's clock tick at this moment (votes close, shows start), and settle."""
-        self.clock.poke(moment)
+        """Move SimCord's clock on to a minute past `moment`: the bot's minute clock has ticked at
+        least once at or after it (votes closed, shows put on)."""
+        ahead = (moment - self.env.now()).total_seconds() + TICK
+        if ahead > 0:
+            await self.env.advance_time(ahead)
         await self.env.settle()
 
     def thread(self, index: int = -1) -> Any:
@@ -148,7 +112,7 @@ async def simcord_bot(tmp_path, server, request) -> AsyncIterator[VoicesBot]:
 
 
 @pytest.fixture
-def world(simcord_env, simcord_bot, server, monkeypatch, test_clock) -> World:
+def world(simcord_env, simcord_bot, server, monkeypatch) -> World:
     env = simcord_env
     # A member's turn waits on the member: outside input, as far as SimCord's settling goes.
     monkeypatch.setattr(
@@ -159,4 +123,4 @@ def world(simcord_env, simcord_bot, server, monkeypatch, test_clock) -> World:
     channel = guild.create_text_channel("general")
     alice = guild.add_member(env.create_user("alice"))
     bob = guild.add_member(env.create_user("bob"))
-    return World(env, simcord_bot, guild, channel, alice, bob, server, test_clock)
+    return World(env, simcord_bot, guild, channel, alice, bob, server)

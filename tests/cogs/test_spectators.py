@@ -9,9 +9,9 @@ from datetime import timedelta
 from decimal import Decimal
 
 import discord
+import pytest
 from PIL import Image
 
-from bot.app import utc_now
 from cogs import create_bot
 from tests.cogs.conftest import make_settings
 from tests.cogs.test_voices_cog import persona_posts, sent_payloads, start, status_message
@@ -99,12 +99,11 @@ def poll_message(thread):
 
 
 async def close_votes(world, hours: float = 24) -> None:
-    """Let the poll's time pass in SimCord, then tick the bot's clock at that moment."""
-    await world.env.advance_time(hours * 3600 + 1)
-    await world.tick(utc_now() + timedelta(hours=hours, seconds=1))
-    await world.env.settle()
+    """Let the poll's time pass: SimCord finalises the poll, and the bot's clock ticks after it."""
+    await world.tick(world.env.now() + timedelta(hours=hours, seconds=1))
 
 
+@pytest.mark.settings(poll_hours=1)  # the default is 24; an hour's ticks are quicker to simulate
 async def test_the_audience_votes_and_the_tally_is_kept_shown_and_in_new_transcripts(world):
     await start(world)
     await world.finish(1)
@@ -119,13 +118,13 @@ async def test_the_audience_votes_and_the_tally_is_kept_shown_and_in_new_transcr
     assert [a["votes"] for a in at_end["audience_vote"]["answers"]] == [None, None]
 
     vote = (await world.bot.services.store.get_dialogue(1)).vote
-    assert vote.closes_at - vote.opened_at == timedelta(hours=24)
-    await world.tick(utc_now() + timedelta(hours=23))  # not yet: nothing is read or posted
+    assert vote.closes_at - vote.opened_at == timedelta(hours=1)
+    await world.tick(world.env.now() + timedelta(minutes=50))  # not yet: nothing is read or posted
     assert (await world.bot.services.store.get_dialogue(1)).vote.closed_at is None
     await world.alice.vote(message, answer=2)
     await world.bob.vote(message, answer=2)
     await world.bob.vote(message, answer=1)  # changed his mind: one vote each member
-    await close_votes(world)
+    await close_votes(world, hours=1)
 
     line = thread.history()[-1]
     assert line.content.startswith(
@@ -149,7 +148,7 @@ async def test_the_audience_votes_and_the_tally_is_kept_shown_and_in_new_transcr
     assert json.loads(await again.response.attachments[1].read())["audience_vote"]["closed_at"]
     # Ticking again posts nothing twice.
     before = len(thread.history())
-    await world.tick(utc_now() + timedelta(hours=30))
+    await world.tick(world.env.now() + timedelta(minutes=10))
     assert len(thread.history()) == before
 
 
@@ -160,13 +159,15 @@ async def test_a_server_words_its_own_question_sets_the_time_or_switches_votes_o
     carol = world.guild.add_member(world.env.create_user("carol"), roles=[managers])
     too_long = await carol.slash(world.channel, "voices config", poll_question="?" * 301)
     assert "the poll question has 301 characters; Discord takes 300" in too_long.response.content
-    shown = await carol.slash(world.channel, "voices config", poll_question="Who was funnier?", poll_hours=2)
-    assert "audience vote: “Who was funnier?”, 2 h" in shown.response.content
+    shown = await carol.slash(world.channel, "voices config")
+    assert "audience vote: “Who made the stronger case?”, 24 h" in shown.response.content
+    shown = await carol.slash(world.channel, "voices config", poll_question="Who was funnier?", poll_hours=1)
+    assert "audience vote: “Who was funnier?”, 1 h" in shown.response.content
     await start(world, rounds=1)
     await world.finish(1)
     message = poll_message(world.thread())
     assert message.poll.question == "Who was funnier?"
-    await close_votes(world, hours=2)
+    await close_votes(world, hours=1)
     assert "The audience has voted: Who was funnier? claude-opus-4.6 0 · glm-5 0: no votes" in (
         world.thread().history()[-1].content
     )
@@ -188,9 +189,10 @@ async def test_without_the_poll_permission_the_thread_is_told_once_and_the_dialo
     assert [m for m in thread.history() if getattr(m, "poll", None) is not None] == []
     files = [a.filename for a in thread.history()[-1].attachments]
     assert files[:2] == ["transcript-1.md", "transcript-1.json"]
-    assert await world.bot.services.votes.due(utc_now() + timedelta(days=400)) == []
+    assert await world.bot.services.votes.due(world.env.now() + timedelta(days=400)) == []
 
 
+@pytest.mark.settings(poll_hours=1)
 async def test_a_deleted_poll_closes_without_a_tally_and_nothing_breaks(world):
     await start(world, rounds=1)
     await world.finish(1)
@@ -198,7 +200,7 @@ async def test_a_deleted_poll_closes_without_a_tally_and_nothing_breaks(world):
     mods = world.guild.create_role("mods", permissions=discord.Permissions(manage_messages=True))
     carol = world.guild.add_member(world.env.create_user("carol"), roles=[mods])
     await carol.delete(message)
-    await close_votes(world)
+    await close_votes(world, hours=1)
     dialogue = await world.bot.services.store.get_dialogue(1)
     assert dialogue.vote is not None and dialogue.vote.closed_at is not None
     assert dialogue.vote.counts is None
@@ -213,46 +215,56 @@ def manager(world, name="carol"):
     return world.guild.add_member(world.env.create_user(name), roles=[managers])
 
 
+def soon(world, minutes: int) -> str:
+    """Return the time of day (HH:MM, UTC) this many minutes after SimCord's now: a slot the test
+    reaches in minutes of simulated time, not hours."""
+    return (world.env.now() + timedelta(minutes=minutes)).strftime("%H:%M")
+
+
 async def add_show(world, member, **options):
-    values = {"a": OPUS, "b": GLM, "opening": "What is a good day?", "at": "18:00", "rounds": 1} | options
-    return await member.slash(world.channel, "voices schedule add", **values)
+    values = {"a": OPUS, "b": GLM, "opening": "What is a good day?", "at": soon(world, 10), "rounds": 1}
+    return await member.slash(world.channel, "voices schedule add", **(values | options))
 
 
-async def test_a_scheduled_show_starts_at_its_slot_once_and_again_the_next_day(world):
+async def test_a_scheduled_show_starts_at_its_slot_once_and_again_the_next_day(world, tmp_path, server):
     refused = await add_show(world, world.bob)
     assert (
         refused.ephemeral
         and "scheduling shows needs the Manage Server permission" in refused.response.content
     )
     carol = manager(world)
-    added = await add_show(world, carol, budget="0.25")
+    at = soon(world, 10)
+    added = await add_show(world, carol, at=at, budget="0.25")
     assert added.response.content.startswith(
-        f"Schedule 1: claude-opus-4.6 ↔ glm-5, daily at 18:00 UTC in <#{world.channel.id}>, 1 round, "
+        f"Schedule 1: claude-opus-4.6 ↔ glm-5, daily at {at} UTC in <#{world.channel.id}>, 1 round, "
         "budget $0.2500; first on "
     )
     (show,) = await world.bot.shows.schedules.of_guild(world.guild.id)
-    assert (show.next_run_at.hour, show.next_run_at.minute) == (18, 0) and show.next_run_at > utc_now()
+    assert show.next_run_at.strftime("%H:%M") == at and show.next_run_at > world.env.now()
 
-    await world.tick(show.next_run_at - timedelta(minutes=1))  # not yet
+    await world.tick(show.next_run_at - timedelta(minutes=2))  # not yet
     assert world.channel.threads == []
     await world.tick(show.next_run_at)
     await world.finish(1)
     thread = world.thread()
     assert thread.history()[0].content.startswith(
-        f"Schedule 1 (daily at 18:00 UTC, set by <@{carol.id}>) opened dialogue 1 with:\n"
-        "> What is a good day?"
+        f"Schedule 1 (daily at {at} UTC, set by <@{carol.id}>) opened dialogue 1 with:\n> What is a good day?"
     )
     assert [m.author.name for m in persona_posts(thread)] == ["claude-opus-4.6", "glm-5"]
     await world.tick(show.next_run_at + timedelta(minutes=1))  # the same slot never runs twice
     assert len(world.channel.threads) == 1
     listed = await world.bob.slash(world.channel, "voices schedule list")
     assert "· last: dialogue 1" in listed.response.content and "next " in listed.response.content
-    await world.tick(show.next_run_at + timedelta(days=1))
-    await world.finish(2)
+    # The next day (the hours between pass with the bot down, which simulates quicker).
+    tomorrow = show.next_run_at + timedelta(days=1)
+    away = tomorrow - timedelta(minutes=5) - world.env.now()
+    bot = await down_then_back(world, world.bot, tmp_path, server, away)
+    await world.tick(tomorrow)
+    await bot.relays.wait(2)
     assert len(world.channel.threads) == 2
     removed = await carol.slash(world.channel, "voices schedule remove", schedule=1)
-    assert removed.response.content == "Schedule 1 (daily at 18:00 UTC) is removed."
-    await world.tick(show.next_run_at + timedelta(days=2))
+    assert removed.response.content == f"Schedule 1 (daily at {at} UTC) is removed."
+    await world.tick(tomorrow + timedelta(minutes=30))
     assert len(world.channel.threads) == 2
 
 
@@ -287,7 +299,7 @@ async def test_a_show_whose_channel_or_voice_is_gone_disables_itself_and_says_so
     carol = manager(world)
     elsewhere = world.guild.create_text_channel("shows")
     await add_show(world, carol, a="claude", channel=elsewhere)
-    await add_show(world, carol, at="19:00")
+    await add_show(world, carol, at=soon(world, 20))
     first, second = await world.bot.shows.schedules.of_guild(world.guild.id)
     del world.bot.personas["claude"]  # the persona library was edited and the bot restarted
     await world.tick(first.next_run_at)
@@ -305,37 +317,51 @@ async def test_a_show_whose_channel_or_voice_is_gone_disables_itself_and_says_so
     assert "**disabled:** its channel is gone" in listed.response.content
 
 
-async def test_a_slot_missed_while_the_bot_was_down_runs_once_if_recent_or_is_skipped(world):
-    carol = manager(world)
-    await add_show(world, carol)
-    await add_show(world, carol, at="18:30")
-    recent, old = await world.bot.shows.schedules.of_guild(world.guild.id)
-    # The bot comes back at 18:45: 18:00's slot is 45 minutes late and 18:30's 15, within the hour's
-    # grace: each runs, once.
-    await world.tick(recent.next_run_at + timedelta(minutes=45))
-    assert len(world.channel.threads) == 2
-    # Down for a day: the next slots are hours past by the time it is back; both are skipped, and
-    # both wait for the slot after.
-    await world.tick(recent.next_run_at + timedelta(days=1, hours=3))
-    assert len(world.channel.threads) == 2
-    for show in await world.bot.shows.schedules.of_guild(world.guild.id):
-        assert show.next_run_at == recent.next_run_at.replace(minute=show.at.minute) + timedelta(days=2)
+async def down_then_back(world, bot, tmp_path, server, away: timedelta):
+    """The bot's process dies (its clock with it), stays down for `away`, and a new one starts."""
+    bot.clock.cancel()
+    await bot.relays.close()
+    await world.env.advance_time(away.total_seconds())
+    fresh = create_bot(make_settings(tmp_path, server))
+    await world.env.restart_bot(fresh)
+    await world.env.settle()  # its first tick, at start-up, catches up
+    return fresh
 
 
-async def test_a_show_survives_a_restart_and_its_slot_missed_while_down_runs_at_start_up(
+async def test_a_slot_missed_while_the_bot_was_down_runs_once_if_recent_or_is_skipped(
     world, tmp_path, server
 ):
     carol = manager(world)
+    await add_show(world, carol, at=soon(world, 40))
+    await add_show(world, carol, at=soon(world, 70))
+    first, _ = await world.bot.shows.schedules.of_guild(world.guild.id)
+    await world.tick(first.next_run_at - timedelta(minutes=32))  # 17:29: nothing due yet
+    assert world.channel.threads == []
+    # Down until 18:46: 18:00's slot is 46 minutes late and 18:30's 16, within the hour's grace;
+    # each runs once, at start-up.
+    bot = await down_then_back(world, world.bot, tmp_path, server, timedelta(minutes=77))
+    assert len(world.channel.threads) == 2
+    for dialogue_id in (1, 2):
+        await bot.relays.wait(dialogue_id)
+    # Down for a day: the next slots are hours past by the time it is back; both are skipped, and
+    # both wait for the slot after.
+    bot = await down_then_back(world, bot, tmp_path, server, timedelta(days=1, hours=3))
+    assert len(world.channel.threads) == 2
+    for show in await bot.shows.schedules.of_guild(world.guild.id):
+        slot = first.next_run_at.replace(hour=show.at.hour, minute=show.at.minute)
+        assert show.next_run_at == slot + timedelta(days=2)
+        assert show.last_dialogue_id in (1, 2)
+
+
+async def test_a_show_survives_a_restart_and_runs_at_its_slot_under_the_new_process(world, tmp_path, server):
+    carol = manager(world)
     await add_show(world, carol)
     (show,) = await world.bot.shows.schedules.of_guild(world.guild.id)
-    await world.crash()
-    world.clock.moment = show.next_run_at + timedelta(minutes=20)  # back twenty minutes after the slot
-    fresh = create_bot(make_settings(tmp_path, server))
-    await world.env.restart_bot(fresh)
-    await world.env.settle()
-    (thread,) = world.channel.threads  # the start-up tick put the show on
-    await fresh.relays.wait(1)
+    bot = await down_then_back(world, world.bot, tmp_path, server, timedelta(minutes=5))
+    await world.tick(show.next_run_at)
+    (thread,) = world.channel.threads
+    await bot.relays.wait(1)
     await world.env.settle()
     assert [m.author.name for m in persona_posts(thread)] == ["claude-opus-4.6", "glm-5"]
-    (show,) = await fresh.shows.schedules.of_guild(world.guild.id)
+    (show,) = await bot.shows.schedules.of_guild(world.guild.id)
     assert show.last_dialogue_id == 1
