@@ -3,6 +3,7 @@ message posted and its relay started. `/voices start` and the scheduled shows bo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -10,7 +11,7 @@ import discord
 
 from bot.app import utc_now
 from bot.guilds import GuildLoad, check_start
-from bot.models import Dialogue, DialogueSpec
+from bot.models import ContextPolicy, Dialogue, DialogueSpec, Limits, LoopAction, Persona
 from bot.rooms import Room
 from cogs._format import split_message
 from cogs.relay import Services
@@ -19,6 +20,37 @@ from cogs.webhooks import NO_MENTIONS
 
 if TYPE_CHECKING:
     from cogs.client import VoicesBot
+    from config import Settings
+
+
+def discord_spec(
+    settings: Settings,
+    personas: Sequence[Persona],
+    opening: str,
+    rounds: int | None,
+    budget: Decimal | None,
+    origin: str,
+    context: str | None = None,
+    on_loop: str | None = None,
+    referee: Persona | None = None,
+) -> DialogueSpec:
+    """Return a dialogue as the bot starts it: what was given, the deployment's defaults elsewhere."""
+    limits = Limits(
+        max_rounds=rounds or settings.default_rounds,
+        budget_usd=budget if budget is not None else settings.default_budget,
+        max_total_tokens=settings.max_total_tokens,
+        max_seconds=settings.max_seconds,
+    )
+    return DialogueSpec(
+        tuple(personas),
+        opening,
+        limits,
+        origin=origin,
+        context_policy=ContextPolicy(context or settings.context_policy),
+        loop_action=LoopAction(on_loop or settings.loop_action),
+        summary_model=settings.summary_model,
+        referee=referee,
+    )
 
 
 async def check_guild(services: Services, guild_id: int, member_id: int, spec: DialogueSpec) -> None:

@@ -13,11 +13,11 @@ import discord
 
 from bot.deadlines import Deadlines
 from bot.errors import InputError, VoicesError
-from bot.models import DialogueSpec, Limits
+from bot.models import DialogueSpec
 from bot.personas import resolve_participants, resolve_persona
 from bot.schedules import GRACE, Schedule, ScheduleStore
 from cogs.errors import user_message
-from cogs.launch import launch
+from cogs.launch import discord_spec, launch
 from cogs.webhooks import NO_MENTIONS
 
 if TYPE_CHECKING:
@@ -38,20 +38,7 @@ def show_spec(
         [(ref, None) for ref in voices], bot.personas, settings.default_max_tokens
     )
     judge = resolve_persona(referee, bot.personas, settings.default_max_tokens) if referee else None
-    limits = Limits(
-        max_rounds=rounds,
-        budget_usd=budget,
-        max_total_tokens=settings.max_total_tokens,
-        max_seconds=settings.max_seconds,
-    )
-    return DialogueSpec(
-        tuple(personas),
-        opening,
-        limits,
-        origin="schedule",
-        summary_model=settings.summary_model,
-        referee=judge,
-    )
+    return discord_spec(settings, personas, opening, rounds, budget, "schedule", referee=judge)
 
 
 class Shows:

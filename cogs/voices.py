@@ -22,12 +22,10 @@ from bot.guilds import GuildLoad, check_start
 from bot.lineage import continue_dialogue, fork
 from bot.models import (
     MAX_SEED,
-    ContextPolicy,
     Dialogue,
     DialogueSpec,
     Limits,
     LineageKind,
-    LoopAction,
     Persona,
     Status,
     StopReason,
@@ -40,7 +38,7 @@ from bot.text import counted
 from bot.votes import DEFAULT_QUESTION, MAX_HOURS, check_question
 from cogs.errors import reply, user_message
 from cogs.files import transcript_files
-from cogs.launch import check_guild, launch
+from cogs.launch import check_guild, discord_spec, launch
 from cogs.people import ME, seat_of
 from cogs.schedules import show_spec
 from cogs.status import prompts_embed, status_embed
@@ -185,21 +183,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             settings.default_max_tokens,
             person=lambda ref: me if ref.lower() == ME else None,
         )
-        limits = Limits(
-            max_rounds=rounds or settings.default_rounds,
-            budget_usd=parse_usd(budget) if budget else settings.default_budget,
-            max_total_tokens=settings.max_total_tokens,
-            max_seconds=settings.max_seconds,
-        )
-        return DialogueSpec(
-            tuple(personas),
-            opening,
-            limits,
-            origin="discord",
-            context_policy=ContextPolicy(context or settings.context_policy),
-            loop_action=LoopAction(on_loop or settings.loop_action),
-            summary_model=settings.summary_model,
-        )
+        spend = parse_usd(budget) if budget else None
+        return discord_spec(settings, personas, opening, rounds, spend, "discord", context, on_loop)
 
     # Control ---------------------------------------------------------------------------------
 

@@ -251,6 +251,8 @@ async def test_a_scheduled_show_starts_at_its_slot_once_and_again_the_next_day(w
         f"Schedule 1 (daily at {at} UTC, set by <@{carol.id}>) opened dialogue 1 with:\n> What is a good day?"
     )
     assert [m.author.name for m in persona_posts(thread)] == ["claude-opus-4.6", "glm-5"]
+    shown = await world.bot.services.store.get_dialogue(1)  # the deployment's defaults, as at /voices start
+    assert shown.origin == "schedule" and str(shown.context_policy) == world.bot.settings.context_policy
     await world.tick(show.next_run_at + timedelta(minutes=1))  # the same slot never runs twice
     assert len(world.channel.threads) == 1
     listed = await world.bob.slash(world.channel, "voices schedule list")
