@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from bot.billing import charge_lost
@@ -186,7 +186,7 @@ class DialogueRunner:
             )
         if spec.referee is not None:
             # Said now, not after the rounds were paid for: the verdict must fit beside the first call.
-            draft = _draft(spec)
+            draft = _draft(spec, self._clock())
             verdict = await self.referee.reserve(draft, spec.inherited, notes, max_tokens_of(first, model))
             if worst + verdict > spec.limits.budget_usd:
                 raise InputError(
@@ -574,7 +574,7 @@ def _budget_detail(plan: TurnPlan, worst: Decimal, budget: Budget, held: Decimal
     )
 
 
-def _draft(spec: DialogueSpec) -> Dialogue:
+def _draft(spec: DialogueSpec, now: datetime) -> Dialogue:
     """Return the dialogue a spec will make, before it is stored: what the referee's reserve reads."""
     return Dialogue(
         id=0,
@@ -582,7 +582,7 @@ def _draft(spec: DialogueSpec) -> Dialogue:
         opening=spec.opening,
         limits=spec.limits,
         status=Status.PENDING,
-        created_at=datetime.now(UTC),
+        created_at=now,
         referee=spec.referee,
         referee_every=spec.referee_every,
     )
