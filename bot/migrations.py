@@ -304,6 +304,15 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX schedules_by_guild ON schedules(guild_id);
         """,
     ),
+    (
+        "A thread's first message (the opening, or where a fork comes from) is recorded once posted, "
+        "so a process that died between opening the thread and posting it has it posted on resume. "
+        "Rooms from before posted theirs (0: posted, id not kept).",
+        """
+        ALTER TABLE rooms ADD COLUMN opening_message_id INTEGER;
+        UPDATE rooms SET opening_message_id = 0;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

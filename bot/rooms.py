@@ -31,6 +31,8 @@ class Room:
     posted_message_ids: tuple[int, ...] = ()
     #: The message asking a member for their turn, while one is.
     asking_message_id: int | None = None
+    #: The thread's first message (the opening, or a fork's origin); None until it is posted.
+    opening_message_id: int | None = None
 
 
 def _ids(text: str) -> tuple[int, ...]:
@@ -49,6 +51,7 @@ def _room(row: sqlite3.Row) -> Room:
         _ids(row["live_message_ids"]),
         _ids(row["posted_message_ids"]),
         row["asking_message_id"],
+        row["opening_message_id"],
     )
 
 
@@ -107,6 +110,10 @@ class RoomStore:
     async def set_status_message(self, dialogue_id: int, message_id: int) -> None:
         """Remember the message that shows the dialogue's status."""
         await self._update(dialogue_id, "status_message_id = ?", message_id)
+
+    async def set_opening_message(self, dialogue_id: int, message_id: int) -> None:
+        """Remember that the thread's first message is posted."""
+        await self._update(dialogue_id, "opening_message_id = ?", message_id)
 
     async def set_asking_message(self, dialogue_id: int, message_id: int | None) -> None:
         """Remember the message asking a member for their turn (None once it is answered)."""

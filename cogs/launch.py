@@ -13,10 +13,7 @@ from bot.app import utc_now
 from bot.guilds import GuildLoad, check_start
 from bot.models import ContextPolicy, Dialogue, DialogueSpec, Limits, LoopAction, Persona
 from bot.rooms import Room
-from cogs._format import split_message
 from cogs.relay import Services
-from cogs.status import opening_text
-from cogs.webhooks import NO_MENTIONS
 
 if TYPE_CHECKING:
     from cogs.client import VoicesBot
@@ -82,8 +79,6 @@ async def launch(
     )
     dialogue = await services.runner.create(spec)
     room = await services.rooms.create(Room(dialogue.id, channel.guild.id, channel.id, thread.id, starter_id))
-    # The question comes first in the thread, so spectators see what the voices were given.
-    for chunk in split_message(opening_text(dialogue, starter)):
-        await thread.send(chunk, allowed_mentions=NO_MENTIONS)
-    await bot.relays.start(room)
+    # The relay begins the thread with the opening (and does again after a crash that came first).
+    await bot.relays.start(room, starter=starter)
     return dialogue, thread, worst

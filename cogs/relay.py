@@ -11,7 +11,7 @@ import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import discord
 
@@ -41,7 +41,7 @@ from bot.votes import VoteStore
 from cogs._format import split_message, split_tail
 from cogs.files import transcript_files
 from cogs.people import SayButton
-from cogs.status import ControlButton, status_embed
+from cogs.status import ControlButton, opening_text, status_embed
 from cogs.webhooks import NO_MENTIONS, WebhookPool
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,18 @@ def _merge(old: Event, new: Event) -> Event | None:
 class Relay:
     """Post one dialogue's events into its thread."""
 
-    def __init__(self, services: Services, room: Room, thread: discord.Thread, control: Control):
+    def __init__(
+        self,
+        services: Services,
+        room: Room,
+        thread: discord.Thread,
+        control: Control,
+        starter: str | None = None,
+    ):
         self._s = services
         self.room = room
+        #: Who opened the dialogue, as its first message names them (a mention that pings nobody).
+        self._starter = starter
         self.thread = thread
         self.control = control
         self._live: _Live | None = None
@@ -141,6 +150,7 @@ class Relay:
         The dialogue runs in a task of its own and drops its events in a mailbox: however slow
         Discord is (429s, a shared webhook), the engine never waits for a post or an edit.
         """
+        await self._post_opening(self._starter)
         await self._catch_up()
         box: Mailbox[Event] = Mailbox(_merge, idle=_outside)
         feeding = asyncio.create_task(self._feed(box), name=f"voices-engine-{self.room.dialogue_id}")
@@ -439,6 +449,21 @@ class Relay:
             for chunk in split_message(text, limit=1990):
                 await self._s.webhooks.send(self.thread, live.name, live.avatar_url, f"||{chunk}||")
 
+    async def _post_opening(self, starter: str | None = None) -> None:
+        """Begin the thread with the opening and the voices, unless that is done: the one place it
+        is posted, so a process that died between making the thread and posting it is made good."""
+        if self.room.opening_message_id is not None:
+            return
+        dialogue = await self._s.store.get_dialogue(self.room.dialogue_id)
+        who = starter or (f"<@{self.room.starter_id}>" if self.room.starter_id else "A member")
+        first = None
+        for chunk in split_message(opening_text(dialogue, who)):
+            sent = await self.thread.send(chunk, allowed_mentions=NO_MENTIONS)
+            first = first or sent
+        assert first is not None
+        await self._s.rooms.set_opening_message(dialogue.id, first.id)
+        self.room = replace(self.room, opening_message_id=first.id)
+
     async def _catch_up(self) -> None:
         """After a restart: finish the last posted turn's text (its closing edit may have been
         waiting out its second), drop the half-streamed turn's messages, post the turns not shown."""
@@ -546,12 +571,15 @@ class Relays:
         assert isinstance(thread, discord.Thread)  # a room's id is always a thread's
         return thread
 
-    async def start(self, room: Room, stop: bool = False, said: str | None = None) -> None:
+    async def start(
+        self, room: Room, stop: bool = False, said: str | None = None, starter: str | None = None
+    ) -> None:
         """Run the dialogue of this room in the background, posting into its thread.
 
         With `stop`, the run ends at once as stopped by the user: how a paused dialogue is stopped,
         with its final status and transcript posted like any other end. `said` is a member's words
-        for the turn the dialogue paused on.
+        for the turn the dialogue paused on. `starter` is who opened it, as the thread's first message
+        names them (by default, a mention of the room's starter).
         """
         if room.dialogue_id in self._tasks:
             return
@@ -561,7 +589,7 @@ class Relays:
             control.stop()
         if said is not None:
             control.say(said)
-        relay = Relay(self._s, room, thread, control)
+        relay = Relay(self._s, room, thread, control, starter)
         self._relays[room.dialogue_id] = relay
         task = asyncio.create_task(self._guard(relay), name=f"voices-dialogue-{room.dialogue_id}")
         self._tasks[room.dialogue_id] = task

@@ -493,7 +493,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
                 posted_seq=carried - 1,
             )
         )
-        await thread.send(_lineage_line(child, parent_room), allowed_mentions=NO_MENTIONS)
+        first = await thread.send(_lineage_line(child, parent_room), allowed_mentions=NO_MENTIONS)
+        await self.s.rooms.set_opening_message(child.id, first.id)
+        room = replace(room, opening_message_id=first.id)
         try:
             old = await self.bot.relays.thread_of(parent_room)
             await old.send(

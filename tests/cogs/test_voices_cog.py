@@ -327,6 +327,29 @@ async def test_a_restart_mid_dialogue_resumes_with_no_turn_posted_twice_or_lost(
     assert len(set(texts)) == 6
 
 
+async def test_an_opening_lost_to_a_crash_is_posted_when_the_dialogue_resumes_and_only_once(
+    world, tmp_path, server
+):
+    hold_second_turn(world)
+    await start(world, rounds=2)
+    thread = world.thread()
+    (opening,) = [m for m in thread.history() if "opened dialogue 1" in m.content]
+    # The process died after making the thread but before its first message reached Discord.
+    async with world.bot.services.store.transaction() as conn:
+        await conn.execute("UPDATE rooms SET opening_message_id = NULL")
+    mods = world.guild.create_role("mods", permissions=discord.Permissions(manage_messages=True))
+    await world.guild.add_member(world.env.create_user("carol"), roles=[mods]).delete(opening)
+    fresh = create_bot(make_settings(tmp_path, server))
+    await world.crash()
+    await world.env.restart_bot(fresh)
+    await world.env.settle()
+    await fresh.relays.wait(1)
+    await world.env.settle()
+    openings = [m for m in thread.history() if "opened dialogue 1 with:" in m.content]
+    assert len(openings) == 1 and openings[0].content.startswith(f"<@{world.alice.id}> opened dialogue 1")
+    assert (await fresh.services.rooms.get(1)).opening_message_id == openings[0].id
+
+
 @pytest.mark.parametrize("action", ["stop", "pause", "resume"])
 async def test_control_outside_a_dialogue_thread_says_how_to_name_one(world, action):
     result = await world.alice.slash(world.channel, f"voices {action}")
