@@ -12,10 +12,12 @@ import os
 import platform
 from collections.abc import Awaitable, Callable
 
-from bench import backpressure, caching, discord, local, relay, scale, store
+from bench import backpressure, caching, chunks, discord, local, relay, scale, store
 from bot.text import counted as counts_of
 
-Bench = Callable[[bool], tuple[str, list[Awaitable[dict[str, str]]]]]
+Row = dict[str, str]
+#: A benchmark's title, and what it measures: each awaitable gives one row of figures, or several.
+Bench = Callable[[bool], tuple[str, list[Awaitable[Row] | Awaitable[list[Row]]]]]
 
 
 def _relay(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
@@ -76,6 +78,14 @@ def _sharing(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
     )
 
 
+def _chunks(quick: bool) -> tuple[str, list[Awaitable[list[Row]]]]:
+    streams, words, rate = (4, 20, 500) if quick else (100, 200, 100)
+    return (
+        f"CPU per streamed chunk ({streams} streams at once, {words} one-word chunks each, {rate} tokens/s)",
+        [chunks.measure(streams=streams, words=words, delay=1 / rate)],
+    )
+
+
 #: Each benchmark's title is made from the figures it runs with, so a quick run is labelled as one.
 BENCHES: dict[str, Bench] = {
     "relay": _relay,
@@ -86,6 +96,7 @@ BENCHES: dict[str, Bench] = {
     "discord": _discord,
     "backpressure": _backpressure,
     "sharing": _sharing,
+    "chunks": _chunks,
 }
 
 
@@ -105,7 +116,10 @@ async def run(names: list[str], quick: bool) -> None:
     )
     for name in names:
         title, measurements = BENCHES[name](quick)
-        rows = [await measurement for measurement in measurements]
+        rows: list[Row] = []
+        for measurement in measurements:
+            result = await measurement
+            rows += result if isinstance(result, list) else [result]
         print(f"## {title}\n\n{table(rows)}\n", flush=True)
 
 

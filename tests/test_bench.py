@@ -24,6 +24,7 @@ def test_quick_benchmarks_report_every_figure():
         "Discord calls per turn",
         "Back-pressure",
         "Three dialogues sharing a channel's webhook",
+        "CPU per streamed chunk",
     ):
         assert f"## {title}" in out
     assert "| True ($" in out  # the transcript's costs add up to what the server reported, exactly
@@ -36,6 +37,8 @@ def test_quick_benchmarks_report_every_figure():
     assert "## Relay overhead (2 rounds, 500 tokens/s)" in out
     assert "## Store and transcripts (100 turns)" in out
     assert "## Concurrency (1 round per dialogue" in out
+    per_chunk = out.split("## CPU per streamed chunk")[1].split("##")[0]
+    assert "| minimal asyncio SSE reader (floor) |" in per_chunk and "| Voices end to end" in per_chunk
     local = out.split("## Local models")[1].split("##")[0]
     assert "| local:smollm2 |" in local and "| local:gemma3 |" in local  # measured, or said missing
 
@@ -43,5 +46,5 @@ def test_quick_benchmarks_report_every_figure():
 def test_an_unknown_benchmark_is_one_clear_line():
     result = subprocess.run([sys.executable, "-m", "bench", "nope"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
-    names = "relay, scale, store, local, caching, discord, backpressure, sharing"
+    names = "relay, scale, store, local, caching, discord, backpressure, sharing, chunks"
     assert f"unknown benchmark nope; choose from {names}" in result.stderr

@@ -1,0 +1,120 @@
+"""CPU per streamed chunk: a minimal asyncio SSE reader (the floor), httpx's default transport, the
+provider Voices uses, and the whole engine, all against the same fake OpenRouter in the same run.
+
+Each reader runs `streams` streams at once, each one reply of `words` chunks (one word, one SSE
+event, one socket read); the server runs in a process of its own, so only the reader's CPU counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from bench.harness import MODELS, engine, fake_server, run_dialogue, spec
+from bot.providers.base import ChatRequest, TextDelta
+from bot.providers.openai_compat import OpenAICompatProvider
+
+BODY = {"model": MODELS[1], "messages": [{"role": "user", "content": "Go."}], "stream": True}
+
+
+async def floor(base_url: str) -> int:
+    """Read one stream with nothing but asyncio: HTTP/1.1 chunked framing, SSE events, one JSON
+    decode each. Return the text chunks read."""
+    url = urlsplit(base_url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    payload = json.dumps(BODY).encode()
+    writer.write(
+        f"POST {url.path}/chat/completions HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    chunks, pending = 0, b""
+    while True:
+        size = int((await reader.readline()).strip(), 16)
+        if size == 0:
+            break
+        pending += (await reader.readexactly(size + 2))[:-2]
+        *events, pending = pending.split(b"\n\n")
+        for event in events:
+            if event.startswith(b"data: {"):
+                delta = json.loads(event[6:])["choices"]
+                if delta and delta[0]["delta"].get("content"):
+                    chunks += 1
+    writer.close()
+    return chunks
+
+
+async def httpx_lines(client: httpx.AsyncClient, base_url: str) -> int:
+    """Read one stream as httpx's documentation shows: aiter_lines and a JSON decode per event."""
+    chunks = 0
+    async with client.stream("POST", f"{base_url}/chat/completions", json=BODY) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data: {"):
+                delta = json.loads(line[6:])["choices"]
+                if delta and delta[0]["delta"].get("content"):
+                    chunks += 1
+    return chunks
+
+
+async def provider_stream(provider: OpenAICompatProvider) -> int:
+    """Read one stream through the provider Voices uses (events, usage, errors, all of it)."""
+    request = ChatRequest(model=MODELS[1], messages=[{"role": "user", "content": "Go."}], max_tokens=4000)
+    return sum([1 async for event in provider.stream(request) if isinstance(event, TextDelta)])
+
+
+async def _cpu_per_chunk(streams: int, one: Callable[[], Awaitable[int]]) -> tuple[float, int]:
+    await one()  # warm: imports, the first connection
+    started = time.process_time()
+    counts = await asyncio.gather(*(one() for _ in range(streams)))
+    return (time.process_time() - started) / max(1, sum(counts)), sum(counts)
+
+
+def _client() -> httpx.AsyncClient:
+    """A client of its own for each reader, so none inherits another's pooled connections."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    return httpx.AsyncClient(timeout=60, limits=limits)
+
+
+async def measure(streams: int, words: int, delay: float) -> list[dict[str, str]]:
+    """Return one row per reader: CPU per chunk, and against the floor."""
+    rows: list[tuple[str, float, int]] = []
+    async with fake_server(delay, words) as server:
+        base = server.base_url
+        rows.append(
+            ("minimal asyncio SSE reader (floor)", *await _cpu_per_chunk(streams, lambda: floor(base)))
+        )
+        async with _client() as client:
+            cost = await _cpu_per_chunk(streams, lambda: httpx_lines(client, base))
+            rows.append(("httpx, default transport, aiter_lines", *cost))
+        async with _client() as client:
+            provider = OpenAICompatProvider(client, base, "bench-key")
+            cost = await _cpu_per_chunk(streams, lambda: provider_stream(provider))
+            rows.append(("Voices' provider (HTTP, SSE, JSON, events)", *cost))
+        with tempfile.TemporaryDirectory() as folder:
+            async with engine(Path(folder), base) as app:
+                ids = [(await app.runner.create(spec(1))).id for _ in range(streams // 2 or 1)]
+                started = time.process_time()
+                await asyncio.gather(*(run_dialogue(app, i) for i in ids))
+                spent = time.process_time() - started
+                chunks = 0
+                for dialogue_id in ids:
+                    chunks += sum(len(t.text.split()) for t in await app.store.list_turns(dialogue_id))
+        rows.append(("Voices end to end (engine, events, store; no front end)", spent / chunks, chunks))
+    least = rows[0][1]
+    return [
+        {
+            "reader": name,
+            "chunks": str(count),
+            "CPU per chunk": f"{cost * 1e6:.0f} µs",
+            "× floor": f"{cost / least:.1f}",
+        }
+        for name, cost, count in rows
+    ]
