@@ -109,7 +109,7 @@ class OpenAICompatProvider:
         finish_reason: str | None = None
         usage: Usage | None = None
         provider: str | None = None
-        async for data in _sse_data(response.aiter_lines()):
+        async for data in sse_data(response.aiter_bytes()):
             if data == "[DONE]":
                 break
             chunk = _parse_json(data)
@@ -249,21 +249,38 @@ def _with_breakpoints(messages: list[dict[str, str]], marks: tuple[int, ...]) ->
     return out
 
 
-async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Yield the data of each Server-Sent Event; comments (`: OPENROUTER PROCESSING`) are skipped."""
-    buffer: list[str] = []
-    async for line in lines:
-        if not line:
-            if buffer:
-                yield "\n".join(buffer)
-                buffer = []
-        elif line.startswith(":"):
+async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Yield the data of each Server-Sent Event; comments (`: OPENROUTER PROCESSING`) are skipped.
+
+    Read on bytes, split at blank lines, and decoded once per event: a stream is one small event
+    per socket read, and splitting it into text lines first cost more than the rest of the parse.
+    Lines may end in CRLF, LF or CR, as the SSE format allows; text that is not UTF-8 becomes U+FFFD.
+    """
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        if b"\r" in pending:
+            # A CR at the very end may be the first half of a CRLF: normalise it with what follows.
+            held = pending.endswith(b"\r")
+            body = pending[:-1] if held else pending
+            pending = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if held else b"")
+        if b"\n\n" not in pending:
             continue
-        elif line.startswith("data:"):
-            value = line[5:]
-            buffer.append(value[1:] if value.startswith(" ") else value)
-    if buffer:
-        yield "\n".join(buffer)
+        *events, pending = pending.split(b"\n\n")
+        for event in events:
+            if (data := _event_data(event)) is not None:
+                yield data
+    if (data := _event_data(pending.replace(b"\r", b"\n"))) is not None:
+        yield data  # the stream ended without the blank line after its last event
+
+
+def _event_data(event: bytes) -> str | None:
+    """Return the data lines of one event, joined, or None for an event with none (a comment)."""
+    lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
+    if not lines:
+        return None
+    data = b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
+    return data.decode("utf-8", "replace")
 
 
 def _text(value: Any) -> str | None:
@@ -271,9 +288,13 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+#: One decoder for every event (json.loads with an option builds a new one per call).
+_JSON = json.JSONDecoder(parse_float=Decimal)
+
+
 def _parse_json(data: str) -> dict[str, Any] | None:
     try:
-        value = json.loads(data, parse_float=Decimal)
+        value = _JSON.decode(data)
     except (ValueError, RecursionError):
         log.warning("skipped a stream line that is not JSON (%d bytes)", len(data))
         return None

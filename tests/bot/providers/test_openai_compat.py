@@ -6,6 +6,8 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bot.errors import (
     AuthError,
@@ -18,7 +20,7 @@ from bot.errors import (
     ServerError,
 )
 from bot.providers.base import ChatRequest, Completion, ReasoningDelta, TextDelta
-from bot.providers.openai_compat import OpenAICompatProvider
+from bot.providers.openai_compat import OpenAICompatProvider, sse_data
 from tests.conftest import API_KEY, GLM
 from tests.fake_openrouter import Reply
 
@@ -230,3 +232,37 @@ async def test_usage_is_read_wherever_the_server_puts_it(provider, server, with_
     completion = events[-1]
     assert isinstance(completion, Completion) and completion.usage is not None
     assert completion.usage.completion_tokens == 2 and completion.usage.cost_usd == server.reported_costs[-1]
+
+
+# Server-Sent Events on bytes ------------------------------------------------------------------------
+
+SSE_STREAM = (
+    b": OPENROUTER PROCESSING\n\n"
+    b'data: {"a": 1}\n\n'
+    b"data:no space\r\n\r\n"
+    b"data: two\rdata: lines\r\r"
+    b"event: ignored\ndata: caf\xc3\xa9 \xe2\x9c\x93\n\n"
+    b"data: bad \xff byte\n\n"
+    b"data: [DONE]"  # no blank line at the very end
+)
+SSE_DATA = ['{"a": 1}', "no space", "two\nlines", "café ✓", "bad \ufffd byte", "[DONE]"]
+
+
+async def _parse(pieces):
+    async def chunks():
+        for piece in pieces:
+            yield piece
+
+    return [data async for data in sse_data(chunks())]
+
+
+async def test_sse_events_are_read_whole_whatever_the_line_endings():
+    assert await _parse([SSE_STREAM]) == SSE_DATA
+
+
+@given(st.lists(st.integers(0, len(SSE_STREAM)), max_size=12))
+async def test_sse_events_are_the_same_however_the_socket_cuts_the_stream(cuts):
+    # A read may end anywhere: inside a CRLF, a UTF-8 character, a "data:" prefix or the blank line.
+    points = sorted(set(cuts))
+    pieces = [SSE_STREAM[a:b] for a, b in zip([0, *points], [*points, len(SSE_STREAM)], strict=True)]
+    assert await _parse(pieces) == SSE_DATA
