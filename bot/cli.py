@@ -659,6 +659,10 @@ def _spec(args: argparse.Namespace, defaults: CliDefaults, pair: tuple[str, str]
     )
     referee = None
     if args.referee is not None:
+        if _human(args.referee.strip()) is not None:
+            raise InputError(
+                "the referee must be a persona or a model; a person can read along and interject"
+            )
         referee = resolve_persona(args.referee, library, _given(args.max_tokens, defaults.max_tokens))
     return DialogueSpec(
         tuple(participants),

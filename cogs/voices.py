@@ -152,6 +152,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         )
         judge = None
         if referee is not None:
+            if referee.strip().lower() == ME:
+                raise InputError("the referee must be a persona or a model; you can read along and interject")
             judge = resolve_persona(referee, self.bot.personas, self.bot.settings.default_max_tokens)
         spec = replace(spec, seed=seed, referee=judge, referee_every=referee_every)
         dialogue, thread, worst = await launch(

@@ -173,6 +173,7 @@ async def test_export_png_writes_the_picture_to_a_file_or_a_pipe(env, tmp_path):
     [
         (("--referee-every", "1"), "a verdict every few rounds needs a referee; give one (--referee)"),
         (("--referee", "nobody"), "'nobody' is neither a persona"),
+        (("--referee", "human"), "the referee must be a persona or a model"),
         (("--referee", OPUS, "--budget", "0.008"), "budget $0.008 cannot pay for the first call (up to $"),
         (("--rounds", "0"), "argument --rounds: must be a whole number of at least 1, not '0'"),
         (("--rounds", "51"), "rounds must be between 1 and 50"),
