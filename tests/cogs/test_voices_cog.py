@@ -30,6 +30,18 @@ async def start(world, member=None, **options):
     return await (member or world.alice).slash(world.channel, "voices start", **values)
 
 
+async def resumed_after_a_crash(world, tmp_path, server, dialogue_id: int):
+    """The bot's process dies mid-dialogue; a new one starts on the same database, resumes the
+    dialogue and runs it to its end. Return the new bot."""
+    fresh = create_bot(make_settings(tmp_path, server))
+    await world.crash()
+    await world.env.restart_bot(fresh)
+    await world.env.settle()
+    await fresh.relays.wait(dialogue_id)
+    await world.env.settle()
+    return fresh
+
+
 def hold_second_turn(world, seconds: int = 30) -> None:
     """Make the second call meet a 429 with Retry-After, so the dialogue waits there (in SimCord's
     virtual time) until the test moves the clock on: the moment to click, stop or restart."""
@@ -313,12 +325,7 @@ async def test_a_restart_mid_dialogue_resumes_with_no_turn_posted_twice_or_lost(
     hold_second_turn(world)
     await start(world, rounds=3)
     assert len(await world.bot.services.store.list_turns(1)) == 1
-    fresh = create_bot(make_settings(tmp_path, server))
-    await world.crash()
-    await world.env.restart_bot(fresh)
-    await world.env.settle()
-    await fresh.relays.wait(1)
-    await world.env.settle()
+    fresh = await resumed_after_a_crash(world, tmp_path, server, 1)
     dialogue = await fresh.services.store.get_dialogue(1)
     assert dialogue.stop_reason is StopReason.MAX_ROUNDS
     posts = persona_posts(world.thread())
@@ -339,12 +346,7 @@ async def test_an_opening_lost_to_a_crash_is_posted_when_the_dialogue_resumes_an
         await conn.execute("UPDATE rooms SET opening_message_id = NULL")
     mods = world.guild.create_role("mods", permissions=discord.Permissions(manage_messages=True))
     await world.guild.add_member(world.env.create_user("carol"), roles=[mods]).delete(opening)
-    fresh = create_bot(make_settings(tmp_path, server))
-    await world.crash()
-    await world.env.restart_bot(fresh)
-    await world.env.settle()
-    await fresh.relays.wait(1)
-    await world.env.settle()
+    fresh = await resumed_after_a_crash(world, tmp_path, server, 1)
     openings = [m for m in thread.history() if "opened dialogue 1 with:" in m.content]
     assert len(openings) == 1 and openings[0].content.startswith(f"<@{world.alice.id}> opened dialogue 1")
     assert (await fresh.services.rooms.get(1)).opening_message_id == openings[0].id
