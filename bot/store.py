@@ -247,13 +247,17 @@ class Store:
         async with self._write_lock:
             writer = Writer(self._conn)
             try:
-                await writer.execute("BEGIN IMMEDIATE")
                 try:
+                    await writer.execute("BEGIN IMMEDIATE")
                     yield writer
+                    await self._conn.commit()
                 except BaseException:
-                    await self._conn.rollback()
+                    # Also when cancelled (a lease keeper stopped mid-renewal): the BEGIN or the
+                    # COMMIT may have run in aiosqlite's thread all the same, and a transaction left
+                    # open would refuse every later one. The queue keeps order, so this ROLLBACK
+                    # comes after them, and is nothing where nothing is open.
+                    await asyncio.shield(self._conn.rollback())
                     raise
-                await self._conn.commit()
             except sqlite3.OperationalError as exc:
                 raise self._unwritable(exc) from None
 

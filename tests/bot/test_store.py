@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ import pytest
 from bot.errors import DialogueNotFound, StateError, StoreError
 from bot.migrations import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 from bot.models import ModelInfo, Pricing, Status, StopReason, Turn, TurnStatus, Usage
-from bot.store import Store
+from bot.store import Store, utc_now
 from tests.conftest import make_spec
 
 NOW = datetime(2026, 2, 13, 16, 40, tzinfo=UTC)
@@ -164,3 +165,25 @@ async def test_a_database_from_the_previous_release_keeps_its_dialogues_after_th
         False,
     )
     assert notes == []
+
+
+@pytest.mark.parametrize("steps", range(8))
+async def test_a_write_cancelled_at_any_point_leaves_no_transaction_open(store, steps):
+    # A lease keeper is cancelled when its dialogue ends, maybe mid-renewal: whatever point the
+    # cancellation reaches, the next write must still begin (and the cancelled one never half-land).
+    dialogue = await store.create_dialogue(make_spec(), utc_now())
+
+    async def rename() -> None:
+        async with store.transaction() as conn:
+            await conn.execute("UPDATE dialogues SET opening = 'changed' WHERE id = ?", (dialogue.id,))
+            await conn.execute("UPDATE dialogues SET origin = 'changed' WHERE id = ?", (dialogue.id,))
+
+    task = asyncio.create_task(rename())
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await store.set_state("after", "written")  # a write of its own: refused if one were left open
+    assert await store.get_state("after") == "written"
+    stored = await store.get_dialogue(dialogue.id)
+    assert (stored.opening == "changed") == (stored.origin == "changed")  # all of it, or none
