@@ -92,10 +92,9 @@ class Polls:
     async def _tally(self, posted: Posted, now: datetime) -> list[int] | None:
         """Return the votes per answer, or None when the poll's message is gone."""
         try:
-            channel = self._client.get_channel(posted.channel_id) or await self._client.fetch_channel(
-                posted.channel_id
-            )
-            assert isinstance(channel, discord.Thread | discord.TextChannel)
+            channel = await self._thread(posted)
+            if channel is None:
+                return None
             message = await channel.fetch_message(posted.message_id)
         except (discord.NotFound, discord.Forbidden):
             return None
@@ -107,14 +106,22 @@ class Polls:
             raise _Finalising
         return [answer.vote_count for answer in poll.answers]
 
+    async def _thread(self, posted: Posted) -> discord.Thread | None:
+        """Return the vote's thread, fetched when it is not cached (a day on, it is often archived,
+        and after a restart never cached); None if it is no thread any more."""
+        channel = self._client.get_channel(posted.channel_id)
+        if channel is None:
+            channel = await self._client.fetch_channel(posted.channel_id)
+        return channel if isinstance(channel, discord.Thread) else None
+
     async def _announce(self, posted: Posted) -> None:
         dialogue = await self._s.store.get_dialogue(posted.dialogue_id)
         assert dialogue.vote is not None
-        channel = self._client.get_channel(posted.channel_id)
-        if not isinstance(channel, discord.Thread):
-            return
-        files = await transcript_files(self._s.store, dialogue.id, channel.guild.filesize_limit)
         try:
+            channel = await self._thread(posted)
+            if channel is None:
+                return
+            files = await transcript_files(self._s.store, dialogue.id, channel.guild.filesize_limit)
             await channel.send(
                 f"🗳 The audience has voted: {dialogue.vote.question} {dialogue.vote.result}. "
                 "The transcripts below include the tally.",

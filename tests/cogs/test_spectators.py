@@ -367,3 +367,15 @@ async def test_a_show_survives_a_restart_and_runs_at_its_slot_under_the_new_proc
     assert [m.author.name for m in persona_posts(thread)] == ["claude-opus-4.6", "glm-5"]
     (show,) = await bot.shows.schedules.of_guild(world.guild.id)
     assert show.last_dialogue_id == 1
+
+
+@pytest.mark.settings(poll_hours=1)
+async def test_a_vote_that_closed_while_the_bot_was_down_is_read_when_it_is_back(world, tmp_path, server):
+    await start(world, rounds=1)
+    await world.finish(1)
+    thread = world.thread()
+    await world.alice.vote(poll_message(thread), answer=1)
+    bot = await down_then_back(world, world.bot, tmp_path, server, timedelta(hours=2))
+    line = thread.history()[-1]
+    assert line.content.startswith("🗳 The audience has voted: Who made the stronger case? claude-opus-4.6 1")
+    assert (await bot.services.store.get_dialogue(1)).vote.counts == (1, 0)
