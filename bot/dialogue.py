@@ -424,7 +424,7 @@ class DialogueRunner:
                     interim = Budget(budget.limit - held, totals.spent_usd)
                     verdict = await self.referee.judge(dialogue, turns, notes, interim, control, final=False)
                     yield Noted(verdict)
-                    notes = await self.store.list_notes(dialogue.id)
+                    notes.append(verdict)  # the newest note: the store's order is the same
                     dialogue = await self.store.get_dialogue(dialogue.id)
                     totals = dialogue.totals
                     budget = Budget(dialogue.limits.budget_usd, totals.spent_usd)

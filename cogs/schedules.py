@@ -5,7 +5,7 @@ disables itself and says so."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, time
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -13,9 +13,10 @@ import discord
 
 from bot.deadlines import Deadlines
 from bot.errors import InputError, VoicesError
+from bot.guilds import GuildLoad, check_start
 from bot.models import DialogueSpec
 from bot.personas import resolve_participants, resolve_persona
-from bot.schedules import GRACE, Schedule, ScheduleStore
+from bot.schedules import GRACE, Cadence, Schedule, ScheduleStore
 from cogs.errors import user_message
 from cogs.launch import discord_spec, launch
 from cogs.webhooks import NO_MENTIONS
@@ -47,14 +48,48 @@ class Shows:
     def __init__(self, bot: VoicesBot, schedules: ScheduleStore):
         self._bot = bot
         self.schedules = schedules
-        self.deadlines = Deadlines(schedules.earliest)
+        self._deadlines = Deadlines(schedules.earliest)
+
+    async def add(
+        self,
+        guild_id: int,
+        channel_id: int,
+        member_id: int,
+        spec: DialogueSpec,
+        voices: tuple[str, ...],
+        referee: str | None,
+        cadence: Cadence,
+        at: time,
+        weekday: int | None,
+    ) -> Schedule:
+        """Keep a show whose own limits hold now (the day's caps are checked on the day)."""
+        policy = await self._bot.services.guilds.policy(guild_id)
+        check_start(policy, spec, GuildLoad(Decimal(0), Decimal(0), 0))
+        await self._bot.services.runner.check(spec)
+        limits = spec.limits
+        added = await self.schedules.add(
+            guild_id,
+            channel_id,
+            member_id,
+            voices,
+            spec.opening,
+            limits.max_rounds,
+            limits.budget_usd,
+            cadence,
+            at,
+            weekday,
+            referee,
+            discord.utils.utcnow(),
+        )
+        self._deadlines.added(added.next_run_at)
+        return added
 
     async def run_due(self, now: datetime) -> list[int]:
         """Start the dialogue of each schedule that is due; return the dialogues started."""
         started: list[int] = []
-        if not await self.deadlines.due(now):
+        if not await self._deadlines.due(now):
             return started
-        self.deadlines.forget()
+        self._deadlines.forget()
         for schedule in await self.schedules.due(now):
             if not await self.schedules.claim(schedule, now):
                 continue  # another process, or an earlier tick, has it

@@ -7,7 +7,6 @@ import asyncio
 import io
 import logging
 from dataclasses import replace
-from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
 
 import discord
@@ -18,7 +17,6 @@ from bot import usage as spend
 from bot.app import utc_now
 from bot.budget import format_usd, parse_usd
 from bot.errors import InputError, StateError
-from bot.guilds import GuildLoad, check_start
 from bot.lineage import continue_dialogue, fork
 from bot.models import (
     MAX_SEED,
@@ -660,25 +658,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         settings = self.bot.settings
         spend = parse_usd(budget) if budget else settings.default_budget
         spec = show_spec(self.bot, (a, b), opening, rounds or settings.default_rounds, spend, referee)
-        # The show's own limits are checked now, not on the day: the caps for the day are then.
-        policy = await self.s.guilds.policy(interaction.guild_id)
-        check_start(policy, spec, GuildLoad(Decimal(0), Decimal(0), 0))
-        await self.s.runner.check(spec)
-        added = await self.bot.shows.schedules.add(
-            interaction.guild_id,
-            where.id,
-            interaction.user.id,
-            (a, b),
-            opening,
-            spec.limits.max_rounds,
-            spend,
-            kind,
-            clock,
-            day,
-            referee,
-            discord.utils.utcnow(),
+        added = await self.bot.shows.add(
+            interaction.guild_id, where.id, interaction.user.id, spec, (a, b), referee, kind, clock, day
         )
-        self.bot.shows.deadlines.added(added.next_run_at)
         names = " ↔ ".join(p.name for p in spec.participants)
         await reply(
             interaction,
