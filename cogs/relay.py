@@ -100,6 +100,14 @@ class _Live:
     unshown_since: float | None = None
 
 
+@dataclass(slots=True)
+class _Deferred:
+    """An edit waiting out its second, and since when the text it shows has waited for Discord."""
+
+    task: asyncio.Task[None]
+    since: float | None
+
+
 def _posted(live: _Live) -> tuple[int, ...]:
     return tuple(m for m in live.messages if m)
 
@@ -133,8 +141,8 @@ class Relay:
         self._status: discord.Message | None = None
         self._speaker: str | None = None
         self._gone = False
-        self._deferred: dict[int, asyncio.Task[None]] = {}
-        self._waiting_since: dict[int, float | None] = {}
+        #: Each message's edit waiting out its second, and since when its text has waited.
+        self._deferred: dict[int, _Deferred] = {}
         #: After Discord refused a streamed post: seconds to wait, and until when (relay.now()).
         self._cool_down = 0.0
         self._quiet_until = 0.0
@@ -160,8 +168,8 @@ class Relay:
             if not feeding.done():
                 feeding.cancel()
             await asyncio.wait({feeding})
-            for task in self._deferred.values():
-                task.cancel()
+            for deferred in self._deferred.values():
+                deferred.task.cancel()
 
     async def _feed(self, box: Mailbox[Event]) -> None:
         try:
@@ -336,12 +344,12 @@ class Relay:
             return
         previous = self._deferred.pop(message_id, None)
         if previous is not None:
-            previous.cancel()
+            previous.task.cancel()
             # The edit it replaces never went out: its text waits from the earlier time still.
-            waiting = self._waiting_since.get(message_id)
+            waiting = previous.since
             since = min(s for s in (since, waiting) if s is not None) if since or waiting else None
-        self._waiting_since[message_id] = since
-        self._deferred[message_id] = asyncio.create_task(self._edit_later(wait, live, index, chunk, since))
+        task = asyncio.create_task(self._edit_later(wait, live, index, chunk, since))
+        self._deferred[message_id] = _Deferred(task, since)
 
     async def _edit_later(
         self, wait: float, live: _Live, index: int, chunk: str, since: float | None = None
@@ -358,9 +366,9 @@ class Relay:
             # The turn's end makes sure its final text lands (see _land).
             log.warning("dialogue %s: an edit failed (%s)", self.room.dialogue_id, exc)
         finally:
-            if self._deferred.get(message_id) is asyncio.current_task():
+            deferred = self._deferred.get(message_id)
+            if deferred is not None and deferred.task is asyncio.current_task():
                 del self._deferred[message_id]
-                self._waiting_since.pop(message_id, None)
 
     async def _land(self, live: _Live) -> None:
         """Make the thread show a finished turn's whole text: what Discord refused (a 429 past
@@ -403,7 +411,7 @@ class Relay:
     async def _settle_edits(self) -> None:
         """Wait for the edits still waiting out their second (before the dialogue's end is posted)."""
         if self._deferred:
-            await asyncio.gather(*self._deferred.values(), return_exceptions=True)
+            await asyncio.gather(*(d.task for d in self._deferred.values()), return_exceptions=True)
 
     async def _discard_live(self) -> None:
         """A retry starts the reply again: remove what was shown of the failed attempt."""
@@ -411,9 +419,8 @@ class Relay:
         if live is None:
             return
         for message_id in _posted(live):
-            self._waiting_since.pop(message_id, None)
             if (pending := self._deferred.pop(message_id, None)) is not None:
-                pending.cancel()
+                pending.task.cancel()
             await self._s.webhooks.delete(self.thread, message_id)
         self._live = _Live(live.seq, live.name, live.avatar_url)
         await self._s.rooms.set_live_messages(self.room.dialogue_id, ())
