@@ -3,7 +3,6 @@ and resumes every dialogue a restart interrupted."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -96,7 +95,7 @@ class VoicesBot(commands.Bot):
         self.loop.create_task(self._resume_when_ready(), name="voices-resume")
         self.clock.start()
         if self.settings.retain_days is not None:
-            self.loop.create_task(self._retain_daily(self.settings.retain_days), name="voices-retention")
+            self.retention.start(self.settings.retain_days)
 
     def _count_requests(self, metrics: Metrics) -> None:
         """Count the bot's own REST requests (webhooks count theirs in WebhookPool): discord.py
@@ -133,10 +132,13 @@ class VoicesBot(commands.Bot):
         await self.polls.close_due(now)
         await self.shows.run_due(now)
 
-    async def _retain_daily(self, days: int) -> None:
-        while not self.is_closed():
+    @tasks.loop(seconds=RETENTION_INTERVAL)
+    async def retention(self, days: int) -> None:
+        """Apply VOICES_RETAIN_DAYS at start-up, then once a day: a loop like the minute clock's."""
+        try:
             await self.retain(days)
-            await asyncio.sleep(RETENTION_INTERVAL)
+        except Exception:  # a busy database today is no reason to stop retaining tomorrow
+            log.exception("retention failed; trying again tomorrow")
 
     async def retain(self, days: int) -> list[int]:
         """Delete the dialogues that ended more than `days` days ago, saying in the log which."""
@@ -186,6 +188,7 @@ class VoicesBot(commands.Bot):
             return
         self._closing = True
         self.clock.cancel()
+        self.retention.cancel()
         if hasattr(self, "relays"):
             await self.relays.close()
         await super().close()
