@@ -136,3 +136,23 @@ async def test_an_interval_needs_a_referee_and_fits_the_rounds(runner):
         await runner.create(refereed(rounds=2, every=3))
     with pytest.raises(InputError, match="the referee must be a model"):
         await runner.create(replace(refereed(), referee=Persona("Me", "human:1")))
+
+
+@pytest.mark.parametrize("cost", [-1, "NaN", "abc", 1e30])
+async def test_a_referee_whose_provider_bills_nonsense_is_charged_a_real_amount_within_the_budget(
+    runner, server, store, cost
+):
+    dialogue = await runner.create(refereed(rounds=1, budget="0.05"))
+    lie = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120, "cost": cost}
+    server.enqueue_for(OPUS, Reply("\x1b]52;c;aGk=\x07**Forged** [link](javascript:x) verdict", usage=lie))
+    final = (await run_all(runner, dialogue.id))[-1].dialogue
+    [note] = verdicts(await store.list_notes(dialogue.id))
+    assert note.cost_usd.is_finite() and 0 <= note.cost_usd <= Decimal("0.05")
+    assert final.totals.spent_usd <= Decimal("0.05")
+    turns = await store.list_turns(dialogue.id)
+    assert final.totals.spent_usd == sum(t.cost_usd for t in turns) + note.cost_usd
+    markdown = render_markdown(*await store.history(dialogue.id))
+    # The clipboard-writing escape is dropped; the verdict stays one quoted block (a model's inline
+    # emphasis is its text, kept as in turns).
+    assert "\x1b" not in markdown and "\x07" not in markdown and "52;c" not in markdown
+    assert "> **Forged** [link](javascript:x) verdict" in markdown.splitlines()
