@@ -20,6 +20,7 @@ import httpx
 from bench.harness import MODELS, engine, fake_server, run_dialogue, spec
 from bot.providers.base import ChatRequest, TextDelta
 from bot.providers.openai_compat import OpenAICompatProvider
+from bot.transport import AiohttpTransport
 
 BODY = {"model": MODELS[1], "messages": [{"role": "user", "content": "Go."}], "stream": True}
 
@@ -77,10 +78,10 @@ async def _cpu_per_chunk(streams: int, one: Callable[[], Awaitable[int]]) -> tup
     return (time.process_time() - started) / max(1, sum(counts)), sum(counts)
 
 
-def _client() -> httpx.AsyncClient:
+def _client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """A client of its own for each reader, so none inherits another's pooled connections."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    return httpx.AsyncClient(timeout=60, limits=limits)
+    return httpx.AsyncClient(timeout=60, limits=limits, transport=transport)
 
 
 async def measure(streams: int, words: int, delay: float) -> list[dict[str, str]]:
@@ -94,7 +95,10 @@ async def measure(streams: int, words: int, delay: float) -> list[dict[str, str]
         async with _client() as client:
             cost = await _cpu_per_chunk(streams, lambda: httpx_lines(client, base))
             rows.append(("httpx, default transport, aiter_lines", *cost))
-        async with _client() as client:
+        async with _client(AiohttpTransport()) as client:
+            cost = await _cpu_per_chunk(streams, lambda: httpx_lines(client, base))
+            rows.append(("httpx over aiohttp (bot/transport.py), aiter_lines", *cost))
+        async with _client(AiohttpTransport()) as client:
             provider = OpenAICompatProvider(client, base, "bench-key")
             cost = await _cpu_per_chunk(streams, lambda: provider_stream(provider))
             rows.append(("Voices' provider (HTTP, SSE, JSON, events)", *cost))

@@ -23,6 +23,7 @@ from bot.providers.openai_compat import OpenAICompatProvider
 from bot.providers.scripted import ScriptedProvider, free_models
 from bot.retry import RetryPolicy
 from bot.store import Store
+from bot.transport import AiohttpTransport
 
 
 def utc_now() -> datetime:
@@ -92,10 +93,9 @@ def _router(
 async def open_app(config: EngineConfig) -> AsyncIterator[App]:
     """Open the store and one shared HTTP client, wire the engine, and close both on exit."""
     timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout)
-    # httpx allows 100 connections by default; past that, a dialogue's next request would wait for
-    # another's stream to end (bench/scale.py showed it). Guild limits bound how many dialogues run.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
-    client = httpx.AsyncClient(timeout=timeout, limits=limits)
+    # The transport's pool is unbounded: with a limit, a dialogue's next request would wait for
+    # another's stream to end (bench/scale.py showed it at 100). Guild limits bound how many run.
+    client = httpx.AsyncClient(timeout=timeout, transport=AiohttpTransport())
     async with Store.open(config.database) as store, client as http:
         provider: Provider
         ttl = config.catalogue_ttl

@@ -21,6 +21,7 @@ from bot.providers.base import Provider
 from bot.providers.openai_compat import OpenAICompatProvider
 from bot.retry import RetryPolicy
 from bot.store import Store
+from bot.transport import AiohttpTransport
 from tests.fake_openrouter import FakeOpenRouter
 
 # In CI the property tests and fuzzes run the same examples for the same commit, so whether a
@@ -70,7 +71,8 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
+    # The transport the engine uses in production, so every provider test goes through it.
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0), transport=AiohttpTransport()) as client:
         yield client
 
 

@@ -137,6 +137,9 @@ class FakeOpenRouter:
         self.routes: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._idle: set[asyncio.StreamWriter] = set()  # connections waiting for their next request
+        #: TCP connections accepted, so a test sees whether its client kept one alive.
+        self.connections = 0
         #: What each generation streamed so far and what it cost: `GET /generation?id=` answers from it,
         #: after `lookups_until_ready` 404s (the record is not there at once on the real service).
         self.generations: dict[str, dict[str, Any]] = {}
@@ -167,6 +170,14 @@ class FakeOpenRouter:
         port = self._server.sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}/api/v1"
 
+    def close_idle(self) -> int:
+        """Close every kept-alive connection waiting for its next request, as a server does once one
+        has idled a while. Return how many were closed."""
+        idle = list(self._idle)
+        for writer in idle:
+            writer.close()
+        return len(idle)
+
     def enqueue(self, *replies: Reply) -> None:
         """Answer the next chat requests with these replies, in order."""
         self._queue.extend(replies)
@@ -186,8 +197,14 @@ class FakeOpenRouter:
         assert task is not None
         self._handlers.add(task)
         self._writers.add(writer)
+        self.connections += 1
         try:
-            while request := await _read_request(reader):
+            while True:
+                self._idle.add(writer)
+                request = await _read_request(reader)
+                self._idle.discard(writer)
+                if request is None:
+                    break
                 self.requests.append(request)
                 keep_open = await self._respond(request, writer)
                 request.finished_at = time.monotonic()
@@ -198,6 +215,7 @@ class FakeOpenRouter:
         finally:
             writer.close()
             self._writers.discard(writer)
+            self._idle.discard(writer)
             self._handlers.discard(task)
 
     async def _respond(self, request: Recorded, writer: asyncio.StreamWriter) -> bool:

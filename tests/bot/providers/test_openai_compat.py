@@ -21,6 +21,7 @@ from bot.errors import (
 )
 from bot.providers.base import ChatRequest, Completion, ReasoningDelta, TextDelta
 from bot.providers.openai_compat import OpenAICompatProvider, sse_data
+from bot.transport import AiohttpTransport
 from tests.conftest import API_KEY, GLM
 from tests.fake_openrouter import Reply
 
@@ -196,7 +197,7 @@ async def test_unreachable_base_url_names_the_address(http):
 
 async def test_read_timeout_is_a_connection_error(server):
     server.enqueue(Reply(text="late words arrive", chunk_delay=0.5, keepalives=0))
-    async with httpx.AsyncClient(timeout=httpx.Timeout(0.1)) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(0.1), transport=AiohttpTransport()) as client:
         provider = OpenAICompatProvider(client, server.base_url, API_KEY)
         with pytest.raises(ConnectionFailed, match="in time"):
             await collect(provider)
