@@ -15,6 +15,7 @@ so a peer that vanished without a word is found too.
 from __future__ import annotations
 
 import socket
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -75,14 +76,22 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        # HTTP(S)_PROXY read once, as httpx reads them when a client is made. aiohttp's own
+        # trust_env would read them, and ~/.netrc, in a thread on every request.
+        self._proxies = {k: v for k, v in urllib.request.getproxies().items() if k in ("http", "https")}
+
+    def _proxy_for(self, url: httpx.URL) -> str | None:
+        """The proxy a request goes through, unless NO_PROXY names its host."""
+        proxy = self._proxies.get(url.scheme)
+        return None if proxy is None or urllib.request.proxy_bypass(url.host) else proxy
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._session is None:
-            # httpx's certificates (certifi) and its reading of HTTP(S)_PROXY, as before.
+            # httpx's certificates (certifi), as before.
             connector = aiohttp.TCPConnector(
                 limit=0, ssl=httpx.create_ssl_context(), keepalive_timeout=None, socket_factory=_probed_socket
             )
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=True)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
         timeout = request.extensions.get("timeout", {})
         with _mapped(connecting=True):
             response = await self._session.request(
@@ -91,6 +100,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=list(request.headers.multi_items()),
                 data=await request.aread() or None,
                 allow_redirects=False,
+                proxy=self._proxy_for(request.url),
                 timeout=aiohttp.ClientTimeout(
                     total=None,
                     connect=timeout.get("pool"),

@@ -110,6 +110,8 @@ class Recorded:
     body: dict[str, Any] | None
     received_at: float = 0.0
     finished_at: float | None = None
+    #: The whole URL, when the request came as a proxy receives it ("POST http://host/path").
+    proxied_url: str | None = None
 
 
 class FakeOpenRouter:
@@ -477,13 +479,18 @@ async def _read_request(reader: asyncio.StreamReader) -> Recorded | None:
         return None
     received = time.monotonic()
     method, path, _ = line.decode().split(" ", 2)
+    proxied_url = None
+    if path.startswith("http://"):  # asked as a proxy: serve it all the same, and say so
+        proxied_url, path = path, "/" + path.split("/", 3)[3]
     headers: dict[str, str] = {}
     while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
         name, _, value = header.decode().partition(":")
         headers[name.strip().lower()] = value.strip()
     length = int(headers.get("content-length", "0"))
     raw = await reader.readexactly(length) if length else b""
-    return Recorded(method, path, headers, json.loads(raw) if raw else None, received)
+    return Recorded(
+        method, path, headers, json.loads(raw) if raw else None, received, proxied_url=proxied_url
+    )
 
 
 async def _send_json(

@@ -1,10 +1,14 @@
 """The engine's HTTP transport (httpx over aiohttp): it keeps connections alive, and never reuses
-one the server has closed."""
+one the server has closed; and it goes through the proxy the environment names, as httpx did."""
 
 import asyncio
 
+import httpx
+
 from bot.providers.openai_compat import OpenAICompatProvider
+from bot.transport import AiohttpTransport
 from tests.bot.providers.test_openai_compat import collect
+from tests.conftest import API_KEY
 from tests.fake_openrouter import FakeOpenRouter
 
 
@@ -24,3 +28,23 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
     text, _, completion = await collect(provider)
     assert text and completion.finish_reason == "stop"
     assert server.connections == 2
+
+
+async def test_requests_go_through_the_proxy_the_environment_names(server: FakeOpenRouter, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", server.base_url.removesuffix("/api/v1"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+        provider = OpenAICompatProvider(http, "http://openrouter.invalid/api/v1", API_KEY)
+        text, _, _ = await collect(provider)
+    assert text
+    assert server.chat_requests[0].proxied_url == "http://openrouter.invalid/api/v1/chat/completions"
+
+
+async def test_a_host_no_proxy_names_is_reached_directly(server: FakeOpenRouter, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+        text, _, _ = await collect(OpenAICompatProvider(http, server.base_url, API_KEY))
+    assert text
+    assert server.chat_requests[0].proxied_url is None
