@@ -31,6 +31,46 @@ class Attempt:
     generation_id: str | None = None
 
 
+class _Inbox:
+    """What the stream task has read and the reader has not taken yet. The reader takes it all at
+    once, so deltas that arrived together travel on as one: under load, one hop carries many."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[object] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: object) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self) -> list[object]:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, self._items = self._items, []
+        return _joined(items)
+
+
+def _joined(items: list[object]) -> list[object]:
+    """The items with each run of text deltas, and each run of reasoning deltas, made one."""
+    if len(items) == 1:
+        return items
+    out: list[object] = []
+    for item in items:
+        last = out[-1] if out else None
+        if isinstance(item, (TextDelta, ReasoningDelta)) and type(last) is type(item):
+            out[-1] = type(item)(last.text + item.text)
+        else:
+            out.append(item)
+    return out
+
+
 async def stream_call(
     provider: Provider,
     request: ChatRequest,
@@ -41,10 +81,10 @@ async def stream_call(
 ) -> AsyncIterator[Delta]:
     """Stream one provider call into `attempt`, yielding its deltas.
 
-    The stream runs in its own task feeding a queue, so a stop-now or the time limit can cut it
+    The stream runs in its own task feeding an inbox, so a stop-now or the time limit can cut it
     off at once without cancelling whoever consumes the events.
     """
-    queue: asyncio.Queue[object] = asyncio.Queue()
+    inbox = _Inbox()
     loop = asyncio.get_running_loop()
     started = loop.time()
 
@@ -56,7 +96,7 @@ async def stream_call(
                 # aclosing: a stream cut off here closes its connection now, not when it is collected.
                 async with aclosing(provider.stream(request)) as events:  # type: ignore[type-var]
                     async for event in events:
-                        queue.put_nowait(event)
+                        inbox.put(event)
         except TimeoutError:
             outcome = StopReason.TIME
         except BaseException as exc:
@@ -64,7 +104,7 @@ async def stream_call(
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
-            queue.put_nowait(outcome)
+            inbox.put(outcome)
 
     task = asyncio.create_task(pump())
     cancelled = False
@@ -76,33 +116,36 @@ async def stream_call(
         if not cancelled:
             cancelled = True
             task.cancel()
-        queue.put_nowait(control.reason)
+        inbox.put(control.reason)
 
     control._interrupt = interrupt
     try:
         if control.stop_now:
             interrupt()
-        while (item := await queue.get()) is not None:
-            if isinstance(item, Begun):
-                attempt.generation_id = item.generation_id
-            elif isinstance(item, TextDelta):
-                text = repair(item.text)
-                attempt.text.append(text)
-                yield Delta(seq, text)
-            elif isinstance(item, ReasoningDelta):
-                text = repair(item.text)
-                attempt.reasoning.append(text)
-                yield Delta(seq, text, reasoning=True)
-            elif isinstance(item, Completion):
-                attempt.completion = item
-            elif isinstance(item, StopReason):
-                attempt.interrupted = item
-                break
-            elif isinstance(item, ProviderError):
-                attempt.error = item
-                break
-            elif isinstance(item, BaseException):
-                raise item
+        ended = False
+        while not ended:
+            for item in await inbox.take():
+                if isinstance(item, TextDelta):
+                    text = repair(item.text)
+                    attempt.text.append(text)
+                    yield Delta(seq, text)
+                elif isinstance(item, ReasoningDelta):
+                    text = repair(item.text)
+                    attempt.reasoning.append(text)
+                    yield Delta(seq, text, reasoning=True)
+                elif isinstance(item, Begun):
+                    attempt.generation_id = item.generation_id
+                elif isinstance(item, Completion):
+                    attempt.completion = item
+                else:  # the end, a stop or a failure: nothing after it counts
+                    if isinstance(item, StopReason):
+                        attempt.interrupted = item
+                    elif isinstance(item, ProviderError):
+                        attempt.error = item
+                    elif isinstance(item, BaseException):
+                        raise item
+                    ended = True
+                    break
         if attempt.completion is None and attempt.error is None and attempt.interrupted is None:
             attempt.completion = Completion(None, None, request.model)
     finally:

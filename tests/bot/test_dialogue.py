@@ -79,7 +79,10 @@ async def test_three_participants_take_turns_and_see_names(make_runner):
 
 
 async def test_stream_is_yielded_as_it_arrives(runner, server):
-    server.enqueue(Reply(text="one two three four five six seven eight nine", chunk_words=2))
+    # Pieces a moment apart come one by one; pieces that arrive together travel together.
+    server.enqueue(
+        Reply(text="one two three four five six seven eight nine", chunk_words=2, chunk_delay=0.05)
+    )
     dialogue = await runner.create(make_spec(rounds=1))
     events = await run_all(runner, dialogue.id)
     deltas = [e.text for e in events if isinstance(e, Delta) and e.seq == 0]
