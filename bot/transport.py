@@ -46,6 +46,10 @@ def _mapped(connecting: bool) -> Iterator[None]:
         raise
     except aiohttp.ClientConnectorError as exc:  # refused, unreachable, a name that does not resolve
         raise httpx.ConnectError(str(exc)) from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise httpx.ConnectTimeout(str(exc) or "timed out") from exc
+    except aiohttp.SocketTimeoutError as exc:  # connected, but no data came: for the head, or mid-body
+        raise httpx.ReadTimeout(str(exc) or "timed out") from exc
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise (httpx.ConnectTimeout if connecting else httpx.ReadTimeout)(str(exc) or "timed out") from exc
     except aiohttp.InvalidURL as exc:

@@ -4,12 +4,14 @@ one the server has closed; and it goes through the proxy the environment names, 
 import asyncio
 
 import httpx
+import pytest
 
+from bot.errors import ConnectionFailed
 from bot.providers.openai_compat import OpenAICompatProvider
 from bot.transport import AiohttpTransport
 from tests.bot.providers.test_openai_compat import collect
 from tests.conftest import API_KEY
-from tests.fake_openrouter import FakeOpenRouter
+from tests.fake_openrouter import FakeOpenRouter, Reply
 
 
 async def test_one_connection_carries_turn_after_turn(provider: OpenAICompatProvider, server: FakeOpenRouter):
@@ -48,3 +50,33 @@ async def test_a_host_no_proxy_names_is_reached_directly(server: FakeOpenRouter,
         text, _, _ = await collect(OpenAICompatProvider(http, server.base_url, API_KEY))
     assert text
     assert server.chat_requests[0].proxied_url is None
+
+
+async def test_a_server_that_never_answers_is_named_in_one_line_after_the_read_timeout():
+    gave_up = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the request in, answers nothing, until the client gives up
+        writer.close()
+        gave_up.set()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with listener:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(0.2), transport=AiohttpTransport()) as http:
+            provider = OpenAICompatProvider(http, f"http://127.0.0.1:{port}/api/v1", API_KEY)
+            with pytest.raises(ConnectionFailed) as caught:
+                await collect(provider)
+        await gave_up.wait()
+    assert str(caught.value) == f"no answer from http://127.0.0.1:{port}/api/v1 in time (ReadTimeout)"
+
+
+async def test_a_stream_that_stalls_mid_reply_fails_once_no_data_came_for_the_read_timeout(server):
+    server.enqueue(Reply(text="one two three four", chunk_words=1, chunk_delay=0.05, keepalives=0))
+    server.enqueue(Reply(text="late words arrive", chunk_words=1, chunk_delay=0.5, keepalives=0))
+    async with httpx.AsyncClient(timeout=httpx.Timeout(0.3), transport=AiohttpTransport()) as http:
+        provider = OpenAICompatProvider(http, server.base_url, API_KEY)
+        text, _, _ = await collect(provider)  # pieces 50 ms apart are well inside 0.3 s
+        assert text == "one two three four"
+        with pytest.raises(ConnectionFailed, match=r"in time \(ReadTimeout\)"):
+            await collect(provider)
