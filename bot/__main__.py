@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -10,6 +9,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 from rich.console import Console
 
+from bot import eventloop
 from bot.cli import CliDefaults, build_parser, dispatch, not_utf8
 from bot.errors import ProviderError, VoicesError
 from bot.log import setup_logging
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # soft_wrap: long lines (paths, streamed text) are left to the terminal, never cut by rich.
         console = Console(highlight=False, soft_wrap=True)
-        return asyncio.run(dispatch(args, config, cli_defaults(settings), console))
+        return eventloop.run(dispatch(args, config, cli_defaults(settings), console))
     except ProviderError as exc:
         fail(str(exc))
         return 1
@@ -93,7 +93,7 @@ def run_bot(settings: Settings) -> int:
             await bot.start(token.get_secret_value())
 
     try:
-        asyncio.run(serve())
+        eventloop.run(serve())
     except discord.LoginFailure:
         fail("Discord rejected DISCORD_TOKEN; reset the token in the Developer Portal and set it again")
         return 2

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,6 +43,17 @@ def test_quick_benchmarks_report_every_figure():
     assert "| minimal asyncio SSE reader (floor) |" in per_chunk and "| Voices end to end" in per_chunk
     local = out.split("## Local models")[1].split("##")[0]
     assert "| local:smollm2 |" in local and "| local:gemma3 |" in local  # measured, or said missing
+
+
+def test_the_chunk_benchmark_runs_on_uvloop_and_the_simcord_ones_refuse_it():
+    pytest.importorskip("uvloop", reason="the fast extra is not installed")
+    command = [sys.executable, "-m", "bench", "--loop", "uvloop", "--quick"]
+    result = subprocess.run([*command, "chunks"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "loop: uvloop" in result.stdout and "| Voices end to end" in result.stdout
+    refused = subprocess.run([*command, "discord"], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "discord run on SimCord, which needs asyncio's loop; leave out --loop uvloop" in refused.stderr
 
 
 def test_an_unknown_benchmark_is_one_clear_line():
