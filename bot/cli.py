@@ -500,6 +500,7 @@ async def _drive(
             if isinstance(event, Ended):
                 ended = event.dialogue
     finally:
+        view.flush()  # the last words streamed before a stop or an error are on the screen too
         keyboard.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
