@@ -1,5 +1,6 @@
-"""CPU per streamed chunk: a minimal asyncio SSE reader (the floor), httpx's default transport, the
-provider Voices uses, and the whole engine, all against the same fake OpenRouter in the same run.
+"""CPU per streamed chunk: a minimal asyncio SSE reader (the floor), httpx's default transport and
+the one Voices uses, Voices' provider, and the whole engine with and without the terminal view, all
+against the same fake OpenRouter in the same run.
 
 Each reader runs `streams` streams at once, each one reply of `words` chunks (one word, one SSE
 event, one socket read); the server runs in a process of its own, so only the reader's CPU counts.
@@ -8,16 +9,21 @@ event, one socket read); the server runs in a process of its own, so only the re
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+from rich.console import Console
 
 from bench.harness import MODELS, engine, fake_server, run_dialogue, spec
+from bot.console import DialogueView
 from bot.providers.base import ChatRequest, TextDelta
 from bot.providers.openai_compat import OpenAICompatProvider
 from bot.transport import AiohttpTransport
@@ -84,41 +90,69 @@ def _client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncCli
     return httpx.AsyncClient(timeout=60, limits=limits, transport=transport)
 
 
-async def measure(streams: int, words: int, delay: float) -> list[dict[str, str]]:
-    """Return one row per reader: CPU per chunk, and against the floor."""
-    rows: list[tuple[str, float, int]] = []
+async def _engine(base_url: str, dialogues: int, view: bool) -> tuple[float, int]:
+    """CPU per chunk of `dialogues` one-round dialogues run at once through the whole engine; with
+    `view`, each shown in the terminal view (to a console that writes nowhere), as `voices run` is."""
+    with tempfile.TemporaryDirectory() as folder:
+        async with engine(Path(folder), base_url) as app:
+            ids = [(await app.runner.create(spec(1))).id for _ in range(dialogues)]
+
+            async def shown(dialogue_id: int) -> None:
+                screen = DialogueView(Console(file=io.StringIO(), width=100, soft_wrap=True))
+                async for event in app.runner.run(dialogue_id):
+                    screen.show(event)
+                screen.flush()
+
+            started = time.process_time()
+            await asyncio.gather(*((shown if view else partial(run_dialogue, app))(i) for i in ids))
+            spent = time.process_time() - started
+            chunks = 0
+            for dialogue_id in ids:
+                chunks += sum(len(t.text.split()) for t in await app.store.list_turns(dialogue_id))
+    return spent / chunks, chunks
+
+
+async def measure(streams: int, words: int, delay: float, runs: int = 1) -> list[dict[str, str]]:
+    """Return one row per reader: CPU per chunk (the median of `runs`, taken in turn so that a
+    slow moment of the machine falls on every reader alike), and against the floor."""
+    names = [
+        "minimal asyncio SSE reader (floor)",
+        "httpx, default transport, aiter_lines",
+        "httpx over aiohttp (bot/transport.py), aiter_lines",
+        "Voices' provider (HTTP, SSE, JSON, events)",
+        "Voices end to end (engine, events, store; no front end)",
+        "Voices end to end, shown in the terminal view",
+    ]
+    costs: dict[str, list[float]] = {name: [] for name in names}
+    counts: dict[str, int] = {}
     async with fake_server(delay, words) as server:
         base = server.base_url
+        for _ in range(runs):
+            found: list[tuple[float, int]] = [await _cpu_per_chunk(streams, partial(floor, base))]
+            async with _client() as client:
+                found.append(await _cpu_per_chunk(streams, partial(httpx_lines, client, base)))
+            async with _client(AiohttpTransport()) as client:
+                found.append(await _cpu_per_chunk(streams, partial(httpx_lines, client, base)))
+            async with _client(AiohttpTransport()) as client:
+                provider = OpenAICompatProvider(client, base, "bench-key")
+                found.append(await _cpu_per_chunk(streams, partial(provider_stream, provider)))
+            # As many dialogues as streams, so the engine reads as many at once as the others.
+            found.append(await _engine(base, streams, view=False))
+            found.append(await _engine(base, streams, view=True))
+            for name, (cost, count) in zip(names, found, strict=True):
+                costs[name].append(cost)
+                counts[name] = count
+    least = statistics.median(costs[names[0]])
+    rows = []
+    for name in names:
+        cost = statistics.median(costs[name])
+        spread = f" ({min(costs[name]) * 1e6:.0f}–{max(costs[name]) * 1e6:.0f})" if runs > 1 else ""
         rows.append(
-            ("minimal asyncio SSE reader (floor)", *await _cpu_per_chunk(streams, lambda: floor(base)))
+            {
+                "reader": name,
+                "chunks per run": str(counts[name]),
+                "CPU per chunk": f"{cost * 1e6:.0f} µs{spread}",
+                "× floor": f"{cost / least:.1f}",
+            }
         )
-        async with _client() as client:
-            cost = await _cpu_per_chunk(streams, lambda: httpx_lines(client, base))
-            rows.append(("httpx, default transport, aiter_lines", *cost))
-        async with _client(AiohttpTransport()) as client:
-            cost = await _cpu_per_chunk(streams, lambda: httpx_lines(client, base))
-            rows.append(("httpx over aiohttp (bot/transport.py), aiter_lines", *cost))
-        async with _client(AiohttpTransport()) as client:
-            provider = OpenAICompatProvider(client, base, "bench-key")
-            cost = await _cpu_per_chunk(streams, lambda: provider_stream(provider))
-            rows.append(("Voices' provider (HTTP, SSE, JSON, events)", *cost))
-        with tempfile.TemporaryDirectory() as folder:
-            async with engine(Path(folder), base) as app:
-                ids = [(await app.runner.create(spec(1))).id for _ in range(streams // 2 or 1)]
-                started = time.process_time()
-                await asyncio.gather(*(run_dialogue(app, i) for i in ids))
-                spent = time.process_time() - started
-                chunks = 0
-                for dialogue_id in ids:
-                    chunks += sum(len(t.text.split()) for t in await app.store.list_turns(dialogue_id))
-        rows.append(("Voices end to end (engine, events, store; no front end)", spent / chunks, chunks))
-    least = rows[0][1]
-    return [
-        {
-            "reader": name,
-            "chunks": str(count),
-            "CPU per chunk": f"{cost * 1e6:.0f} µs",
-            "× floor": f"{cost / least:.1f}",
-        }
-        for name, cost, count in rows
-    ]
+    return rows
