@@ -40,6 +40,7 @@ def bot_settings(folder: str, base_url: str) -> Settings:
         daily_cap_guild="100",
         daily_cap_member="100",
         max_concurrent=10,
+        shard_count=1,  # SimCord has no gateway to ask how many
     )
 
 

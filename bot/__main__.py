@@ -39,14 +39,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(bad)
         return 2
     args = build_parser().parse_args(argv)
+    # Flags that stand in for a setting (`voices bot --shards`) outrank the environment.
+    flags = {
+        name: value for name in ("shard_count", "shards") if (value := getattr(args, name, None)) is not None
+    }
     try:
-        settings = Settings()
+        settings = Settings(**flags)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = "_".join(str(p) for p in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if name in flags:
+            fail(f"--{name.replace('_', '-')}: {message}")
+            return 2
         # A field read through an alias (OPENROUTER_API_KEY) is named by it already.
         name = name if name.isupper() else f"VOICES_{name.upper()}"
-        message = str(first["msg"]).removeprefix("Value error, ")
         fail(f"{name}: {message}; fix it in .env or the environment")
         return 2
     config = settings.engine_config()

@@ -256,7 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", type=Path, help="file to write (default: standard output)")
 
-    sub.add_parser("bot", help="run the Discord bot (needs DISCORD_TOKEN)")
+    bot = sub.add_parser("bot", help="run the Discord bot (needs DISCORD_TOKEN)")
+    bot.add_argument(
+        "--shard-count",
+        type=int,
+        metavar="N",
+        help="how many gateway shards in all (default: Discord's advice)",
+    )
+    bot.add_argument(
+        "--shards", metavar="IDS", help="the shards this process runs, as 0-3 or 0,2,5 (default: all of them)"
+    )
 
     models = sub.add_parser("models", help="search the model catalogue")
     models.add_argument("search", nargs="?", default="")

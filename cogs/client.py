@@ -41,8 +41,12 @@ RETENTION_INTERVAL = 24 * 3600
 TICK = 60
 
 
-class VoicesBot(commands.Bot):
-    """Discord client for Voices. Default intents only: it never reads members' messages."""
+class VoicesBot(commands.AutoShardedBot):
+    """Discord client for Voices. Default intents only: it never reads members' messages.
+
+    Sharded as Discord requires past 2,500 servers: one process runs every shard unless the
+    settings name its share (VOICES_SHARD_COUNT, VOICES_SHARDS), so several processes can split the
+    gateway."""
 
     services: Services
     relays: Relays
@@ -52,11 +56,15 @@ class VoicesBot(commands.Bot):
     shows: Shows
 
     def __init__(self, settings: Settings):
+        # Left out when unset: discord.py then runs every shard (its stub types no None here).
+        shards: dict[str, Any] = {} if settings.shards is None else {"shard_ids": list(settings.shards)}
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),
             allowed_mentions=discord.AllowedMentions.none(),
             help_command=None,
+            shard_count=settings.shard_count,
+            **shards,
         )
         self.settings = settings
         self._resources = AsyncExitStack()

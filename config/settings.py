@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.app import EngineConfig
 from bot.errors import InputError
@@ -21,6 +22,20 @@ from bot.providers.local import IMAGE_ADVICE, INSTALL
 
 CONFIG_DIR = Path(__file__).resolve().parent
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def shard_ids(text: str) -> tuple[int, ...]:
+    """Read shard ids as a person writes them: "0-3", "0,2,5" or both ("0-3,8"), each once."""
+    ids: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        first, dash, last = part.partition("-")
+        if not (first.isdigit() and (not dash or last.isdigit())):
+            raise ValueError(f"{part!r} is not a shard or a range of them; write them as 0-3 or 0,2,5")
+        low, high = int(first), int(last) if dash else int(first)
+        if high < low:
+            raise ValueError(f"the range {part} runs backwards; write it as {high}-{low}")
+        ids += [i for i in range(low, high + 1) if i not in ids]
+    return tuple(ids)
 
 
 class Settings(BaseSettings):
@@ -85,6 +100,10 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "VOICES_DISCORD_TOKEN")
     )
     dev_guild_id: int | None = None
+    #: The gateway split between processes: how many shards in all (unset: as many as Discord
+    #: recommends, all in this process), and which of them this process runs ("0-3", "0,2,5").
+    shard_count: int | None = Field(default=None, ge=1, le=100_000)
+    shards: Annotated[tuple[int, ...] | None, NoDecode] = None
     daily_cap_guild: Decimal = Field(default=Decimal("5.00"), ge=0, le=1_000_000, allow_inf_nan=False)
     daily_cap_member: Decimal = Field(default=Decimal("1.00"), ge=0, le=1_000_000, allow_inf_nan=False)
     max_concurrent: int = Field(default=3, ge=1, le=10_000)
@@ -124,6 +143,21 @@ class Settings(BaseSettings):
         if secret and not (secret.isascii() and secret.isprintable() and " " not in secret):
             raise ValueError("has a character that is not plain ASCII (or a space); copy it again")
         return value
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _shard_ids(cls, value: object, info: ValidationInfo) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        ids = shard_ids(value) if isinstance(value, str) else value
+        count = info.data.get("shard_count")
+        if count is None:
+            raise ValueError("needs the shard count as well (VOICES_SHARD_COUNT, or --shard-count)")
+        if isinstance(ids, Iterable) and (beyond := [i for i in ids if isinstance(i, int) and i >= count]):
+            raise ValueError(
+                f"shard {beyond[0]} is not below the shard count {count}; shards are 0 to {count - 1}"
+            )
+        return ids
 
     @field_validator("openrouter_base_url")
     @classmethod

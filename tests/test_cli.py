@@ -335,6 +335,41 @@ async def test_bot_without_a_token_is_one_line(env, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "environment", "message"),
+    [
+        (
+            ["--shards", "0-3"],
+            {},
+            "--shards: needs the shard count as well (VOICES_SHARD_COUNT, or --shard-count)",
+        ),
+        (
+            ["--shards", "0-9", "--shard-count", "8"],
+            {},
+            "--shards: shard 8 is not below the shard count 8; shards are 0 to 7",
+        ),
+        (
+            ["--shards", "3-1", "--shard-count", "8"],
+            {},
+            "--shards: the range 3-1 runs backwards; write it as 1-3",
+        ),
+        (
+            [],
+            {"VOICES_SHARDS": "0,x", "VOICES_SHARD_COUNT": "2"},
+            "VOICES_SHARDS: 'x' is not a shard or a range of them; write them as 0-3 or 0,2,5; "
+            "fix it in .env or the environment",
+        ),
+    ],
+)
+async def test_a_gateway_split_that_cannot_be_is_one_line_before_discord_is_reached(
+    env, tmp_path, args, environment, message
+):
+    env.update(environment)
+    result = await voices(env, tmp_path, "bot", *args)
+    assert result.code == 2
+    assert result.err.strip() == f"error: {message}"
+
+
 def test_bot_with_a_rejected_token_is_one_line(tmp_path, monkeypatch, capsys):
     """Discord answers the login with 401: one line, no traceback (Discord's API is on loopback)."""
     import asyncio

@@ -53,6 +53,8 @@ def make_settings(tmp_path: Path, server: FakeOpenRouter, **overrides: Any) -> S
         "discord_token": "not-a-real-token",
         "default_max_tokens": 300,
         "default_budget": "0.50",
+        # SimCord has no gateway to ask how many shards to run; one, as a small bot gets.
+        "shard_count": 1,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

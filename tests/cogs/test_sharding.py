@@ -1,0 +1,36 @@
+"""The gateway split into shards: a process runs the shards its settings name, and a dialogue in a
+server on any of them runs as ever."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cogs.test_voices_cog import persona_posts
+from tests.conftest import GLM, OPUS
+
+
+async def dialogue_in(world, guild) -> None:
+    channel = guild.create_text_channel("general")
+    member = guild.add_member(world.env.create_user(f"member-{guild.id}"))
+    result = await member.slash(
+        channel, "voices start", a=OPUS, b=GLM, opening="Hello.", rounds=1, budget="0.25"
+    )
+    assert "Started dialogue" in result.response.content
+    dialogue_id = int(result.response.content.split("Started dialogue ")[1].split()[0])
+    await world.finish(dialogue_id)
+    assert [m.author.name for m in persona_posts(channel.threads[-1])] == ["claude-opus-4.6", "glm-5"]
+
+
+@pytest.mark.settings(shard_count=2, shards="0-1")
+async def test_one_process_running_both_shards_serves_a_server_on_each(world):
+    assert world.bot.shard_count == 2 and sorted(world.bot.shards) == [0, 1]
+    for shard in (0, 1):
+        guild = world.env.create_guild(shard_id=shard)
+        assert world.bot.get_guild(guild.id).shard_id == shard
+        await dialogue_in(world, guild)
+
+
+@pytest.mark.settings(shard_count=2, shards="1")
+async def test_a_process_running_one_shard_of_two_serves_the_servers_on_that_shard(world):
+    assert list(world.bot.shards) == [1]
+    await dialogue_in(world, world.env.create_guild(shard_id=1))
