@@ -40,6 +40,7 @@ from bot.models import (
     DRY_RUN,
     HUMAN,
     MAX_SEED,
+    Ask,
     ContextPolicy,
     Dialogue,
     DialogueSpec,
@@ -240,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     note.add_argument("text")
     note.add_argument("--as", dest="author", default=None, help="who says it (default: your login)")
 
+    halt = sub.add_parser(
+        "stop", help="stop a dialogue, whichever process runs it (after its turn in flight)"
+    )
+    halt.add_argument("id", type=_whole(1))
+    halt.add_argument("--now", action="store_true", help="cut the reply in flight off as well")
+    hold = sub.add_parser(
+        "pause", help="pause a running dialogue after its turn in flight (`resume` goes on)"
+    )
+    hold.add_argument("id", type=_whole(1))
+
     listing = sub.add_parser("list", help="recent dialogues")
     listing.add_argument("--limit", type=_whole(1), default=20)
 
@@ -313,6 +324,24 @@ async def dispatch(
                 author = args.author or getpass.getuser().capitalize()
                 note = await app.runner.interject(args.id, author, args.text)
             console.print(f"Noted: every model reads it before turn {note.before_seq + 1}.", markup=False)
+        case "stop" | "pause":
+            action = Ask.PAUSE if args.command == "pause" else Ask.STOP_NOW if args.now else Ask.STOP
+            async with open_app(config) as app:
+                if await app.runner.ask(args.id, action):
+                    when = "now" if action is Ask.STOP_NOW else "after the turn in flight"
+                    console.print(
+                        f"Asked the process running dialogue {args.id} to {args.command} {when}; "
+                        "it takes the ask within a second.",
+                        markup=False,
+                    )
+                else:
+                    paths = await write_transcripts(app, args.id, defaults.transcripts_dir)
+                    console.print(
+                        f"Stopped dialogue {args.id} (no process was running it). "
+                        f"Transcripts: {paths[0]}  {paths[1]}",
+                        markup=False,
+                        highlight=False,
+                    )
         case "list":
             async with open_app(config) as app:
                 dialogues = await app.store.list_dialogues(args.limit)

@@ -37,6 +37,7 @@ from bot.loops import notice
 from bot.models import (
     HUMAN_SOURCE,
     MAX_SEED,
+    Ask,
     ContextPolicy,
     Dialogue,
     DialogueSpec,
@@ -65,6 +66,17 @@ from bot.turn import TurnPlayer
 log = logging.getLogger(__name__)
 
 MAX_PARTICIPANTS = 8
+
+#: Seconds between looks for a stop or a pause another process asked for.
+ASK_SECONDS = 1.0
+
+
+def _apply(control: Control, action: Ask) -> None:
+    """Do to the running dialogue what another process asked."""
+    if action is Ask.PAUSE:
+        control.pause()
+    else:
+        control.stop(now=action is Ask.STOP_NOW, detail="stopped from another process")
 
 
 # Validation ------------------------------------------------------------------------------------
@@ -227,6 +239,10 @@ class DialogueRunner:
         control = control or Control()
         await self.store.get_dialogue(dialogue_id)  # an unknown id is named as such, not as a lease
         await self.store.take_lease(dialogue_id, self.tuning.lease_seconds)
+        # Asks left for a process that died before it took them were meant for that run, not
+        # this one: a stop asked hours ago must not end the dialogue someone resumes now.
+        if stale := await self.store.take_asks(dialogue_id):
+            log.info("dialogue %s: dropped %s asked of an earlier run", dialogue_id, ", ".join(stale))
         self._active.add(dialogue_id)
         keeper = asyncio.create_task(self._keep_lease(dialogue_id, control))
         try:
@@ -240,20 +256,51 @@ class DialogueRunner:
                 await asyncio.shield(self.store.release_lease(dialogue_id))
 
     async def _keep_lease(self, dialogue_id: int, control: Control) -> None:
-        """Renew the lease while the dialogue runs; if another process took it over, stop at once:
-        from then on only that process may write the dialogue."""
+        """Renew the lease while the dialogue runs, and take what other processes ask of it (a stop,
+        a pause) within a second. If another process took the lease over, stop at once: from then on
+        only that process may write the dialogue."""
         seconds = self.tuning.lease_seconds
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
         while True:
-            await control.idle(seconds / 3)
+            await control.idle(min(ASK_SECONDS, seconds / 3))
+            try:
+                for action in await self.store.take_asks(dialogue_id):
+                    _apply(control, action)
+            except Exception as exc:  # a busy database: the ask waits for the next look
+                log.warning(
+                    "dialogue %s: looking for stops asked from elsewhere failed (%s)", dialogue_id, exc
+                )
+            if loop.time() - renewed < seconds / 3:
+                continue
             try:
                 held = await self.store.renew_lease(dialogue_id, seconds)
             except Exception as exc:  # a busy database now is no reason to give the dialogue up
                 log.warning("dialogue %s: renewing its lease failed (%s); trying again", dialogue_id, exc)
                 continue
+            renewed = loop.time()
             if not held:
                 log.warning("dialogue %s: another process took its lease over; stopping here", dialogue_id)
                 control.lose_lease(f"dialogue {dialogue_id} was taken over by another process")
                 return
+
+    async def ask(self, dialogue_id: int, action: Ask) -> bool:
+        """Stop or pause the dialogue, whichever process runs it. True when it was left for the
+        process that runs it, which takes it within ASK_SECONDS; False when no process runs it, and
+        then a stop ends it here (a pause has nothing to pause)."""
+        dialogue = await self.store.get_dialogue(dialogue_id)
+        if dialogue.status.is_final:
+            reason = dialogue.stop_reason.describe if dialogue.stop_reason else dialogue.status
+            raise StateError(f"dialogue {dialogue_id} has ended ({reason}); there is nothing to stop")
+        if await self.store.ask(dialogue_id, action):
+            return True
+        if action is Ask.PAUSE:
+            raise StateError(f"dialogue {dialogue_id} is not running ({dialogue.status}); nothing to pause")
+        control = Control()
+        control.stop(detail="stopped while no process ran it")
+        async for _ in self.run(dialogue_id, control):
+            pass
+        return False
 
     async def _run(self, dialogue_id: int, control: Control) -> AsyncIterator[Event]:
         dialogue = await self.store.get_dialogue(dialogue_id)

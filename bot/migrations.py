@@ -313,6 +313,20 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         UPDATE rooms SET opening_message_id = 0;
         """,
     ),
+    (
+        "A stop or a pause asked of a dialogue another process runs waits here until that process "
+        "takes it (it looks every second), so any process can control any dialogue.",
+        """
+        CREATE TABLE asks (
+            id          INTEGER PRIMARY KEY,
+            dialogue_id INTEGER NOT NULL REFERENCES dialogues(id) ON DELETE CASCADE,
+            action      TEXT NOT NULL CHECK (action IN ('stop', 'stop_now', 'pause')),
+            asked_at    TEXT NOT NULL,
+            taken_at    TEXT
+        );
+        CREATE INDEX asks_waiting ON asks(dialogue_id) WHERE taken_at IS NULL;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

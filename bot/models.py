@@ -78,6 +78,14 @@ _REASON_WORDS = {
 }
 
 
+class Ask(StrEnum):
+    """What one process may ask of a dialogue another process runs."""
+
+    STOP = "stop"  # after the turn in flight
+    STOP_NOW = "stop_now"  # cutting the turn in flight off
+    PAUSE = "pause"  # after the turn in flight; `resume` goes on
+
+
 class TurnStatus(StrEnum):
     """How one turn ended: a reply, an empty reply (kept visible, never silent), or cut off."""
 

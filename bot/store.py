@@ -26,6 +26,7 @@ from bot.errors import DialogueNotFound, LeaseHeld, StateError, StoreError
 from bot.migrations import SCHEMA_VERSION, migrate, schema_version
 from bot.models import (
     DRY_RUN,
+    Ask,
     AudienceVote,
     Child,
     ContextPolicy,
@@ -503,6 +504,41 @@ class Store:
                 f"if that process has died, its lease lapses in {left:.0f} s and it can be resumed then",
                 seconds_left=left,
             )
+
+    # Asks from other processes ---------------------------------------------------------------
+
+    async def ask(self, dialogue_id: int, action: Ask) -> bool:
+        """Leave a stop or a pause for the process that runs the dialogue. False, and nothing left,
+        when no live lease says one does: there would be nobody to take it."""
+        now = utc_now()  # the clock leases are written by
+        async with self.transaction() as conn:
+            rows = await conn.fetchall("SELECT expires_at FROM leases WHERE dialogue_id = ?", (dialogue_id,))
+            expires = _dt(rows[0]["expires_at"]) if rows else None
+            if expires is None or expires <= now:
+                return False
+            await conn.execute(
+                "INSERT INTO asks (dialogue_id, action, asked_at) VALUES (?, ?, ?)",
+                (dialogue_id, str(action), _iso(now)),
+            )
+        return True
+
+    async def take_asks(self, dialogue_id: int) -> list[Ask]:
+        """Return what was asked of the dialogue since the last look, oldest first, each once."""
+        rows = await self.fetchall(
+            "SELECT id, action FROM asks WHERE dialogue_id = ? AND taken_at IS NULL ORDER BY id",
+            (dialogue_id,),
+        )
+        if not rows:
+            return []  # what nearly every look finds: one read, no write
+        taken: list[Ask] = []
+        async with self.transaction() as conn:
+            for row in rows:
+                if await conn.update(
+                    "UPDATE asks SET taken_at = ? WHERE id = ? AND taken_at IS NULL",
+                    (_iso(utc_now()), row["id"]),
+                ):
+                    taken.append(Ask(row["action"]))
+        return taken
 
     # Turns and calls -------------------------------------------------------------------------
 

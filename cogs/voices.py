@@ -20,6 +20,7 @@ from bot.errors import InputError, StateError
 from bot.lineage import continue_dialogue, fork
 from bot.models import (
     MAX_SEED,
+    Ask,
     Dialogue,
     DialogueSpec,
     Limits,
@@ -231,6 +232,13 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         running = relays.is_running(room.dialogue_id)
         if dialogue.status.is_final:
             raise StateError(f"dialogue {dialogue.id} has already ended ({dialogue.stop_reason})")
+        if action in ("stop", "pause") and not running:
+            # Another process may run it (a shard, or one that took it over): the ask waits in
+            # the database for that process, which takes it within a second.
+            asked = Ask.PAUSE if action == "pause" else Ask.STOP_NOW if now else Ask.STOP
+            if await self.s.store.ask(dialogue.id, asked):
+                when = "now" if asked is Ask.STOP_NOW else "after the turn in flight"
+                return f"Asked the process running dialogue {dialogue.id} to {action} {when}."
         if action == "stop":
             if running:
                 relays.control(room.dialogue_id).stop(now=now)

@@ -275,6 +275,54 @@ async def test_ctrl_c_stops_cleanly_and_still_writes_the_transcript(env, tmp_pat
     assert "stopped by the user" in (tmp_path / "transcripts" / "1.md").read_text()
 
 
+async def test_voices_stop_from_another_terminal_stops_the_run_after_its_turn(env, tmp_path):
+    async with FakeOpenRouter(default_delay=0.1) as slow:
+        env["VOICES_OPENROUTER_BASE_URL"] = slow.base_url
+        process = await start(env, tmp_path, *RUN[:-4], "--rounds", "5", "--opening", "Hi")
+        while len(slow.chat_requests) < 2:
+            await asyncio.sleep(0.02)
+        asked = await voices(env, tmp_path, "stop", "1")
+        out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert asked.code == 0, asked.err
+    assert asked.out.strip() == (
+        "Asked the process running dialogue 1 to stop after the turn in flight; "
+        "it takes the ask within a second."
+    )
+    assert process.returncode == 0, err.decode()
+    assert "Ended: stopped by the user" in out.decode()
+    assert db_rows(env, "SELECT status, stop_reason, stop_detail FROM dialogues") == [
+        ("stopped", "user_stop", "stopped from another process")
+    ]
+    statuses = [row[0] for row in db_rows(env, "SELECT status FROM turns ORDER BY seq")]
+    assert statuses and set(statuses) == {"ok"} and len(statuses) < 10  # whole turns, then it stopped
+
+
+async def test_voices_pause_from_another_terminal_then_stop_ends_the_paused_dialogue(env, tmp_path):
+    async with FakeOpenRouter(default_delay=0.1) as slow:
+        env["VOICES_OPENROUTER_BASE_URL"] = slow.base_url
+        process = await start(env, tmp_path, *RUN[:-4], "--rounds", "5", "--opening", "Hi")
+        while len(slow.chat_requests) < 2:
+            await asyncio.sleep(0.02)
+        asked = await voices(env, tmp_path, "pause", "1")
+        out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert asked.code == 0 and "to pause after the turn in flight" in asked.out
+        assert process.returncode == 0, err.decode()
+        assert db_rows(env, "SELECT status FROM dialogues") == [("paused",)]
+        again = await voices(env, tmp_path, "pause", "1")
+        assert again.code == 2
+        assert again.err.strip() == "error: dialogue 1 is not running (paused); nothing to pause"
+        stopped = await voices(env, tmp_path, "stop", "1")
+    assert stopped.code == 0, stopped.err
+    assert stopped.out.startswith("Stopped dialogue 1 (no process was running it). Transcripts: ")
+    assert db_rows(env, "SELECT status, stop_reason FROM dialogues") == [("stopped", "user_stop")]
+    assert "stopped by the user" in (tmp_path / "transcripts" / "1.md").read_text()
+    ended = await voices(env, tmp_path, "stop", "1")
+    assert ended.code == 2
+    assert ended.err.strip() == "error: dialogue 1 has ended (stopped by the user); there is nothing to stop"
+    unknown = await voices(env, tmp_path, "stop", "7")
+    assert unknown.code == 2 and unknown.err.strip() == "error: no dialogue 7; `voices list` shows the ids"
+
+
 async def test_killed_mid_dialogue_then_resumed_loses_and_repeats_no_turn(env, tmp_path):
     """kill -9 during round 2; the dead process's lease holds off a resume until it lapses, then
     `voices resume` takes the dialogue over and finishes it with every turn exactly once."""

@@ -1,0 +1,100 @@
+"""Any process may stop or pause a dialogue another process runs: the ask waits in the database,
+and the process that holds the dialogue's lease takes it within a second."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.errors import StateError
+from bot.events import Delta, Ended
+from bot.models import Ask, Status, StopReason, TurnStatus
+from bot.providers.openai_compat import OpenAICompatProvider
+from bot.store import Store
+from tests.conftest import API_KEY, build_runner, make_spec
+from tests.fake_openrouter import Reply
+
+# A first reply long enough (50 words, 50 ms apart) that an ask taken within a second lands in it.
+LONG = Reply(text=" ".join(["word"] * 50), chunk_words=1, chunk_delay=0.05, keepalives=0)
+
+
+@pytest.fixture
+async def two_processes(tmp_path, server, http, clock, sleep):
+    """Two engines on one database file, as two processes would be (each Store is its own owner)."""
+    provider = OpenAICompatProvider(http, server.base_url, API_KEY)
+    path = tmp_path / "voices.db"
+    async with Store.open(path) as here, Store.open(path) as there:
+        yield build_runner(here, provider, clock, sleep), build_runner(there, provider, clock, sleep)
+
+
+async def run_until_asked(here, there, action: Ask, server) -> tuple[list, bool]:
+    """Run a dialogue here; once its first reply is streaming, ask `action` of it from there."""
+    server.enqueue(LONG)
+    dialogue = await here.create(make_spec(rounds=3))
+    events, asked = [], None
+    async for event in here.run(dialogue.id):
+        events.append(event)
+        if asked is None and isinstance(event, Delta):
+            asked = asyncio.create_task(there.ask(dialogue.id, action))
+    assert asked is not None
+    return events, await asked
+
+
+async def test_a_stop_asked_from_another_process_ends_the_dialogue_after_the_turn_in_flight(
+    two_processes, server
+):
+    here, there = two_processes
+    events, left_for_the_runner = await run_until_asked(here, there, Ask.STOP, server)
+    assert left_for_the_runner
+    ended = events[-1]
+    assert isinstance(ended, Ended) and ended.dialogue.stop_reason is StopReason.USER_STOP
+    assert ended.dialogue.stop_detail == "stopped from another process"
+    turns = await there.store.list_turns(ended.dialogue.id)
+    assert [t.status for t in turns] == [TurnStatus.OK]  # the turn in flight, whole; no other
+
+
+async def test_a_stop_now_from_another_process_cuts_the_reply_in_flight(two_processes, server):
+    here, there = two_processes
+    events, _ = await run_until_asked(here, there, Ask.STOP_NOW, server)
+    ended = events[-1]
+    assert isinstance(ended, Ended) and ended.dialogue.stop_reason is StopReason.USER_STOP
+    (turn,) = await there.store.list_turns(ended.dialogue.id)
+    assert turn.status is TurnStatus.CANCELLED and 0 < len(turn.text.split()) < 50
+
+
+async def test_a_pause_from_another_process_pauses_after_the_turn_and_resume_goes_on(two_processes, server):
+    here, there = two_processes
+    events, _ = await run_until_asked(here, there, Ask.PAUSE, server)
+    dialogue = events[-1].dialogue
+    assert dialogue.status is Status.PAUSED
+    assert len(await there.store.list_turns(dialogue.id)) == 1
+    resumed = [e async for e in there.run(dialogue.id)]  # the other process picks it up
+    assert resumed[-1].dialogue.status is Status.FINISHED
+    assert len(await here.store.list_turns(dialogue.id)) == 6
+
+
+async def test_a_dialogue_no_process_runs_is_stopped_where_it_was_asked(two_processes):
+    here, there = two_processes
+    dialogue = await here.create(make_spec(rounds=3))
+    with pytest.raises(
+        StateError, match=f"dialogue {dialogue.id} is not running \\(pending\\); nothing to pause"
+    ):
+        await there.ask(dialogue.id, Ask.PAUSE)
+    assert not await there.ask(dialogue.id, Ask.STOP)
+    stopped = await here.store.get_dialogue(dialogue.id)
+    assert stopped.stop_reason is StopReason.USER_STOP and await here.store.list_turns(dialogue.id) == []
+    with pytest.raises(StateError, match="has ended \\(stopped by the user\\); there is nothing to stop"):
+        await there.ask(dialogue.id, Ask.STOP)
+
+
+async def test_an_ask_the_dead_process_never_took_does_not_stop_the_run_that_resumes_it(
+    two_processes, server
+):
+    here, there = two_processes
+    dialogue = await here.create(make_spec(rounds=1))
+    await here.store.take_lease(dialogue.id, 60)  # a process runs it, then dies before it looks
+    assert await there.store.ask(dialogue.id, Ask.STOP)
+    await here.store.release_lease(dialogue.id)
+    events = [e async for e in there.run(dialogue.id)]  # resumed later, by anyone
+    assert events[-1].dialogue.stop_reason is StopReason.MAX_ROUNDS
