@@ -71,10 +71,12 @@ MAX_PARTICIPANTS = 8
 ASK_SECONDS = 1.0
 
 
-def _apply(control: Control, action: Ask) -> None:
+def _apply(control: Control, action: Ask, text: str | None) -> None:
     """Do to the running dialogue what another process asked."""
     if action is Ask.PAUSE:
         control.pause()
+    elif action is Ask.SAY:
+        control.say(text or "")
     else:
         control.stop(now=action is Ask.STOP_NOW, detail="stopped from another process")
 
@@ -242,7 +244,7 @@ class DialogueRunner:
         # Asks left for a process that died before it took them were meant for that run, not
         # this one: a stop asked hours ago must not end the dialogue someone resumes now.
         if stale := await self.store.take_asks(dialogue_id):
-            log.info("dialogue %s: dropped %s asked of an earlier run", dialogue_id, ", ".join(stale))
+            log.info("dialogue %s: dropped %d asks left for an earlier run", dialogue_id, len(stale))
         self._active.add(dialogue_id)
         keeper = asyncio.create_task(self._keep_lease(dialogue_id, control))
         try:
@@ -265,8 +267,8 @@ class DialogueRunner:
         while True:
             await control.idle(min(ASK_SECONDS, seconds / 3))
             try:
-                for action in await self.store.take_asks(dialogue_id):
-                    _apply(control, action)
+                for action, text in await self.store.take_asks(dialogue_id):
+                    _apply(control, action, text)
             except Exception as exc:  # a busy database: the ask waits for the next look
                 log.warning(
                     "dialogue %s: looking for stops asked from elsewhere failed (%s)", dialogue_id, exc

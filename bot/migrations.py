@@ -314,13 +314,15 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
-        "A stop or a pause asked of a dialogue another process runs waits here until that process "
-        "takes it (it looks every second), so any process can control any dialogue.",
+        "A stop, a pause or a member's words for their turn, asked of a dialogue another process "
+        "runs, wait here until that process takes them (it looks every second), so any process can "
+        "control any dialogue.",
         """
         CREATE TABLE asks (
             id          INTEGER PRIMARY KEY,
             dialogue_id INTEGER NOT NULL REFERENCES dialogues(id) ON DELETE CASCADE,
-            action      TEXT NOT NULL CHECK (action IN ('stop', 'stop_now', 'pause')),
+            action      TEXT NOT NULL CHECK (action IN ('stop', 'stop_now', 'pause', 'say')),
+            text        TEXT,
             asked_at    TEXT NOT NULL,
             taken_at    TEXT
         );

@@ -84,6 +84,7 @@ class Ask(StrEnum):
     STOP = "stop"  # after the turn in flight
     STOP_NOW = "stop_now"  # cutting the turn in flight off
     PAUSE = "pause"  # after the turn in flight; `resume` goes on
+    SAY = "say"  # a member's words for the turn that waits on them
 
 
 class TurnStatus(StrEnum):

@@ -507,9 +507,9 @@ class Store:
 
     # Asks from other processes ---------------------------------------------------------------
 
-    async def ask(self, dialogue_id: int, action: Ask) -> bool:
-        """Leave a stop or a pause for the process that runs the dialogue. False, and nothing left,
-        when no live lease says one does: there would be nobody to take it."""
+    async def ask(self, dialogue_id: int, action: Ask, text: str | None = None) -> bool:
+        """Leave a stop, a pause or a member's words (`text`) for the process that runs the
+        dialogue. False, and nothing left, when no live lease says one does: nobody would take it."""
         now = utc_now()  # the clock leases are written by
         async with self.transaction() as conn:
             rows = await conn.fetchall("SELECT expires_at FROM leases WHERE dialogue_id = ?", (dialogue_id,))
@@ -517,27 +517,28 @@ class Store:
             if expires is None or expires <= now:
                 return False
             await conn.execute(
-                "INSERT INTO asks (dialogue_id, action, asked_at) VALUES (?, ?, ?)",
-                (dialogue_id, str(action), _iso(now)),
+                "INSERT INTO asks (dialogue_id, action, text, asked_at) VALUES (?, ?, ?, ?)",
+                (dialogue_id, str(action), text, _iso(now)),
             )
         return True
 
-    async def take_asks(self, dialogue_id: int) -> list[Ask]:
-        """Return what was asked of the dialogue since the last look, oldest first, each once."""
+    async def take_asks(self, dialogue_id: int) -> list[tuple[Ask, str | None]]:
+        """Return what was asked of the dialogue since the last look (with a member's words),
+        oldest first, each once."""
         rows = await self.fetchall(
-            "SELECT id, action FROM asks WHERE dialogue_id = ? AND taken_at IS NULL ORDER BY id",
+            "SELECT id, action, text FROM asks WHERE dialogue_id = ? AND taken_at IS NULL ORDER BY id",
             (dialogue_id,),
         )
         if not rows:
             return []  # what nearly every look finds: one read, no write
-        taken: list[Ask] = []
+        taken: list[tuple[Ask, str | None]] = []
         async with self.transaction() as conn:
             for row in rows:
                 if await conn.update(
                     "UPDATE asks SET taken_at = ? WHERE id = ? AND taken_at IS NULL",
                     (_iso(utc_now()), row["id"]),
                 ):
-                    taken.append(Ask(row["action"]))
+                    taken.append((Ask(row["action"]), row["text"]))
         return taken
 
     # Turns and calls -------------------------------------------------------------------------

@@ -332,6 +332,9 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         if relays.is_running(room.dialogue_id):
             relays.control(room.dialogue_id).say(text)
             await reply(interaction, "Sent: your words are posted in the thread as your turn.")
+        elif await self.s.store.ask(room.dialogue_id, Ask.SAY, text):
+            # Another process runs the dialogue: it takes the words within a second.
+            await reply(interaction, "Sent: your words are posted in the thread as your turn.")
         else:
             await relays.start(room, said=text)
             await reply(interaction, "Sent: your words are posted as your turn, and the dialogue goes on.")

@@ -1,5 +1,6 @@
-"""Any process may stop or pause a dialogue another process runs: the ask waits in the database,
-and the process that holds the dialogue's lease takes it within a second."""
+"""Any process may stop or pause a dialogue another process runs, or give a person's words for
+their turn: the ask waits in the database, and the process that holds the dialogue's lease takes
+it within a second."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import asyncio
 import pytest
 
 from bot.errors import StateError
-from bot.events import Delta, Ended
+from bot.events import AwaitingHuman, Delta, Ended
 from bot.models import Ask, Status, StopReason, TurnStatus
 from bot.providers.openai_compat import OpenAICompatProvider
 from bot.store import Store
+from tests.bot.test_people import with_human
 from tests.conftest import API_KEY, build_runner, make_spec
 from tests.fake_openrouter import Reply
 
@@ -98,3 +100,16 @@ async def test_an_ask_the_dead_process_never_took_does_not_stop_the_run_that_res
     await here.store.release_lease(dialogue.id)
     events = [e async for e in there.run(dialogue.id)]  # resumed later, by anyone
     assert events[-1].dialogue.stop_reason is StopReason.MAX_ROUNDS
+
+
+async def test_a_person_s_words_given_in_another_process_become_their_turn(two_processes):
+    here, there = two_processes
+    dialogue = await here.create(with_human(rounds=1))
+    events = []
+    async for event in here.run(dialogue.id):
+        events.append(event)
+        if isinstance(event, AwaitingHuman):
+            assert await there.store.ask(dialogue.id, Ask.SAY, "Words typed in another process.")
+    assert events[-1].dialogue.stop_reason is StopReason.MAX_ROUNDS
+    first = (await there.store.list_turns(dialogue.id))[0]
+    assert first.speaker == "Alice" and first.text == "Words typed in another process."

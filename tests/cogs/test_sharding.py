@@ -49,9 +49,21 @@ async def test_stop_and_pause_reach_a_dialogue_that_another_process_runs(world, 
         await elsewhere.take_lease(1, 60)
         stopped = await world.alice.slash(thread, "voices stop")
         paused = await world.alice.slash(thread, "voices pause")
-        assert await elsewhere.take_asks(1) == [Ask.STOP_NOW, Ask.PAUSE]
+        assert await elsewhere.take_asks(1) == [(Ask.STOP_NOW, None), (Ask.PAUSE, None)]
     assert stopped.response.content == "Asked the process running dialogue 1 to stop now."
     assert (
         paused.response.content == "Asked the process running dialogue 1 to pause after the turn in flight."
     )
     assert (await world.bot.services.store.get_dialogue(1)).status is Status.RUNNING  # not ended here
+
+
+async def test_a_member_s_words_reach_a_dialogue_that_another_process_runs(world, tmp_path):
+    await start(world, a="me", b=GLM, rounds=1)
+    await world.env.settle()  # waiting for alice's words
+    thread = world.thread()
+    await world.crash()
+    async with Store.open(tmp_path / "voices.db") as elsewhere:
+        await elsewhere.take_lease(1, 60)
+        said = await world.alice.slash(thread, "voices say", text="Said here, spoken there.")
+        assert await elsewhere.take_asks(1) == [(Ask.SAY, "Said here, spoken there.")]
+    assert said.response.content == "Sent: your words are posted in the thread as your turn."
