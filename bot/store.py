@@ -268,6 +268,17 @@ class Store:
             except sqlite3.OperationalError as exc:
                 raise self._unwritable(exc) from None
 
+    async def _write_one(self, sql: str, params: Any = ()) -> int:
+        """Run one write that stands alone and return how many rows it changed. SQLite makes a
+        single statement atomic by itself, so it takes one trip to aiosqlite's thread where
+        BEGIN … COMMIT takes three. It waits for the write lock all the same: run while another
+        coroutine's transaction is open, it would become part of that transaction."""
+        async with self._write_lock:
+            try:
+                return (await _run(self._conn, sql, params)).rowcount
+            except sqlite3.OperationalError as exc:
+                raise self._unwritable(exc) from None
+
     def _unwritable(self, exc: sqlite3.OperationalError) -> Exception:
         """Say in one line why a write failed, where a person can fix it; else the error as it is."""
         text = str(exc)
@@ -473,19 +484,17 @@ class Store:
     async def renew_lease(self, dialogue_id: int, seconds: float) -> bool:
         """Extend this process's lease; False when it is no longer ours (another took it over)."""
         now = utc_now()
-        async with self.transaction() as conn:
-            changed = await conn.update(
-                "UPDATE leases SET renewed_at = ?, expires_at = ? WHERE dialogue_id = ? AND owner = ?",
-                (_iso(now), _iso(now + timedelta(seconds=seconds)), dialogue_id, self.owner),
-            )
+        changed = await self._write_one(
+            "UPDATE leases SET renewed_at = ?, expires_at = ? WHERE dialogue_id = ? AND owner = ?",
+            (_iso(now), _iso(now + timedelta(seconds=seconds)), dialogue_id, self.owner),
+        )
         return changed == 1
 
     async def release_lease(self, dialogue_id: int) -> None:
         """Give up this process's lease, so another may run the dialogue at once."""
-        async with self.transaction() as conn:
-            await conn.execute(
-                "DELETE FROM leases WHERE dialogue_id = ? AND owner = ?", (dialogue_id, self.owner)
-            )
+        await self._write_one(
+            "DELETE FROM leases WHERE dialogue_id = ? AND owner = ?", (dialogue_id, self.owner)
+        )
 
     async def _fence(self, conn: Writer, dialogue_id: int, now: datetime) -> None:
         """Raise LeaseHeld if another process holds a live lease on the dialogue: it alone may
@@ -555,11 +564,10 @@ class Store:
 
     async def note_generation(self, dialogue_id: int, seq: int, generation_id: str) -> None:
         """Keep the provider's id of a call in flight, to ask what it cost if this process dies."""
-        async with self.transaction() as conn:
-            await conn.execute(
-                "UPDATE calls_in_flight SET generation_id = ? WHERE dialogue_id = ? AND seq = ?",
-                (generation_id, dialogue_id, seq),
-            )
+        await self._write_one(
+            "UPDATE calls_in_flight SET generation_id = ? WHERE dialogue_id = ? AND seq = ?",
+            (generation_id, dialogue_id, seq),
+        )
 
     async def calls_in_flight(self, dialogue_id: int) -> list[tuple[int, Decimal, str | None]]:
         """Return the calls a dead process left unsettled: (turn number, reservation, generation id)."""
