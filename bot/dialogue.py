@@ -290,6 +290,8 @@ class DialogueRunner:
         """Stop or pause the dialogue, whichever process runs it. True when it was left for the
         process that runs it, which takes it within ASK_SECONDS; False when no process runs it, and
         then a stop ends it here (a pause has nothing to pause)."""
+        if action is Ask.SAY:  # a person's words come with the text, through the store's ask
+            raise ValueError("ask stops and pauses; give a person's words with Store.ask")
         dialogue = await self.store.get_dialogue(dialogue_id)
         if dialogue.status.is_final:
             reason = dialogue.stop_reason.describe if dialogue.stop_reason else dialogue.status

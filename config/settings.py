@@ -24,9 +24,13 @@ CONFIG_DIR = Path(__file__).resolve().parent
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
+#: The most shards Voices takes: far past what Discord gives any bot, and a bound on "0-999999999".
+MAX_SHARDS = 100_000
+
+
 def shard_ids(text: str) -> tuple[int, ...]:
     """Read shard ids as a person writes them: "0-3", "0,2,5" or both ("0-3,8"), each once."""
-    ids: list[int] = []
+    ids: dict[int, None] = {}  # kept in the order given, each once
     for part in text.replace(" ", "").split(","):
         first, dash, last = part.partition("-")
         if not (first.isdigit() and (not dash or last.isdigit())):
@@ -34,7 +38,9 @@ def shard_ids(text: str) -> tuple[int, ...]:
         low, high = int(first), int(last) if dash else int(first)
         if high < low:
             raise ValueError(f"the range {part} runs backwards; write it as {high}-{low}")
-        ids += [i for i in range(low, high + 1) if i not in ids]
+        if high >= MAX_SHARDS:
+            raise ValueError(f"shard {high} is past the {MAX_SHARDS:,} shards Voices takes")
+        ids.update(dict.fromkeys(range(low, high + 1)))
     return tuple(ids)
 
 
@@ -102,7 +108,7 @@ class Settings(BaseSettings):
     dev_guild_id: int | None = None
     #: The gateway split between processes: how many shards in all (unset: as many as Discord
     #: recommends, all in this process), and which of them this process runs ("0-3", "0,2,5").
-    shard_count: int | None = Field(default=None, ge=1, le=100_000)
+    shard_count: int | None = Field(default=None, ge=1, le=MAX_SHARDS)
     shards: Annotated[tuple[int, ...] | None, NoDecode] = None
     daily_cap_guild: Decimal = Field(default=Decimal("5.00"), ge=0, le=1_000_000, allow_inf_nan=False)
     daily_cap_member: Decimal = Field(default=Decimal("1.00"), ge=0, le=1_000_000, allow_inf_nan=False)

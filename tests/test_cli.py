@@ -402,6 +402,11 @@ async def test_bot_without_a_token_is_one_line(env, tmp_path):
             "--shards: the range 3-1 runs backwards; write it as 1-3",
         ),
         (
+            ["--shards", "0-999999999", "--shard-count", "8"],
+            {},
+            "--shards: shard 999999999 is past the 100,000 shards Voices takes",
+        ),
+        (
             [],
             {"VOICES_SHARDS": "0,x", "VOICES_SHARD_COUNT": "2"},
             "VOICES_SHARDS: 'x' is not a shard or a range of them; write them as 0-3 or 0,2,5; "
