@@ -275,21 +275,29 @@ async def test_ctrl_c_stops_cleanly_and_still_writes_the_transcript(env, tmp_pat
     assert "stopped by the user" in (tmp_path / "transcripts" / "1.md").read_text()
 
 
-async def test_voices_stop_from_another_terminal_stops_the_run_after_its_turn(env, tmp_path):
+async def ask_from_another_terminal(env, tmp_path, *command: str) -> tuple[Result, Result]:
+    """Run a slow five-round dialogue with `voices run`; during its second reply, run `voices
+    *command` as a second process. Return what each printed."""
     async with FakeOpenRouter(default_delay=0.1) as slow:
         env["VOICES_OPENROUTER_BASE_URL"] = slow.base_url
         process = await start(env, tmp_path, *RUN[:-4], "--rounds", "5", "--opening", "Hi")
         while len(slow.chat_requests) < 2:
             await asyncio.sleep(0.02)
-        asked = await voices(env, tmp_path, "stop", "1")
+        asked = await voices(env, tmp_path, *command)
         out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode is not None
+    return asked, Result(process.returncode, out.decode(), err.decode())
+
+
+async def test_voices_stop_from_another_terminal_stops_the_run_after_its_turn(env, tmp_path):
+    asked, run = await ask_from_another_terminal(env, tmp_path, "stop", "1")
     assert asked.code == 0, asked.err
     assert asked.out.strip() == (
         "Asked the process running dialogue 1 to stop after the turn in flight; "
         "it takes the ask within a second."
     )
-    assert process.returncode == 0, err.decode()
-    assert "Ended: stopped by the user" in out.decode()
+    assert run.code == 0, run.err
+    assert "Ended: stopped by the user" in run.out
     assert db_rows(env, "SELECT status, stop_reason, stop_detail FROM dialogues") == [
         ("stopped", "user_stop", "stopped from another process")
     ]
@@ -298,20 +306,14 @@ async def test_voices_stop_from_another_terminal_stops_the_run_after_its_turn(en
 
 
 async def test_voices_pause_from_another_terminal_then_stop_ends_the_paused_dialogue(env, tmp_path):
-    async with FakeOpenRouter(default_delay=0.1) as slow:
-        env["VOICES_OPENROUTER_BASE_URL"] = slow.base_url
-        process = await start(env, tmp_path, *RUN[:-4], "--rounds", "5", "--opening", "Hi")
-        while len(slow.chat_requests) < 2:
-            await asyncio.sleep(0.02)
-        asked = await voices(env, tmp_path, "pause", "1")
-        out, err = await asyncio.wait_for(process.communicate(), timeout=30)
-        assert asked.code == 0 and "to pause after the turn in flight" in asked.out
-        assert process.returncode == 0, err.decode()
-        assert db_rows(env, "SELECT status FROM dialogues") == [("paused",)]
-        again = await voices(env, tmp_path, "pause", "1")
-        assert again.code == 2
-        assert again.err.strip() == "error: dialogue 1 is not running (paused); nothing to pause"
-        stopped = await voices(env, tmp_path, "stop", "1")
+    asked, run = await ask_from_another_terminal(env, tmp_path, "pause", "1")
+    assert asked.code == 0 and "to pause after the turn in flight" in asked.out
+    assert run.code == 0, run.err
+    assert db_rows(env, "SELECT status FROM dialogues") == [("paused",)]
+    again = await voices(env, tmp_path, "pause", "1")
+    assert again.code == 2
+    assert again.err.strip() == "error: dialogue 1 is not running (paused); nothing to pause"
+    stopped = await voices(env, tmp_path, "stop", "1")  # no server is needed to stop it
     assert stopped.code == 0, stopped.err
     assert stopped.out.startswith("Stopped dialogue 1 (no process was running it). Transcripts: ")
     assert db_rows(env, "SELECT status, stop_reason FROM dialogues") == [("stopped", "user_stop")]
