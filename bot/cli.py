@@ -328,9 +328,8 @@ async def dispatch(
             action = Ask.PAUSE if args.command == "pause" else Ask.STOP_NOW if args.now else Ask.STOP
             async with open_app(config) as app:
                 if await app.runner.ask(args.id, action):
-                    when = "now" if action is Ask.STOP_NOW else "after the turn in flight"
                     console.print(
-                        f"Asked the process running dialogue {args.id} to {args.command} {when}; "
+                        f"Asked the process running dialogue {args.id} to {args.command} {action.when}; "
                         "it takes the ask within a second.",
                         markup=False,
                     )

@@ -86,6 +86,11 @@ class Ask(StrEnum):
     PAUSE = "pause"  # after the turn in flight; `resume` goes on
     SAY = "say"  # a member's words for the turn that waits on them
 
+    @property
+    def when(self) -> str:
+        """When a stop or a pause takes effect, in words."""
+        return "now" if self is Ask.STOP_NOW else "after the turn in flight"
+
 
 class TurnStatus(StrEnum):
     """How one turn ended: a reply, an empty reply (kept visible, never silent), or cut off."""

@@ -496,23 +496,28 @@ class Store:
             "DELETE FROM leases WHERE dialogue_id = ? AND owner = ?", (dialogue_id, self.owner)
         )
 
-    async def _fence(self, conn: Writer, dialogue_id: int, now: datetime) -> None:
-        """Raise LeaseHeld if another process holds a live lease on the dialogue: it alone may
-        write the dialogue's calls, turns and state (inside the caller's transaction)."""
+    async def _holder(self, conn: Writer, dialogue_id: int, now: datetime) -> tuple[str, datetime] | None:
+        """Return who holds a live lease on the dialogue and until when; None when nobody does
+        (no lease, or one that lapsed with a process that died)."""
         rows = await conn.fetchall(
             "SELECT owner, expires_at FROM leases WHERE dialogue_id = ?", (dialogue_id,)
         )
-        if not rows or rows[0]["owner"] == self.owner:
+        expires = _dt(rows[0]["expires_at"]) if rows else None
+        return (rows[0]["owner"], expires) if expires is not None and expires > now else None
+
+    async def _fence(self, conn: Writer, dialogue_id: int, now: datetime) -> None:
+        """Raise LeaseHeld if another process holds a live lease on the dialogue: it alone may
+        write the dialogue's calls, turns and state (inside the caller's transaction)."""
+        holder = await self._holder(conn, dialogue_id, now)
+        if holder is None or holder[0] == self.owner:
             return
-        expires = _dt(rows[0]["expires_at"])
-        assert expires is not None
-        if expires > now:
-            left = (expires - now).total_seconds()
-            raise LeaseHeld(
-                f"dialogue {dialogue_id} is being run by another process ({rows[0]['owner']}); "
-                f"if that process has died, its lease lapses in {left:.0f} s and it can be resumed then",
-                seconds_left=left,
-            )
+        owner, expires = holder
+        left = (expires - now).total_seconds()
+        raise LeaseHeld(
+            f"dialogue {dialogue_id} is being run by another process ({owner}); "
+            f"if that process has died, its lease lapses in {left:.0f} s and it can be resumed then",
+            seconds_left=left,
+        )
 
     # Asks from other processes ---------------------------------------------------------------
 
@@ -521,9 +526,7 @@ class Store:
         dialogue. False, and nothing left, when no live lease says one does: nobody would take it."""
         now = utc_now()  # the clock leases are written by
         async with self.transaction() as conn:
-            rows = await conn.fetchall("SELECT expires_at FROM leases WHERE dialogue_id = ?", (dialogue_id,))
-            expires = _dt(rows[0]["expires_at"]) if rows else None
-            if expires is None or expires <= now:
+            if await self._holder(conn, dialogue_id, now) is None:
                 return False
             await conn.execute(
                 "INSERT INTO asks (dialogue_id, action, text, asked_at) VALUES (?, ?, ?, ?)",

@@ -237,8 +237,7 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             # the database for that process, which takes it within a second.
             asked = Ask.PAUSE if action == "pause" else Ask.STOP_NOW if now else Ask.STOP
             if await self.s.store.ask(dialogue.id, asked):
-                when = "now" if asked is Ask.STOP_NOW else "after the turn in flight"
-                return f"Asked the process running dialogue {dialogue.id} to {action} {when}."
+                return f"Asked the process running dialogue {dialogue.id} to {action} {asked.when}."
         if action == "stop":
             if running:
                 relays.control(room.dialogue_id).stop(now=now)
