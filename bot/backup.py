@@ -14,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.database import Address
 from bot.errors import InputError
 from bot.migrations import SCHEMA_VERSION
 from bot.text import counted
@@ -126,3 +127,13 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True)
     conn.execute("PRAGMA busy_timeout = 5000")
     return conn
+
+
+def sqlite_file(database: Address, command: str) -> Path:
+    """Return the SQLite file `command` works on, or say in one line that PostgreSQL has its own."""
+    if database.path is None:
+        raise InputError(
+            f"`{command}` works on a SQLite file, and VOICES_DATABASE is PostgreSQL ({database}); "
+            "use pg_dump, or give the file's path"
+        )
+    return database.path

@@ -27,12 +27,13 @@ from rich.markdown import Markdown
 
 from bot import usage
 from bot.app import App, EngineConfig, check_personas, open_app
-from bot.backup import back_up, check
+from bot.backup import back_up, check, sqlite_file
 from bot.budget import parse_usd
 from bot.catalogue import Catalogue
 from bot.chart import render_png
 from bot.console import DialogueView, dialogue_table, model_table, usage_table
 from bot.control import Control
+from bot.database import address
 from bot.errors import InputError, ProviderError
 from bot.events import AwaitingHuman, Ended
 from bot.lineage import continue_dialogue, fork
@@ -55,6 +56,7 @@ from bot.providers import local
 from bot.providers.local import is_local, local_available
 from bot.text import printable, repair
 from bot.transcript import render_json, render_markdown
+from bot.transfer import copy_database
 from bot.usage import GROUPINGS
 
 _T = TypeVar("_T")
@@ -287,12 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     spend.add_argument("--by", choices=GROUPINGS, default="member", help="how to group (default: member)")
     spend.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
-    database = sub.add_parser("db", help="back up or check the database")
+    database = sub.add_parser("db", help="back up, check or copy the database")
     tasks = database.add_subparsers(dest="task", required=True, metavar="TASK", parser_class=Parser)
     copy = tasks.add_parser("backup", help="copy the live database consistently, while dialogues run")
     copy.add_argument("path", type=Path, help="the file to write (replaced only once the copy is whole)")
     verify = tasks.add_parser("check", help="check a database or a backup: integrity and schema")
     verify.add_argument("path", type=Path, nargs="?", help="the file to check (default: VOICES_DATABASE)")
+    move = tasks.add_parser("copy", help="copy every dialogue into an empty database (SQLite to PostgreSQL)")
+    move.add_argument("source", help="the database to copy: a path, sqlite:///path or postgresql://…")
+    move.add_argument("target", help="an empty database to copy it into, of either kind")
     return parser
 
 
@@ -372,7 +377,7 @@ async def dispatch(
             else:
                 console.file.write(text)
         case "db":
-            return run_db_task(args, config, console)
+            return await run_db_task(args, config, console)
         case "usage":
             async with open_app(config) as app:
                 rows = await usage.report(app.store, args.by, args.since)
@@ -397,13 +402,18 @@ async def dispatch(
     return 0
 
 
-def run_db_task(args: argparse.Namespace, config: EngineConfig, console: Console) -> int:
-    """Back up or check a database; a check that finds a problem exits 1 with it in one line."""
-    if args.task == "backup":
-        health = back_up(config.database, args.path)
-        console.print(f"backed up {config.database} to {health.describe()}", markup=False)
+async def run_db_task(args: argparse.Namespace, config: EngineConfig, console: Console) -> int:
+    """Back up, check or copy a database; a check that finds a problem exits 1 with it in one line."""
+    if args.task == "copy":
+        copied = await copy_database(args.source, args.target)
+        console.print(copied.describe(), markup=False)
         return 0
-    health = check(args.path or config.database)
+    live = address(config.database)
+    if args.task == "backup":
+        health = back_up(sqlite_file(live, "voices db backup"), args.path)
+        console.print(f"backed up {live} to {health.describe()}", markup=False)
+        return 0
+    health = check(args.path or sqlite_file(live, "voices db check"))
     if not health.ok:
         print(f"error: {health.describe()}", file=sys.stderr)
         return 1

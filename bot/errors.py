@@ -7,6 +7,7 @@
     ├── StateError                 the request does not fit the dialogue's state (e.g. resume a finished one)
     │   └── LeaseHeld              another live process runs the dialogue
     ├── StoreError                 the database cannot be used (corrupt, newer schema, unwritable)
+    │   └── Duplicate              a row with that key is stored already
     └── ProviderError              a model provider failed; .retryable says whether to try again
         ├── BadRequest             400 and 404: the request must change
         ├── AuthError              401: the API key is missing, wrong or disabled
@@ -53,6 +54,10 @@ class LeaseHeld(StateError):
 
 class StoreError(VoicesError):
     """The database cannot be opened or used."""
+
+
+class Duplicate(StoreError):
+    """A row with this key is stored already (whichever database said so)."""
 
 
 class ProviderError(VoicesError):

@@ -105,7 +105,7 @@ class GuildStore:
 
     async def policy(self, guild_id: int) -> GuildPolicy:
         """Return the guild's policy: its own settings where set, the defaults elsewhere."""
-        rows = await self._store.fetchall("SELECT * FROM guild_settings WHERE guild_id = ?", (guild_id,))
+        rows = await self._store.fetchall("SELECT * FROM guild_settings WHERE guild_id = $1", (guild_id,))
         if not rows:
             return self.defaults
         row, changes = rows[0], {}
@@ -138,9 +138,11 @@ class GuildStore:
                 value = json.dumps(sorted(value))
             values[name] = value
         async with self._store.transaction() as conn:
-            await conn.execute("INSERT OR IGNORE INTO guild_settings (guild_id) VALUES (?)", (guild_id,))
+            await conn.execute(
+                "INSERT INTO guild_settings (guild_id) VALUES ($1) ON CONFLICT DO NOTHING", (guild_id,)
+            )
             for name, value in values.items():
                 await conn.execute(
-                    f"UPDATE guild_settings SET {name} = ? WHERE guild_id = ?", (value, guild_id)
+                    f"UPDATE guild_settings SET {name} = $1 WHERE guild_id = $2", (value, guild_id)
                 )
         return await self.policy(guild_id)

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from bot.database import Writer
 from bot.models import HUMAN, NoteKind
-from bot.store import Store, Writer
+from bot.store import Store
 from bot.text import counted
 
 MARKER = "[removed at the member's request]"
@@ -45,39 +46,31 @@ async def forget_member(store: Store, guild_id: int, member_id: int, names: Sequ
     Interjections made before their author's id was recorded are matched by the `names` given
     (the member's current names): the only trace they left.
     """
-    # The server's dialogues, as a sub-query: no list of ids to bind, however many there are.
-    inside = "dialogue_id IN (SELECT dialogue_id FROM rooms WHERE guild_id = :guild)"
-    values = {
-        "guild": guild_id,
-        "marker": MARKER,
-        "seat": f"{HUMAN}{member_id}",
-        "member": member_id,
-        "author_id": str(member_id),
-        "kind": str(NoteKind.INTERJECTION),
-    }
-    named = ",".join(f":name{i}" for i in range(len(names))) or "NULL"
-    values |= {f"name{i}": name for i, name in enumerate(names)}
+    # The server's dialogues, as a sub-query on $1: no list of ids to bind, however many there are.
+    inside = "dialogue_id IN (SELECT dialogue_id FROM rooms WHERE guild_id = $1)"
+    seat = f"{HUMAN}{member_id}"
+    named = ", ".join(f"${n}" for n in range(5, 5 + len(names))) or "NULL"
     async with store.transaction() as conn:
         turns = await conn.update(
-            f"""UPDATE turns SET text = :marker, reasoning = ''
+            f"""UPDATE turns SET text = $2, reasoning = ''
                  WHERE {inside} AND (dialogue_id, seat) IN
-                       (SELECT dialogue_id, seat FROM participants WHERE model = :seat)""",
-            values,
+                       (SELECT dialogue_id, seat FROM participants WHERE model = $3)""",
+            (guild_id, MARKER, seat),
         )
         seats = await conn.update(
-            f"""UPDATE participants SET name = :removed, model = :anonymous, system_prompt = ''
-                 WHERE {inside} AND model = :seat""",
-            values | {"removed": REMOVED_NAME, "anonymous": REMOVED_SEAT},
+            f"""UPDATE participants SET name = $2, model = $3, system_prompt = ''
+                 WHERE {inside} AND model = $4""",
+            (guild_id, REMOVED_NAME, REMOVED_SEAT, seat),
         )
         interjections = await conn.update(
-            f"""UPDATE notes SET text = :marker, author = NULL, author_id = NULL
-                 WHERE {inside} AND kind = :kind
-                   AND (author_id = :author_id OR (author_id IS NULL AND author IN ({named})))""",
-            values,
+            f"""UPDATE notes SET text = $2, author = NULL, author_id = NULL
+                 WHERE {inside} AND kind = $3
+                   AND (author_id = $4 OR (author_id IS NULL AND author IN ({named})))""",
+            (guild_id, MARKER, str(NoteKind.INTERJECTION), str(member_id), *names),
         )
         openings = await _forget_openings(conn, guild_id, member_id)
         await conn.execute(
-            "UPDATE rooms SET starter_id = 0 WHERE guild_id = ? AND starter_id = ?", (guild_id, member_id)
+            "UPDATE rooms SET starter_id = 0 WHERE guild_id = $1 AND starter_id = $2", (guild_id, member_id)
         )
     return Forgotten(turns, interjections, openings, seats)
 
@@ -87,7 +80,7 @@ async def _forget_openings(conn: Writer, guild_id: int, member_id: int) -> int:
     continuations of those dialogues (a child that kept its parent's opening)."""
     rows = await conn.fetchall(
         "SELECT d.id, d.opening FROM dialogues d JOIN rooms r ON r.dialogue_id = d.id "
-        "WHERE r.guild_id = ? AND r.starter_id = ?",
+        "WHERE r.guild_id = $1 AND r.starter_id = $2",
         (guild_id, member_id),
     )
     todo = [(r["id"], r["opening"]) for r in rows]
@@ -95,10 +88,10 @@ async def _forget_openings(conn: Writer, guild_id: int, member_id: int) -> int:
     while todo:
         dialogue_id, opening = todo.pop()
         changed += await conn.update(
-            "UPDATE dialogues SET opening = ? WHERE id = ? AND opening != ?", (MARKER, dialogue_id, MARKER)
+            "UPDATE dialogues SET opening = $1 WHERE id = $2 AND opening != $3", (MARKER, dialogue_id, MARKER)
         )
         children = await conn.fetchall(
-            "SELECT id FROM dialogues WHERE parent_id = ? AND opening = ?", (dialogue_id, opening)
+            "SELECT id FROM dialogues WHERE parent_id = $1 AND opening = $2", (dialogue_id, opening)
         )
         todo += [(c["id"], opening) for c in children]
     return changed
@@ -110,11 +103,12 @@ async def delete_older(store: Store, cutoff: datetime) -> list[int]:
     async with store.transaction() as conn:
         rows = await conn.fetchall(
             "SELECT id FROM dialogues "
-            "WHERE status IN ('finished', 'stopped', 'failed') AND ended_at < ? ORDER BY id",
+            "WHERE status IN ('finished', 'stopped', 'failed') AND ended_at < $1 ORDER BY id",
             (cutoff.isoformat(),),
         )
         ids = [r[0] for r in rows]
         for start in range(0, len(ids), 500):
             batch = ids[start : start + 500]
-            await conn.execute(f"DELETE FROM dialogues WHERE id IN ({','.join('?' * len(batch))})", batch)
+            marks = ", ".join(f"${n}" for n in range(1, len(batch) + 1))
+            await conn.execute(f"DELETE FROM dialogues WHERE id IN ({marks})", batch)
     return ids

@@ -5,11 +5,11 @@ Ids are plain integers; nothing here knows which chat service they belong to.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from bot.database import Row
 from bot.errors import DialogueNotFound
 from bot.models import Status
 from bot.store import Store
@@ -39,7 +39,7 @@ def _ids(text: str) -> tuple[int, ...]:
     return tuple(int(i) for i in text.split(",") if i)
 
 
-def _room(row: sqlite3.Row) -> Room:
+def _room(row: Row) -> Room:
     return Room(
         row["dialogue_id"],
         row["guild_id"],
@@ -66,7 +66,7 @@ class RoomStore:
         async with self._store.transaction() as conn:
             await conn.execute(
                 "INSERT INTO rooms (dialogue_id, guild_id, channel_id, thread_id, starter_id, posted_seq) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "VALUES ($1, $2, $3, $4, $5, $6)",
                 (
                     room.dialogue_id,
                     room.guild_id,
@@ -80,19 +80,19 @@ class RoomStore:
 
     async def get(self, dialogue_id: int) -> Room:
         """Return the room of a dialogue, or raise DialogueNotFound."""
-        rows = await self._store.fetchall("SELECT * FROM rooms WHERE dialogue_id = ?", (dialogue_id,))
+        rows = await self._store.fetchall("SELECT * FROM rooms WHERE dialogue_id = $1", (dialogue_id,))
         if not rows:
             raise DialogueNotFound(f"no dialogue {dialogue_id} in this server; `/voices list` shows them")
         return _room(rows[0])
 
     async def in_thread(self, thread_id: int) -> Room | None:
         """Return the room shown in this thread, if any."""
-        rows = await self._store.fetchall("SELECT * FROM rooms WHERE thread_id = ?", (thread_id,))
+        rows = await self._store.fetchall("SELECT * FROM rooms WHERE thread_id = $1", (thread_id,))
         return _room(rows[0]) if rows else None
 
     async def in_states(self, *states: Status) -> list[Room]:
         """Return the rooms whose dialogue is in one of these states, oldest first."""
-        marks = ",".join("?" * len(states))
+        marks = ", ".join(f"${n}" for n in range(1, len(states) + 1))
         rows = await self._store.fetchall(
             f"SELECT r.* FROM rooms r JOIN dialogues d ON d.id = r.dialogue_id "
             f"WHERE d.status IN ({marks}) ORDER BY r.dialogue_id",
@@ -103,38 +103,39 @@ class RoomStore:
     async def recent(self, guild_id: int, limit: int = 10) -> list[Room]:
         """Return the guild's most recent rooms, newest first."""
         rows = await self._store.fetchall(
-            "SELECT * FROM rooms WHERE guild_id = ? ORDER BY dialogue_id DESC LIMIT ?", (guild_id, limit)
+            "SELECT * FROM rooms WHERE guild_id = $1 ORDER BY dialogue_id DESC LIMIT $2", (guild_id, limit)
         )
         return [_room(r) for r in rows]
 
     async def set_status_message(self, dialogue_id: int, message_id: int) -> None:
         """Remember the message that shows the dialogue's status."""
-        await self._update(dialogue_id, "status_message_id = ?", message_id)
+        await self._update(dialogue_id, "status_message_id", message_id)
 
     async def set_opening_message(self, dialogue_id: int, message_id: int) -> None:
         """Remember that the thread's first message is posted."""
-        await self._update(dialogue_id, "opening_message_id = ?", message_id)
+        await self._update(dialogue_id, "opening_message_id", message_id)
 
     async def set_asking_message(self, dialogue_id: int, message_id: int | None) -> None:
         """Remember the message asking a member for their turn (None once it is answered)."""
-        await self._update(dialogue_id, "asking_message_id = ?", message_id)
+        await self._update(dialogue_id, "asking_message_id", message_id)
 
     async def set_live_messages(self, dialogue_id: int, message_ids: tuple[int, ...]) -> None:
         """Remember the messages of the turn being streamed, to clean them up after a crash."""
-        await self._update(dialogue_id, "live_message_ids = ?", ",".join(map(str, message_ids)))
+        await self._update(dialogue_id, "live_message_ids", ",".join(map(str, message_ids)))
 
     async def mark_posted(self, dialogue_id: int, seq: int, message_ids: tuple[int, ...]) -> None:
         """Record that turn `seq` is posted in these messages; no message is live any more."""
         async with self._store.transaction() as conn:
             await conn.execute(
-                "UPDATE rooms SET posted_seq = ?, posted_message_ids = ?, live_message_ids = '' "
-                "WHERE dialogue_id = ?",
+                "UPDATE rooms SET posted_seq = $1, posted_message_ids = $2, live_message_ids = '' "
+                "WHERE dialogue_id = $3",
                 (seq, ",".join(map(str, message_ids)), dialogue_id),
             )
 
-    async def _update(self, dialogue_id: int, assignment: str, value: object) -> None:
-        async with self._store.transaction() as conn:
-            await conn.execute(f"UPDATE rooms SET {assignment} WHERE dialogue_id = ?", (value, dialogue_id))
+    async def _update(self, dialogue_id: int, column: str, value: object) -> None:
+        await self._store.write(
+            f"UPDATE rooms SET {column} = $1 WHERE dialogue_id = $2", (value, dialogue_id)
+        )
 
     async def committed(self, guild_id: int, since: datetime, starter_id: int | None = None) -> Decimal:
         """Return the money a guild (or one member) has committed since `since`.
@@ -144,11 +145,11 @@ class RoomStore:
         """
         query = (
             "SELECT d.status, d.budget_usd, d.spent_usd FROM rooms r "
-            "JOIN dialogues d ON d.id = r.dialogue_id WHERE r.guild_id = ? AND d.created_at >= ?"
+            "JOIN dialogues d ON d.id = r.dialogue_id WHERE r.guild_id = $1 AND d.created_at >= $2"
         )
         params: tuple[object, ...] = (guild_id, since.isoformat())
         if starter_id is not None:
-            query += " AND r.starter_id = ?"
+            query += " AND r.starter_id = $3"
             params += (starter_id,)
         total = Decimal(0)
         for row in await self._store.fetchall(query, params):
@@ -160,7 +161,7 @@ class RoomStore:
         """Return how many of the guild's dialogues are pending, running or paused."""
         rows = await self._store.fetchall(
             "SELECT COUNT(*) FROM rooms r JOIN dialogues d ON d.id = r.dialogue_id "
-            "WHERE r.guild_id = ? AND d.status IN ('pending', 'running', 'paused')",
+            "WHERE r.guild_id = $1 AND d.status IN ('pending', 'running', 'paused')",
             (guild_id,),
         )
         return int(rows[0][0])

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
+from bot.database import Row
 from bot.errors import InputError
 from bot.models import plain
 from bot.store import Store
@@ -118,10 +118,10 @@ class ScheduleStore:
             raise InputError(f"this server has {MAX_PER_GUILD} schedules, the most it may; remove one first")
         first = next_slot(cadence, at, weekday, now)
         async with self._store.transaction() as conn:
-            schedule_id = await conn.execute(
+            schedule_id = await conn.insert(
                 "INSERT INTO schedules (guild_id, channel_id, created_by, voices, opening, rounds, "
                 "budget_usd, cadence, at_minute, weekday, referee, next_run_at, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
                 (
                     guild_id,
                     channel_id,
@@ -138,26 +138,25 @@ class ScheduleStore:
                     now.isoformat(),
                 ),
             )
-        assert schedule_id is not None
         return await self.get(guild_id, schedule_id)
 
     async def get(self, guild_id: int, schedule_id: int) -> Schedule:
         rows = await self._store.fetchall(
-            "SELECT * FROM schedules WHERE id = ? AND guild_id = ?", (schedule_id, guild_id)
+            "SELECT * FROM schedules WHERE id = $1 AND guild_id = $2", (schedule_id, guild_id)
         )
         if not rows:
             raise InputError(f"no schedule {schedule_id} in this server; `/voices schedule list` shows them")
         return _schedule(rows[0])
 
     async def of_guild(self, guild_id: int) -> list[Schedule]:
-        query = "SELECT * FROM schedules WHERE guild_id = ? ORDER BY id"
+        query = "SELECT * FROM schedules WHERE guild_id = $1 ORDER BY id"
         rows = await self._store.fetchall(query, (guild_id,))
         return [_schedule(r) for r in rows]
 
     async def remove(self, guild_id: int, schedule_id: int) -> Schedule:
         schedule = await self.get(guild_id, schedule_id)
         async with self._store.transaction() as conn:
-            await conn.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))
+            await conn.execute("DELETE FROM schedules WHERE id = $1", (schedule_id,))
         return schedule
 
     async def earliest(self) -> datetime | None:
@@ -168,7 +167,7 @@ class ScheduleStore:
     async def due(self, now: datetime) -> list[Schedule]:
         """Return the enabled schedules whose next slot has come."""
         rows = await self._store.fetchall(
-            "SELECT * FROM schedules WHERE disabled IS NULL AND next_run_at <= ? ORDER BY next_run_at",
+            "SELECT * FROM schedules WHERE disabled IS NULL AND next_run_at <= $1 ORDER BY next_run_at",
             (now.isoformat(),),
         )
         return [_schedule(r) for r in rows]
@@ -179,7 +178,7 @@ class ScheduleStore:
         following = next_slot(schedule.cadence, schedule.at, schedule.weekday, now)
         async with self._store.transaction() as conn:
             changed = await conn.update(
-                "UPDATE schedules SET next_run_at = ? WHERE id = ? AND next_run_at = ?",
+                "UPDATE schedules SET next_run_at = $1 WHERE id = $2 AND next_run_at = $3",
                 (following.isoformat(), schedule.id, schedule.next_run_at.isoformat()),
             )
         return changed == 1
@@ -188,16 +187,16 @@ class ScheduleStore:
         """Record the dialogue a slot started."""
         async with self._store.transaction() as conn:
             await conn.execute(
-                "UPDATE schedules SET last_run_at = ?, last_dialogue_id = ? WHERE id = ?",
+                "UPDATE schedules SET last_run_at = $1, last_dialogue_id = $2 WHERE id = $3",
                 (now.isoformat(), dialogue_id, schedule_id),
             )
 
     async def disable(self, schedule_id: int, reason: str) -> None:
         async with self._store.transaction() as conn:
-            await conn.execute("UPDATE schedules SET disabled = ? WHERE id = ?", (reason, schedule_id))
+            await conn.execute("UPDATE schedules SET disabled = $1 WHERE id = $2", (reason, schedule_id))
 
 
-def _schedule(row: sqlite3.Row) -> Schedule:
+def _schedule(row: Row) -> Schedule:
     minute = row["at_minute"]
     last = row["last_run_at"]
     return Schedule(

@@ -1,29 +1,25 @@
-"""SQLite persistence for dialogues, turns, calls in flight and the model catalogue.
+"""The dialogue database: dialogues, turns, calls in flight, leases, asks and the model catalogue.
 
-One aiosqlite connection in WAL mode with foreign keys on. Every write that belongs together is one
-transaction, so a crash leaves either the whole turn (with the dialogue's totals) or none of it.
+Written once over a backend (SQLite by default, PostgreSQL for more than one machine; see
+bot/database.py for the SQL both run). Every write that belongs together is one transaction, so a
+crash leaves either the whole turn (with the dialogue's totals) or none of it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
 import socket
-import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-import aiosqlite
-
-from bot.errors import DialogueNotFound, LeaseHeld, StateError, StoreError
-from bot.migrations import SCHEMA_VERSION, migrate, schema_version
+from bot.database import Address, Backend, Params, Row, Writer, address
+from bot.errors import DialogueNotFound, Duplicate, LeaseHeld, StateError
 from bot.models import (
     DRY_RUN,
     Ask,
@@ -68,7 +64,15 @@ _PERSONA_COLUMNS = (
     "name, model, system_prompt, temperature, max_tokens, reasoning_effort, avatar_url, provider, "
     "prompt_price, completion_price, chat_format"
 )
-_PERSONA_SLOTS = ", ".join("?" * len(_PERSONA_COLUMNS.split(",")))
+
+
+def _slots(first: int, count: int) -> str:
+    """Return the placeholders `$first, …` for `count` values."""
+    return ", ".join(f"${n}" for n in range(first, first + count))
+
+
+# A persona's columns come after the two that say whose it is (a seat's dialogue and seat, say).
+_PERSONA_SLOTS = _slots(3, len(_PERSONA_COLUMNS.split(",")))
 
 
 def _persona_row(p: Persona) -> tuple[object, ...]:
@@ -88,7 +92,7 @@ def _persona_row(p: Persona) -> tuple[object, ...]:
     )
 
 
-def _persona(row: sqlite3.Row) -> Persona:
+def _persona(row: Row) -> Persona:
     return Persona(
         name=row["name"],
         model=row["model"],
@@ -104,7 +108,7 @@ def _persona(row: sqlite3.Row) -> Persona:
     )
 
 
-def _vote(row: sqlite3.Row) -> AudienceVote:
+def _vote(row: Row) -> AudienceVote:
     return AudienceVote(
         question=row["question"],
         answers=tuple(json.loads(row["answers"])),
@@ -125,196 +129,91 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-async def _insert(conn: Writer, table: str, record: dict[str, object]) -> int | None:
-    """Insert one row from a record whose keys are the table's column names; return its row id."""
-    columns = ", ".join(record)
-    values = ", ".join(f":{name}" for name in record)
-    return await conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({values})", record)
+def _inserting(table: str, record: dict[str, object]) -> str:
+    """Return the INSERT of one row from a record whose keys are the table's column names."""
+    return f"INSERT INTO {table} ({', '.join(record)}) VALUES ({_slots(1, len(record))})"
 
 
-async def _run(conn: aiosqlite.Connection, sql: str, params: Any) -> aiosqlite.Cursor:
-    """Run one statement in one trip to aiosqlite's thread (each trip costs the event loop more than
-    the statement does). A statement that returns rows is closed at once: left open (say, the row
-    PRAGMA journal_mode returns) it would keep a statement "in progress" and block COMMIT."""
-    cursor = await conn.execute(sql, params)
-    if cursor.description is not None:
-        await cursor.close()
-    return cursor
+async def _insert(conn: Writer, table: str, record: dict[str, object]) -> int:
+    """Insert one row into a table keyed by `id`, and return the id it was given."""
+    return await conn.insert(f"{_inserting(table, record)} RETURNING id", tuple(record.values()))
 
 
-class Writer:
-    """The connection inside a transaction."""
-
-    def __init__(self, conn: aiosqlite.Connection):
-        self._conn = conn
-
-    async def execute(self, sql: str, params: Any = ()) -> int | None:
-        """Run one statement; return the row id it inserted, if any."""
-        return (await _run(self._conn, sql, params)).lastrowid
-
-    async def executemany(self, sql: str, rows: Iterable[Any]) -> None:
-        """Run one statement for each row."""
-        async with self._conn.executemany(sql, rows):
-            pass
-
-    async def update(self, sql: str, params: Any = ()) -> int:
-        """Run one UPDATE or DELETE; return how many rows it changed."""
-        return (await _run(self._conn, sql, params)).rowcount
-
-    async def fetchall(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
-        """Return the rows of a query run inside the transaction."""
-        return list(await self._conn.execute_fetchall(sql, params))
-
-
-# The dialogues a spend report covers, filtered by the named values of _spending_filter.
+# The dialogues a spend report covers, filtered by the values of _spending_filter, in order.
 _SPENDING = """
     SELECT d.id, d.origin, d.created_at, d.spent_usd, d.prompt_tokens, d.completion_tokens,
            r.guild_id, r.starter_id
       FROM dialogues d LEFT JOIN rooms r ON r.dialogue_id = d.id
-     WHERE d.origin != :dry_run
-       AND (:since IS NULL OR d.created_at >= :since)
-       AND (:guild IS NULL OR r.guild_id = :guild)
-       AND (:member IS NULL OR r.starter_id = :member)
+     WHERE d.origin != $1
+       AND (CAST($2 AS TEXT) IS NULL OR d.created_at >= $2)
+       AND (CAST($3 AS BIGINT) IS NULL OR r.guild_id = $3)
+       AND (CAST($4 AS BIGINT) IS NULL OR r.starter_id = $4)
 """
 
 
-def _spending_filter(since: datetime | None, guild_id: int | None, member_id: int | None) -> dict[str, Any]:
-    return {"dry_run": DRY_RUN, "since": _iso(since), "guild": guild_id, "member": member_id}
-
-
-def _try_open(path: Path) -> None:
-    sqlite3.connect(path).close()
+def _spending_filter(since: datetime | None, guild_id: int | None, member_id: int | None) -> Params:
+    return (DRY_RUN, _iso(since), guild_id, member_id)
 
 
 class Store:
-    """The dialogue database. Open it with `async with Store.open(path) as store`."""
+    """The dialogue database. Open it with `async with Store.open(where) as store`."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path):
-        self._conn = conn
-        self.path = path
+    def __init__(self, backend: Backend):
+        self._backend = backend
+        self.address = backend.address
         #: Who this process is, in the leases it takes: host, process id and a nonce (a pid is reused).
         self.owner = f"{socket.gethostname()} pid {os.getpid()} #{secrets.token_hex(2)}"
-        # One connection is shared by every task; this keeps their transactions from interleaving.
-        self._write_lock = asyncio.Lock()
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, path: Path) -> AsyncIterator[Store]:
-        """Open (creating and migrating if needed) the database at `path`."""
-        if str(path) != ":memory:":
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(
-                    f"cannot create {path.parent}: {exc.strerror}; set VOICES_DATABASE"
-                ) from None
-        try:
-            # Tried first without aiosqlite: when its connect fails, its worker thread reports the
-            # failure's clean-up to the event loop later, which may have closed by then (a CLI that
-            # exits on the error), and a traceback follows the one-line error.
-            await asyncio.to_thread(_try_open, path)
-            conn = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database {path}: {exc}; set VOICES_DATABASE") from None
-        conn.row_factory = sqlite3.Row
-        try:
-            await cls._prepare(conn, path)
-            yield cls(conn, path)
-        finally:
-            await conn.close()
+    async def open(cls, where: str | Path | Address) -> AsyncIterator[Store]:
+        """Open (creating and migrating if needed) the database: a SQLite file's path, sqlite:///…
+        or postgresql://…"""
+        place = address(where)
+        if place.kind == "postgresql":
+            from bot.postgres import PostgresBackend  # asyncpg is the postgres extra's
 
-    @staticmethod
-    async def _prepare(conn: aiosqlite.Connection, path: Path) -> None:
-        try:
-            version = await schema_version(conn)
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"database {path} has schema {version}, newer than this Voices knows "
-                    f"({SCHEMA_VERSION}); upgrade Voices or point VOICES_DATABASE elsewhere"
-                )
-            writer = Writer(conn)
-            await writer.execute("PRAGMA journal_mode = WAL")
-            await writer.execute("PRAGMA foreign_keys = ON")
-            # NORMAL is durable in WAL mode except for the last commits on power loss, not on a crash.
-            await writer.execute("PRAGMA synchronous = NORMAL")
-            await writer.execute("PRAGMA busy_timeout = 5000")
-            await migrate(conn)
-        except sqlite3.DatabaseError as exc:
-            if "readonly" in str(exc):
-                raise StoreError(
-                    f"database {path} is read-only; make it writable or set VOICES_DATABASE"
-                ) from None
-            raise StoreError(
-                f"database {path} is unreadable ({exc}); move it aside or set VOICES_DATABASE"
-            ) from None
+            async with PostgresBackend.open(place) as backend:
+                yield cls(backend)
+        else:
+            from bot.sqlite import SqliteBackend
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Writer]:
-        """Run the block as one write transaction (BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error)."""
-        async with self._write_lock:
-            writer = Writer(self._conn)
-            try:
-                try:
-                    await writer.execute("BEGIN IMMEDIATE")
-                    yield writer
-                    await self._conn.commit()
-                except BaseException:
-                    # Also when cancelled (a lease keeper stopped mid-renewal): the BEGIN or the
-                    # COMMIT may have run in aiosqlite's thread all the same, and a transaction left
-                    # open would refuse every later one. The queue keeps order, so this ROLLBACK
-                    # comes after them, and is nothing where nothing is open.
-                    await asyncio.shield(self._conn.rollback())
-                    raise
-            except sqlite3.OperationalError as exc:
-                raise self._unwritable(exc) from None
+            async with SqliteBackend.open(place) as backend:
+                yield cls(backend)
 
-    async def _write_one(self, sql: str, params: Any = ()) -> int:
-        """Run one write that stands alone and return how many rows it changed. SQLite makes a
-        single statement atomic by itself, so it takes one trip to aiosqlite's thread where
-        BEGIN … COMMIT takes three. It waits for the write lock all the same: run while another
-        coroutine's transaction is open, it would become part of that transaction."""
-        async with self._write_lock:
-            try:
-                return (await _run(self._conn, sql, params)).rowcount
-            except sqlite3.OperationalError as exc:
-                raise self._unwritable(exc) from None
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file, if the database is one."""
+        return self.address.path
 
-    def _unwritable(self, exc: sqlite3.OperationalError) -> Exception:
-        """Say in one line why a write failed, where a person can fix it; else the error as it is."""
-        text = str(exc)
-        if "readonly" in text:
-            return StoreError(f"database {self.path} is read-only; make it writable or set VOICES_DATABASE")
-        if "locked" in text or "busy" in text:
-            return StoreError(f"database {self.path} stayed locked by another process; try again")
-        if "disk" in text or "full" in text:
-            return StoreError(f"cannot write database {self.path} ({text}); free some disk space")
-        return exc
+    def transaction(self) -> AbstractAsyncContextManager[Writer]:
+        """Run the block as one write transaction, committed at its end or rolled back on error."""
+        return self._backend.transaction()
 
-    async def fetchall(self, query: str, params: dict[str, Any] | tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        # One trip to aiosqlite's thread, where execute, fetchall and close would take three.
-        return list(await self._conn.execute_fetchall(query, params))
+    async def write(self, sql: str, params: Params = ()) -> int:
+        """Run one write that stands alone and return how many rows it changed: one statement is
+        atomic by itself, so it needs no BEGIN … COMMIT around it."""
+        return await self._backend.write_one(sql, params)
+
+    async def fetchall(self, query: str, params: Params = ()) -> list[Row]:
+        """Return the rows of one query."""
+        return await self._backend.fetchall(query, params)
 
     # Dialogues -------------------------------------------------------------------------------
 
     async def create_dialogue(self, spec: DialogueSpec, now: datetime) -> Dialogue:
         """Store a new pending dialogue with its participants and return it."""
-        query = """
-            INSERT INTO dialogues (origin, status, opening, max_rounds, budget_usd, max_total_tokens,
-                                   max_seconds, created_at, context_policy, loop_action, summary_model,
-                                   parent_id, parent_kind, parent_turns, seed)
-            VALUES (:origin, 'pending', :opening, :max_rounds, :budget, :max_total_tokens,
-                    :max_seconds, :created_at, :context_policy, :loop_action, :summary_model,
-                    :parent_id, :parent_kind, :parent_turns, :seed)
-        """
         limits = spec.limits
         async with self.transaction() as conn:
-            dialogue_id = await conn.execute(
-                query,
+            dialogue_id = await _insert(
+                conn,
+                "dialogues",
                 {
                     "origin": spec.origin,
+                    "status": str(Status.PENDING),
                     "opening": spec.opening,
                     "max_rounds": limits.max_rounds,
-                    "budget": plain(limits.budget_usd),
+                    "budget_usd": plain(limits.budget_usd),
                     "max_total_tokens": limits.max_total_tokens,
                     "max_seconds": limits.max_seconds,
                     "created_at": _iso(now),
@@ -327,16 +226,15 @@ class Store:
                     "seed": spec.seed,
                 },
             )
-            assert dialogue_id is not None
             await conn.executemany(
                 f"INSERT INTO participants (dialogue_id, seat, {_PERSONA_COLUMNS}) "
-                f"VALUES (?, ?, {_PERSONA_SLOTS})",
+                f"VALUES ($1, $2, {_PERSONA_SLOTS})",
                 [(dialogue_id, seat, *_persona_row(p)) for seat, p in enumerate(spec.participants)],
             )
             if spec.referee is not None:
                 await conn.execute(
                     f"INSERT INTO referees (dialogue_id, every_rounds, {_PERSONA_COLUMNS}) "
-                    f"VALUES (?, ?, {_PERSONA_SLOTS})",
+                    f"VALUES ($1, $2, {_PERSONA_SLOTS})",
                     (dialogue_id, spec.referee_every, *_persona_row(spec.referee)),
                 )
             # Carried-over turns belong to this dialogue's history but not to its totals.
@@ -348,7 +246,7 @@ class Store:
 
     async def get_dialogue(self, dialogue_id: int) -> Dialogue:
         """Return the dialogue with this id, or raise DialogueNotFound."""
-        rows = await self.fetchall("SELECT * FROM dialogues WHERE id = ?", (dialogue_id,))
+        rows = await self.fetchall("SELECT * FROM dialogues WHERE id = $1", (dialogue_id,))
         if not rows:
             raise DialogueNotFound(f"no dialogue {dialogue_id}; `voices list` shows the ids")
         return await self._dialogue(rows[0])
@@ -356,21 +254,21 @@ class Store:
     async def list_dialogues(self, limit: int = 20, status: Iterable[Status] = ()) -> list[Dialogue]:
         """Return the most recent dialogues, newest first, optionally only in the given states."""
         wanted = [str(s) for s in status]
-        where = f"WHERE status IN ({','.join('?' * len(wanted))})" if wanted else ""
+        where = f"WHERE status IN ({_slots(2, len(wanted))})" if wanted else ""
         rows = await self.fetchall(
-            f"SELECT * FROM dialogues {where} ORDER BY id DESC LIMIT ?", (*wanted, limit)
+            f"SELECT * FROM dialogues {where} ORDER BY id DESC LIMIT $1", (limit, *wanted)
         )
         return [await self._dialogue(row) for row in rows]
 
-    async def _dialogue(self, row: sqlite3.Row) -> Dialogue:
+    async def _dialogue(self, row: Row) -> Dialogue:
         seats = await self.fetchall(
-            "SELECT * FROM participants WHERE dialogue_id = ? ORDER BY seat", (row["id"],)
+            "SELECT * FROM participants WHERE dialogue_id = $1 ORDER BY seat", (row["id"],)
         )
         children = await self.fetchall(
-            "SELECT id, parent_kind FROM dialogues WHERE parent_id = ? ORDER BY id", (row["id"],)
+            "SELECT id, parent_kind FROM dialogues WHERE parent_id = $1 ORDER BY id", (row["id"],)
         )
-        referee = await self.fetchall("SELECT * FROM referees WHERE dialogue_id = ?", (row["id"],))
-        vote = await self.fetchall("SELECT * FROM votes WHERE dialogue_id = ?", (row["id"],))
+        referee = await self.fetchall("SELECT * FROM referees WHERE dialogue_id = $1", (row["id"],))
+        vote = await self.fetchall("SELECT * FROM votes WHERE dialogue_id = $1", (row["id"],))
         return Dialogue(
             id=row["id"],
             participants=tuple(_persona(p) for p in seats),
@@ -412,38 +310,40 @@ class Store:
 
     async def spending(
         self, since: datetime | None = None, guild_id: int | None = None, member_id: int | None = None
-    ) -> list[sqlite3.Row]:
+    ) -> list[Row]:
         """Return each dialogue's spend and tokens with where it ran and who started it (a Discord
         room's guild and starter; none for the command line's), dry runs left out."""
         return await self.fetchall(
-            f"SELECT * FROM ({_SPENDING}) ORDER BY id", _spending_filter(since, guild_id, member_id)
+            f"SELECT * FROM ({_SPENDING}) AS chosen ORDER BY id", _spending_filter(since, guild_id, member_id)
         )
 
     async def spending_by_model(
         self, since: datetime | None = None, guild_id: int | None = None, member_id: int | None = None
-    ) -> list[sqlite3.Row]:
+    ) -> list[Row]:
         """Return what each model cost in the same dialogues as `spending`: their own turns and
         summaries, each call once (copies carried into a fork or continuation are not counted again)."""
         return await self.fetchall(
-            f"""WITH chosen AS (SELECT id FROM ({_SPENDING}))
+            f"""WITH chosen AS (SELECT id FROM ({_SPENDING}) AS spending)
                 SELECT dialogue_id, model_used AS model, prompt_tokens, completion_tokens, cost_usd
-                  FROM turns WHERE inherited = 0 AND dialogue_id IN chosen
+                  FROM turns WHERE inherited = 0 AND dialogue_id IN (SELECT id FROM chosen)
                 UNION ALL
                 SELECT dialogue_id, model, prompt_tokens, completion_tokens, cost_usd
-                  FROM notes WHERE inherited = 0 AND model IS NOT NULL AND dialogue_id IN chosen""",
+                  FROM notes
+                 WHERE inherited = 0 AND model IS NOT NULL AND dialogue_id IN (SELECT id FROM chosen)""",
             _spending_filter(since, guild_id, member_id),
         )
 
     async def delete_dialogue(self, dialogue_id: int) -> None:
         """Remove a dialogue that never got going (nothing spent), with everything that hangs off it."""
         async with self.transaction() as conn:
-            await conn.execute("DELETE FROM dialogues WHERE id = ? AND status = 'pending'", (dialogue_id,))
+            await conn.execute("DELETE FROM dialogues WHERE id = $1 AND status = 'pending'", (dialogue_id,))
 
     async def mark_running(self, dialogue_id: int, now: datetime) -> None:
         """Record that the dialogue runs (again); its first start time is kept."""
         async with self.transaction() as conn:
             await conn.execute(
-                "UPDATE dialogues SET status = 'running', started_at = COALESCE(started_at, ?) WHERE id = ?",
+                "UPDATE dialogues SET status = 'running', started_at = COALESCE(started_at, $1) "
+                "WHERE id = $2",
                 (_iso(now), dialogue_id),
             )
 
@@ -451,7 +351,7 @@ class Store:
         """Record that the dialogue waits to be resumed."""
         async with self.transaction() as conn:
             await self._fence(conn, dialogue_id, utc_now())
-            await conn.execute("UPDATE dialogues SET status = 'paused' WHERE id = ?", (dialogue_id,))
+            await conn.execute("UPDATE dialogues SET status = 'paused' WHERE id = $1", (dialogue_id,))
 
     async def finish_dialogue(
         self, dialogue_id: int, reason: StopReason, detail: str | None, now: datetime
@@ -460,8 +360,8 @@ class Store:
         async with self.transaction() as conn:
             await self._fence(conn, dialogue_id, utc_now())
             await conn.execute(
-                "UPDATE dialogues SET status = ?, stop_reason = ?, stop_detail = ?, ended_at = ? "
-                "WHERE id = ?",
+                "UPDATE dialogues SET status = $1, stop_reason = $2, stop_detail = $3, ended_at = $4 "
+                "WHERE id = $5",
                 (str(reason.status), str(reason), detail, _iso(now), dialogue_id),
             )
 
@@ -476,31 +376,34 @@ class Store:
         async with self.transaction() as conn:
             await self._fence(conn, dialogue_id, now)
             await conn.execute(
-                "INSERT OR REPLACE INTO leases (dialogue_id, owner, taken_at, renewed_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO leases (dialogue_id, owner, taken_at, renewed_at, expires_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dialogue_id) DO UPDATE SET owner = $2, "
+                "taken_at = $3, renewed_at = $4, expires_at = $5",
                 (dialogue_id, self.owner, _iso(now), _iso(now), _iso(now + timedelta(seconds=seconds))),
             )
 
     async def renew_lease(self, dialogue_id: int, seconds: float) -> bool:
         """Extend this process's lease; False when it is no longer ours (another took it over)."""
         now = utc_now()
-        changed = await self._write_one(
-            "UPDATE leases SET renewed_at = ?, expires_at = ? WHERE dialogue_id = ? AND owner = ?",
+        changed = await self.write(
+            "UPDATE leases SET renewed_at = $1, expires_at = $2 WHERE dialogue_id = $3 AND owner = $4",
             (_iso(now), _iso(now + timedelta(seconds=seconds)), dialogue_id, self.owner),
         )
         return changed == 1
 
     async def release_lease(self, dialogue_id: int) -> None:
         """Give up this process's lease, so another may run the dialogue at once."""
-        await self._write_one(
-            "DELETE FROM leases WHERE dialogue_id = ? AND owner = ?", (dialogue_id, self.owner)
+        await self.write(
+            "DELETE FROM leases WHERE dialogue_id = $1 AND owner = $2", (dialogue_id, self.owner)
         )
 
     async def _holder(self, conn: Writer, dialogue_id: int, now: datetime) -> tuple[str, datetime] | None:
         """Return who holds a live lease on the dialogue and until when; None when nobody does
-        (no lease, or one that lapsed with a process that died)."""
+        (no lease, or one that lapsed with a process that died). The dialogue is held against
+        other writers from here to the end of the transaction, so the answer stays true in it."""
+        await conn.lock(dialogue_id)
         rows = await conn.fetchall(
-            "SELECT owner, expires_at FROM leases WHERE dialogue_id = ?", (dialogue_id,)
+            "SELECT owner, expires_at FROM leases WHERE dialogue_id = $1", (dialogue_id,)
         )
         expires = _dt(rows[0]["expires_at"]) if rows else None
         return (rows[0]["owner"], expires) if expires is not None and expires > now else None
@@ -529,7 +432,7 @@ class Store:
             if await self._holder(conn, dialogue_id, now) is None:
                 return False
             await conn.execute(
-                "INSERT INTO asks (dialogue_id, action, text, asked_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO asks (dialogue_id, action, text, asked_at) VALUES ($1, $2, $3, $4)",
                 (dialogue_id, str(action), text, _iso(now)),
             )
         return True
@@ -538,7 +441,7 @@ class Store:
         """Return what was asked of the dialogue since the last look (with a member's words),
         oldest first, each once."""
         rows = await self.fetchall(
-            "SELECT id, action, text FROM asks WHERE dialogue_id = ? AND taken_at IS NULL ORDER BY id",
+            "SELECT id, action, text FROM asks WHERE dialogue_id = $1 AND taken_at IS NULL ORDER BY id",
             (dialogue_id,),
         )
         if not rows:
@@ -547,7 +450,7 @@ class Store:
         async with self.transaction() as conn:
             for row in rows:
                 if await conn.update(
-                    "UPDATE asks SET taken_at = ? WHERE id = ? AND taken_at IS NULL",
+                    "UPDATE asks SET taken_at = $1 WHERE id = $2 AND taken_at IS NULL",
                     (_iso(utc_now()), row["id"]),
                 ):
                     taken.append((Ask(row["action"]), row["text"]))
@@ -560,22 +463,24 @@ class Store:
         async with self.transaction() as conn:
             await self._fence(conn, dialogue_id, utc_now())
             await conn.execute(
-                "INSERT OR REPLACE INTO calls_in_flight (dialogue_id, seq, reserved_usd, started_at) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO calls_in_flight (dialogue_id, seq, reserved_usd, started_at) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (dialogue_id, seq) DO UPDATE "
+                "SET reserved_usd = $3, started_at = $4, generation_id = NULL",
                 (dialogue_id, seq, plain(reserved), _iso(now)),
             )
 
     async def note_generation(self, dialogue_id: int, seq: int, generation_id: str) -> None:
         """Keep the provider's id of a call in flight, to ask what it cost if this process dies."""
-        await self._write_one(
-            "UPDATE calls_in_flight SET generation_id = ? WHERE dialogue_id = ? AND seq = ?",
+        await self.write(
+            "UPDATE calls_in_flight SET generation_id = $1 WHERE dialogue_id = $2 AND seq = $3",
             (generation_id, dialogue_id, seq),
         )
 
     async def calls_in_flight(self, dialogue_id: int) -> list[tuple[int, Decimal, str | None]]:
         """Return the calls a dead process left unsettled: (turn number, reservation, generation id)."""
         rows = await self.fetchall(
-            "SELECT seq, reserved_usd, generation_id FROM calls_in_flight WHERE dialogue_id = ? ORDER BY seq",
+            "SELECT seq, reserved_usd, generation_id FROM calls_in_flight WHERE dialogue_id = $1 "
+            "ORDER BY seq",
             (dialogue_id,),
         )
         return [(r["seq"], Decimal(r["reserved_usd"]), r["generation_id"]) for r in rows]
@@ -593,7 +498,7 @@ class Store:
         billed = billed or {}
         async with self.transaction() as conn:
             rows = await conn.fetchall(
-                "SELECT seq, reserved_usd FROM calls_in_flight WHERE dialogue_id = ?", (dialogue_id,)
+                "SELECT seq, reserved_usd FROM calls_in_flight WHERE dialogue_id = $1", (dialogue_id,)
             )
             amounts = [billed.get(r["seq"], Decimal(r["reserved_usd"])) for r in rows]
             if not amounts:
@@ -601,10 +506,11 @@ class Store:
             total = sum(amounts, Decimal(0))
             spent = await self._spent(conn, dialogue_id)
             await conn.execute(
-                "UPDATE dialogues SET spent_usd = ?, interrupted_calls = interrupted_calls + ? WHERE id = ?",
+                "UPDATE dialogues SET spent_usd = $1, interrupted_calls = interrupted_calls + $2 "
+                "WHERE id = $3",
                 (plain(spent + total), len(amounts), dialogue_id),
             )
-            await conn.execute("DELETE FROM calls_in_flight WHERE dialogue_id = ?", (dialogue_id,))
+            await conn.execute("DELETE FROM calls_in_flight WHERE dialogue_id = $1", (dialogue_id,))
         return total
 
     async def add_turn(self, turn: Turn, notes: Sequence[Note] = ()) -> list[Note]:
@@ -614,7 +520,7 @@ class Store:
             await self._fence(conn, turn.dialogue_id, utc_now())
             try:
                 await self._insert_turn(conn, turn)
-            except sqlite3.IntegrityError:
+            except Duplicate:
                 raise StateError(
                     f"turn {turn.seq + 1} of dialogue {turn.dialogue_id} was already written; "
                     "another process is running this dialogue"
@@ -625,11 +531,15 @@ class Store:
 
     @staticmethod
     async def _insert_turn(conn: Writer, turn: Turn) -> None:
-        await _insert(conn, "turns", turn.record())
+        record = turn.record()
+        await conn.execute(_inserting("turns", record), tuple(record.values()))
 
     @staticmethod
     async def _spent(conn: Writer, dialogue_id: int) -> Decimal:
-        rows = await conn.fetchall("SELECT spent_usd FROM dialogues WHERE id = ?", (dialogue_id,))
+        """Return what the dialogue has spent, holding it until the caller's transaction ends: the
+        new total is written from this one, and must not be another writer's too."""
+        await conn.lock(dialogue_id)
+        rows = await conn.fetchall("SELECT spent_usd FROM dialogues WHERE id = $1", (dialogue_id,))
         return Decimal(rows[0][0])
 
     async def _charge(self, conn: Writer, dialogue_id: int, cost: Decimal, usage: Usage) -> None:
@@ -637,9 +547,9 @@ class Store:
         _check_money(cost)
         spent = await self._spent(conn, dialogue_id)
         await conn.execute(
-            """UPDATE dialogues SET spent_usd = ?, prompt_tokens = prompt_tokens + ?,
-                   completion_tokens = completion_tokens + ?, reasoning_tokens = reasoning_tokens + ?
-               WHERE id = ?""",
+            """UPDATE dialogues SET spent_usd = $1, prompt_tokens = prompt_tokens + $2,
+                   completion_tokens = completion_tokens + $3, reasoning_tokens = reasoning_tokens + $4
+               WHERE id = $5""",
             (
                 plain(spent + cost),
                 usage.prompt_tokens,
@@ -653,7 +563,7 @@ class Store:
     async def _settle_call(conn: Writer, dialogue_id: int, seq: int) -> None:
         """Forget the call in flight under turn `seq`: its cost is now on record."""
         await conn.execute(
-            "DELETE FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?", (dialogue_id, seq)
+            "DELETE FROM calls_in_flight WHERE dialogue_id = $1 AND seq = $2", (dialogue_id, seq)
         )
 
     async def list_turns(self, dialogue_id: int) -> list[Turn]:
@@ -661,7 +571,7 @@ class Store:
         rows = await self.fetchall(
             """SELECT t.*, p.name AS speaker FROM turns t
                JOIN participants p ON p.dialogue_id = t.dialogue_id AND p.seat = t.seat
-               WHERE t.dialogue_id = ? ORDER BY t.seq""",
+               WHERE t.dialogue_id = $1 ORDER BY t.seq""",
             (dialogue_id,),
         )
         return [
@@ -724,9 +634,9 @@ class Store:
     ) -> Note:
         """Store a spectator's note at the next turn boundary: after the turn in flight, if any."""
         async with self.transaction() as conn:
-            done = await conn.fetchall("SELECT COUNT(*) FROM turns WHERE dialogue_id = ?", (dialogue_id,))
+            done = await conn.fetchall("SELECT COUNT(*) FROM turns WHERE dialogue_id = $1", (dialogue_id,))
             flying = await conn.fetchall(
-                "SELECT COUNT(*) FROM calls_in_flight WHERE dialogue_id = ? AND seq = ?",
+                "SELECT COUNT(*) FROM calls_in_flight WHERE dialogue_id = $1 AND seq = $2",
                 (dialogue_id, done[0][0]),
             )
             note = Note(
@@ -746,7 +656,7 @@ class Store:
         async with self.transaction() as conn:
             await self._record_note(conn, note, settles_seq)
             await conn.executemany(
-                "UPDATE participants SET system_prompt = ? WHERE dialogue_id = ? AND seat = ?",
+                "UPDATE participants SET system_prompt = $1 WHERE dialogue_id = $2 AND seat = $3",
                 [(prompt, note.dialogue_id, seat) for seat, prompt in enumerate(system_prompts)],
             )
 
@@ -768,7 +678,7 @@ class Store:
 
     async def list_notes(self, dialogue_id: int) -> list[Note]:
         """Return the dialogue's notes in the order they were made."""
-        rows = await self.fetchall("SELECT * FROM notes WHERE dialogue_id = ? ORDER BY id", (dialogue_id,))
+        rows = await self.fetchall("SELECT * FROM notes WHERE dialogue_id = $1 ORDER BY id", (dialogue_id,))
         return [
             Note(
                 dialogue_id=r["dialogue_id"],
@@ -790,11 +700,13 @@ class Store:
     async def extend_rounds(self, dialogue_id: int, max_rounds: int, reopen: bool) -> None:
         """Set a new round limit; with `reopen`, a dialogue that ended on it waits to be resumed."""
         async with self.transaction() as conn:
-            await conn.execute("UPDATE dialogues SET max_rounds = ? WHERE id = ?", (max_rounds, dialogue_id))
+            await conn.execute(
+                "UPDATE dialogues SET max_rounds = $1 WHERE id = $2", (max_rounds, dialogue_id)
+            )
             if reopen:
                 await conn.execute(
                     "UPDATE dialogues SET status = 'paused', stop_reason = NULL, stop_detail = NULL, "
-                    "ended_at = NULL WHERE id = ?",
+                    "ended_at = NULL WHERE id = $1",
                     (dialogue_id,),
                 )
 
@@ -802,22 +714,28 @@ class Store:
 
     async def get_state(self, key: str) -> str | None:
         """Return a bookkeeping value (such as the hash of the last synced commands)."""
-        rows = await self.fetchall("SELECT value FROM bot_state WHERE key = ?", (key,))
+        rows = await self.fetchall("SELECT value FROM bot_state WHERE key = $1", (key,))
         return rows[0][0] if rows else None
 
     async def set_state(self, key: str, value: str) -> None:
         """Store a bookkeeping value."""
         async with self.transaction() as conn:
-            await conn.execute("INSERT OR REPLACE INTO bot_state VALUES (?, ?)", (key, value))
+            await conn.execute(
+                "INSERT INTO bot_state (key, value) VALUES ($1, $2) "
+                "ON CONFLICT (key) DO UPDATE SET value = $2",
+                (key, value),
+            )
 
     # Catalogue -------------------------------------------------------------------------------
 
     async def save_models(self, source: str, models: list[ModelInfo], now: datetime) -> None:
         """Replace the cached catalogue of `source`."""
         async with self.transaction() as conn:
-            await conn.execute("DELETE FROM models WHERE source = ?", (source,))
+            await conn.execute("DELETE FROM models WHERE source = $1", (source,))
             await conn.executemany(
-                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO models (source, id, name, context_length, max_completion_tokens, "
+                "prompt_price, completion_price, request_price, reasoning_price, cache_read_price, "
+                f"cache_write_price) VALUES ({_slots(1, 11)})",
                 [
                     (
                         source,
@@ -835,14 +753,18 @@ class Store:
                     for m in models
                 ],
             )
-            await conn.execute("INSERT OR REPLACE INTO catalogue_fetches VALUES (?, ?)", (source, _iso(now)))
+            await conn.execute(
+                "INSERT INTO catalogue_fetches (source, fetched_at) VALUES ($1, $2) "
+                "ON CONFLICT (source) DO UPDATE SET fetched_at = $2",
+                (source, _iso(now)),
+            )
 
     async def load_models(self, source: str) -> tuple[datetime | None, list[ModelInfo]]:
         """Return when the catalogue of `source` was fetched and its models (None, [] if never)."""
-        fetched = await self.fetchall("SELECT fetched_at FROM catalogue_fetches WHERE source = ?", (source,))
+        fetched = await self.fetchall("SELECT fetched_at FROM catalogue_fetches WHERE source = $1", (source,))
         if not fetched:
             return None, []
-        rows = await self.fetchall("SELECT * FROM models WHERE source = ? ORDER BY id", (source,))
+        rows = await self.fetchall("SELECT * FROM models WHERE source = $1 ORDER BY id", (source,))
         models = [
             ModelInfo(
                 id=r["id"],

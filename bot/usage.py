@@ -12,12 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from bot.database import Row
 from bot.models import plain
 from bot.store import Store
 
@@ -77,7 +77,7 @@ async def report(
     return sorted(rows.values(), key=lambda r: (-r.spent_usd, r.key))
 
 
-def _key(by: str, dialogue: sqlite3.Row) -> str:
+def _key(by: str, dialogue: Row) -> str:
     if by == "day":
         return str(dialogue["created_at"])[:10]
     if dialogue["guild_id"] is None:

@@ -76,7 +76,7 @@ class VoteStore:
         async with self._store.transaction() as conn:
             await conn.execute(
                 "INSERT INTO votes (dialogue_id, question, answers, channel_id, message_id, opened_at, "
-                "closes_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "closes_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 (
                     dialogue_id,
                     question,
@@ -97,7 +97,7 @@ class VoteStore:
         """Return the open votes whose time is up."""
         rows = await self._store.fetchall(
             "SELECT dialogue_id, channel_id, message_id FROM votes "
-            "WHERE closed_at IS NULL AND closes_at <= ? ORDER BY closes_at",
+            "WHERE closed_at IS NULL AND closes_at <= $1 ORDER BY closes_at",
             (now.isoformat(),),
         )
         return [Posted(r["dialogue_id"], r["channel_id"], r["message_id"]) for r in rows]
@@ -107,7 +107,7 @@ class VoteStore:
         already (another process, or an earlier tick, got there first)."""
         async with self._store.transaction() as conn:
             changed = await conn.update(
-                "UPDATE votes SET counts = ?, closed_at = ? WHERE dialogue_id = ? AND closed_at IS NULL",
+                "UPDATE votes SET counts = $1, closed_at = $2 WHERE dialogue_id = $3 AND closed_at IS NULL",
                 (json.dumps(list(counts)) if counts is not None else None, now.isoformat(), dialogue_id),
             )
         return changed == 1

@@ -12,6 +12,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.app import EngineConfig
+from bot.database import address
 from bot.errors import InputError
 from bot.guilds import GuildPolicy
 from bot.loops import LoopThresholds
@@ -60,7 +61,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("OPENROUTER_API_KEY", "VOICES_OPENROUTER_API_KEY"),
     )
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
-    database: Path = Path("data/voices.db")
+    #: A SQLite file (a path, or sqlite:///path) or a PostgreSQL server (postgresql://…).
+    database: str = "data/voices.db"
     transcripts_dir: Path = Path("transcripts")
     personas_file: Path = CONFIG_DIR / "personas.toml"
 
@@ -165,6 +167,16 @@ class Settings(BaseSettings):
             )
         return ids
 
+    @field_validator("database", mode="before")
+    @classmethod
+    def _check_database(cls, value: str | Path) -> str:
+        value = str(value)
+        try:
+            address(value)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("openrouter_base_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
@@ -177,7 +189,7 @@ class Settings(BaseSettings):
         key = self.openrouter_api_key
         providers, error = self._providers()
         return EngineConfig(
-            database=self.database,
+            database=address(self.database),
             base_url=self.openrouter_base_url,
             api_key=key.get_secret_value() if key else None,
             max_rounds=self.max_rounds,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +23,7 @@ from bot.retry import RetryPolicy
 from bot.store import Store
 from bot.transport import AiohttpTransport
 from tests.fake_openrouter import FakeOpenRouter
+from tests.postgres import PostgresServer, server_programs
 
 # In CI the property tests and fuzzes run the same examples for the same commit, so whether a
 # submission lands does not depend on luck; run anywhere else, they go on exploring new ones (that
@@ -63,9 +64,45 @@ async def server() -> AsyncIterator[FakeOpenRouter]:
         yield fake
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a test marked `backends(...)` once on each database named, where it opens one."""
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker and {"store", "database"} & set(metafunc.fixturenames):
+        metafunc.parametrize("backend", marker.args)
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with Store.open(tmp_path / "voices.db") as opened:
+def backend() -> str:
+    """The database a test's store is on: SQLite unless the test is marked to run on more."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the tests' own, for the whole run."""
+    programs = server_programs()
+    if programs is None:
+        pytest.skip("no PostgreSQL server programs (initdb, pg_ctl); install postgresql-15 to run these")
+    server = PostgresServer(programs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """Where a test's database is: a SQLite file's path, or a fresh database's PostgreSQL URL."""
+    if backend == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        return await server.database()
+    return str(tmp_path / "voices.db")
+
+
+@pytest.fixture
+async def store(database: str) -> AsyncIterator[Store]:
+    async with Store.open(database) as opened:
         yield opened
 
 

@@ -893,6 +893,33 @@ async def test_db_backup_and_check_from_the_command_line(env, tmp_path, server):
     assert bad.err.strip() == f"error: {junk}: not a readable SQLite database (file is not a database)"
 
 
+async def test_moving_to_postgresql_with_db_copy_keeps_every_transcript(env, tmp_path, postgres):
+    """The README's move: stop Voices, `voices db copy` the SQLite file into PostgreSQL, point
+    VOICES_DATABASE at it, and everything reads and runs there as before."""
+    assert (await voices(env, tmp_path, *RUN)).code == 0
+    url = await postgres.database()
+    moved = await voices(env, tmp_path, "db", "copy", f"sqlite:///{tmp_path / 'voices.db'}", url)
+    assert moved.code == 0, moved.err
+    ((spent,),) = db_rows(env, "SELECT spent_usd FROM dialogues")
+    assert moved.out.strip() == (
+        f"copied 1 dialogue (4 turns, 0 notes, 0 rooms; spent ${spent}) from {tmp_path / 'voices.db'} "
+        f"to postgresql://voices@127.0.0.1:{postgres.port}/{url.rsplit('/', 1)[1]}"
+    )
+    on_pg = {**env, "VOICES_DATABASE": url}
+    original = await voices(env, tmp_path, "export", "1", "--format", "json")
+    assert (await voices(on_pg, tmp_path, "export", "1", "--format", "json")).out == original.out
+    assert (await voices(on_pg, tmp_path, *RUN)).code == 0  # dialogue 2, on PostgreSQL
+    listed = await voices(on_pg, tmp_path, "list")
+    assert [line.split()[0] for line in listed.out.splitlines()[2:]] == ["2", "1"]
+    again = await voices(env, tmp_path, "db", "copy", str(tmp_path / "voices.db"), url)
+    assert one_line(again).rstrip() == (
+        f"error: postgresql://voices@127.0.0.1:{postgres.port}/{url.rsplit('/', 1)[1]} already holds "
+        "2 dialogues and 16 other rows; copy into an empty database"
+    )
+    backup = await voices(on_pg, tmp_path, "db", "backup", str(tmp_path / "b.db"))
+    assert "works on a SQLite file" in one_line(backup) and "pg_dump" in backup.err
+
+
 async def test_usage_agrees_with_the_transcripts_to_the_digit(env, tmp_path, server):
     empty = await voices(env, tmp_path, "usage")
     assert empty.code == 0 and empty.out.strip() == "No spend yet."

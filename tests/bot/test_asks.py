@@ -21,12 +21,14 @@ from tests.fake_openrouter import Reply
 LONG = Reply(text=" ".join(["word"] * 50), chunk_words=1, chunk_delay=0.05, keepalives=0)
 
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
+
 @pytest.fixture
-async def two_processes(tmp_path, server, http, clock, sleep):
-    """Two engines on one database file, as two processes would be (each Store is its own owner)."""
+async def two_processes(database, server, http, clock, sleep):
+    """Two engines on one database, as two processes would be (each Store is its own owner)."""
     provider = OpenAICompatProvider(http, server.base_url, API_KEY)
-    path = tmp_path / "voices.db"
-    async with Store.open(path) as here, Store.open(path) as there:
+    async with Store.open(database) as here, Store.open(database) as there:
         yield build_runner(here, provider, clock, sleep), build_runner(there, provider, clock, sleep)
 
 

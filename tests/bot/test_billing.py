@@ -17,6 +17,8 @@ from bot.transcript import render_json, render_markdown
 from tests.conftest import make_spec, run_all
 from tests.fake_openrouter import Reply
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 PRICING = Pricing(prompt=Decimal("0.000005"), completion=Decimal("0.000025"))
 
 

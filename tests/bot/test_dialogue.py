@@ -18,6 +18,8 @@ from bot.transcript import render_markdown
 from tests.conftest import GLM, OPUS, make_spec, run_all
 from tests.fake_openrouter import Reply, plain
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 
 def ended(events):
     return events[-1].dialogue

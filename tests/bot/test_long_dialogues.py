@@ -21,6 +21,8 @@ from bot.transcript import render_json, render_markdown
 from tests.conftest import GLM, OPUS, make_spec, run_all
 from tests.fake_openrouter import MODELS, Reply, plain, text_of
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 TINY = "tiny/short-context"
 EPHEMERAL = {"type": "ephemeral"}
 

@@ -19,6 +19,8 @@ from bot.transcript import render_json, render_markdown
 from tests.conftest import GLM, OPUS, make_spec, run_all
 from tests.fake_openrouter import Reply, plain, text_of
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 ALICE = Persona(name="Alice", model="human:42")
 
 

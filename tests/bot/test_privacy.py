@@ -3,9 +3,13 @@ by name, and only in the server asked about."""
 
 from __future__ import annotations
 
+import pytest
+
 from bot.app import utc_now
 from bot.privacy import MARKER, forget_member
 from tests.conftest import make_spec
+
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 
 async def test_an_old_interjection_without_an_author_id_is_found_by_name(store):
@@ -14,7 +18,7 @@ async def test_an_old_interjection_without_an_author_id_is_found_by_name(store):
     async with store.transaction() as conn:
         await conn.execute(
             "INSERT INTO rooms (dialogue_id, guild_id, channel_id, thread_id, starter_id) "
-            "VALUES (?, 7, 8, 9, 99)",
+            "VALUES ($1, 7, 8, 9, 99)",
             (dialogue.id,),
         )
     await store.add_interjection(dialogue.id, "Zoe", "Zoe's old note", utc_now())

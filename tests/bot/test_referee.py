@@ -17,6 +17,8 @@ from bot.transcript import render_json, render_markdown
 from tests.conftest import GLM, OPUS, make_spec, run_all
 from tests.fake_openrouter import Reply, text_of
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 JUDGE = Persona(name="Judge", model=OPUS, system_prompt="You are strict but fair.", max_tokens=200)
 
 

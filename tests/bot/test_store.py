@@ -1,4 +1,5 @@
-"""The SQLite store: migrations from blank, round trips, atomic turns, and refusing unusable files."""
+"""The store on SQLite and PostgreSQL: migrations from blank, round trips, atomic turns, two
+processes on one database, and refusing unusable databases in one line."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from bot.store import Store, utc_now
 from tests.conftest import make_spec
 
 NOW = datetime(2026, 2, 13, 16, 40, tzinfo=UTC)
+
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 
 def a_turn(dialogue_id: int, seq: int, cost: str = "0.0036") -> Turn:
@@ -60,6 +63,7 @@ def test_every_migration_says_why():
     assert all(reason.strip() for reason, _ in MIGRATIONS)
 
 
+@pytest.mark.backends("sqlite")
 async def test_store_runs_in_wal_mode_with_foreign_keys(store):
     rows = await store.fetchall("PRAGMA journal_mode")
     assert rows[0][0] == "wal"
@@ -175,8 +179,8 @@ async def test_a_write_cancelled_at_any_point_leaves_no_transaction_open(store, 
 
     async def rename() -> None:
         async with store.transaction() as conn:
-            await conn.execute("UPDATE dialogues SET opening = 'changed' WHERE id = ?", (dialogue.id,))
-            await conn.execute("UPDATE dialogues SET origin = 'changed' WHERE id = ?", (dialogue.id,))
+            await conn.execute("UPDATE dialogues SET opening = 'changed' WHERE id = $1", (dialogue.id,))
+            await conn.execute("UPDATE dialogues SET origin = 'changed' WHERE id = $1", (dialogue.id,))
 
     task = asyncio.create_task(rename())
     for _ in range(steps):

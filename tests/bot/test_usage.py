@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,8 @@ from bot.store import Store
 from bot.usage import GROUPINGS, UNSETTLED, as_csv, as_json, report, total
 from tests.bot.test_store import a_turn
 from tests.conftest import make_spec
+
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 DAY = datetime(2026, 11, 20, 12, tzinfo=UTC)
 

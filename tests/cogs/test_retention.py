@@ -34,5 +34,5 @@ async def test_dialogues_past_the_retention_time_are_deleted_and_logged(world, c
     assert line.endswith(f": {old}")
     ids = {d.id for d in await store.list_dialogues(100)}
     assert ids == {recent, running.id}
-    assert await store.fetchall("SELECT * FROM turns WHERE dialogue_id = ?", (old,)) == []
+    assert await store.fetchall("SELECT * FROM turns WHERE dialogue_id = $1", (old,)) == []
     assert await world.bot.retain(30) == []  # nothing more to do, nothing logged

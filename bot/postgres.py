@@ -1,0 +1,141 @@
+"""The PostgreSQL backend: a pool of asyncpg connections to a database many processes share.
+
+Reached through `voices[postgres]` (asyncpg). The store's SQL runs as it is written. A write
+transaction is READ COMMITTED, PostgreSQL's default; the steps that read a dialogue and then write
+from what they read take an advisory lock on it (Writer.lock), so two processes cannot interleave
+them, and SQLite's one-writer guarantee holds here dialogue by dialogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from bot.database import Address, Params, Row
+from bot.errors import Duplicate, StoreError
+from bot.migrations import POSTGRES_BASELINE, POSTGRES_MIGRATIONS, POSTGRES_SCHEMA, SCHEMA_VERSION
+
+#: The advisory lock key that lets one process at a time migrate (dialogue ids are positive).
+MIGRATION_LOCK = -1
+#: Connections each process keeps: dialogues share them, one per statement or transaction.
+POOL_SIZE = 10
+
+
+def _changed(status: str) -> int:
+    """Return the row count in a command tag such as "UPDATE 3" or "INSERT 0 1"."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+class PostgresWriter:
+    """A pooled connection inside a transaction."""
+
+    def __init__(self, conn: asyncpg.pool.PoolConnectionProxy[Any]):
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = ()) -> None:
+        try:
+            await self._conn.execute(sql, *params)
+        except asyncpg.UniqueViolationError as exc:
+            raise Duplicate(str(exc)) from None
+
+    async def insert(self, sql: str, params: Params = ()) -> int:
+        try:
+            return int(await self._conn.fetchval(sql, *params))
+        except asyncpg.UniqueViolationError as exc:
+            raise Duplicate(str(exc)) from None
+
+    async def update(self, sql: str, params: Params = ()) -> int:
+        return _changed(await self._conn.execute(sql, *params))
+
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        try:
+            await self._conn.executemany(sql, [tuple(row) for row in rows])
+        except asyncpg.UniqueViolationError as exc:
+            raise Duplicate(str(exc)) from None
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        return list(await self._conn.fetch(sql, *params))
+
+    async def lock(self, key: int) -> None:
+        await self._conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+
+    async def follow_ids(self, table: str) -> None:
+        # An identity column counts on from its sequence, which rows inserted with ids never moved.
+        await self._conn.execute(
+            f"SELECT setval(pg_get_serial_sequence($1, 'id'), max(id)) FROM {table} "
+            "HAVING max(id) IS NOT NULL",
+            table,
+        )
+
+
+class PostgresBackend:
+    """A PostgreSQL database. Open it with `async with PostgresBackend.open(address)`."""
+
+    def __init__(self, pool: asyncpg.Pool[Any], address: Address):
+        self._pool = pool
+        self.address = address
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, address: Address) -> AsyncIterator[PostgresBackend]:
+        """Connect, create the schema on an empty database, and apply what migrations it lacks."""
+        try:
+            pool = await asyncpg.create_pool(address.url, min_size=1, max_size=POOL_SIZE)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The driver's words, never the URL: it may carry a password.
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreError(
+                f"cannot open database {address} ({reason}); check VOICES_DATABASE and that the server runs"
+            ) from None
+        try:
+            async with pool.acquire() as conn:
+                await _migrate(conn, address)
+            yield cls(pool, address)
+        finally:
+            await pool.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresWriter]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield PostgresWriter(conn)
+
+    async def write_one(self, sql: str, params: Params = ()) -> int:
+        """One statement is a transaction of its own in PostgreSQL."""
+        return _changed(await self._pool.execute(sql, *params))
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        return list(await self._pool.fetch(sql, *params))
+
+
+async def schema_version(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> int:
+    """Return the version recorded in the database (0: an empty one)."""
+    exists = await conn.fetchval("SELECT to_regclass('voices_schema') IS NOT NULL")
+    return int(await conn.fetchval("SELECT version FROM voices_schema")) if exists else 0
+
+
+async def _migrate(conn: asyncpg.pool.PoolConnectionProxy[Any], address: Address) -> None:
+    """Bring the schema to this Voices' version, one process at a time (the others wait)."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        version = await schema_version(conn)
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database {address} has schema {version}, newer than this Voices knows "
+                f"({SCHEMA_VERSION}); upgrade Voices or point VOICES_DATABASE elsewhere"
+            )
+        if version == 0:
+            async with conn.transaction():
+                await conn.execute(POSTGRES_SCHEMA)
+                await conn.execute("CREATE TABLE voices_schema (version BIGINT NOT NULL)")
+                await conn.execute("INSERT INTO voices_schema VALUES ($1)", POSTGRES_BASELINE)
+            version = POSTGRES_BASELINE
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            async with conn.transaction():
+                await conn.execute(POSTGRES_MIGRATIONS[number])
+                await conn.execute("UPDATE voices_schema SET version = $1", number)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
