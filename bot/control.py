@@ -78,12 +78,21 @@ class Control:
                 return None
         return self.take_said()
 
-    async def idle(self, seconds: float) -> None:
-        """Wait out a background interval (the lease's heartbeat). It goes through `outside` like a
+    async def idle(self, seconds: float, woken: asyncio.Event | None = None) -> None:
+        """Wait out a background interval (the lease's heartbeat), or less if `woken` is set first
+        (another process asked something of the dialogue). It goes through `outside` like a
         person's turn: a front end that must know which waits are not work (SimCord) sees it so."""
 
         async def nap() -> bool:
-            await asyncio.sleep(seconds)
+            if woken is None:
+                await asyncio.sleep(seconds)
+                return True
+            try:
+                async with asyncio.timeout(seconds):
+                    await woken.wait()
+            except TimeoutError:
+                pass
+            woken.clear()
             return True
 
         await (self._outside(nap()) if self._outside else nap())

@@ -7,6 +7,7 @@ RETURNING, and upserts are ON CONFLICT. A backend runs that SQL as it is; nothin
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -126,3 +127,11 @@ class Backend(Protocol):
 
     async def write_one(self, sql: str, params: Params = ()) -> int:
         """Run one write that stands alone (atomic by itself) and return how many rows it changed."""
+
+    async def notify(self, topic: str, key: int) -> None:
+        """Wake whoever watches `topic` for `key` in any process (PostgreSQL's NOTIFY). SQLite has
+        no such signal: there, watchers look again on their own within their interval."""
+
+    def watch(self, topic: str, key: int) -> AbstractAsyncContextManager[asyncio.Event | None]:
+        """Yield an event set each time `topic` is notified for `key` (or for 0, "anyone"), while
+        the block runs; None where the database has no signal to give (SQLite)."""

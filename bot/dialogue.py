@@ -58,7 +58,7 @@ from bot.prompts import build_messages, current_window
 from bot.providers import Router
 from bot.referee import Referee, already_judged, due
 from bot.retry import RetryPolicy
-from bot.store import Store
+from bot.store import ASKS, Store
 from bot.summary import Summariser, summariser
 from bot.text import counted
 from bot.turn import TurnPlayer
@@ -261,11 +261,15 @@ class DialogueRunner:
         """Renew the lease while the dialogue runs, and take what other processes ask of it (a stop,
         a pause) within a second. If another process took the lease over, stop at once: from then on
         only that process may write the dialogue."""
+        async with self.store.watch(ASKS, dialogue_id) as asked:
+            await self._keep(dialogue_id, control, asked)
+
+    async def _keep(self, dialogue_id: int, control: Control, asked: asyncio.Event | None) -> None:
         seconds = self.tuning.lease_seconds
         loop = asyncio.get_running_loop()
         renewed = loop.time()
         while True:
-            await control.idle(min(ASK_SECONDS, seconds / 3))
+            await control.idle(min(ASK_SECONDS, seconds / 3), asked)
             try:
                 for action, text in await self.store.take_asks(dialogue_id):
                     _apply(control, action, text)

@@ -8,6 +8,8 @@ them, and SQLite's one-writer guarantee holds here dialogue by dialogue.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +19,8 @@ import asyncpg
 from bot.database import Address, Params, Row
 from bot.errors import Duplicate, StoreError
 from bot.migrations import POSTGRES_BASELINE, POSTGRES_MIGRATIONS, POSTGRES_SCHEMA, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
 
 #: The advisory lock key that lets one process at a time migrate (dialogue ids are positive).
 MIGRATION_LOCK = -1
@@ -78,6 +82,11 @@ class PostgresBackend:
     def __init__(self, pool: asyncpg.Pool[Any], address: Address):
         self._pool = pool
         self.address = address
+        # One connection of its own LISTENs for every watcher in this process, opened at the first.
+        self._listener: asyncpg.Connection[Any] | None = None
+        self._channels: set[str] = set()
+        self._listen_lock = asyncio.Lock()
+        self._watchers: dict[tuple[str, int], set[asyncio.Event]] = {}
 
     @classmethod
     @asynccontextmanager
@@ -91,11 +100,15 @@ class PostgresBackend:
             raise StoreError(
                 f"cannot open database {address} ({reason}); check VOICES_DATABASE and that the server runs"
             ) from None
+        backend = None
         try:
             async with pool.acquire() as conn:
                 await _migrate(conn, address)
-            yield cls(pool, address)
+            backend = cls(pool, address)
+            yield backend
         finally:
+            if backend is not None and backend._listener is not None:
+                await backend._listener.close()
             await pool.close()
 
     @asynccontextmanager
@@ -109,6 +122,46 @@ class PostgresBackend:
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         return list(await self._pool.fetch(sql, *params))
+
+    async def notify(self, topic: str, key: int) -> None:
+        await self._pool.execute("SELECT pg_notify($1, $2)", _channel(topic), str(key))
+
+    @asynccontextmanager
+    async def watch(self, topic: str, key: int) -> AsyncIterator[asyncio.Event | None]:
+        channel, event = _channel(topic), asyncio.Event()
+        watchers = self._watchers.setdefault((channel, key), set())
+        watchers.add(event)
+        try:
+            try:
+                await self._listen(channel)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Not fatal: the watcher still looks on its own interval, as on SQLite.
+                log.warning("cannot listen on %s (%s); looking every interval instead", self.address, exc)
+            yield event
+        finally:
+            watchers.discard(event)
+            if not watchers:
+                del self._watchers[(channel, key)]
+
+    async def _listen(self, channel: str) -> None:
+        async with self._listen_lock:
+            if self._listener is None or self._listener.is_closed():
+                self._listener = await asyncpg.connect(self.address.url)
+                self._channels.clear()
+            if channel not in self._channels:
+                await self._listener.add_listener(channel, self._heard)
+                self._channels.add(channel)
+
+    def _heard(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
+        """Wake the watchers of the key notified, and those of every key (0)."""
+        key = int(str(payload)) if str(payload).isdigit() else 0
+        for wanted in {key, 0}:
+            for event in self._watchers.get((channel, wanted), ()):
+                event.set()
+
+
+def _channel(topic: str) -> str:
+    return f"voices_{topic}"
 
 
 async def schema_version(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> int:

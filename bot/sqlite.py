@@ -189,3 +189,10 @@ class SqliteBackend:
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         return await _fetch(self._conn, sql, params)
+
+    async def notify(self, topic: str, key: int) -> None:
+        """One file has no channel between processes: watchers poll."""
+
+    @asynccontextmanager
+    async def watch(self, topic: str, key: int) -> AsyncIterator[asyncio.Event | None]:
+        yield None

@@ -7,6 +7,7 @@ crash leaves either the whole turn (with the dialogue's totals) or none of it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -53,6 +54,12 @@ def _iso(moment: datetime | None) -> str | None:
 
 def _money(amount: Decimal | None) -> str | None:
     return plain(amount) if amount is not None else None
+
+
+#: What processes tell each other through the database (PostgreSQL's NOTIFY): something was
+#: asked of a dialogue (the key is its id), and a dialogue waits for a worker (key: its id).
+ASKS = "asks"
+WORK = "work"
 
 
 def utc_now() -> datetime:
@@ -198,6 +205,11 @@ class Store:
     async def fetchall(self, query: str, params: Params = ()) -> list[Row]:
         """Return the rows of one query."""
         return await self._backend.fetchall(query, params)
+
+    def watch(self, topic: str, key: int) -> AbstractAsyncContextManager[asyncio.Event | None]:
+        """Yield an event set when another process notifies `topic` for `key`, while the block
+        runs; None on SQLite, where the watcher looks again on its interval."""
+        return self._backend.watch(topic, key)
 
     # Dialogues -------------------------------------------------------------------------------
 
@@ -435,6 +447,7 @@ class Store:
                 "INSERT INTO asks (dialogue_id, action, text, asked_at) VALUES ($1, $2, $3, $4)",
                 (dialogue_id, str(action), text, _iso(now)),
             )
+        await self._backend.notify(ASKS, dialogue_id)  # taken at once, not at the next look
         return True
 
     async def take_asks(self, dialogue_id: int) -> list[tuple[Ask, str | None]]:

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from bot import dialogue as dialogue_module
 from bot.errors import StateError
 from bot.events import AwaitingHuman, Delta, Ended
 from bot.models import Ask, Status, StopReason, TurnStatus
@@ -56,6 +57,22 @@ async def test_a_stop_asked_from_another_process_ends_the_dialogue_after_the_tur
     assert ended.dialogue.stop_detail == "stopped from another process"
     turns = await there.store.list_turns(ended.dialogue.id)
     assert [t.status for t in turns] == [TurnStatus.OK]  # the turn in flight, whole; no other
+
+
+@pytest.mark.backends("postgres")
+async def test_on_postgresql_an_ask_wakes_the_runner_without_waiting_for_its_next_look(
+    two_processes, server, monkeypatch
+):
+    """NOTIFY carries the ask: with the runner's own look put off for an hour, the stop still
+    lands after the turn in flight (polling alone would let all six turns run first)."""
+    monkeypatch.setattr(dialogue_module, "ASK_SECONDS", 3600.0)
+    here, there = two_processes
+    events, left_for_the_runner = await run_until_asked(here, there, Ask.STOP, server)
+    assert left_for_the_runner
+    ended = events[-1]
+    assert isinstance(ended, Ended) and ended.dialogue.stop_reason is StopReason.USER_STOP
+    turns = await there.store.list_turns(ended.dialogue.id)
+    assert [t.status for t in turns] == [TurnStatus.OK]
 
 
 async def test_a_stop_now_from_another_process_cuts_the_reply_in_flight(two_processes, server):
