@@ -41,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Flags that stand in for a setting (`voices bot --shards`) outrank the environment.
     flags = {
-        name: value for name in ("shard_count", "shards") if (value := getattr(args, name, None)) is not None
+        name: value
+        for name in ("shard_count", "shards", "gateway_only")
+        if (value := getattr(args, name, None)) not in (None, False)
     }
     try:
         settings = Settings(**flags)
@@ -61,8 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets = [config.api_key or "", token.get_secret_value() if token else ""]
     secrets += [spec.api_key for spec in config.providers if spec.api_key]
     setup_logging(settings.log_level, secrets, settings.library_log_level, settings.log_format == "json")
-    if args.command == "bot":
-        return run_bot(settings)
+    if args.command in ("bot", "worker"):
+        return run_bot(settings, worker=args.command == "worker")
     try:
         # soft_wrap: long lines (paths, streamed text) are left to the terminal, never cut by rich.
         console = Console(highlight=False, soft_wrap=True)
@@ -78,8 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def run_bot(settings: Settings) -> int:
-    """Run the Discord bot until it is stopped; a missing or rejected token is one line."""
+def run_bot(settings: Settings, worker: bool = False) -> int:
+    """Run the Discord bot (or, as a `worker`, its dialogues without a gateway) until it is
+    stopped; a missing or rejected token is one line."""
     import aiohttp
     import discord  # only the bot needs discord.py; the CLI starts faster without it
 
@@ -96,8 +99,11 @@ def run_bot(settings: Settings) -> int:
         return 2
 
     async def serve() -> None:
-        async with create_bot(settings) as bot:
-            await bot.start(token.get_secret_value())
+        async with create_bot(settings, worker) as bot:
+            if worker:
+                await bot.work(token.get_secret_value())
+            else:
+                await bot.start(token.get_secret_value())
 
     try:
         eventloop.run(serve())

@@ -279,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     bot.add_argument(
         "--shards", metavar="IDS", help="the shards this process runs, as 0-3 or 0,2,5 (default: all of them)"
     )
+    bot.add_argument(
+        "--gateway-only",
+        action="store_true",
+        help="open threads and take commands, and leave every dialogue to `voices worker` processes",
+    )
+    sub.add_parser(
+        "worker",
+        help="run Discord dialogues without a gateway: those a gateway left, or a stopped process had "
+        "(needs DISCORD_TOKEN and a database the gateway shares)",
+    )
 
     models = sub.add_parser("models", help="search the model catalogue")
     models.add_argument("search", nargs="?", default="")

@@ -83,19 +83,7 @@ class Control:
         (another process asked something of the dialogue). It goes through `outside` like a
         person's turn: a front end that must know which waits are not work (SimCord) sees it so."""
 
-        async def nap() -> bool:
-            if woken is None:
-                await asyncio.sleep(seconds)
-                return True
-            try:
-                async with asyncio.timeout(seconds):
-                    await woken.wait()
-            except TimeoutError:
-                pass
-            woken.clear()
-            return True
-
-        await (self._outside(nap()) if self._outside else nap())
+        await (self._outside(nap(seconds, woken)) if self._outside else nap(seconds, woken))
 
     async def _woken(self, timeout: float | None) -> bool:
         """Wait for a say, a stop or a pause; False when the time is up first."""
@@ -105,3 +93,17 @@ class Control:
         except TimeoutError:
             return False
         return True
+
+
+async def nap(seconds: float, woken: asyncio.Event | None = None) -> bool:
+    """Sleep `seconds`, or until `woken` is set (and then clear it for the next nap); True."""
+    if woken is None:
+        await asyncio.sleep(seconds)
+        return True
+    try:
+        async with asyncio.timeout(seconds):
+            await woken.wait()
+    except TimeoutError:
+        pass
+    woken.clear()
+    return True

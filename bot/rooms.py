@@ -100,6 +100,19 @@ class RoomStore:
         )
         return [_room(r) for r in rows]
 
+    async def unclaimed(self, now: datetime, limit: int) -> list[Room]:
+        """Return up to `limit` rooms whose dialogue should run and nobody runs: left for a worker
+        by a gateway (a lease lapsed from the start), or left by a process that died (its lease
+        lapsed). Oldest first. A room whose dialogue never had a lease is its starter's to run."""
+        rows = await self._store.fetchall(
+            "SELECT r.* FROM rooms r JOIN dialogues d ON d.id = r.dialogue_id "
+            "JOIN leases l ON l.dialogue_id = r.dialogue_id "
+            "WHERE d.status IN ('pending', 'running') AND l.expires_at <= $1 "
+            "ORDER BY r.dialogue_id LIMIT $2",
+            (now.isoformat(), limit),
+        )
+        return [_room(r) for r in rows]
+
     async def recent(self, guild_id: int, limit: int = 10) -> list[Room]:
         """Return the guild's most recent rooms, newest first."""
         rows = await self._store.fetchall(

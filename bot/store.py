@@ -60,6 +60,8 @@ def _money(amount: Decimal | None) -> str | None:
 #: asked of a dialogue (the key is its id), and a dialogue waits for a worker (key: its id).
 ASKS = "asks"
 WORK = "work"
+#: The owner of a lease a gateway wrote, lapsed from the start, to leave a dialogue for a worker.
+HANDED_OVER = "nobody yet (left for a worker)"
 
 
 def utc_now() -> datetime:
@@ -404,10 +406,34 @@ class Store:
         return changed == 1
 
     async def release_lease(self, dialogue_id: int) -> None:
-        """Give up this process's lease, so another may run the dialogue at once."""
+        """Give up this process's lease, so another may run the dialogue at once. The lease is
+        left lapsed, not deleted: a dialogue this process stopped relaying while it should still
+        run (a worker shut down) is then what the other workers look for, as if this one died."""
+        now = _iso(utc_now())
         await self.write(
-            "DELETE FROM leases WHERE dialogue_id = $1 AND owner = $2", (dialogue_id, self.owner)
+            "UPDATE leases SET renewed_at = $1, expires_at = $1 WHERE dialogue_id = $2 AND owner = $3",
+            (now, dialogue_id, self.owner),
         )
+
+    async def hand_over(self, dialogue_id: int) -> bool:
+        """Leave the dialogue for a worker process to run (`voices worker`): a lease that has
+        lapsed already, which is what a worker looks for, and a paused dialogue marked running
+        again. False, and nothing changed, when a live process runs it already."""
+        now = utc_now()
+        async with self.transaction() as conn:
+            if await self._holder(conn, dialogue_id, now) is not None:
+                return False
+            await conn.execute(
+                "UPDATE dialogues SET status = 'running' WHERE id = $1 AND status = 'paused'", (dialogue_id,)
+            )
+            await conn.execute(
+                "INSERT INTO leases (dialogue_id, owner, taken_at, renewed_at, expires_at) "
+                "VALUES ($1, $2, $3, $3, $3) ON CONFLICT (dialogue_id) DO UPDATE SET owner = $2, "
+                "taken_at = $3, renewed_at = $3, expires_at = $3",
+                (dialogue_id, HANDED_OVER, _iso(now)),
+            )
+        await self._backend.notify(WORK, dialogue_id)
+        return True
 
     async def _holder(self, conn: Writer, dialogue_id: int, now: datetime) -> tuple[str, datetime] | None:
         """Return who holds a live lease on the dialogue and until when; None when nobody does

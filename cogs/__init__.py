@@ -12,8 +12,9 @@ if TYPE_CHECKING:
 EXTENSIONS: tuple[str, ...] = ("cogs.errors", "cogs.voices")
 
 
-def create_bot(settings: Settings) -> VoicesBot:
-    """Build the whole bot (store, HTTP client, providers, cogs load in setup_hook) without connecting."""
+def create_bot(settings: Settings, worker: bool = False) -> VoicesBot:
+    """Build the whole bot (store, HTTP client, providers, cogs load in setup_hook) without
+    connecting; as a `worker`, the part that runs dialogues and needs no gateway."""
     from cogs.client import VoicesBot
 
-    return VoicesBot(settings)
+    return VoicesBot(settings, worker)

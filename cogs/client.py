@@ -1,8 +1,10 @@
 """The bot: opens the engine's resources once, loads the cogs, syncs commands when they changed,
-and resumes every dialogue a restart interrupted."""
+and resumes every dialogue a restart interrupted. As a worker (`voices worker`) it has no gateway
+and no commands: it logs in to the REST API and runs the dialogues nobody runs."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -46,7 +48,8 @@ class VoicesBot(commands.AutoShardedBot):
 
     Sharded as Discord requires past 2,500 servers: one process runs every shard unless the
     settings name its share (VOICES_SHARD_COUNT, VOICES_SHARDS), so several processes can split the
-    gateway."""
+    gateway. With VOICES_GATEWAY_ONLY, it leaves its dialogues to workers: this class with `worker`
+    set, which never connects to the gateway (personas post through webhooks and the REST API)."""
 
     services: Services
     relays: Relays
@@ -55,7 +58,7 @@ class VoicesBot(commands.AutoShardedBot):
     polls: Polls
     shows: Shows
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, worker: bool = False):
         # Left out when unset: discord.py then runs every shard (its stub types no None here).
         shards: dict[str, Any] = {} if settings.shards is None else {"shard_ids": list(settings.shards)}
         super().__init__(
@@ -67,6 +70,8 @@ class VoicesBot(commands.AutoShardedBot):
             **shards,
         )
         self.settings = settings
+        self.worker = worker
+        self._claiming: asyncio.Task[None] | None = None
         self._resources = AsyncExitStack()
         self._closing = False
 
@@ -87,15 +92,20 @@ class VoicesBot(commands.AutoShardedBot):
         self.polls = Polls(self, self.services)
         self.shows = Shows(self, ScheduleStore(app.store))
         self.services.on_end.append(self.polls.open)
-        self.relays = Relays(self, self.services)
+        self.relays = Relays(self, self.services, hand_over=self.settings.gateway_only and not self.worker)
         self._count_requests(metrics)
         counter = RateLimitCounter(metrics)
         logging.getLogger("discord").addHandler(counter)
         self._resources.callback(logging.getLogger("discord").removeHandler, counter)
         if self.settings.metrics_port is not None:
-            health = Health(metrics, app.store, self._connected, self.relays.running)
+            health = Health(metrics, app.store, self._connected, self.relays.running, self.worker)
             await health.start(self.settings.metrics_host, self.settings.metrics_port)
             self._resources.push_async_callback(health.stop)
+        if self.worker:  # no commands, buttons or minute clock: the gateway has them
+            self._claiming = self.loop.create_task(
+                self.relays.claim_forever(self.settings.worker_dialogues), name="voices-claims"
+            )
+            return
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(ControlButton, SayButton, InterjectButton)
@@ -163,7 +173,17 @@ class VoicesBot(commands.AutoShardedBot):
         return removed
 
     def _connected(self) -> bool:
+        if self.worker:  # logged in to the REST API, which is all a worker uses
+            return self.user is not None and not self.is_closed()
         return self.is_ready() and not self.is_closed()
+
+    async def work(self, token: str) -> None:
+        """Run as a worker until closed: log in to the REST API (setup_hook then starts looking
+        for dialogues a gateway left or a stopped process had, up to VOICES_WORKER_DIALOGUES at a
+        time), and never connect to the gateway."""
+        await self.login(token)
+        log.info("worker %s: running dialogues nobody runs", self.services.store.owner)
+        await asyncio.wait({self._claiming})
 
     async def _resume_when_ready(self) -> None:
         await self.wait_until_ready()
@@ -197,6 +217,8 @@ class VoicesBot(commands.AutoShardedBot):
         self._closing = True
         self.clock.cancel()
         self.retention.cancel()
+        if self._claiming is not None:
+            self._claiming.cancel()
         if hasattr(self, "relays"):
             await self.relays.close()
         await super().close()

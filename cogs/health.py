@@ -32,8 +32,14 @@ class Health:
     """Serve /healthz and /metrics until stopped."""
 
     def __init__(
-        self, metrics: Metrics, store: Store, connected: Callable[[], bool], running: Callable[[], int]
+        self,
+        metrics: Metrics,
+        store: Store,
+        connected: Callable[[], bool],
+        running: Callable[[], int],
+        worker: bool = False,
     ):
+        self._link = "logged in to Discord" if worker else "connected to the Discord gateway"
         self._metrics = metrics
         self._store = store
         self._connected = connected
@@ -54,10 +60,11 @@ class Health:
             await self._runner.cleanup()
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        """200 while the gateway is connected and the database answers; 503 saying which is not."""
+        """200 while Discord is reached (the gateway; a worker's login) and the database answers;
+        503 saying which is not."""
         problems = []
         if not self._connected():
-            problems.append("the Discord gateway is not connected")
+            problems.append(f"not {self._link}")
         try:
             await self._store.fetchall("SELECT 1")
         except Exception as exc:  # noqa: BLE001 - any failure of the database is an unhealthy answer

@@ -48,7 +48,8 @@ class Polls:
         policy = await self._s.guilds.policy(thread.guild.id)
         if not policy.polls:
             return
-        if not thread.permissions_for(thread.guild.me).send_polls:
+        me = thread.guild.me  # None in a worker, which has no gateway's member cache: it just tries
+        if me is not None and not thread.permissions_for(me).send_polls:
             await thread.send(NO_PERMISSION, allowed_mentions=NO_MENTIONS)
             return
         question = policy.poll_question or DEFAULT_QUESTION

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import discord
 
 from bot.app import utc_now
-from bot.control import Control
+from bot.control import Control, nap
 from bot.dialogue import DialogueRunner
 from bot.errors import LeaseHeld
 from bot.events import (
@@ -35,7 +35,7 @@ from bot.mailbox import Mailbox
 from bot.metrics import Metrics
 from bot.models import Dialogue, NoteKind, Status, StopReason, Turn, TurnStatus
 from bot.rooms import Room, RoomStore
-from bot.store import Store
+from bot.store import WORK, Store
 from bot.transcript import headline
 from bot.votes import VoteStore
 from cogs._format import split_message, split_tail
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 # Discord tolerates about five edits per five seconds on a message; one a second leaves room.
 EDIT_INTERVAL = 1.0
+# How often a worker looks for dialogues nobody runs (on PostgreSQL a gateway's NOTIFY wakes it sooner).
+CLAIM_SECONDS = 1.0
 # How long the end of a turn is retried before the thread is told the transcript has the rest.
 FINAL_PATIENCE = 600.0
 LANDING_FAILED = "⚠ Discord kept refusing the end of turn {turn}; the transcript files have its whole text."
@@ -548,11 +550,16 @@ class Services:
 
 
 class Relays:
-    """The running relay of each dialogue, with its Control; at most one per dialogue."""
+    """The running relay of each dialogue, with its Control; at most one per dialogue.
 
-    def __init__(self, client: discord.Client, services: Services):
+    With `hand_over` (a gateway with workers), a dialogue to start or resume is left in the
+    database for a worker instead; a worker's `claim_forever` takes it up.
+    """
+
+    def __init__(self, client: discord.Client, services: Services, hand_over: bool = False):
         self._client = client
         self._s = services
+        self._hand_over = hand_over
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._relays: dict[int, Relay] = {}
 
@@ -579,16 +586,29 @@ class Relays:
         return thread
 
     async def start(
-        self, room: Room, stop: bool = False, said: str | None = None, starter: str | None = None
+        self,
+        room: Room,
+        stop: bool = False,
+        said: str | None = None,
+        starter: str | None = None,
+        patient: bool = True,
     ) -> None:
         """Run the dialogue of this room in the background, posting into its thread.
 
         With `stop`, the run ends at once as stopped by the user: how a paused dialogue is stopped,
         with its final status and transcript posted like any other end. `said` is a member's words
         for the turn the dialogue paused on. `starter` is who opened it, as the thread's first message
-        names them (by default, a mention of the room's starter).
+        names them (by default, a mention of the room's starter). A `patient` start that finds the
+        dialogue held by another process waits for that lease to lapse; an impatient one (a
+        worker's claim, which another worker won) lets it go.
+
+        Handing over, a plain start or resume is left for a worker; a stop or a member's words
+        for a paused dialogue are run here, since they end or answer it at once.
         """
         if room.dialogue_id in self._tasks:
+            return
+        if self._hand_over and not stop and said is None:
+            await self._s.store.hand_over(room.dialogue_id)
             return
         thread = await self.thread_of(room)
         control = Control(outside=_outside)
@@ -598,10 +618,10 @@ class Relays:
             control.say(said)
         relay = Relay(self._s, room, thread, control, starter)
         self._relays[room.dialogue_id] = relay
-        task = asyncio.create_task(self._guard(relay), name=f"voices-dialogue-{room.dialogue_id}")
+        task = asyncio.create_task(self._guard(relay, patient), name=f"voices-dialogue-{room.dialogue_id}")
         self._tasks[room.dialogue_id] = task
 
-    async def _guard(self, relay: Relay) -> None:
+    async def _guard(self, relay: Relay, patient: bool) -> None:
         dialogue_id = relay.room.dialogue_id
         try:
             while True:
@@ -611,7 +631,7 @@ class Relays:
                 except LeaseHeld as exc:
                     # Another process runs it, or ran it and died: once its lease lapses, this
                     # process takes the dialogue over (the restart path after a crash).
-                    if exc.seconds_left is None:
+                    if exc.seconds_left is None or not patient:
                         raise
                     log.warning("dialogue %s: %s; trying again then", dialogue_id, exc)
                     await asyncio.sleep(exc.seconds_left + 0.5)
@@ -625,13 +645,40 @@ class Relays:
 
     async def resume_all(self) -> None:
         """After a restart, carry on every dialogue that was running or about to."""
-        for room in await self._s.rooms.in_states(Status.RUNNING, Status.PENDING):
+        await self._start_each(await self._s.rooms.in_states(Status.RUNNING, Status.PENDING), True)
+
+    async def _start_each(self, rooms: list[Room], patient: bool) -> None:
+        for room in rooms:
             try:
-                await self.start(room)
+                await self.start(room, patient=patient)
             except (discord.NotFound, discord.Forbidden):
                 await self._s.store.finish_dialogue(
                     room.dialogue_id, StopReason.THREAD_GONE, "the thread is gone", utc_now()
                 )
+
+    async def claim_forever(self, capacity: int) -> None:
+        """Run, up to `capacity` at a time, the dialogues nobody runs: left by a gateway for a
+        worker, or by a process that stopped or died (once its lease lapsed). Looks every
+        CLAIM_SECONDS, and at once when a gateway says it left one (PostgreSQL's NOTIFY)."""
+        async with self._s.store.watch(WORK, 0) as left:
+            while True:
+                try:
+                    await self.claim(capacity)
+                except Exception:  # a busy database or Discord now is no reason to stop working
+                    log.exception("looking for dialogues to run failed; looking again")
+                await _outside(nap(CLAIM_SECONDS, left))
+
+    async def claim(self, capacity: int) -> list[int]:
+        """Look once for dialogues nobody runs and start those that fit under `capacity`; return
+        their ids. Another worker may take one first: then this one lets it go."""
+        free = capacity - len(self._tasks)
+        if free <= 0:
+            return []
+        rooms = [
+            r for r in await self._s.rooms.unclaimed(utc_now(), free) if r.dialogue_id not in self._tasks
+        ]
+        await self._start_each(rooms, patient=False)
+        return [r.dialogue_id for r in rooms]
 
     async def wait(self, dialogue_id: int) -> None:
         """Wait until the dialogue's relay has finished (for tests and shutdown)."""

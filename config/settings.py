@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     #: recommends, all in this process), and which of them this process runs ("0-3", "0,2,5").
     shard_count: int | None = Field(default=None, ge=1, le=MAX_SHARDS)
     shards: Annotated[tuple[int, ...] | None, NoDecode] = None
+    #: With workers (`voices worker`): the gateway opens threads and takes commands, and leaves
+    #: every dialogue for a worker to run. Unset, `voices bot` runs its dialogues itself.
+    gateway_only: bool = False
+    #: How many dialogues one worker runs at most; past that it leaves them to the others.
+    worker_dialogues: int = Field(default=100, ge=1, le=10_000)
     daily_cap_guild: Decimal = Field(default=Decimal("5.00"), ge=0, le=1_000_000, allow_inf_nan=False)
     daily_cap_member: Decimal = Field(default=Decimal("1.00"), ge=0, le=1_000_000, allow_inf_nan=False)
     max_concurrent: int = Field(default=3, ge=1, le=10_000)

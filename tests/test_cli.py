@@ -375,9 +375,10 @@ async def test_unknown_dialogue_id_is_one_line(env, tmp_path):
     assert result.code == 2 and result.err.strip() == "error: no dialogue 42; `voices list` shows the ids"
 
 
-async def test_bot_without_a_token_is_one_line(env, tmp_path):
+@pytest.mark.parametrize("command", [("bot",), ("bot", "--gateway-only"), ("worker",)])
+async def test_bot_without_a_token_is_one_line(env, tmp_path, command):
     env["DISCORD_TOKEN"] = ""
-    result = await voices(env, tmp_path, "bot")
+    result = await voices(env, tmp_path, *command)
     assert result.code == 2
     assert (
         result.err.strip()
@@ -425,7 +426,8 @@ async def test_a_gateway_split_that_cannot_be_is_one_line_before_discord_is_reac
     assert result.err.strip() == f"error: {message}"
 
 
-def test_bot_with_a_rejected_token_is_one_line(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("command", ["bot", "worker"])
+def test_bot_with_a_rejected_token_is_one_line(tmp_path, monkeypatch, capsys, command):
     """Discord answers the login with 401: one line, no traceback (Discord's API is on loopback)."""
     import asyncio
     import threading
@@ -445,7 +447,7 @@ def test_bot_with_a_rejected_token_is_one_line(tmp_path, monkeypatch, capsys):
         monkeypatch.setenv("DISCORD_TOKEN", "MTIz.rejected.token")
         monkeypatch.setenv("VOICES_DATABASE", str(tmp_path / "voices.db"))
         monkeypatch.chdir(tmp_path)
-        assert main(["bot"]) == 2
+        assert main([command]) == 2
     finally:
         asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)

@@ -1,0 +1,98 @@
+"""Gateway and workers: a gateway with VOICES_GATEWAY_ONLY opens the thread and leaves the dialogue;
+a worker (no commands, no gateway needed) runs it into the thread; a worker that stops leaves its
+dialogues for the others."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.app import utc_now
+from bot.models import Status
+from cogs import create_bot
+from tests.cogs.conftest import make_settings
+from tests.cogs.test_voices_cog import hold_second_turn, persona_posts, start
+from tests.fake_openrouter import Reply
+
+
+@pytest.fixture
+async def worker_in(world, tmp_path, server):
+    """Replace the bot in SimCord (it holds one client at a time) with a worker on its database;
+    closed at the end, as `voices worker` closes on a signal."""
+    made = []
+
+    async def replace(**settings):
+        worker = create_bot(make_settings(tmp_path, server, **settings), worker=True)
+        made.append(worker)
+        await world.env.restart_bot(worker)
+        await world.env.settle()
+        assert worker.tree.get_commands() == []  # a worker takes no commands: the gateway has them
+        return worker
+
+    yield replace
+    for worker in made:
+        await worker.close()
+
+
+async def run_out(world, worker, dialogue_id: int) -> None:
+    for _ in range(600):
+        if not worker.relays.is_running(dialogue_id):
+            break
+        await world.env.advance_time(1.0)
+    await worker.relays.wait(dialogue_id)
+    await world.env.settle()
+
+
+@pytest.mark.settings(gateway_only=True)
+async def test_the_gateway_leaves_the_dialogue_and_a_worker_runs_it_into_the_thread(world, worker_in):
+    result = await start(world, rounds=1)
+    assert "Started dialogue 1" in result.response.content
+    thread = world.thread()
+    assert not world.bot.relays.is_running(1) and persona_posts(thread) == []
+    assert [r.dialogue_id for r in await world.bot.services.rooms.unclaimed(utc_now(), 10)] == [1]
+    worker = await worker_in()
+    await run_out(world, worker, 1)  # claimed on its first look
+    assert [m.author.name for m in persona_posts(thread)] == ["claude-opus-4.6", "glm-5"]
+    assert any("opened dialogue 1 with:" in m.content for m in thread.history())  # posted once
+    assert sum("opened dialogue 1 with:" in m.content for m in thread.history()) == 1
+    dialogue = await worker.services.store.get_dialogue(1)
+    assert dialogue.status is Status.FINISHED
+    assert await worker.services.rooms.unclaimed(utc_now(), 10) == []  # nothing left to claim
+
+
+@pytest.mark.settings(gateway_only=True)
+async def test_a_worker_takes_no_more_dialogues_than_it_may(world, worker_in):
+    for _ in range(3):
+        hold_second_turn(world, seconds=60)
+        await start(world, rounds=2)
+    worker = await worker_in(worker_dialogues=2)
+    assert worker.relays.running() == 2 and not worker.relays.is_running(3)  # the third waits
+    for dialogue_id in (1, 2):
+        await run_out(world, worker, dialogue_id)
+    store = worker.services.store
+    for _ in range(300):  # its next looks: the third is taken once there is room
+        if (await store.get_dialogue(3)).status.is_final:
+            break
+        await world.env.advance_time(1.0)
+    await run_out(world, worker, 3)
+    for dialogue_id in (1, 2, 3):
+        assert (await worker.services.store.get_dialogue(dialogue_id)).status is Status.FINISHED
+
+
+async def test_a_worker_that_stops_leaves_its_dialogue_to_the_next_without_a_turn_twice(
+    world, worker_in, server
+):
+    """Not gateway-only: the bot runs its dialogue, stops mid-way (as a worker shut down would),
+    and a worker carries it on from the turn it reached."""
+    hold_second_turn(world)
+    await start(world, rounds=2)
+    thread = world.thread()
+    await world.env.settle()
+    assert [m.author.name for m in persona_posts(thread)] == ["claude-opus-4.6"]
+    await world.crash()  # the relays end; their leases are left lapsed, not deleted
+    server.enqueue(Reply(text="Second turn."))
+    worker = await worker_in()
+    await run_out(world, worker, 1)
+    names = [m.author.name for m in persona_posts(thread)]
+    assert names == ["claude-opus-4.6", "glm-5", "claude-opus-4.6", "glm-5"]
+    turns = await worker.services.store.list_turns(1)
+    assert [t.seq for t in turns] == [0, 1, 2, 3]
