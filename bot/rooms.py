@@ -12,7 +12,7 @@ from decimal import Decimal
 from bot.database import Row
 from bot.errors import DialogueNotFound
 from bot.models import Status
-from bot.store import Store
+from bot.store import UNCLAIMED, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +106,7 @@ class RoomStore:
         lapsed). Oldest first. A room whose dialogue never had a lease is its starter's to run."""
         rows = await self._store.fetchall(
             "SELECT r.* FROM rooms r JOIN dialogues d ON d.id = r.dialogue_id "
-            "JOIN leases l ON l.dialogue_id = r.dialogue_id "
-            "WHERE d.status IN ('pending', 'running') AND l.expires_at <= $1 "
-            "ORDER BY r.dialogue_id LIMIT $2",
+            f"JOIN leases l ON l.dialogue_id = d.id WHERE {UNCLAIMED} ORDER BY d.id LIMIT $2",
             (now.isoformat(), limit),
         )
         return [_room(r) for r in rows]

@@ -60,6 +60,10 @@ def _money(amount: Decimal | None) -> str | None:
 #: asked of a dialogue (the key is its id), and a dialogue waits for a worker (key: its id).
 ASKS = "asks"
 WORK = "work"
+#: A dialogue `d` with its lease `l` that should run and nobody runs, at the time $1: left for a
+#: worker (a lease lapsed from the start, see hand_over) or by a process that stopped or died (its
+#: lease lapsed). A dialogue that never had a lease is its starter's to run.
+UNCLAIMED = "d.status IN ('pending', 'running') AND l.expires_at <= $1"
 #: The owner of a lease a gateway wrote, lapsed from the start, to leave a dialogue for a worker.
 HANDED_OVER = "nobody yet (left for a worker)"
 
@@ -434,6 +438,16 @@ class Store:
             )
         await self._backend.notify(WORK, dialogue_id)
         return True
+
+    async def unclaimed(self, now: datetime, limit: int) -> list[int]:
+        """Return up to `limit` dialogues that should run and nobody runs (see UNCLAIMED), oldest
+        first, leaving out those shown in a chat (RoomStore.unclaimed has those)."""
+        rows = await self.fetchall(
+            f"SELECT d.id FROM dialogues d JOIN leases l ON l.dialogue_id = d.id WHERE {UNCLAIMED} "
+            "AND NOT EXISTS (SELECT 1 FROM rooms r WHERE r.dialogue_id = d.id) ORDER BY d.id LIMIT $2",
+            (_iso(now), limit),
+        )
+        return [row[0] for row in rows]
 
     async def _holder(self, conn: Writer, dialogue_id: int, now: datetime) -> tuple[str, datetime] | None:
         """Return who holds a live lease on the dialogue and until when; None when nobody does

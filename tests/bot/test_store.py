@@ -15,6 +15,7 @@ import pytest
 from bot.errors import DialogueNotFound, StateError, StoreError
 from bot.migrations import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 from bot.models import ModelInfo, Pricing, Status, StopReason, Turn, TurnStatus, Usage
+from bot.rooms import Room, RoomStore
 from bot.store import Store, utc_now
 from tests.conftest import make_spec
 
@@ -191,3 +192,23 @@ async def test_a_write_cancelled_at_any_point_leaves_no_transaction_open(store, 
     assert await store.get_state("after") == "written"
     stored = await store.get_dialogue(dialogue.id)
     assert (stored.opening == "changed") == (stored.origin == "changed")  # all of it, or none
+
+
+async def test_a_worker_finds_only_dialogues_left_for_it_or_by_a_process_that_stopped(store):
+    ids = [(await store.create_dialogue(make_spec(), utc_now())).id for _ in range(5)]
+    never, left, held, stopped, ended = ids
+    assert await store.hand_over(left)
+    await store.take_lease(held, 30)
+    assert not await store.hand_over(held)  # a live process runs it: nothing changes
+    await store.take_lease(stopped, 30)
+    await store.release_lease(stopped)
+    assert await store.hand_over(ended)
+    await store.finish_dialogue(ended, StopReason.USER_STOP, None, utc_now())
+    assert await store.unclaimed(utc_now(), 10) == [left, stopped]
+    assert await store.unclaimed(utc_now(), 1) == [left]
+    assert never not in await store.unclaimed(utc_now(), 10)  # its starter is about to run it
+    # A dialogue shown in a chat is a Discord worker's to run (RoomStore.unclaimed), not another's.
+    rooms = RoomStore(store)
+    await rooms.create(Room(left, 1, 2, 3, 4))
+    assert await store.unclaimed(utc_now(), 10) == [stopped]
+    assert [r.dialogue_id for r in await rooms.unclaimed(utc_now(), 10)] == [left]
