@@ -13,7 +13,8 @@ import os
 import platform
 from collections.abc import Awaitable, Callable
 
-from bench import backpressure, caching, chunks, discord, local, relay, scale, store
+from bench import backpressure, caching, chunks, discord, failover, local, relay, scale, store
+from bench.harness import postgres
 from bot import eventloop
 from bot.text import counted as counts_of
 
@@ -36,9 +37,46 @@ def _scale(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
     )
 
 
-def _store(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
+def _workers(quick: bool, processes: int) -> tuple[str, list[Awaitable[list[Row]]]]:
+    dialogues, rounds, rate, words = (10, 1, 500, 10) if quick else (200, 3, 50, 50)
+
+    async def both() -> list[Row]:
+        async with postgres() as server:
+            if server is None:
+                return [{"worker processes": "—", "note": "no PostgreSQL server programs here"}]
+            return [
+                await scale.measure_workers(
+                    await server.database(), n, dialogues, rounds, rate, words, server.cpu_seconds
+                )
+                for n in sorted({1, processes})
+            ]
+
+    return (
+        f"Dialogues over worker processes on PostgreSQL ({dialogues} dialogues, "
+        f"{counts_of(rounds, 'round')} each, {words}-token replies at {rate} tokens/s, one token per chunk)",
+        [both()],
+    )
+
+
+def _failover(quick: bool) -> tuple[str, list[Awaitable[list[Row]]]]:
+    dialogues, rounds, words, rate, lease = (20, 1, 10, 100, 1.0) if quick else (20, 3, 50, 50, 5.0)
+
+    async def drilled() -> list[Row]:
+        async with postgres() as server:
+            if server is None:
+                return [{"dialogues": "—", "note": "no PostgreSQL server programs here"}]
+            return [await failover.drill(await server.database(), dialogues, rounds, words, rate, lease)]
+
+    return (
+        f"Failover: one of two workers killed (SIGKILL) amid {dialogues} dialogues on PostgreSQL "
+        f"({counts_of(rounds, 'round')} each, {words}-token replies at {rate} tokens/s)",
+        [drilled()],
+    )
+
+
+def _store(quick: bool) -> tuple[str, list[Awaitable[list[Row]]]]:
     turns = 100 if quick else 1000
-    return f"Store and transcripts ({turns:,} turns)", [store.measure(turns)]
+    return f"Store and transcripts ({turns:,} turns)", [store.measure_both(turns)]
 
 
 def _local(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
@@ -101,6 +139,7 @@ BENCHES: dict[str, Bench] = {
     "backpressure": _backpressure,
     "sharing": _sharing,
     "chunks": _chunks,
+    "failover": _failover,
 }
 
 
@@ -117,14 +156,16 @@ def table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-async def run(names: list[str], quick: bool) -> None:
+async def run(names: list[str], quick: bool, processes: int | None = None) -> None:
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
     print(
         f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
         f"{platform.machine()}; loop: {loop}; mode: {'quick' if quick else 'full'}\n"
     )
     for name in names:
-        title, measurements = BENCHES[name](quick)
+        title, measurements = (
+            _workers(quick, processes) if name == "scale" and processes else BENCHES[name](quick)
+        )
         rows: list[Row] = []
         for measurement in measurements:
             result = await measurement
@@ -144,7 +185,15 @@ def main() -> None:
         default="asyncio",
         help="the event loop to measure on; `voices` runs on uvloop where the fast extra is installed",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="scale: run its dialogues on 1 and on N headless worker processes sharing PostgreSQL",
+    )
     args = parser.parse_args()
+    if args.processes is not None and args.processes < 1:
+        parser.error("--processes takes 1 or more")
     unknown = set(args.names) - set(BENCHES)
     if unknown:
         parser.error(f"unknown benchmark {', '.join(sorted(unknown))}; choose from {', '.join(BENCHES)}")
@@ -156,7 +205,7 @@ def main() -> None:
             )
         if importlib.util.find_spec("uvloop") is None:
             parser.error("uvloop is not installed; pip install -e '.[fast]'")
-    work = run(names, args.quick)
+    work = run(names, args.quick, args.processes)
     if args.loop == "asyncio":
         asyncio.run(work)
     else:

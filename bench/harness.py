@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from bot.app import App, EngineConfig, open_app
+from bot.database import address
 from bot.models import DialogueSpec, Limits, Persona
+from tests.postgres import PostgresServer, server_programs
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("anthropic/claude-opus-4.6", "z-ai/glm-5")
@@ -60,8 +62,15 @@ async def fake_server(delay: float, words: int) -> AsyncIterator[Server]:
 @asynccontextmanager
 async def engine(folder: Path, base_url: str) -> AsyncIterator[App]:
     """Open the real engine on a fresh database, with limits that never bind before the rounds do."""
+    async with engine_on(folder / "bench.db", base_url) as app:
+        yield app
+
+
+@asynccontextmanager
+async def engine_on(database: str | Path, base_url: str) -> AsyncIterator[App]:
+    """Open the real engine on a database (a SQLite file or a PostgreSQL URL)."""
     config = EngineConfig(
-        database=folder / "bench.db",
+        database=address(database),
         base_url=base_url,
         api_key="bench-key",
         max_rounds=10_000,
@@ -69,6 +78,44 @@ async def engine(folder: Path, base_url: str) -> AsyncIterator[App]:
     )
     async with open_app(config) as app:
         yield app
+
+
+@asynccontextmanager
+async def postgres() -> AsyncIterator[PostgresServer | None]:
+    """Start a throwaway PostgreSQL server (as the tests do); None where none is installed."""
+    programs = server_programs()
+    if programs is None:
+        yield None
+        return
+    server = PostgresServer(programs)
+    await asyncio.to_thread(server.start)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+def worker_command(database: str, base_url: str, capacity: int, lease: float = 15.0) -> list[str]:
+    """Return the command line of a headless worker (bench/worker.py)."""
+    return [
+        sys.executable, "-m", "bench.worker", "--database", database, "--base-url", base_url,
+        "--capacity", str(capacity), "--lease", str(lease),
+    ]  # fmt: skip
+
+
+async def run_worker(database: str, base_url: str, capacity: int) -> dict[str, float]:
+    """Run a headless worker until no dialogue is left; return what it reported."""
+    process = await asyncio.create_subprocess_exec(
+        *worker_command(database, base_url, capacity),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    out, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"a worker exited with {process.returncode}")
+    report: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
+    return report
 
 
 def spec(rounds: int, max_tokens: int = 2000) -> DialogueSpec:

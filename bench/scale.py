@@ -1,4 +1,5 @@
-"""Concurrency: many dialogues at once in one process, against one fake OpenRouter.
+"""Concurrency: many dialogues at once in one process, or spread over worker processes on
+PostgreSQL, against one fake OpenRouter.
 
 Reports turns per second, the relay gap p50/p99 (target p99 ≤ 100 ms at 1,000), CPU seconds per
 turn, and resident memory per dialogue beyond its text (target ≤ 200 KB).
@@ -9,9 +10,21 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from bench.harness import engine, fake_server, gaps_and_streams, ms, percentile, rss_bytes, run_dialogue, spec
+from bench.harness import (
+    engine,
+    engine_on,
+    fake_server,
+    gaps_and_streams,
+    ms,
+    percentile,
+    rss_bytes,
+    run_dialogue,
+    run_worker,
+    spec,
+)
 
 
 async def measure(dialogues: int, rounds: int, tokens_per_second: float, words: int) -> dict[str, str]:
@@ -50,4 +63,48 @@ async def measure(dialogues: int, rounds: int, tokens_per_second: float, words: 
         "relay gap p99": ms(percentile(gaps, 99)),
         "CPU per turn": ms(cpu / turns),
         "memory per dialogue": f"{memory / 1024:.0f} KB",
+    }
+
+
+async def measure_workers(
+    database: str,
+    processes: int,
+    dialogues: int,
+    rounds: int,
+    tokens_per_second: float,
+    words: int,
+    database_cpu: Callable[[], float],
+) -> dict[str, str]:
+    """Run `dialogues` dialogues on `processes` headless workers (bench/worker.py) sharing one
+    PostgreSQL database, each taking an equal share, and return the figures. The fake provider
+    and the database server run on the same cores; their shares of the CPU are reported."""
+    async with fake_server(1 / tokens_per_second, words) as server:
+        async with engine_on(database, server.base_url) as app:
+            for _ in range(dialogues):
+                await app.store.hand_over((await app.runner.create(spec(rounds))).id)
+        provider_cpu, db_cpu = server.stats()["cpu"], database_cpu()
+        share = -(-dialogues // processes)
+        started = time.monotonic()
+        reports = await asyncio.gather(
+            *(run_worker(database, server.base_url, share) for _ in range(processes))
+        )
+        wall = time.monotonic() - started
+        stats, db_cpu = server.stats(), database_cpu() - db_cpu
+    gaps, _ = gaps_and_streams(stats)
+    turns = len(stats["requests"])
+    workers_cpu = sum(r["cpu"] for r in reports)
+    provider_cpu = stats["cpu"] - provider_cpu
+    every = workers_cpu + provider_cpu + db_cpu
+    return {
+        "worker processes": str(processes),
+        "dialogues": str(dialogues),
+        "turns": str(turns),
+        "turns/s": f"{turns / wall:.1f}",
+        "relay gap p50": ms(percentile(gaps, 50)),
+        "relay gap p99": ms(percentile(gaps, 99)),
+        "workers' CPU per turn": ms(workers_cpu / turns),
+        "CPU used (of 2 cores × wall)": f"{every / wall:.2f} cores",
+        "workers' share": f"{workers_cpu / every:.0%}",
+        "provider's share": f"{provider_cpu / every:.0%}",
+        "PostgreSQL's share": f"{db_cpu / every:.0%}",
     }

@@ -273,8 +273,10 @@ class FakeOpenRouter:
         await writer.drain()
 
     def stats(self) -> dict[str, Any]:
-        """Return each chat request's timing and session, and the exact sum of reported costs."""
+        """Return each chat request's timing and session, the exact sum of reported costs, and the
+        CPU seconds this process has used (a benchmark's provider share)."""
         return {
+            "cpu": time.process_time(),
             "requests": [
                 [r.received_at, r.finished_at, (r.body or {}).get("session_id")] for r in self.chat_requests
             ],

@@ -50,6 +50,29 @@ def _runner() -> str | None:
     raise RuntimeError("running as root, with neither a postgres nor a nobody user to run PostgreSQL as")
 
 
+def _stat(pid: int) -> list[str]:
+    # The command name (field 2) may hold spaces; what follows its closing parenthesis does not.
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(_stat(pid)[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _cpu_ticks(pid: int, children: bool) -> int:
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return 0
+    # utime, stime, cutime, cstime are fields 14-17 of the whole line: 11-14 after the name.
+    own = int(fields[11]) + int(fields[12])
+    return own + (int(fields[13]) + int(fields[14]) if children else 0)
+
+
 class PostgresServer:
     """One running server; `database()` makes a fresh, empty database on it and returns its URL."""
 
@@ -88,6 +111,17 @@ class PostgresServer:
             )
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    def cpu_seconds(self) -> float:
+        """Return the CPU the server has used: its postmaster, the backends running now, and
+        those that ended (Linux counts a reaped child's time in its parent's)."""
+        pid = int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = _cpu_ticks(pid, children=True)
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and _parent(int(entry.name)) == pid:
+                total += _cpu_ticks(int(entry.name), children=True)
+        return total / ticks
 
     def url(self, name: str, password: str | None = None) -> str:
         secret = f":{password}" if password else ""

@@ -27,6 +27,7 @@ def test_quick_benchmarks_report_every_figure():
         "Back-pressure",
         "Three dialogues sharing a channel's webhook",
         "CPU per streamed chunk",
+        "Failover: one of two workers killed (SIGKILL) amid 20 dialogues on PostgreSQL",
     ):
         assert f"## {title}" in out
     assert "| True ($" in out  # the transcript's costs add up to what the server reported, exactly
@@ -38,6 +39,8 @@ def test_quick_benchmarks_report_every_figure():
     # Titles name the figures the quick run used, not the full run's.
     assert "## Relay overhead (2 rounds, 500 tokens/s)" in out
     assert "## Store and transcripts (100 turns)" in out
+    store = out.split("## Store and transcripts")[1].split("##")[0]
+    assert "| SQLite (WAL) |" in store and "| PostgreSQL 15 (loopback) |" in store
     assert "## Concurrency (1 round per dialogue" in out
     per_chunk = out.split("## CPU per streamed chunk")[1].split("##")[0]
     assert "| minimal asyncio SSE reader (floor) |" in per_chunk and "| Voices end to end" in per_chunk
@@ -61,3 +64,18 @@ def test_an_unknown_benchmark_is_one_clear_line():
     assert result.returncode == 2
     names = "relay, scale, store, local, caching, discord, backpressure, sharing, chunks"
     assert f"unknown benchmark nope; choose from {names}" in result.stderr
+
+
+def test_scale_over_worker_processes_reports_one_and_two_side_by_side():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "scale", "--processes", "2", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    table = result.stdout.split("## Dialogues over worker processes on PostgreSQL")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2 and all("| 10 | 20 |" in row for row in rows)  # every dialogue's turns, both ways
+    assert "provider's share" in table and "PostgreSQL's share" in table
