@@ -183,6 +183,7 @@ class VoicesBot(commands.AutoShardedBot):
         time), and never connect to the gateway."""
         await self.login(token)
         log.info("worker %s: running dialogues nobody runs", self.services.store.owner)
+        assert self._claiming is not None  # setup_hook started it, during login
         await asyncio.wait({self._claiming})
 
     async def _resume_when_ready(self) -> None:
