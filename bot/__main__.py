@@ -11,6 +11,7 @@ from rich.console import Console
 
 from bot import eventloop
 from bot.cli import CliDefaults, build_parser, dispatch, not_utf8
+from bot.database import Address
 from bot.errors import ProviderError, VoicesError
 from bot.log import setup_logging
 from config import Settings
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = settings.discord_token
     secrets = [config.api_key or "", token.get_secret_value() if token else ""]
     secrets += [spec.api_key for spec in config.providers if spec.api_key]
+    if isinstance(config.database, Address) and config.database.password:
+        secrets.append(config.database.password)
     setup_logging(settings.log_level, secrets, settings.library_log_level, settings.log_format == "json")
     if args.command in ("bot", "worker"):
         return run_bot(settings, worker=args.command == "worker")

@@ -43,6 +43,11 @@ class Address:
         port = f":{parts.port}" if parts.port else ""
         return f"postgresql://{user}{parts.hostname or 'localhost'}{port}{parts.path}"
 
+    @property
+    def password(self) -> str | None:
+        """The PostgreSQL password in the URL, if any: a secret the logs mask."""
+        return urlsplit(self.url).password if self.url else None
+
     def __str__(self) -> str:
         return self.name
 

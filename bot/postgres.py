@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import asyncpg
@@ -41,25 +41,19 @@ class PostgresWriter:
         self._conn = conn
 
     async def execute(self, sql: str, params: Params = ()) -> None:
-        try:
+        with _duplicates():
             await self._conn.execute(sql, *params)
-        except asyncpg.UniqueViolationError as exc:
-            raise Duplicate(str(exc)) from None
 
     async def insert(self, sql: str, params: Params = ()) -> int:
-        try:
+        with _duplicates():
             return int(await self._conn.fetchval(sql, *params))
-        except asyncpg.UniqueViolationError as exc:
-            raise Duplicate(str(exc)) from None
 
     async def update(self, sql: str, params: Params = ()) -> int:
         return _changed(await self._conn.execute(sql, *params))
 
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
-        try:
+        with _duplicates():
             await self._conn.executemany(sql, [tuple(row) for row in rows])
-        except asyncpg.UniqueViolationError as exc:
-            raise Duplicate(str(exc)) from None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         return list(await self._conn.fetch(sql, *params))
@@ -113,15 +107,31 @@ class PostgresBackend:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresWriter]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            yield PostgresWriter(conn)
+        with self._errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield PostgresWriter(conn)
 
     async def write_one(self, sql: str, params: Params = ()) -> int:
         """One statement is a transaction of its own in PostgreSQL."""
-        return _changed(await self._pool.execute(sql, *params))
+        with self._errors():
+            return _changed(await self._pool.execute(sql, *params))
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        return list(await self._pool.fetch(sql, *params))
+        with self._errors():
+            return list(await self._pool.fetch(sql, *params))
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Name a lost server in one line (the pool connects afresh on the next step, so what
+        failed can be tried again), and a duplicate key as such."""
+        try:
+            with _duplicates():
+                yield
+        except _LOST as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreError(
+                f"lost the connection to database {self.address} ({reason}); check that the server runs"
+            ) from None
 
     async def notify(self, topic: str, key: int) -> None:
         await self._pool.execute("SELECT pg_notify($1, $2)", _channel(topic), str(key))
@@ -158,6 +168,26 @@ class PostgresBackend:
         for wanted in {key, 0}:
             for event in self._watchers.get((channel, wanted), ()):
                 event.set()
+
+
+#: What asyncpg raises when the server went away under a connection: refused or reset, closed,
+#: shut down, or (a connection terminated mid-reply) its protocol left in a state it cannot leave.
+_LOST = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+@contextmanager
+def _duplicates() -> Iterator[None]:
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        raise Duplicate(str(exc)) from None
 
 
 def _channel(topic: str) -> str:

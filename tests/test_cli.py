@@ -965,3 +965,19 @@ async def test_a_name_too_long_for_the_file_system_is_one_line(env, tmp_path, se
         result = await voices(env, tmp_path, *argv)
         assert result.code == 2 and result.err.count("\n") == 1, (argv, result.err)
         assert "File name too long" in result.err and "Traceback" not in result.err
+
+
+def test_the_postgresql_password_is_masked_in_logs_and_kept_out_of_errors(tmp_path, monkeypatch, capsys):
+    """A VOICES_DATABASE URL carries a password: an error names the database without it, and a
+    log line that happens to hold it shows it masked."""
+    import logging
+
+    from bot.__main__ import main
+
+    monkeypatch.setenv("VOICES_DATABASE", "postgresql://voices:pg-secret-word@127.0.0.1:1/voices")
+    monkeypatch.chdir(tmp_path)
+    assert main(["list"]) == 2  # nothing listens on port 1
+    logging.getLogger("probe").warning("dsn: pg-secret-word")
+    err = capsys.readouterr().err
+    assert "error: cannot open database postgresql://voices@127.0.0.1:1/voices (" in err
+    assert "dsn: ***" in err and "pg-secret-word" not in err

@@ -172,3 +172,23 @@ async def test_db_copy_refuses_a_target_that_holds_data_and_leaves_it_as_it_was(
         await copy_database(tmp_path / "missing.db", url)
     with pytest.raises(InputError, match="both the source and the target"):
         await copy_database(lite, f"sqlite:///{lite}")
+
+
+async def test_a_lost_connection_is_one_line_and_the_next_step_connects_afresh(postgres):
+    url = await postgres.database()
+    async with Store.open(url) as store:
+        dialogue = await store.create_dialogue(make_spec(), utc_now())
+        admin = await asyncpg.connect(postgres.url("postgres"))
+        try:  # the server drops every connection to the database, as a restart or a failover would
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                url.rsplit("/", 1)[1],
+            )
+        finally:
+            await admin.close()
+        try:  # the pool may notice first and connect afresh; else this step fails, in one line
+            await store.get_dialogue(dialogue.id)
+        except StoreError as lost:
+            assert str(lost).startswith(f"lost the connection to database {address(url)} (")
+            assert "\n" not in str(lost)
+        assert (await store.get_dialogue(dialogue.id)).id == dialogue.id  # and the next step works
