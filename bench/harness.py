@@ -17,6 +17,7 @@ from typing import Any
 from bot.app import App, EngineConfig, open_app
 from bot.database import address
 from bot.models import DialogueSpec, Limits, Persona
+from bot.plan import Tuning
 from tests.postgres import PostgresServer, server_programs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ async def engine(folder: Path, base_url: str) -> AsyncIterator[App]:
 
 
 @asynccontextmanager
-async def engine_on(database: str | Path, base_url: str) -> AsyncIterator[App]:
+async def engine_on(database: str | Path, base_url: str, tuning: Tuning | None = None) -> AsyncIterator[App]:
     """Open the real engine on a database (a SQLite file or a PostgreSQL URL)."""
     config = EngineConfig(
         database=address(database),
@@ -75,6 +76,7 @@ async def engine_on(database: str | Path, base_url: str) -> AsyncIterator[App]:
         api_key="bench-key",
         max_rounds=10_000,
         max_budget=Decimal(1_000),
+        tuning=tuning or Tuning(),
     )
     async with open_app(config) as app:
         yield app
@@ -131,6 +133,16 @@ async def run_dialogue(app: App, dialogue_id: int) -> None:
     """Run a dialogue to its end, consuming its events as a quiet front end would."""
     async for _ in app.runner.run(dialogue_id):
         pass
+
+
+def pace(turns: int, wall: float, gaps: list[float]) -> dict[str, str]:
+    """Return the figures every concurrency row has: turns, their rate, and the relay gaps."""
+    return {
+        "turns": str(turns),
+        "turns/s": f"{turns / wall:.1f}",
+        "relay gap p50": ms(percentile(gaps, 50)),
+        "relay gap p99": ms(percentile(gaps, 99)),
+    }
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -19,7 +19,7 @@ from bench.harness import (
     fake_server,
     gaps_and_streams,
     ms,
-    percentile,
+    pace,
     rss_bytes,
     run_dialogue,
     run_worker,
@@ -57,10 +57,7 @@ async def measure(dialogues: int, rounds: int, tokens_per_second: float, words: 
     memory = max(0, peak - baseline - text) / dialogues
     return {
         "dialogues": str(dialogues),
-        "turns": str(turns),
-        "turns/s": f"{turns / wall:.1f}",
-        "relay gap p50": ms(percentile(gaps, 50)),
-        "relay gap p99": ms(percentile(gaps, 99)),
+        **pace(turns, wall, gaps),
         "CPU per turn": ms(cpu / turns),
         "memory per dialogue": f"{memory / 1024:.0f} KB",
     }
@@ -98,10 +95,7 @@ async def measure_workers(
     return {
         "worker processes": str(processes),
         "dialogues": str(dialogues),
-        "turns": str(turns),
-        "turns/s": f"{turns / wall:.1f}",
-        "relay gap p50": ms(percentile(gaps, 50)),
-        "relay gap p99": ms(percentile(gaps, 99)),
+        **pace(turns, wall, gaps),
         "workers' CPU per turn": ms(workers_cpu / turns),
         "CPU used (of 2 cores × wall)": f"{every / wall:.2f} cores",
         "workers' share": f"{workers_cpu / every:.0%}",

@@ -15,11 +15,10 @@ import argparse
 import asyncio
 import json
 import time
-from decimal import Decimal
 
-from bot.app import App, EngineConfig, open_app, utc_now
+from bench.harness import engine_on
+from bot.app import App, utc_now
 from bot.control import nap
-from bot.database import address
 from bot.errors import LeaseHeld
 from bot.models import Status
 from bot.plan import Tuning
@@ -40,16 +39,8 @@ async def run_one(app: App, dialogue_id: int) -> bool:
 
 
 async def work(database: str, base_url: str, capacity: int, lease_seconds: float) -> dict[str, float]:
-    config = EngineConfig(
-        database=address(database),
-        base_url=base_url,
-        api_key="bench-key",
-        max_rounds=10_000,
-        max_budget=Decimal(1_000),
-        tuning=Tuning(lease_seconds=lease_seconds),
-    )
     finished = 0
-    async with open_app(config) as app:
+    async with engine_on(database, base_url, Tuning(lease_seconds=lease_seconds)) as app:
         running: dict[int, asyncio.Task[bool]] = {}
         async with app.store.watch(WORK, 0) as woken:
             while True:

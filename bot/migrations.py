@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import aiosqlite
 
+from bot.errors import StoreError
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     (
         "Dialogues, their participants and turns, the calls in flight, and the model catalogue.",
@@ -559,6 +561,15 @@ CREATE INDEX asks_waiting ON asks(dialogue_id) WHERE taken_at IS NULL;
 """
 #: Migrations after POSTGRES_BASELINE, in PostgreSQL's words, by version.
 POSTGRES_MIGRATIONS: dict[int, str] = {}
+
+
+def refuse_newer(version: int, database: object) -> None:
+    """Raise StoreError if the database's schema is newer than this Voices knows: it is left as is."""
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database {database} has schema {version}, newer than this Voices knows "
+            f"({SCHEMA_VERSION}); upgrade Voices or point VOICES_DATABASE elsewhere"
+        )
 
 
 async def schema_version(conn: aiosqlite.Connection) -> int:

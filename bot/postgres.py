@@ -18,7 +18,13 @@ import asyncpg
 
 from bot.database import Address, Params, Row
 from bot.errors import Duplicate, StoreError
-from bot.migrations import POSTGRES_BASELINE, POSTGRES_MIGRATIONS, POSTGRES_SCHEMA, SCHEMA_VERSION
+from bot.migrations import (
+    POSTGRES_BASELINE,
+    POSTGRES_MIGRATIONS,
+    POSTGRES_SCHEMA,
+    SCHEMA_VERSION,
+    refuse_newer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,11 +211,7 @@ async def _migrate(conn: asyncpg.pool.PoolConnectionProxy[Any], address: Address
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
         version = await schema_version(conn)
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"database {address} has schema {version}, newer than this Voices knows "
-                f"({SCHEMA_VERSION}); upgrade Voices or point VOICES_DATABASE elsewhere"
-            )
+        refuse_newer(version, address)
         if version == 0:
             async with conn.transaction():
                 await conn.execute(POSTGRES_SCHEMA)

@@ -16,7 +16,7 @@ import aiosqlite
 
 from bot.database import Address, Params, Row
 from bot.errors import Duplicate, StoreError
-from bot.migrations import SCHEMA_VERSION, migrate, schema_version
+from bot.migrations import migrate, refuse_newer, schema_version
 
 
 def _named(params: Params) -> dict[str, Any]:
@@ -125,12 +125,7 @@ class SqliteBackend:
     @staticmethod
     async def _prepare(conn: aiosqlite.Connection, address: Address) -> None:
         try:
-            version = await schema_version(conn)
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"database {address} has schema {version}, newer than this Voices knows "
-                    f"({SCHEMA_VERSION}); upgrade Voices or point VOICES_DATABASE elsewhere"
-                )
+            refuse_newer(await schema_version(conn), address)
             await _run(conn, "PRAGMA journal_mode = WAL", ())
             await _run(conn, "PRAGMA foreign_keys = ON", ())
             # NORMAL is durable in WAL mode except for the last commits on power loss, not on a crash.
