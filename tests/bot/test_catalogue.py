@@ -10,6 +10,8 @@ from bot.catalogue import Catalogue
 from bot.errors import UnknownModel
 from tests.conftest import GLM
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 
 def model_fetches(server) -> int:
     return sum(1 for r in server.requests if r.path == "/api/v1/models")

@@ -14,6 +14,8 @@ from bot.models import LoopAction, NoteKind, Status, StopReason, Turn, TurnStatu
 from bot.providers.scripted import ScriptedProvider, ScriptedReply, free_models
 from tests.conftest import make_spec, run_all
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 NAMES = ("Ada", "Basil")
 LIMITS = LoopThresholds()
 
