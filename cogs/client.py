@@ -110,6 +110,12 @@ class VoicesBot(commands.AutoShardedBot):
             await self.load_extension(extension)
         self.add_dynamic_items(ControlButton, SayButton, InterjectButton)
         await self.sync_commands()
+        if self.settings.gateway_only:
+            # Said once at start: with no worker on this database, dialogues open and wait.
+            log.warning(
+                "gateway only: every dialogue is left for `voices worker` processes on %s; none runs here",
+                app.store.address,
+            )
         self.loop.create_task(self._resume_when_ready(), name="voices-resume")
         self.clock.start()
         if self.settings.retain_days is not None:

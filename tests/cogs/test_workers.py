@@ -43,10 +43,13 @@ async def run_out(world, worker, dialogue_id: int) -> None:
 
 
 @pytest.mark.settings(gateway_only=True)
-async def test_the_gateway_leaves_the_dialogue_and_a_worker_runs_it_into_the_thread(world, worker_in):
+async def test_the_gateway_leaves_the_dialogue_and_a_worker_runs_it_into_the_thread(world, worker_in, caplog):
     result = await start(world, rounds=1)
     assert "Started dialogue 1" in result.response.content
     thread = world.thread()
+    # The gateway says where its dialogues go, so a gateway with no worker is not a mystery.
+    said = [r.getMessage() for r in caplog.get_records("setup")]  # at start-up, in the fixture
+    assert any("every dialogue is left for `voices worker` processes" in line for line in said)
     assert not world.bot.relays.is_running(1) and persona_posts(thread) == []
     assert [r.dialogue_id for r in await world.bot.services.rooms.unclaimed(utc_now(), 10)] == [1]
     worker = await worker_in()
