@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -103,6 +105,11 @@ def run_bot(settings: Settings, worker: bool = False) -> int:
 
     async def serve() -> None:
         async with create_bot(settings, worker) as bot:
+            # Asked to stop (Ctrl-C, `docker stop`), close: each dialogue's lease is given up, so
+            # another worker carries it on at once instead of after the lease lapses.
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
             if worker:
                 await bot.work(token.get_secret_value())
             else:
@@ -113,6 +120,10 @@ def run_bot(settings: Settings, worker: bool = False) -> int:
     except discord.LoginFailure:
         fail("Discord rejected DISCORD_TOKEN; reset the token in the Developer Portal and set it again")
         return 2
+    except discord.HTTPException as exc:  # an answer at login other than "bad token"
+        reason = exc.text or exc.response.reason
+        fail(f"Discord answered {exc.status} while the bot logged in ({reason}); try again")
+        return 1
     except (aiohttp.ClientError, OSError) as exc:
         fail(f"cannot reach Discord ({type(exc).__name__}: {exc}); check the network")
         return 1

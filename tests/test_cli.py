@@ -981,3 +981,57 @@ def test_the_postgresql_password_is_masked_in_logs_and_kept_out_of_errors(tmp_pa
     err = capsys.readouterr().err
     assert "error: cannot open database postgresql://voices@127.0.0.1:1/voices (" in err
     assert "dsn: ***" in err and "pg-secret-word" not in err
+
+
+DISCORD_ME = {"id": "4242", "username": "voices", "discriminator": "0", "avatar": None, "bot": True}
+
+
+async def worker_on_loopback(env, tmp_path, server) -> asyncio.subprocess.Process:
+    """Start `voices worker` with Discord's REST API on the loopback server."""
+    boot = (
+        "import sys, discord; "
+        f"discord.http.Route.BASE = {server.base_url.replace('/api/v1', '/api/v10')!r}; "
+        "from bot.__main__ import main; sys.exit(main(['worker']))"
+    )
+    env |= {"DISCORD_TOKEN": "MTIz.fake.token", "VOICES_LOG_LEVEL": "INFO"}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", boot, cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def test_a_worker_asked_to_stop_closes_cleanly(env, tmp_path, server):
+    """`docker stop` sends SIGTERM: the worker closes (its leases given up for the others) and
+    exits 0, rather than dying where it stood. Discord's REST API is the loopback server here."""
+    server.routes[("GET", "/api/v10/users/@me")] = (200, DISCORD_ME)
+    server.routes[("GET", "/api/v10/oauth2/applications/@me")] = (
+        200,
+        {"id": "4242", "name": "voices", "icon": None, "description": "", "bot_public": True,
+         "bot_require_code_grant": False, "verify_key": "0" * 64, "owner": DISCORD_ME},
+    )  # fmt: skip
+    process = await worker_on_loopback(env, tmp_path, server)
+    assert process.stderr is not None
+    said = b""
+    while b"running dialogues nobody runs" not in said:  # logged in: the worker is looking
+        line = await asyncio.wait_for(process.stderr.readline(), timeout=60)
+        assert line, said.decode()
+        said += line
+    process.send_signal(signal.SIGTERM)
+    _, rest = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, (said + rest).decode()
+    assert b"Traceback" not in said + rest and b"MTIz.fake.token" not in said + rest
+
+
+async def test_discord_failing_at_login_is_one_line(env, tmp_path, server):
+    server.routes[("GET", "/api/v10/users/@me")] = (200, DISCORD_ME)
+    server.routes[("GET", "/api/v10/oauth2/applications/@me")] = (
+        503,
+        {"message": "upstream down", "code": 0},
+    )
+    process = await worker_on_loopback(env, tmp_path, server)
+    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 1
+    assert err.decode().strip().splitlines()[-1] == (
+        "error: Discord answered 503 while the bot logged in (upstream down); try again"
+    )
+    assert b"Traceback" not in err
