@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from bot.database import Address, Backend, Params, Row, Writer, address
-from bot.errors import DialogueNotFound, Duplicate, LeaseHeld, StateError
+from bot.errors import DialogueNotFound, Duplicate, LeaseHeld, StateError, StoreError
 from bot.models import (
     DRY_RUN,
     Ask,
@@ -184,7 +184,12 @@ class Store:
         or postgresql://…"""
         place = address(where)
         if place.kind == "postgresql":
-            from bot.postgres import PostgresBackend  # asyncpg is the postgres extra's
+            try:
+                from bot.postgres import PostgresBackend  # asyncpg is the postgres extra's
+            except ImportError:
+                raise StoreError(
+                    f"{place} is PostgreSQL, and its driver is not installed; pip install -e '.[postgres]'"
+                ) from None
 
             async with PostgresBackend.open(place) as backend:
                 yield cls(backend)

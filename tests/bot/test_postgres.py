@@ -4,6 +4,7 @@ that migrate and write one database at once, and `voices db copy` between the tw
 from __future__ import annotations
 
 import asyncio
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -192,3 +193,15 @@ async def test_a_lost_connection_is_one_line_and_the_next_step_connects_afresh(p
             assert str(lost).startswith(f"lost the connection to database {address(url)} (")
             assert "\n" not in str(lost)
         assert (await store.get_dialogue(dialogue.id)).id == dialogue.id  # and the next step works
+
+
+async def test_without_the_postgres_extra_a_postgresql_url_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if `pip install voices` left it out
+    monkeypatch.delitem(sys.modules, "bot.postgres", raising=False)
+    with pytest.raises(StoreError) as missing:
+        async with Store.open("postgresql://voices@db.example/voices"):
+            pass
+    assert str(missing.value) == (
+        "postgresql://voices@db.example/voices is PostgreSQL, and its driver is not installed; "
+        "pip install -e '.[postgres]'"
+    )
