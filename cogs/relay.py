@@ -33,7 +33,7 @@ from bot.events import (
 from bot.guilds import GuildStore
 from bot.mailbox import Mailbox
 from bot.metrics import Metrics
-from bot.models import Dialogue, NoteKind, Status, StopReason, Turn, TurnStatus
+from bot.models import Ask, Dialogue, NoteKind, Status, StopReason, Turn, TurnStatus
 from bot.rooms import Room, RoomStore
 from bot.store import WORK, Store
 from bot.transcript import headline
@@ -613,7 +613,9 @@ class Relays:
         thread = await self.thread_of(room)
         control = Control(outside=_outside)
         if stop:
-            control.stop()
+            # At once: a paused dialogue has no turn in flight, and if another process took the
+            # dialogue up a moment ago, the stop it is passed on as is the one a member asked for.
+            control.stop(now=True)
         if said is not None:
             control.say(said)
         relay = Relay(self._s, room, thread, control, starter)
@@ -629,6 +631,11 @@ class Relays:
                     await relay.run()
                     break
                 except LeaseHeld as exc:
+                    # A stop or a member's words meant for a dialogue another process took up a
+                    # moment ago (a worker's claim): that process is the one to be asked.
+                    if exc.seconds_left is not None and await self._forward(relay):
+                        log.info("dialogue %s: passed on to the process that runs it", dialogue_id)
+                        break
                     # Another process runs it, or ran it and died: once its lease lapses, this
                     # process takes the dialogue over (the restart path after a crash).
                     if exc.seconds_left is None or not patient:
@@ -642,6 +649,16 @@ class Relays:
         finally:
             self._tasks.pop(dialogue_id, None)
             self._relays.pop(dialogue_id, None)
+
+    async def _forward(self, relay: Relay) -> bool:
+        """Ask what this relay was started to do (a stop, a member's words) of the process that
+        holds the dialogue; False when it was started to run, which is not a thing to ask."""
+        dialogue_id, control = relay.room.dialogue_id, relay.control
+        if control.stop_requested:
+            return await self._s.store.ask(dialogue_id, Ask.STOP_NOW if control.stop_now else Ask.STOP)
+        if (said := control.take_said()) is not None:
+            return await self._s.store.ask(dialogue_id, Ask.SAY, said)
+        return False
 
     async def resume_all(self) -> None:
         """After a restart, carry on every dialogue that was running or about to."""

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from bot.app import utc_now
-from bot.models import Status
+from bot.models import Ask, Status
+from bot.store import Store
 from cogs import create_bot
 from tests.cogs.conftest import make_settings
 from tests.cogs.test_voices_cog import hold_second_turn, persona_posts, start
@@ -99,3 +100,32 @@ async def test_a_worker_that_stops_leaves_its_dialogue_to_the_next_without_a_tur
     assert names == ["claude-opus-4.6", "glm-5", "claude-opus-4.6", "glm-5"]
     turns = await worker.services.store.list_turns(1)
     assert [t.seq for t in turns] == [0, 1, 2, 3]
+
+
+@pytest.mark.settings(gateway_only=True)
+async def test_a_stop_for_a_dialogue_a_worker_took_a_moment_ago_reaches_that_worker(
+    world, tmp_path, monkeypatch
+):
+    """`/voices stop` found nobody running the dialogue and set out to stop it on the gateway; a
+    worker claimed it in between. The stop is asked of that worker, not waited on or lost."""
+    await start(world, rounds=2)
+    gateway = world.bot.services.store
+    asked = []
+    async with Store.open(tmp_path / "voices.db") as worker:
+        original = gateway.ask
+
+        async def claimed_in_between(dialogue_id, action, text=None):
+            asked.append(action)
+            if len(asked) == 1:  # nobody holds it yet; the worker's claim lands right after
+                found = await original(dialogue_id, action, text)
+                await worker.take_lease(dialogue_id, 30)
+                return found
+            return await original(dialogue_id, action, text)
+
+        monkeypatch.setattr(gateway, "ask", claimed_in_between)
+        result = await world.alice.slash(world.thread(), "voices stop", dialogue=1)
+        await world.env.settle()
+        assert "Stopping dialogue 1" in result.response.content
+        assert asked == [Ask.STOP_NOW, Ask.STOP_NOW]  # found nobody; then asked the worker
+        assert not world.bot.relays.is_running(1)  # the gateway did not stay to wait out the lease
+        assert await worker.take_asks(1) == [(Ask.STOP_NOW, None)]
