@@ -83,17 +83,23 @@ async def copy_database(source: str | Path | Address, target: str | Path | Addre
 
 
 async def _copy_table(source: Store, target: Writer, table: str, order: str) -> None:
-    offset = 0
-    while rows := await source.fetchall(
-        f"SELECT * FROM {table} ORDER BY {order} LIMIT $1 OFFSET $2", (BATCH, offset)
-    ):
+    """Copy a table in batches, each starting after the last key of the one before (an OFFSET
+    would read every row before it again: a year of turns, read quadratically)."""
+    keys = [k.strip() for k in order.split(",")]
+    after = ", ".join(f"${n}" for n in range(2, len(keys) + 2))
+    first = f"SELECT * FROM {table} ORDER BY {order} LIMIT $1"
+    rest = f"SELECT * FROM {table} WHERE ({order}) > ({after}) ORDER BY {order} LIMIT $1"
+    rows = await source.fetchall(first, (BATCH,))
+    while rows:
         columns = list(rows[0].keys())
         slots = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
         await target.executemany(
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({slots})",
             [tuple(row[c] for c in columns) for row in rows],
         )
-        offset += len(rows)
+        if len(rows) < BATCH:
+            break
+        rows = await source.fetchall(rest, (BATCH, *(rows[-1][k] for k in keys)))
 
 
 async def _counts(store: Store) -> dict[str, int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from bot import transfer
 from bot.database import address
 from bot.errors import InputError, LeaseHeld, StoreError
 from bot.migrations import SCHEMA_VERSION
@@ -129,7 +130,8 @@ async def test_two_processes_taking_one_lease_at_once_give_it_to_one(postgres):
     assert all(isinstance(r, LeaseHeld) for i, r in enumerate(results) if i % 2 not in winners)
 
 
-async def test_db_copy_moves_every_dialogue_to_postgresql_and_back_unchanged(postgres, tmp_path):
+async def test_db_copy_moves_every_dialogue_to_postgresql_and_back_unchanged(postgres, tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "BATCH", 2)  # every table in several batches, as a big one is
     lite = tmp_path / "v.db"
     async with Store.open(lite) as store:
         first = await store.create_dialogue(make_spec(budget="0.5"), utc_now())
