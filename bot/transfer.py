@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bot.database import Address, Writer, address
 from bot.errors import InputError
-from bot.store import Store
+from bot.store import Store, utc_now
 from bot.text import counted
 
 #: Every table, parents before children, each with the columns that order its rows.
@@ -69,6 +69,12 @@ async def copy_database(source: str | Path | Address, target: str | Path | Addre
     if origin.path is not None and not origin.path.exists():
         raise InputError(f"there is no database at {origin}; give the path of the one to copy")
     async with Store.open(origin) as old, Store.open(destination) as new:
+        if running := await _running(old):
+            # Its rows would move while they are read: the copy would be of no one moment.
+            raise InputError(
+                f"{origin} has {counted(running, 'dialogue')} running (a live lease); stop Voices "
+                "there first, then copy"
+            )
         if held := await _counts(new):
             raise InputError(f"{destination} already holds {_rows(held)}; copy into an empty database")
         async with new.transaction() as conn:
@@ -100,6 +106,16 @@ async def _copy_table(source: Store, target: Writer, table: str, order: str) -> 
         if len(rows) < BATCH:
             break
         rows = await source.fetchall(rest, (BATCH, *(rows[-1][k] for k in keys)))
+
+
+async def _running(store: Store) -> int:
+    """Return how many dialogues a live process holds."""
+    rows = await store.fetchall(
+        "SELECT COUNT(*) FROM leases l JOIN dialogues d ON d.id = l.dialogue_id "
+        "WHERE l.expires_at > $1 AND d.status IN ('pending', 'running')",
+        (utc_now().isoformat(),),
+    )
+    return int(rows[0][0])
 
 
 async def _counts(store: Store) -> dict[str, int]:

@@ -175,6 +175,12 @@ async def test_db_copy_refuses_a_target_that_holds_data_and_leaves_it_as_it_was(
         await copy_database(tmp_path / "missing.db", url)
     with pytest.raises(InputError, match="both the source and the target"):
         await copy_database(lite, f"sqlite:///{lite}")
+    async with Store.open(lite) as store:  # a process runs one of its dialogues right now
+        await store.take_lease(1, 30)
+        with pytest.raises(
+            InputError, match=r"has 1 dialogue running \(a live lease\); stop Voices there first"
+        ):
+            await copy_database(lite, tmp_path / "copy.db")
 
 
 async def test_a_lost_connection_is_one_line_and_the_next_step_connects_afresh(postgres):
