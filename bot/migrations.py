@@ -1,13 +1,11 @@
-"""The database schema as ordered migrations, applied above `PRAGMA user_version` (SQLite) or the
-version in `voices_schema` (PostgreSQL).
+"""The database schema as ordered migrations, applied above `PRAGMA user_version` (SQLite, by
+bot/sqlite.py) or the version in `voices_schema` (PostgreSQL, by bot/postgres.py).
 
 Each entry is one version: a reason (why it exists) and the SQL. Never edit a shipped entry;
 append a new one. Money is TEXT holding a Decimal, so no float ever rounds it.
 """
 
 from __future__ import annotations
-
-import aiosqlite
 
 from bot.errors import StoreError
 
@@ -570,38 +568,3 @@ def refuse_newer(version: int, database: object) -> None:
             f"database {database} has schema {version}, newer than this Voices knows "
             f"({SCHEMA_VERSION}); upgrade Voices or point VOICES_DATABASE elsewhere"
         )
-
-
-async def schema_version(conn: aiosqlite.Connection) -> int:
-    """Return the version recorded in the database file."""
-    async with conn.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
-    return int(row[0]) if row else 0
-
-
-async def migrate(conn: aiosqlite.Connection) -> int:
-    """Apply every migration above the file's version, each in its own transaction; return the new version."""
-    version = await schema_version(conn)
-    for number, (_reason, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
-        # executescript would commit on its own; run the statements inside one explicit transaction
-        # so a failed migration leaves the file at the version before it.
-        await _run(conn, "BEGIN")
-        try:
-            for statement in _statements(sql):
-                await _run(conn, statement)
-            await _run(conn, f"PRAGMA user_version = {number}")
-            await conn.commit()
-        except BaseException:
-            await conn.rollback()
-            raise
-    return await schema_version(conn)
-
-
-async def _run(conn: aiosqlite.Connection, sql: str) -> None:
-    async with conn.execute(sql):  # closed at once, or COMMIT would find it "in progress"
-        pass
-
-
-def _statements(sql: str) -> list[str]:
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

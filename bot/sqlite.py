@@ -16,7 +16,7 @@ import aiosqlite
 
 from bot.database import Address, Params, Row
 from bot.errors import Duplicate, StoreError
-from bot.migrations import migrate, refuse_newer, schema_version
+from bot.migrations import MIGRATIONS, refuse_newer
 
 
 def _named(params: Params) -> dict[str, Any]:
@@ -46,6 +46,35 @@ async def _fetch(conn: aiosqlite.Connection, sql: str, params: Params) -> list[R
         return list(await conn.execute_fetchall(sql, _named(params)))
     except sqlite3.IntegrityError as exc:
         raise _duplicate(exc) from None
+
+
+async def schema_version(conn: aiosqlite.Connection) -> int:
+    """Return the version recorded in the database file."""
+    rows = await _fetch(conn, "PRAGMA user_version", ())
+    return int(rows[0][0]) if rows else 0
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Apply every migration above the file's version, each in its own transaction; return the new version."""
+    version = await schema_version(conn)
+    for number, (_reason, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
+        # executescript would commit on its own; run the statements inside one explicit transaction
+        # so a failed migration leaves the file at the version before it.
+        await _run(conn, "BEGIN", ())
+        try:
+            for statement in _statements(sql):
+                await _run(conn, statement, ())
+            await _run(conn, f"PRAGMA user_version = {number}", ())
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+    return await schema_version(conn)
+
+
+def _statements(sql: str) -> list[str]:
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
 class SqliteWriter:

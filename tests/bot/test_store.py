@@ -13,9 +13,10 @@ import aiosqlite
 import pytest
 
 from bot.errors import DialogueNotFound, StateError, StoreError
-from bot.migrations import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
+from bot.migrations import MIGRATIONS, SCHEMA_VERSION
 from bot.models import ModelInfo, Pricing, Status, StopReason, Turn, TurnStatus, Usage
 from bot.rooms import Room, RoomStore
+from bot.sqlite import migrate, schema_version
 from bot.store import Store, utc_now
 from tests.conftest import make_spec
 
