@@ -340,7 +340,7 @@ async def dispatch(
                 note = await app.runner.interject(args.id, author, args.text)
             console.print(f"Noted: every model reads it before turn {note.before_seq + 1}.", markup=False)
         case "stop" | "pause":
-            action = Ask.PAUSE if args.command == "pause" else Ask.STOP_NOW if args.now else Ask.STOP
+            action = Ask.of(args.command, getattr(args, "now", False))
             async with open_app(config) as app:
                 if await app.runner.ask(args.id, action):
                     console.print(

@@ -86,6 +86,13 @@ class Ask(StrEnum):
     PAUSE = "pause"  # after the turn in flight; `resume` goes on
     SAY = "say"  # a member's words for the turn that waits on them
 
+    @classmethod
+    def of(cls, action: str, now: bool = False) -> Ask:
+        """Return the ask for a person's "stop" (at once, with `now`) or "pause"."""
+        if action == "pause":
+            return cls.PAUSE
+        return cls.STOP_NOW if now else cls.STOP
+
     @property
     def when(self) -> str:
         """When a stop or a pause takes effect, in words."""

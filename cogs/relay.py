@@ -655,7 +655,7 @@ class Relays:
         holds the dialogue; False when it was started to run, which is not a thing to ask."""
         dialogue_id, control = relay.room.dialogue_id, relay.control
         if control.stop_requested:
-            return await self._s.store.ask(dialogue_id, Ask.STOP_NOW if control.stop_now else Ask.STOP)
+            return await self._s.store.ask(dialogue_id, Ask.of("stop", control.stop_now))
         if (said := control.take_said()) is not None:
             return await self._s.store.ask(dialogue_id, Ask.SAY, said)
         return False

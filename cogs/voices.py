@@ -235,7 +235,7 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         if action in ("stop", "pause") and not running:
             # Another process may run it (a shard, or one that took it over): the ask waits in
             # the database for that process, which takes it within a second.
-            asked = Ask.PAUSE if action == "pause" else Ask.STOP_NOW if now else Ask.STOP
+            asked = Ask.of(action, now)
             if await self.s.store.ask(dialogue.id, asked):
                 return f"Asked the process running dialogue {dialogue.id} to {action} {asked.when}."
         if action == "stop":
