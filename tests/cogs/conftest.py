@@ -89,14 +89,16 @@ class World:
         leases are given up as the tasks end; a lease left to lapse is tested on its own."""
         await self.bot.relays.close()
 
-    async def finish(self, dialogue_id: int) -> None:
-        """Let the dialogue's background relay run to its end, moving SimCord's clock along for the
-        edits that wait out their second (SimCord's time only moves when a test moves it)."""
+    async def finish(self, dialogue_id: int, bot: VoicesBot | None = None) -> None:
+        """Let the dialogue's background relay (in `bot`, by default the world's) run to its end,
+        moving SimCord's clock along for the edits that wait out their second (SimCord's time only
+        moves when a test moves it)."""
+        relays = (bot or self.bot).relays
         for _ in range(600):
-            if not self.bot.relays.is_running(dialogue_id):
+            if not relays.is_running(dialogue_id):
                 break
             await self.env.advance_time(1.0)
-        await self.bot.relays.wait(dialogue_id)
+        await relays.wait(dialogue_id)
         await self.env.settle()
 
 

@@ -34,15 +34,6 @@ async def worker_in(world, tmp_path, server):
         await worker.close()
 
 
-async def run_out(world, worker, dialogue_id: int) -> None:
-    for _ in range(600):
-        if not worker.relays.is_running(dialogue_id):
-            break
-        await world.env.advance_time(1.0)
-    await worker.relays.wait(dialogue_id)
-    await world.env.settle()
-
-
 @pytest.mark.settings(gateway_only=True)
 async def test_the_gateway_leaves_the_dialogue_and_a_worker_runs_it_into_the_thread(world, worker_in, caplog):
     result = await start(world, rounds=1)
@@ -54,7 +45,7 @@ async def test_the_gateway_leaves_the_dialogue_and_a_worker_runs_it_into_the_thr
     assert not world.bot.relays.is_running(1) and persona_posts(thread) == []
     assert [r.dialogue_id for r in await world.bot.services.rooms.unclaimed(utc_now(), 10)] == [1]
     worker = await worker_in()
-    await run_out(world, worker, 1)  # claimed on its first look
+    await world.finish(1, worker)  # claimed on its first look
     assert [m.author.name for m in persona_posts(thread)] == ["claude-opus-4.6", "glm-5"]
     assert any("opened dialogue 1 with:" in m.content for m in thread.history())  # posted once
     assert sum("opened dialogue 1 with:" in m.content for m in thread.history()) == 1
@@ -71,13 +62,13 @@ async def test_a_worker_takes_no_more_dialogues_than_it_may(world, worker_in):
     worker = await worker_in(worker_dialogues=2)
     assert worker.relays.running() == 2 and not worker.relays.is_running(3)  # the third waits
     for dialogue_id in (1, 2):
-        await run_out(world, worker, dialogue_id)
+        await world.finish(dialogue_id, worker)
     store = worker.services.store
     for _ in range(300):  # its next looks: the third is taken once there is room
         if (await store.get_dialogue(3)).status.is_final:
             break
         await world.env.advance_time(1.0)
-    await run_out(world, worker, 3)
+    await world.finish(3, worker)
     for dialogue_id in (1, 2, 3):
         assert (await worker.services.store.get_dialogue(dialogue_id)).status is Status.FINISHED
 
@@ -95,7 +86,7 @@ async def test_a_worker_that_stops_leaves_its_dialogue_to_the_next_without_a_tur
     await world.crash()  # the relays end; their leases are left lapsed, not deleted
     server.enqueue(Reply(text="Second turn."))
     worker = await worker_in()
-    await run_out(world, worker, 1)
+    await world.finish(1, worker)
     names = [m.author.name for m in persona_posts(thread)]
     assert names == ["claude-opus-4.6", "glm-5", "claude-opus-4.6", "glm-5"]
     turns = await worker.services.store.list_turns(1)
