@@ -428,33 +428,13 @@ async def test_a_gateway_split_that_cannot_be_is_one_line_before_discord_is_reac
 
 
 @pytest.mark.parametrize("command", ["bot", "worker"])
-def test_bot_with_a_rejected_token_is_one_line(tmp_path, monkeypatch, capsys, command):
+async def test_bot_with_a_rejected_token_is_one_line(env, tmp_path, server, command):
     """Discord answers the login with 401: one line, no traceback (Discord's API is on loopback)."""
-    import asyncio
-    import threading
-
-    import discord
-
-    from bot.__main__ import main
-
-    server = FakeOpenRouter()
     server.routes[("GET", "/api/v10/users/@me")] = (401, {"message": "401: Unauthorized", "code": 0})
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(server.__aenter__())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setattr(discord.http.Route, "BASE", server.base_url.replace("/api/v1", "/api/v10"))
-        monkeypatch.setenv("DISCORD_TOKEN", "MTIz.rejected.token")
-        monkeypatch.setenv("VOICES_DATABASE", str(tmp_path / "voices.db"))
-        monkeypatch.chdir(tmp_path)
-        assert main([command]) == 2
-    finally:
-        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
-    err = capsys.readouterr().err
+    process = await on_loopback_discord(env, tmp_path, server, command, token="MTIz.rejected.token")
+    _, raw = await asyncio.wait_for(process.communicate(), timeout=60)
+    err = raw.decode()
+    assert process.returncode == 2
     assert err.strip().splitlines()[-1] == (
         "error: Discord rejected DISCORD_TOKEN; reset the token in the Developer Portal and set it again"
     )
@@ -986,14 +966,16 @@ def test_the_postgresql_password_is_masked_in_logs_and_kept_out_of_errors(tmp_pa
 DISCORD_ME = {"id": "4242", "username": "voices", "discriminator": "0", "avatar": None, "bot": True}
 
 
-async def worker_on_loopback(env, tmp_path, server) -> asyncio.subprocess.Process:
-    """Start `voices worker` with Discord's REST API on the loopback server."""
+async def on_loopback_discord(
+    env, tmp_path, server, command: str = "worker", token: str = "MTIz.fake.token"
+) -> asyncio.subprocess.Process:
+    """Start `voices bot` or `voices worker` with Discord's REST API on the loopback server."""
     boot = (
         "import sys, discord; "
         f"discord.http.Route.BASE = {server.base_url.replace('/api/v1', '/api/v10')!r}; "
-        "from bot.__main__ import main; sys.exit(main(['worker']))"
+        f"from bot.__main__ import main; sys.exit(main([{command!r}]))"
     )
-    env |= {"DISCORD_TOKEN": "MTIz.fake.token", "VOICES_LOG_LEVEL": "INFO"}
+    env |= {"DISCORD_TOKEN": token, "VOICES_LOG_LEVEL": "INFO"}
     return await asyncio.create_subprocess_exec(
         sys.executable, "-c", boot, cwd=tmp_path, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -1009,7 +991,7 @@ async def test_a_worker_asked_to_stop_closes_cleanly(env, tmp_path, server):
         {"id": "4242", "name": "voices", "icon": None, "description": "", "bot_public": True,
          "bot_require_code_grant": False, "verify_key": "0" * 64, "owner": DISCORD_ME},
     )  # fmt: skip
-    process = await worker_on_loopback(env, tmp_path, server)
+    process = await on_loopback_discord(env, tmp_path, server)
     assert process.stderr is not None
     said = b""
     while b"running dialogues nobody runs" not in said:  # logged in: the worker is looking
@@ -1028,7 +1010,7 @@ async def test_discord_failing_at_login_is_one_line(env, tmp_path, server):
         503,
         {"message": "upstream down", "code": 0},
     )
-    process = await worker_on_loopback(env, tmp_path, server)
+    process = await on_loopback_discord(env, tmp_path, server)
     _, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 1
     assert err.decode().strip().splitlines()[-1] == (
