@@ -73,10 +73,10 @@ async def test_metrics_follow_a_dialogue_and_health_says_ok(world):
 @pytest.mark.settings(metrics_port=PORT)
 async def test_health_is_503_naming_what_is_down(world):
     async with scraper(f"http://127.0.0.1:{PORT}") as http:
-        await world.bot.services.store._backend._conn.close()  # the database stops answering
+        world.bot.services.store._backend._conn.close()  # the database stops answering
         down = await http.get("/healthz")
     assert down.status_code == 503
-    assert down.text == "the database does not answer (ValueError)\n"
+    assert down.text == "the database does not answer (ProgrammingError)\n"
 
 
 async def test_429s_that_discord_py_waits_out_are_counted_from_its_log(world):
