@@ -190,7 +190,8 @@ class SqliteBackend:
         self.address = address
         # One connection is shared by every task; this keeps their transactions from interleaving.
         self._write_lock = asyncio.Lock()
-        self._commits = 0
+        self._commits = 0  # commits so far, and at the last checkpoint's start
+        self._checked = 0
         self._checkpoint: asyncio.Task[None] | None = None
 
     @classmethod
@@ -285,17 +286,21 @@ class SqliteBackend:
     def _committed(self) -> None:
         """Count a commit, and every CHECKPOINT_EVERY start a checkpoint in aiosqlite's thread."""
         self._commits += 1
-        if self._commits >= CHECKPOINT_EVERY and self._checkpoint is None:
-            self._commits = 0
+        if self._commits - self._checked >= CHECKPOINT_EVERY and self._checkpoint is None:
+            self._checked = self._commits
             self._checkpoint = asyncio.get_running_loop().create_task(self._check_point())
 
     async def _check_point(self) -> None:
         try:
-            # PASSIVE copies what no reader still needs and never waits for one. Writes wait (in
-            # the loop, not blocking it): the log starts again from its beginning only at a write
-            # that finds all of it copied, which writes landing meanwhile would prevent.
-            async with self._write_lock:
-                await _fetch(self._side, "PRAGMA wal_checkpoint(PASSIVE)", ())
+            # PASSIVE copies what no reader still needs and never waits for one. The bulk is copied
+            # (and flushed to disk) while writes go on; then the few pages they added, with this
+            # process's writes held back (in the loop, not blocking it), since the log starts again
+            # from its beginning only at a write that finds all of it copied.
+            commits = self._commits
+            await _fetch(self._side, "PRAGMA wal_checkpoint(PASSIVE)", ())
+            if self._commits != commits:
+                async with self._write_lock:
+                    await _fetch(self._side, "PRAGMA wal_checkpoint(PASSIVE)", ())
         except sqlite3.Error as exc:  # the next one tries again; the log only grows meanwhile
             log.warning("checkpoint of %s failed: %s", self.address, exc)
         finally:
