@@ -1,12 +1,14 @@
 """The SQLite backend: a database file in WAL mode with foreign keys on, one writer at a time.
 
-Two connections. The statements of a running engine are short, indexed and never wait: they run on
-the event loop's own connection, where a statement costs microseconds and a trip to a worker thread
-costs more than the statement (a dialogue turn took 3.5 ms of CPU through aiosqlite's thread and 1.5
-ms without it; docs/benchmarks.md §9). What may wait goes to aiosqlite's thread: opening and
-migrating (which waits for another process's migration), and checkpoints of the write-ahead log
-(which flush to disk). Where another process holds the write lock, a statement on the loop's
-connection gives the loop back and tries again rather than blocking it.
+Two connections. The statements of a running engine are short and indexed: they run on the event
+loop's own connection, where a statement costs microseconds and a trip to a worker thread costs
+more than the statement (a dialogue turn took 3.5 ms of CPU through aiosqlite's thread and 1.4 ms
+without it; docs/benchmarks.md §9). The longest, reading a whole transcript back (5 ms for 1,000
+turns), holds the loop half as long as building the turns from its rows did already. What may wait
+goes to aiosqlite's thread: opening and migrating (which waits for another process's migration),
+and checkpoints of the write-ahead log (which flush to disk). Where another process holds the write
+lock, a statement on the loop's connection gives the loop back and tries again rather than blocking
+it.
 """
 
 from __future__ import annotations
