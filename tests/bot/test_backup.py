@@ -52,8 +52,9 @@ async def test_a_backup_taken_while_a_dialogue_is_written_restores_every_committ
         assert restored[: len(before)] == before
         assert restored == final[: len(restored)]
         assert not (tmp_path / f"{target.name}-wal").exists()  # one self-contained file
-    # Restoring is pointing Voices at the copy: it opens, migrated, with the dialogue mid-way.
-    before, target, _ = taken_mid_dialogue[-1]
+    # Restoring is pointing Voices at the copy: it opens, migrated, with the dialogue mid-way. (A
+    # backup begun mid-way may end after the last turn: the copy is the one it made, not `before`.)
+    before, target, _ = [b for b in taken_mid_dialogue if len(committed_turns(b[1])) < 24][-1]
     async with Store.open(target) as restored:
         copy = await restored.get_dialogue(dialogue.id)
         assert copy.status is Status.RUNNING
