@@ -28,12 +28,13 @@ def _relay(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
     return f"Relay overhead ({rounds} rounds, {rate} tokens/s)", [relay.measure(rounds, rate, words)]
 
 
-def _scale(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
+def _scale(quick: bool, spread: float = 0.0) -> tuple[str, list[Awaitable[dict[str, str]]]]:
     rounds, rate, words, counts = (1, 500, 10, (10, 50)) if quick else (3, 50, 50, (10, 100, 300, 1000))
+    starts = f", starts spread over {spread:g} s" if spread else ", all starting at once"
     return (
         f"Concurrency ({counts_of(rounds, 'round')} per dialogue, {words}-token replies at {rate} tokens/s, "
-        "one token per chunk)",
-        [scale.measure(n, rounds=rounds, tokens_per_second=rate, words=words) for n in counts],
+        f"one token per chunk{starts})",
+        [scale.measure(n, rounds=rounds, tokens_per_second=rate, words=words, spread=spread) for n in counts],
     )
 
 
@@ -156,16 +157,19 @@ def table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-async def run(names: list[str], quick: bool, processes: int | None = None) -> None:
+async def run(names: list[str], quick: bool, processes: int | None = None, spread: float = 0.0) -> None:
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
     print(
         f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
         f"{platform.machine()}; loop: {loop}; mode: {'quick' if quick else 'full'}\n"
     )
     for name in names:
-        title, measurements = (
-            _workers(quick, processes) if name == "scale" and processes else BENCHES[name](quick)
-        )
+        if name == "scale" and processes:
+            title, measurements = _workers(quick, processes)
+        elif name == "scale":
+            title, measurements = _scale(quick, spread)
+        else:
+            title, measurements = BENCHES[name](quick)
         rows: list[Row] = []
         for measurement in measurements:
             result = await measurement
@@ -191,9 +195,18 @@ def main() -> None:
         metavar="N",
         help="scale: run its dialogues on 1 and on N headless worker processes sharing PostgreSQL",
     )
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="scale: start the dialogues spread evenly over this many seconds instead of all at once",
+    )
     args = parser.parse_args()
     if args.processes is not None and args.processes < 1:
         parser.error("--processes takes 1 or more")
+    if args.spread < 0:
+        parser.error("--spread takes 0 or more seconds")
     unknown = set(args.names) - set(BENCHES)
     if unknown:
         parser.error(f"unknown benchmark {', '.join(sorted(unknown))}; choose from {', '.join(BENCHES)}")
@@ -205,7 +218,7 @@ def main() -> None:
             )
         if importlib.util.find_spec("uvloop") is None:
             parser.error("uvloop is not installed; pip install -e '.[fast]'")
-    work = run(names, args.quick, args.processes)
+    work = run(names, args.quick, args.processes, args.spread)
     if args.loop == "asyncio":
         asyncio.run(work)
     else:

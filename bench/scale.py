@@ -25,10 +25,15 @@ from bench.harness import (
     run_worker,
     spec,
 )
+from bot.app import App
 
 
-async def measure(dialogues: int, rounds: int, tokens_per_second: float, words: int) -> dict[str, str]:
-    """Run `dialogues` dialogues side by side and return the figures."""
+async def measure(
+    dialogues: int, rounds: int, tokens_per_second: float, words: int, spread: float = 0.0
+) -> dict[str, str]:
+    """Run `dialogues` dialogues side by side and return the figures. With `spread`, their starts
+    are spread evenly over that many seconds rather than all at once (then, streaming at one pace,
+    they all end their turns together)."""
     async with fake_server(1 / tokens_per_second, words) as server:
         with tempfile.TemporaryDirectory() as folder:
             async with engine(Path(folder), server.base_url) as app:
@@ -44,7 +49,7 @@ async def measure(dialogues: int, rounds: int, tokens_per_second: float, words: 
 
                 sampler = asyncio.create_task(sample())
                 cpu, started = time.process_time(), time.monotonic()
-                await asyncio.gather(*(run_dialogue(app, i) for i in ids))
+                await asyncio.gather(*(_later(spread * n / dialogues, app, i) for n, i in enumerate(ids)))
                 wall, cpu = time.monotonic() - started, time.process_time() - cpu
                 sampling = False
                 await sampler
@@ -61,6 +66,11 @@ async def measure(dialogues: int, rounds: int, tokens_per_second: float, words: 
         "CPU per turn": ms(cpu / turns),
         "memory per dialogue": f"{memory / 1024:.0f} KB",
     }
+
+
+async def _later(delay: float, app: App, dialogue_id: int) -> None:
+    await asyncio.sleep(delay)
+    await run_dialogue(app, dialogue_id)
 
 
 async def measure_workers(

@@ -79,3 +79,16 @@ def test_scale_over_worker_processes_reports_one_and_two_side_by_side():
     rows = [line for line in table.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert len(rows) == 2 and all("| 10 | 20 |" in row for row in rows)  # every dialogue's turns, both ways
     assert "provider's share" in table and "PostgreSQL's share" in table
+
+
+def test_scale_can_spread_the_starts_and_refuses_a_negative_spread():
+    command = [sys.executable, "-m", "bench", "scale", "--quick"]
+    spread = subprocess.run(
+        [*command, "--spread", "0.2"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert spread.returncode == 0, spread.stderr
+    assert "one token per chunk, starts spread over 0.2 s)" in spread.stdout
+    assert "| 10 | 20 |" in spread.stdout and "| 50 | 100 |" in spread.stdout  # every dialogue's turns
+    refused = subprocess.run([*command, "--spread", "-1"], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "--spread takes 0 or more seconds" in refused.stderr
