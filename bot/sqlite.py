@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import aiosqlite
@@ -41,32 +41,27 @@ def _named(params: Params) -> dict[str, Any]:
     return {str(number): value for number, value in enumerate(params, 1)}
 
 
-async def _run(conn: aiosqlite.Connection, sql: str, params: Params) -> aiosqlite.Cursor:
-    """Run one statement in one trip. A statement that returns rows is closed at once: left open
-    (say, the row PRAGMA journal_mode returns) it would keep a statement "in progress" and block COMMIT."""
+@contextmanager
+def _duplicates() -> Iterator[None]:
+    """Name a duplicate key as such (as the PostgreSQL backend does), and let other errors be."""
     try:
-        cursor = await conn.execute(sql, _named(params))
+        yield
     except sqlite3.IntegrityError as exc:
-        raise _duplicate(exc) from None
-    if cursor.description is not None:
-        await cursor.close()
-    return cursor
+        if "UNIQUE" in str(exc):
+            raise Duplicate(str(exc)) from None
+        raise
 
 
-def _duplicate(exc: sqlite3.IntegrityError) -> Exception:
-    return Duplicate(str(exc)) if "UNIQUE" in str(exc) else exc
-
-
-async def _fetch(conn: aiosqlite.Connection, sql: str, params: Params) -> list[Row]:
-    try:
-        return list(await conn.execute_fetchall(sql, _named(params)))
-    except sqlite3.IntegrityError as exc:
-        raise _duplicate(exc) from None
+async def _run(conn: aiosqlite.Connection, sql: str) -> list[Row]:
+    """Run one statement on aiosqlite's connection (the schema, PRAGMAs, checkpoints) in one trip,
+    reading its rows to the end: a statement left "in progress" (say, the row PRAGMA journal_mode
+    returns) would block COMMIT."""
+    return list(await conn.execute_fetchall(sql))
 
 
 async def schema_version(conn: aiosqlite.Connection) -> int:
     """Return the version recorded in the database file."""
-    rows = await _fetch(conn, "PRAGMA user_version", ())
+    rows = await _run(conn, "PRAGMA user_version")
     return int(rows[0][0]) if rows else 0
 
 
@@ -76,11 +71,11 @@ async def migrate(conn: aiosqlite.Connection) -> int:
     for number, (_reason, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
         # executescript would commit on its own; run the statements inside one explicit transaction
         # so a failed migration leaves the file at the version before it.
-        await _run(conn, "BEGIN", ())
+        await _run(conn, "BEGIN")
         try:
             for statement in _statements(sql):
-                await _run(conn, statement, ())
-            await _run(conn, f"PRAGMA user_version = {number}", ())
+                await _run(conn, statement)
+            await _run(conn, f"PRAGMA user_version = {number}")
             await conn.commit()
         except BaseException:
             await conn.rollback()
@@ -105,9 +100,8 @@ class Statements:
         named, pause, waited = _named(params), 0.001, 0.0
         while True:
             try:
-                return self.db.execute(sql, named)
-            except sqlite3.IntegrityError as exc:
-                raise _duplicate(exc) from None
+                with _duplicates():
+                    return self.db.execute(sql, named)
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or waited >= BUSY_SECONDS:
                     raise
@@ -123,10 +117,8 @@ class Statements:
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         cursor = await self.cursor(sql, params)
-        try:
+        with _duplicates():
             return cursor.fetchall()
-        except sqlite3.IntegrityError as exc:
-            raise _duplicate(exc) from None
 
 
 class SqliteWriter:
@@ -146,10 +138,8 @@ class SqliteWriter:
         return await self._statements.run(sql, params)
 
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
-        try:
+        with _duplicates():
             self._statements.db.executemany(sql, [_named(row) for row in rows])
-        except sqlite3.IntegrityError as exc:
-            raise _duplicate(exc) from None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         return await self._statements.fetch(sql, params)
@@ -237,11 +227,11 @@ class SqliteBackend:
     async def _prepare(conn: aiosqlite.Connection, address: Address) -> None:
         try:
             refuse_newer(await schema_version(conn), address)
-            await _run(conn, "PRAGMA journal_mode = WAL", ())
-            await _run(conn, "PRAGMA foreign_keys = ON", ())
+            await _run(conn, "PRAGMA journal_mode = WAL")
+            await _run(conn, "PRAGMA foreign_keys = ON")
             # NORMAL is durable in WAL mode except for the last commits on power loss, not on a crash.
-            await _run(conn, "PRAGMA synchronous = NORMAL", ())
-            await _run(conn, "PRAGMA busy_timeout = 5000", ())
+            await _run(conn, "PRAGMA synchronous = NORMAL")
+            await _run(conn, "PRAGMA busy_timeout = 5000")
             await migrate(conn)
         except sqlite3.DatabaseError as exc:
             if "readonly" in str(exc):
@@ -299,10 +289,10 @@ class SqliteBackend:
             # process's writes held back (in the loop, not blocking it), since the log starts again
             # from its beginning only at a write that finds all of it copied.
             commits = self._commits
-            await _fetch(self._side, "PRAGMA wal_checkpoint(PASSIVE)", ())
+            await _run(self._side, "PRAGMA wal_checkpoint(PASSIVE)")
             if self._commits != commits:
                 async with self._write_lock:
-                    await _fetch(self._side, "PRAGMA wal_checkpoint(PASSIVE)", ())
+                    await _run(self._side, "PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:  # the next one tries again; the log only grows meanwhile
             log.warning("checkpoint of %s failed: %s", self.address, exc)
         finally:
