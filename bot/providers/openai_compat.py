@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
@@ -87,7 +87,15 @@ class OpenAICompatProvider:
                 generation_id = response.headers.get("x-generation-id")
                 if generation_id:
                     yield Begun(generation_id)
-                async for event in self._read_events(response, request.model, generation_id):
+                reply = _Reply(self.source, self._stream_error, request.model, generation_id)
+                # Each chunk is read and parsed here, with plain calls: every async generator
+                # between the socket and this loop costs each streamed token a hop.
+                async for chunk in _body(response):
+                    for event in reply.read(chunk):
+                        yield event
+                    if reply.done:
+                        break
+                for event in reply.end():
                     yield event
         except httpx.TransportError as exc:
             raise self._transport_error(exc) from None
@@ -102,40 +110,6 @@ class OpenAICompatProvider:
                 f"cannot reach {self.source} ({reason}); check the base URL and your network"
             )
         return ConnectionFailed(f"the connection to {self.source} dropped ({type(exc).__name__})")
-
-    async def _read_events(
-        self, response: httpx.Response, model: str, generation_id: str | None
-    ) -> AsyncIterator[StreamEvent]:
-        finish_reason: str | None = None
-        usage: Usage | None = None
-        provider: str | None = None
-        async for data in sse_data(response.aiter_bytes()):
-            if data == "[DONE]":
-                break
-            chunk = _parse_json(data)
-            if chunk is None:
-                continue  # a line that is not JSON is noise, not a reason to lose the reply
-            if "error" in chunk:
-                raise self._stream_error(chunk["error"])
-            model = _text(chunk.get("model")) or model
-            provider = _text(chunk.get("provider")) or provider
-            generation_id = generation_id or _text(chunk.get("id"))
-            if chunk.get("usage"):
-                usage = _parse_usage(chunk["usage"])
-            choices = chunk.get("choices")
-            for choice in choices if isinstance(choices, list) else ():
-                choice = choice if isinstance(choice, dict) else {}
-                delta = choice.get("delta")
-                delta = delta if isinstance(delta, dict) else {}
-                if reasoning := _text(delta.get("reasoning")) or _text(delta.get("reasoning_content")):
-                    yield ReasoningDelta(reasoning)
-                if content := _text(delta.get("content")):
-                    yield TextDelta(content)
-                finish_reason = _text(choice.get("finish_reason")) or finish_reason
-        else:
-            if finish_reason is None and usage is None:
-                raise ConnectionFailed(f"the stream from {self.source} ended before the reply did")
-        yield Completion(finish_reason, usage, model, generation_id, provider)
 
     def _http_error(self, response: httpx.Response) -> ProviderError:
         status = response.status_code
@@ -249,38 +223,122 @@ def _with_breakpoints(messages: list[dict[str, str]], marks: tuple[int, ...]) ->
     return out
 
 
-async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """Yield the data of each Server-Sent Event; comments (`: OPENROUTER PROCESSING`) are skipped.
+def _body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The response body as it arrives. Unencoded, as streams are, it is read raw: httpx's decoding
+    layer would pass each chunk through unchanged, at the cost of one more hop per token."""
+    if response.headers.get("content-encoding", "identity") == "identity":
+        return response.aiter_raw()
+    return response.aiter_bytes()
+
+
+class SseParser:
+    """Server-Sent Events, fed as the socket reads them: `feed` returns the data of each event it
+    completed, comments (`: OPENROUTER PROCESSING`) skipped; `close` the last one, if the stream
+    ended without the blank line after it.
 
     Read on bytes, split at blank lines, and decoded once per event: a stream is one small event
     per socket read, and splitting it into text lines first cost more than the rest of the parse.
     Lines may end in CRLF, LF or CR, as the SSE format allows; text that is not UTF-8 becomes U+FFFD.
     """
-    pending = b""
-    async for chunk in chunks:
-        pending += chunk
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        pending = self._pending + chunk
         if b"\r" in pending:
             # A CR at the very end may be the first half of a CRLF: normalise it with what follows.
             held = pending.endswith(b"\r")
             body = pending[:-1] if held else pending
             pending = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if held else b"")
         if b"\n\n" not in pending:
-            continue
-        *events, pending = pending.split(b"\n\n")
-        for event in events:
-            if (data := _event_data(event)) is not None:
-                yield data
-    if (data := _event_data(pending.replace(b"\r", b"\n"))) is not None:
-        yield data  # the stream ended without the blank line after its last event
+            self._pending = pending
+            return []
+        *events, self._pending = pending.split(b"\n\n")
+        return [data for event in events if (data := _event_data(event)) is not None]
+
+    def close(self) -> list[str]:
+        data = _event_data(self._pending.replace(b"\r", b"\n"))
+        self._pending = b""
+        return [] if data is None else [data]
 
 
 def _event_data(event: bytes) -> str | None:
     """Return the data lines of one event, joined, or None for an event with none (a comment)."""
+    if event.startswith(b"data: ") and b"\n" not in event:  # nearly every event: one line of data
+        return event[6:].decode("utf-8", "replace")
     lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
     if not lines:
         return None
     data = b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
     return data.decode("utf-8", "replace")
+
+
+class _Reply:
+    """One streamed reply as read so far: each event's data becomes the deltas it carries, and the
+    end of the stream one Completion (or the error of a stream cut short)."""
+
+    __slots__ = (
+        "_source", "_error", "_events", "model", "generation_id", "provider", "finish_reason", "usage", "done"
+    )  # fmt: skip
+
+    def __init__(
+        self, source: str, error: Callable[[Any], ProviderError], model: str, generation_id: str | None
+    ):
+        """`error` makes the error an event's `error` field names."""
+        self._source = source
+        self._error = error
+        self._events = SseParser()
+        self.model = model
+        self.generation_id = generation_id
+        self.provider: str | None = None
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        #: The server said `[DONE]`: whatever follows is not part of the reply.
+        self.done = False
+
+    def read(self, chunk: bytes) -> list[StreamEvent]:
+        """Return the deltas in the events `chunk` completed."""
+        return self._deltas(self._events.feed(chunk))
+
+    def end(self) -> list[StreamEvent]:
+        """Return the deltas of an event the stream ended without its blank line after, then how
+        the reply ended; raise if the stream stopped before the reply did."""
+        last = [] if self.done else self._deltas(self._events.close())
+        if not self.done and self.finish_reason is None and self.usage is None:
+            raise ConnectionFailed(f"the stream from {self._source} ended before the reply did")
+        completion = Completion(self.finish_reason, self.usage, self.model, self.generation_id, self.provider)
+        return [*last, completion]
+
+    def _deltas(self, events: list[str]) -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        for data in events:
+            if data == "[DONE]":
+                self.done = True
+                break
+            chunk = _parse_json(data)
+            if chunk is None:
+                continue  # a line that is not JSON is noise, not a reason to lose the reply
+            if "error" in chunk:
+                raise self._error(chunk["error"])
+            self.model = _text(chunk.get("model")) or self.model
+            self.provider = _text(chunk.get("provider")) or self.provider
+            self.generation_id = self.generation_id or _text(chunk.get("id"))
+            if chunk.get("usage"):
+                self.usage = _parse_usage(chunk["usage"])
+            choices = chunk.get("choices")
+            for choice in choices if isinstance(choices, list) else ():
+                choice = choice if isinstance(choice, dict) else {}
+                delta = choice.get("delta")
+                delta = delta if isinstance(delta, dict) else {}
+                if reasoning := _text(delta.get("reasoning")) or _text(delta.get("reasoning_content")):
+                    out.append(ReasoningDelta(reasoning))
+                if content := _text(delta.get("content")):
+                    out.append(TextDelta(content))
+                self.finish_reason = _text(choice.get("finish_reason")) or self.finish_reason
+        return out
 
 
 def _text(value: Any) -> str | None:

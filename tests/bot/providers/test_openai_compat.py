@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 from decimal import Decimal
 
 import httpx
@@ -20,7 +22,7 @@ from bot.errors import (
     ServerError,
 )
 from bot.providers.base import ChatRequest, Completion, ReasoningDelta, TextDelta
-from bot.providers.openai_compat import OpenAICompatProvider, sse_data
+from bot.providers.openai_compat import OpenAICompatProvider, SseParser
 from bot.transport import AiohttpTransport
 from tests.conftest import API_KEY, GLM
 from tests.fake_openrouter import Reply
@@ -250,11 +252,8 @@ SSE_DATA = ['{"a": 1}', "no space", "two\nlines", "café ✓", "bad \ufffd byte"
 
 
 async def _parse(pieces):
-    async def chunks():
-        for piece in pieces:
-            yield piece
-
-    return [data async for data in sse_data(chunks())]
+    parser = SseParser()
+    return [data for piece in pieces for data in parser.feed(piece)] + parser.close()
 
 
 async def test_sse_events_are_read_whole_whatever_the_line_endings():
@@ -267,3 +266,42 @@ async def test_sse_events_are_the_same_however_the_socket_cuts_the_stream(cuts):
     points = sorted(set(cuts))
     pieces = [SSE_STREAM[a:b] for a, b in zip([0, *points], [*points, len(SSE_STREAM)], strict=True)]
     assert await _parse(pieces) == SSE_DATA
+
+
+async def _serve_raw(body: bytes, headers: str = ""):
+    """A one-reply HTTP server on loopback that sends `body` as the stream, exactly as given."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(
+            next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(
+                b":"
+            )[1]
+        )
+        await reader.readexactly(length)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n"
+            + headers.encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("encoding", ["", "gzip"])
+async def test_the_last_event_counts_without_the_blank_line_after_it(encoding):
+    stream = (
+        b'data: {"choices": [{"delta": {"content": "Hello"}}]}\n\n'
+        b'data: {"choices": [{"delta": {"content": " there"}, "finish_reason": "stop"}]}'
+    )
+    body = gzip.compress(stream) if encoding else stream
+    server = await _serve_raw(body, f"Content-Encoding: {encoding}\r\n" if encoding else "")
+    port = server.sockets[0].getsockname()[1]
+    async with server, httpx.AsyncClient(transport=AiohttpTransport()) as client:
+        provider = OpenAICompatProvider(client, f"http://127.0.0.1:{port}/api/v1", API_KEY)
+        text, _, completion = await collect(provider)
+    assert text == "Hello there"
+    assert completion.finish_reason == "stop"
