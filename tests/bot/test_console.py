@@ -7,11 +7,14 @@ import asyncio
 import io
 from decimal import Decimal
 
+import pytest
 from rich.console import Console
+from rich.text import Text
 
 from bot.console import FLUSH_SECONDS, DialogueView
 from bot.events import Delta, TurnFinished, TurnStarted
 from bot.models import Persona
+from bot.text import printable
 from tests.bot.test_prompts import turn
 
 
@@ -40,3 +43,36 @@ async def test_the_end_of_a_turn_prints_its_last_words_first():
     shown.show(TurnFinished(turn(0, 0, "last words"), Decimal(0)))  # at once: no wait for the timer
     printed = out.getvalue()
     assert "last words" in printed and printed.index("last words") < printed.index("tokens:")
+
+
+@pytest.mark.parametrize(
+    "console",
+    [
+        {"color_system": "truecolor", "force_terminal": True},
+        {"color_system": "standard", "force_terminal": True, "no_color": True},
+        {"color_system": None},
+        {"color_system": "truecolor", "force_terminal": True, "record": True},  # rich's own print
+    ],
+)
+def test_streamed_text_reaches_the_terminal_as_rich_would_write_it(console):
+    """Streamed text skips rich's print for speed; what it writes must be what rich would: the
+    same escape codes for the reasoning's dim italic, line by line, and model escapes stripped."""
+    pieces = [
+        ("thinking\nabout it ", True),
+        ("still\x1b[2J ", True),
+        ("Hello ", False),
+        ("wörld\n\n日本 😀", False),
+        ("\x1b]52;c;aGk=\x07", False),
+    ]
+    out, expected = io.StringIO(), io.StringIO()
+    shown = DialogueView(Console(file=out, width=80, **console), show_reasoning=True)
+    rich = Console(file=expected, width=80, **console)
+    in_reasoning = False
+    for text, reasoning in pieces:
+        shown.show(Delta(0, text, reasoning=reasoning))  # no loop running: printed at once
+        if in_reasoning and not reasoning:
+            rich.print("", end="\n")
+        in_reasoning = reasoning
+        rich.print(Text(printable(text), "dim italic" if reasoning else ""), end="", soft_wrap=True)
+    assert out.getvalue() == expected.getvalue()
+    assert "\x1b[2J" not in out.getvalue() and "\x1b]52" not in out.getvalue()
