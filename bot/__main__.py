@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
-from rich.console import Console
 
 from bot import eventloop
-from bot.cli import CliDefaults, build_parser, dispatch, not_utf8
+from bot.cli import CliDefaults, build_parser, discard_output, dispatch, not_utf8
+from bot.console import Terminal
 from bot.database import Address
 from bot.errors import ProviderError, VoicesError
 from bot.log import setup_logging
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_bot(settings, worker=args.command == "worker")
     try:
         # soft_wrap: long lines (paths, streamed text) are left to the terminal, never cut by rich.
-        console = Console(highlight=False, soft_wrap=True)
+        console = Terminal(highlight=False, soft_wrap=True)
         return eventloop.run(dispatch(args, config, cli_defaults(settings), console))
     except ProviderError as exc:
         fail(str(exc))
@@ -83,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         fail("interrupted")
         return 130
+    except BrokenPipeError:  # the reader of the output went away (`voices list | head`): quietly
+        discard_output()
+        return 1
 
 
 def run_bot(settings: Settings, worker: bool = False) -> int:

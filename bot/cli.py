@@ -15,6 +15,7 @@ import stat
 import string
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -35,7 +36,7 @@ from bot.console import DialogueView, dialogue_table, model_table, usage_table
 from bot.control import Control
 from bot.database import address
 from bot.errors import InputError, ProviderError
-from bot.events import AwaitingHuman, Ended
+from bot.events import AwaitingHuman, Ended, Event
 from bot.lineage import continue_dialogue, fork
 from bot.models import (
     DRY_RUN,
@@ -54,7 +55,7 @@ from bot.models import (
 from bot.personas import load_personas, resolve_participants, resolve_persona
 from bot.providers import local
 from bot.providers.local import is_local, local_available
-from bot.text import printable, repair
+from bot.text import counted, printable, repair
 from bot.transcript import render_json, render_markdown
 from bot.transfer import copy_database
 from bot.usage import GROUPINGS
@@ -543,28 +544,62 @@ async def _drive(
         loop.add_signal_handler(sig, on_interrupt)
     view = DialogueView(console, show_reasoning=args.show_reasoning)
     ended: Dialogue | None = None
+    closed = False
+
+    def show(event: Event | None) -> None:
+        """Show an event (None: the streamed text held back). When the output is closed (`voices
+        run | head`), nobody watches any more: the reply in flight is cut off and the dialogue
+        stops, as at Ctrl-C, with every whole turn kept."""
+        nonlocal closed
+        try:
+            view.show(event) if event is not None else view.flush()
+        except BrokenPipeError:
+            if not closed:
+                closed = True
+                discard_output()
+                control.stop(now=True, detail="its output was closed")
+
     try:
-        async for event in app.runner.run(dialogue_id, control):
-            view.show(event)
-            if isinstance(event, AwaitingHuman):
-                text = await keyboard.ask(event.timeout)
-                if text is None:
-                    if keyboard.ended:
-                        console.print("Your input ended before your turn: pausing.", style="yellow")
-                    control.pause()  # no answer in time (or the input ended): wait for `voices resume`
-                else:
-                    control.say(text)
-            if isinstance(event, Ended):
-                ended = event.dialogue
+        # aclosing: however this loop ends, the run gives its lease back before the store closes.
+        async with aclosing(app.runner.run(dialogue_id, control)) as events:
+            async for event in events:
+                show(event)
+                if isinstance(event, AwaitingHuman):
+                    text = await keyboard.ask(event.timeout)
+                    if text is None:
+                        if keyboard.ended:
+                            console.print("Your input ended before your turn: pausing.", style="yellow")
+                        control.pause()  # no answer in time (or the input ended): wait for `voices resume`
+                    else:
+                        control.say(text)
+                if isinstance(event, Ended):
+                    ended = event.dialogue
     finally:
-        view.flush()  # the last words streamed before a stop or an error are on the screen too
+        show(None)  # the last words streamed before a stop or an error are on the screen too
         keyboard.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     assert ended is not None
     paths = await write_transcripts(app, dialogue_id, args.out or defaults.transcripts_dir)
     console.print(f"Transcripts: {paths[0]}  {paths[1]}", markup=False, highlight=False)
+    if closed:
+        turns = counted(len(await app.store.list_turns(dialogue_id)), "turn")
+        print(
+            f"voices: the output was closed, so dialogue {dialogue_id} stopped after {turns}; "
+            f"transcripts: {paths[0]}  {paths[1]}",
+            file=sys.stderr,
+        )
+        return 1
     return 1 if ended.status is Status.FAILED else 0
+
+
+def discard_output() -> None:
+    """Point standard output at /dev/null: its reader went away (`voices list | head`), and every
+    later write, Python's own at exit included, would fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no file behind stdout (a test's capture): nothing to point
+        pass
 
 
 class Keyboard:

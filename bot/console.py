@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Sequence
 
 from rich import box
@@ -35,6 +36,15 @@ SPEAKER_STYLES = ("bold cyan", "bold magenta", "bold green", "bold yellow")
 FLUSH_SECONDS = 0.05
 
 
+class Terminal(Console):
+    """The console `voices` writes to. A closed output (`voices run | head`) is raised as
+    BrokenPipeError, for the caller to end what it was doing cleanly: rich's own handling exits
+    the process at once, which would leave a running dialogue marked as running."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, "the output was closed")
+
+
 class DialogueView:
     """Render engine events to a rich Console as they happen."""
 
@@ -54,10 +64,16 @@ class DialogueView:
         # (recording, Jupyter, legacy Windows consoles, quiet), it prints as before.
         self._direct = not (console.record or console.is_jupyter or console.legacy_windows or console.quiet)
         self._styles: dict[str, Style] = {}
+        #: A write the timer's flush could not make (the reader of a pipe went away): raised to
+        #: whoever shows the next event, since a timer's error would only reach the loop's log.
+        self._failed: OSError | None = None
 
     def show(self, event: Event) -> None:
         """Render one event. Streamed text is printed within FLUSH_SECONDS, anything else at once
         (after the text before it)."""
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
         if not isinstance(event, Delta):
             self.flush()
         match event:
@@ -151,6 +167,12 @@ class DialogueView:
         for text, style in pending:
             self._console.print(Text(printable(text), style), end="", soft_wrap=True)
 
+    def _flush_later(self) -> None:
+        try:
+            self.flush()
+        except OSError as exc:
+            self._failed = exc
+
     def _styled(self, text: str, style: str) -> str:
         """Return text with the codes that give it `style` on this console, line by line as rich
         writes them (a tab is left for the terminal to place: rich would expand it as if the piece
@@ -170,7 +192,7 @@ class DialogueView:
             self._pending.append((text, style))
         if self._timer is None:
             try:
-                self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+                self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_later)
             except RuntimeError:  # no event loop (a caller rendering by hand): print at once
                 self.flush()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
@@ -234,7 +234,7 @@ class DialogueRunner:
             raise StateError(f"dialogue {dialogue_id} has ended; its models no longer read notes")
         return await self.store.add_interjection(dialogue_id, author, text.strip(), self._clock(), author_id)
 
-    async def run(self, dialogue_id: int, control: Control | None = None) -> AsyncIterator[Event]:
+    async def run(self, dialogue_id: int, control: Control | None = None) -> AsyncGenerator[Event, None]:
         """Run (or resume) the dialogue until a limit, a stop, a pause or an error; yield what happens."""
         if dialogue_id in self._active:
             raise StateError(f"dialogue {dialogue_id} is already running")

@@ -1017,3 +1017,49 @@ async def test_discord_failing_at_login_is_one_line(env, tmp_path, server):
         "error: Discord answered 503 while the bot logged in (upstream down); try again"
     )
     assert b"Traceback" not in err
+
+
+async def start_unread(env: dict[str, str], cwd: Path, *args: str) -> tuple[asyncio.subprocess.Process, int]:
+    """Start `voices` with its output a pipe; return it and the pipe's read end, for the test to
+    read from and then close, as `head` does."""
+    read, write = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, env=env, cwd=cwd, stdout=write, stderr=asyncio.subprocess.PIPE
+    )
+    os.close(write)
+    return process, read
+
+
+async def test_a_run_whose_reader_goes_away_stops_cleanly_and_says_so_in_one_line(env, tmp_path, server):
+    """`voices run | head -c 300`: once the output is closed nobody watches, so the reply in flight
+    is cut off and the dialogue stops, with what was said kept, its lease given back and its
+    transcripts written; one line says so, with no traceback, and no dialogue is left running."""
+    server.enqueue(Reply(text=" ".join(["word"] * 400), chunk_delay=0.005))
+    process, read = await start_unread(env, tmp_path, *RUN)
+    seen = b""
+    while b"word word" not in seen:  # the reply has begun to stream: now the reader goes away
+        seen += await asyncio.to_thread(os.read, read, 4096)
+    os.close(read)
+    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    transcripts = tmp_path / "transcripts"
+    assert process.returncode == 1
+    assert [line for line in err.decode().splitlines() if " DEBUG " not in line] == [
+        f"voices: the output was closed, so dialogue 1 stopped after 1 turn; "
+        f"transcripts: {transcripts / '1.md'}  {transcripts / '1.json'}"
+    ]
+    assert db_rows(env, "SELECT status, stop_reason, stop_detail FROM dialogues") == [
+        ("stopped", "user_stop", "its output was closed")
+    ]
+    [(status, text)] = db_rows(env, "SELECT status, text FROM turns")
+    assert status == "cancelled" and text.startswith("word word") and text.count("word") < 400
+    assert db_rows(env, "SELECT expires_at <= renewed_at FROM leases") == [(1,)]  # given back
+    assert "its output was closed" in (transcripts / "1.md").read_text()
+
+
+async def test_a_listing_whose_reader_goes_away_ends_quietly(env, tmp_path):
+    assert (await voices(env, tmp_path, *RUN)).code == 0
+    process, read = await start_unread(env, tmp_path, "list")
+    os.close(read)  # before anything is written: the first write meets a pipe nobody reads
+    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 1
+    assert "Traceback" not in err.decode() and "BrokenPipe" not in err.decode()

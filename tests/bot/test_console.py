@@ -76,3 +76,21 @@ def test_streamed_text_reaches_the_terminal_as_rich_would_write_it(console):
         rich.print(Text(printable(text), "dim italic" if reasoning else ""), end="", soft_wrap=True)
     assert out.getvalue() == expected.getvalue()
     assert "\x1b[2J" not in out.getvalue() and "\x1b]52" not in out.getvalue()
+
+
+class _ClosedPipe(io.StringIO):
+    """An output whose reader went away."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+async def test_a_closed_output_met_by_the_timer_reaches_whoever_shows_the_next_event():
+    """The timer's print would only reach the loop's log; the next event's caller must hear of it,
+    to stop the dialogue nobody watches any more."""
+    shown = DialogueView(Console(file=_ClosedPipe(), color_system=None), show_reasoning=True)
+    shown.show(Delta(0, "streamed "))
+    await asyncio.sleep(FLUSH_SECONDS * 3)
+    with pytest.raises(BrokenPipeError):
+        shown.show(Delta(0, "more"))
+    shown.show(Delta(0, "after it was raised, once"))  # no second raise for the same failure
