@@ -88,8 +88,8 @@ class OpenAICompatProvider:
                 if generation_id:
                     yield Begun(generation_id)
                 reply = _Reply(self.source, self._stream_error, request.model, generation_id)
-                # Each chunk is read and parsed here, with plain calls: every async generator
-                # between the socket and this loop costs each streamed token a hop.
+                # Each chunk is parsed here with plain calls, where it went through two async
+                # generators stacked on httpx's: this costs less per token (docs/benchmarks.md §9).
                 async for chunk in response.aiter_bytes():
                     for event in reply.read(chunk):
                         yield event
@@ -273,7 +273,8 @@ class _Reply:
     end of the stream one Completion (or the error of a stream cut short)."""
 
     __slots__ = (
-        "_source", "_error", "_events", "model", "generation_id", "provider", "finish_reason", "usage", "done"
+        "_source", "_error", "_events",
+        "model", "generation_id", "provider", "finish_reason", "usage", "done", "failure",
     )  # fmt: skip
 
     def __init__(
@@ -288,8 +289,10 @@ class _Reply:
         self.provider: str | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
-        #: The server said `[DONE]`: whatever follows is not part of the reply.
+        #: The server said `[DONE]`, or sent an error: whatever follows is not part of the reply.
         self.done = False
+        #: The error an event reported, raised by `end` once the deltas before it are out.
+        self.failure: ProviderError | None = None
 
     def read(self, chunk: bytes) -> list[StreamEvent]:
         """Return the deltas in the events `chunk` completed."""
@@ -297,8 +300,11 @@ class _Reply:
 
     def end(self) -> list[StreamEvent]:
         """Return the deltas of an event the stream ended without its blank line after, then how
-        the reply ended; raise if the stream stopped before the reply did."""
+        the reply ended; raise the error an event reported, or if the stream stopped before the
+        reply did."""
         last = [] if self.done else self._deltas(self._events.close())
+        if self.failure is not None:
+            raise self.failure
         if not self.done and self.finish_reason is None and self.usage is None:
             raise ConnectionFailed(f"the stream from {self._source} ended before the reply did")
         completion = Completion(self.finish_reason, self.usage, self.model, self.generation_id, self.provider)
@@ -314,7 +320,8 @@ class _Reply:
             if chunk is None:
                 continue  # a line that is not JSON is noise, not a reason to lose the reply
             if "error" in chunk:
-                raise self._error(chunk["error"])
+                self.failure, self.done = self._error(chunk["error"]), True
+                break
             self.model = _text(chunk.get("model")) or self.model
             self.provider = _text(chunk.get("provider")) or self.provider
             self.generation_id = self.generation_id or _text(chunk.get("id"))

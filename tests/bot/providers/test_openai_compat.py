@@ -305,3 +305,21 @@ async def test_the_last_event_counts_without_the_blank_line_after_it(encoding):
         text, _, completion = await collect(provider)
     assert text == "Hello there"
     assert completion.finish_reason == "stop"
+
+
+async def test_words_read_in_the_same_piece_as_an_error_are_passed_on_before_it():
+    """The screen shows what the model said up to the error, however the socket grouped it."""
+    stream = (
+        b'data: {"choices": [{"delta": {"content": "Half a"}}]}\n\n'
+        b'data: {"error": {"code": "server_error", "message": "Provider disconnected"}}\n\n'
+        b'data: {"choices": [{"delta": {"content": " never shown"}}]}\n\n'
+    )
+    server = await _serve_raw(stream)  # one body, so one read: the pieces arrive together
+    port = server.sockets[0].getsockname()[1]
+    seen = []
+    async with server, httpx.AsyncClient(transport=AiohttpTransport()) as client:
+        provider = OpenAICompatProvider(client, f"http://127.0.0.1:{port}/api/v1", API_KEY)
+        with pytest.raises(ServerError, match="Provider disconnected"):
+            async for event in provider.stream(REQUEST):
+                seen.append(event)
+    assert [e.text for e in seen if isinstance(e, TextDelta)] == ["Half a"]
