@@ -552,7 +552,10 @@ async def _drive(
         stops, as at Ctrl-C, with every whole turn kept."""
         nonlocal closed
         try:
-            view.show(event) if event is not None else view.flush()
+            if event is None:
+                view.flush()
+            else:
+                view.show(event)
         except BrokenPipeError:
             if not closed:
                 closed = True

@@ -179,11 +179,14 @@ class DialogueView:
         began a line)."""
         if not style or self._console.color_system is None:
             return text
-        if (parsed := self._styles.get(style)) is None:
+        parsed = self._styles.get(style)
+        if parsed is None:
             parsed = Style.parse(style)
-            self._styles[style] = parsed.without_color if self._console.no_color else parsed
+            if self._console.no_color:
+                parsed = parsed.without_color
+            self._styles[style] = parsed
         system = COLOR_SYSTEMS[self._console.color_system]
-        return "\n".join(self._styles[style].render(line, color_system=system) for line in text.split("\n"))
+        return "\n".join(parsed.render(line, color_system=system) for line in text.split("\n"))
 
     def _write(self, text: str, style: str = "") -> None:
         if self._pending and self._pending[-1][1] == style:
