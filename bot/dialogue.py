@@ -241,10 +241,16 @@ class DialogueRunner:
         control = control or Control()
         await self.store.get_dialogue(dialogue_id)  # an unknown id is named as such, not as a lease
         await self.store.take_lease(dialogue_id, self.tuning.lease_seconds)
-        # Asks left for a process that died before it took them were meant for that run, not
-        # this one: a stop asked hours ago must not end the dialogue someone resumes now.
-        if stale := await self.store.take_asks(dialogue_id):
-            log.info("dialogue %s: dropped %d asks left for an earlier run", dialogue_id, len(stale))
+        # Asks left for a process that died before it took them: those of the last two lease
+        # windows were asked of the dialogue as it ran, and this run carries it on (a worker
+        # taking over once the lease lapsed), so a member's stop is not lost with the process.
+        # Older ones were meant for a run long over: a stop asked hours ago must not end the
+        # dialogue someone resumes now.
+        for action, text in await self.store.take_asks(dialogue_id, within=2 * self.tuning.lease_seconds):
+            log.info(
+                "dialogue %s: %s, asked of the process that ran it before, is done here", dialogue_id, action
+            )
+            _apply(control, action, text)
         self._active.add(dialogue_id)
         keeper = asyncio.create_task(self._keep_lease(dialogue_id, control))
         try:

@@ -495,22 +495,26 @@ class Store:
         await self._backend.notify(ASKS, dialogue_id)  # taken at once, not at the next look
         return True
 
-    async def take_asks(self, dialogue_id: int) -> list[tuple[Ask, str | None]]:
+    async def take_asks(self, dialogue_id: int, within: float | None = None) -> list[tuple[Ask, str | None]]:
         """Return what was asked of the dialogue since the last look (with a member's words),
-        oldest first, each once."""
+        oldest first, each once. With `within`, asks older than that many seconds are taken too
+        (never returned again) but left out."""
         rows = await self.fetchall(
-            "SELECT id, action, text FROM asks WHERE dialogue_id = $1 AND taken_at IS NULL ORDER BY id",
+            "SELECT id, action, text, asked_at FROM asks WHERE dialogue_id = $1 AND taken_at IS NULL "
+            "ORDER BY id",
             (dialogue_id,),
         )
         if not rows:
             return []  # what nearly every look finds: one read, no write
+        now = utc_now()  # the clock asks are written by
+        oldest = now - timedelta(seconds=within) if within is not None else None
         taken: list[tuple[Ask, str | None]] = []
         async with self.transaction() as conn:
             for row in rows:
-                if await conn.update(
-                    "UPDATE asks SET taken_at = $1 WHERE id = $2 AND taken_at IS NULL",
-                    (_iso(utc_now()), row["id"]),
-                ):
+                claimed = await conn.update(
+                    "UPDATE asks SET taken_at = $1 WHERE id = $2 AND taken_at IS NULL", (_iso(now), row["id"])
+                )
+                if claimed and (oldest is None or datetime.fromisoformat(row["asked_at"]) >= oldest):
                     taken.append((Ask(row["action"]), row["text"]))
         return taken
 

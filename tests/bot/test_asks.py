@@ -5,6 +5,7 @@ it within a second."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -109,15 +110,31 @@ async def test_a_dialogue_no_process_runs_is_stopped_where_it_was_asked(two_proc
         await there.ask(dialogue.id, Ask.STOP)
 
 
-async def test_an_ask_the_dead_process_never_took_does_not_stop_the_run_that_resumes_it(
+async def test_a_stop_the_dead_process_never_took_is_done_by_the_process_that_takes_over(
     two_processes, server
 ):
+    """A member pressed Stop; the process running the dialogue died before it looked. The worker
+    that takes the dialogue over once the lease lapses must stop it, not carry on spending."""
+    here, there = two_processes
+    dialogue = await here.create(make_spec(rounds=1))
+    await here.store.take_lease(dialogue.id, 60)  # a process runs it, then dies before it looks
+    assert await there.store.ask(dialogue.id, Ask.STOP)
+    await here.store.release_lease(dialogue.id)  # its lease lapses
+    events = [e async for e in there.run(dialogue.id)]
+    ended = events[-1].dialogue
+    assert (ended.stop_reason, ended.stop_detail) == (StopReason.USER_STOP, "stopped from another process")
+    assert await there.store.list_turns(dialogue.id) == [] and server.chat_requests == []
+
+
+async def test_an_ask_left_long_ago_does_not_stop_the_run_that_resumes_it_now(two_processes, server):
     here, there = two_processes
     dialogue = await here.create(make_spec(rounds=1))
     await here.store.take_lease(dialogue.id, 60)  # a process runs it, then dies before it looks
     assert await there.store.ask(dialogue.id, Ask.STOP)
     await here.store.release_lease(dialogue.id)
-    events = [e async for e in there.run(dialogue.id)]  # resumed later, by anyone
+    an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    assert await here.store.write("UPDATE asks SET asked_at = $1", (an_hour_ago,)) == 1
+    events = [e async for e in there.run(dialogue.id)]  # resumed an hour later, by anyone
     assert events[-1].dialogue.stop_reason is StopReason.MAX_ROUNDS
 
 
