@@ -9,10 +9,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bot.errors import InputError
 from bot.models import Persona
+from bot.providers.openai_compat import check_base_url
 
 _Entry = TypeVar("_Entry", bound=BaseModel)
 Effort = Literal["max", "xhigh", "high", "medium", "low", "minimal", "none"]
@@ -37,9 +38,14 @@ class _PersonaEntry(BaseModel):
 class _ProviderEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_url: str = Field(pattern=r"^https?://")
+    base_url: str
     # An HTTP header carries the key: printable ASCII without spaces.
     api_key: str | None = Field(default=None, pattern=r"^[!-~]*$")
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        return check_base_url(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +86,8 @@ def _validate(kind: type[_Entry], table: Any, what: str) -> _Entry:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"{what}: {where}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InputError(f"{what}: {where}: {message}") from None
 
 
 def load_providers(path: Path) -> dict[str, ProviderSpec]:
@@ -91,7 +98,7 @@ def load_providers(path: Path) -> dict[str, ProviderSpec]:
         raise InputError(f"persona file {path}: 'providers' must be a table of [providers.NAME] tables")
     for name, table in tables.items():
         entry = _validate(_ProviderEntry, table, f"provider '{name}' in {path}")
-        providers[name] = ProviderSpec(name, entry.base_url.rstrip("/"), entry.api_key)
+        providers[name] = ProviderSpec(name, entry.base_url, entry.api_key)
     return providers
 
 

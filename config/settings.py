@@ -20,6 +20,7 @@ from bot.models import ContextPolicy, LoopAction
 from bot.personas import ProviderSpec, load_providers
 from bot.plan import Tuning
 from bot.providers.local import IMAGE_ADVICE, INSTALL
+from bot.providers.openai_compat import check_base_url
 
 CONFIG_DIR = Path(__file__).resolve().parent
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -185,9 +186,7 @@ class Settings(BaseSettings):
     @field_validator("openrouter_base_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return check_base_url(value)
 
     def engine_config(self) -> EngineConfig:
         """Return the engine's share of the settings as plain values."""

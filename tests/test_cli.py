@@ -605,6 +605,7 @@ def one_line(result: Result) -> str:
         (b"[providers]\nx = 3", "provider 'x' in"),
         (b"alpha = 'x/y'", "persona 'alpha' in"),
         (b"[providers.p]\nbase_url = 'http://x'\napi_key = 'k\xc3\xa9y'", "api_key"),
+        (b"[providers.p]\nbase_url = 'http://[::1/v1'", "base_url: is not a valid URL (Invalid port: ':1')"),
     ],
 )
 async def test_a_broken_personas_file_is_one_line_and_listing_still_works(
@@ -1063,3 +1064,24 @@ async def test_a_listing_whose_reader_goes_away_ends_quietly(env, tmp_path):
     _, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 1
     assert "Traceback" not in err.decode() and "BrokenPipe" not in err.decode()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://[::1/v1", "is not a valid URL (Invalid port: ':1')"),
+        ("https:///api/v1", "names no host: write it as https://HOST/PATH"),
+        ("openrouter.ai/api/v1", "must start with http:// or https://"),
+    ],
+)
+async def test_a_base_url_no_request_could_go_to_is_one_line_before_anything_runs(
+    env, tmp_path, server, url, message
+):
+    env["VOICES_OPENROUTER_BASE_URL"] = url
+    result = await voices(env, tmp_path, *RUN)
+    assert result.code == 2
+    assert (
+        result.err.strip()
+        == f"error: VOICES_OPENROUTER_BASE_URL: {message}; fix it in .env or the environment"
+    )
+    assert not server.chat_requests and not (tmp_path / "voices.db").exists()

@@ -185,6 +185,20 @@ class OpenAICompatProvider:
         return [m for m in (_parse_model(e) for e in entries) if m is not None]
 
 
+def check_base_url(value: str) -> str:
+    """Return a server's base URL without its trailing slash; raise ValueError saying what is wrong
+    with one no request could be sent to (httpx would raise on every call, deep in a turn)."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    try:
+        host = httpx.URL(value).host
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if not host:
+        raise ValueError("names no host: write it as https://HOST/PATH")
+    return value.rstrip("/")
+
+
 def _request_body(request: ChatRequest) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": request.model,
