@@ -58,6 +58,8 @@ class OpenAICompatProvider:
         where its key is set, for the line that says it was rejected."""
         self._key_setting = key_setting
         self.source = base_url.rstrip("/")
+        # Parsed once: httpx parses a URL given as text on every request.
+        self._chat_url = httpx.URL(f"{self.source}/chat/completions")
         self._http = http
         self._api_key = api_key
         self._lookups = generation_lookups
@@ -78,9 +80,9 @@ class OpenAICompatProvider:
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Yield the reply's deltas, then one Completion."""
         body = _request_body(request)
-        url = f"{self.source}/chat/completions"
+        call = self._http.stream("POST", self._chat_url, json=body, headers=self._headers())
         try:
-            async with self._http.stream("POST", url, json=body, headers=self._headers()) as response:
+            async with call as response:
                 if response.status_code != 200:
                     await response.aread()
                     raise self._http_error(response)
