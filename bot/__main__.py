@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import signal
 import sys
@@ -37,6 +38,11 @@ def cli_defaults(settings: Settings) -> CliDefaults:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `voices` console script; return the exit status."""
+    # A terminal that cannot show a character (PYTHONIOENCODING=ascii, a Latin-1 locale) shows
+    # '?' for it, rather than the run failing at the first '·' or accented word a model writes.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     argv = list(sys.argv[1:] if argv is None else argv)
     if (bad := not_utf8(argv)) is not None:
         fail(bad)

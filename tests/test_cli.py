@@ -1085,3 +1085,14 @@ async def test_a_base_url_no_request_could_go_to_is_one_line_before_anything_run
         == f"error: VOICES_OPENROUTER_BASE_URL: {message}; fix it in .env or the environment"
     )
     assert not server.chat_requests and not (tmp_path / "voices.db").exists()
+
+
+async def test_a_terminal_that_cannot_show_every_character_gets_question_marks_not_a_crash(env, tmp_path):
+    """PYTHONIOENCODING=ascii (or a Latin-1 locale): the '·' of the header, a model's accents
+    and emoji cannot be written there; the dialogue still runs to its end, with UTF-8 files."""
+    env["PYTHONIOENCODING"] = "ascii"
+    result = await voices(env, tmp_path, *RUN, "--opening", "Café? 😀")
+    assert result.code == 0, result.err
+    assert "Traceback" not in result.err
+    assert "Dialogue 1 ? claude-opus-4.6" in result.out and "Ended: all rounds completed" in result.out
+    assert "Café? 😀" in (tmp_path / "transcripts" / "1.md").read_text(encoding="utf-8")
