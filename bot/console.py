@@ -31,8 +31,8 @@ from bot.usage import UsageRow, total
 
 SPEAKER_STYLES = ("bold cyan", "bold magenta", "bold green", "bold yellow")
 
-#: Seconds streamed text waits before it is printed, gathered: rich costs more per print than the
-#: rest of the engine per token, and 20 prints a second read as smoothly as one per token.
+#: Seconds between prints of streamed text, gathered: a print costs more than the rest of the
+#: engine's work on a token, and 20 prints a second read as smoothly as one per token.
 FLUSH_SECONDS = 0.05
 
 
@@ -58,6 +58,9 @@ class DialogueView:
         #: Streamed text not yet printed, as (text, style) runs, and the timer that will print it.
         self._pending: list[tuple[str, str]] = []
         self._timer: asyncio.TimerHandle | None = None
+        #: When streamed text was last printed (the loop's clock): text that comes after a quiet
+        #: spell is printed at once, the rest at most FLUSH_SECONDS after the print before it.
+        self._printed = float("-inf")
         # Streamed text goes straight to the console's file, with the codes rich itself would write
         # (a test holds them equal): rich's print costs ~35 µs, mostly asking the terminal its size
         # and kind, and is made 20 times a second per dialogue. Where rich does more than write
@@ -168,6 +171,7 @@ class DialogueView:
             self._console.print(Text(printable(text), style), end="", soft_wrap=True)
 
     def _flush_later(self) -> None:
+        self._printed = asyncio.get_running_loop().time()
         try:
             self.flush()
         except OSError as exc:
@@ -195,9 +199,13 @@ class DialogueView:
             self._pending.append((text, style))
         if self._timer is None:
             try:
-                self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_later)
+                loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop (a caller rendering by hand): print at once
                 self.flush()
+                return
+            # Not printed now but when the loop next turns, so text that arrived together prints once.
+            wait = min(FLUSH_SECONDS, max(0.0, self._printed + FLUSH_SECONDS - loop.time()))
+            self._timer = loop.call_later(wait, self._flush_later)
 
     def _started(self, dialogue: Dialogue) -> None:
         self._budget = format_usd(dialogue.limits.budget_usd)

@@ -36,6 +36,22 @@ async def test_streamed_words_are_printed_together_within_a_moment_whole_and_in_
     assert out.getvalue() == before + "thinking hard\nHello there, world."
 
 
+async def test_words_after_a_quiet_spell_are_printed_at_once_and_those_right_after_them_gathered():
+    """Streamed text waits for the print before it, not for a timer of its own: the first words of
+    a reply show as soon as they come, and words that come in batches show a batch at a time."""
+    shown, out = view()
+    shown.show(Delta(0, "Hello "))
+    shown.show(Delta(0, "there, "))
+    assert out.getvalue() == ""  # not word by word: the words that came together print together
+    await asyncio.sleep(FLUSH_SECONDS / 5)
+    assert out.getvalue() == "Hello there, "
+    shown.show(Delta(0, "world."))
+    await asyncio.sleep(0)
+    assert out.getvalue() == "Hello there, "  # within FLUSH_SECONDS of the print before
+    await asyncio.sleep(FLUSH_SECONDS * 3)
+    assert out.getvalue() == "Hello there, world."
+
+
 async def test_the_end_of_a_turn_prints_its_last_words_first():
     shown, out = view()
     shown.show(TurnStarted(0, 1, 0, Persona("Ann", "x/ann"), Decimal(0)))
