@@ -4,6 +4,8 @@ against the same fake OpenRouter in the same run.
 
 Each reader runs `streams` streams at once, each one reply of `words` chunks (one word, one SSE
 event, one socket read); the server runs in a process of its own, so only the reader's CPU counts.
+The engine reads a stream at its pace (`EngineConfig.read_pace`), what came meanwhile in one
+piece; it is also run reading each event as it comes, as every other reader here does.
 """
 
 from __future__ import annotations
@@ -90,11 +92,14 @@ def _client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncCli
     return httpx.AsyncClient(timeout=60, limits=limits, transport=transport)
 
 
-async def _engine(base_url: str, dialogues: int, view: bool) -> tuple[float, int]:
+async def _engine(
+    base_url: str, dialogues: int, view: bool, read_pace: float | None = None
+) -> tuple[float, int]:
     """CPU per chunk of `dialogues` one-round dialogues run at once through the whole engine; with
-    `view`, each shown in the terminal view (to a console that writes nowhere), as `voices run` is."""
+    `view`, each shown in the terminal view (to a console that writes nowhere), as `voices run` is;
+    with `read_pace`, streams read at that pace rather than the engine's own."""
     with tempfile.TemporaryDirectory() as folder:
-        async with engine(Path(folder), base_url) as app:
+        async with engine(Path(folder), base_url, read_pace) as app:
             ids = [(await app.runner.create(spec(1))).id for _ in range(dialogues)]
 
             async def shown(dialogue_id: int) -> None:
@@ -122,6 +127,8 @@ async def measure(streams: int, words: int, delay: float, runs: int = 1) -> list
         "Voices' provider (HTTP, SSE, JSON, events)",
         "Voices end to end (engine, events, store; no front end)",
         "Voices end to end, shown in the terminal view",
+        "Voices end to end, no front end, each event read as it comes",
+        "Voices end to end, terminal view, each event read as it comes",
     ]
     costs: dict[str, list[float]] = {name: [] for name in names}
     counts: dict[str, int] = {}
@@ -139,6 +146,8 @@ async def measure(streams: int, words: int, delay: float, runs: int = 1) -> list
             # As many dialogues as streams, so the engine reads as many at once as the others.
             found.append(await _engine(base, streams, view=False))
             found.append(await _engine(base, streams, view=True))
+            found.append(await _engine(base, streams, view=False, read_pace=0.0))
+            found.append(await _engine(base, streams, view=True, read_pace=0.0))
             for name, (cost, count) in zip(names, found, strict=True):
                 costs[name].append(cost)
                 counts[name] = count

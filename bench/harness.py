@@ -9,7 +9,7 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -61,14 +61,17 @@ async def fake_server(delay: float, words: int) -> AsyncIterator[Server]:
 
 
 @asynccontextmanager
-async def engine(folder: Path, base_url: str) -> AsyncIterator[App]:
-    """Open the real engine on a fresh database, with limits that never bind before the rounds do."""
-    async with engine_on(folder / "bench.db", base_url) as app:
+async def engine(folder: Path, base_url: str, read_pace: float | None = None) -> AsyncIterator[App]:
+    """Open the real engine on a fresh database, with limits that never bind before the rounds do;
+    `read_pace` other than the engine's own, if given."""
+    async with engine_on(folder / "bench.db", base_url, read_pace=read_pace) as app:
         yield app
 
 
 @asynccontextmanager
-async def engine_on(database: str | Path, base_url: str, tuning: Tuning | None = None) -> AsyncIterator[App]:
+async def engine_on(
+    database: str | Path, base_url: str, tuning: Tuning | None = None, read_pace: float | None = None
+) -> AsyncIterator[App]:
     """Open the real engine on a database (a SQLite file or a PostgreSQL URL)."""
     config = EngineConfig(
         database=address(database),
@@ -78,6 +81,8 @@ async def engine_on(database: str | Path, base_url: str, tuning: Tuning | None =
         max_budget=Decimal(1_000),
         tuning=tuning or Tuning(),
     )
+    if read_pace is not None:
+        config = replace(config, read_pace=read_pace)
     async with open_app(config) as app:
         yield app
 

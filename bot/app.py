@@ -55,6 +55,11 @@ class EngineConfig:
     tuning: Tuning = field(default_factory=Tuning)
     #: How to install the local model, in words that fit where Voices runs (a checkout, an image).
     install_advice: str = INSTALL
+    #: Seconds between reads of a streamed reply: what arrives meanwhile is read in one piece. The
+    #: terminal prints every 50 ms and Discord edits once a second, so reading more often shows no
+    #: one anything sooner, and each read costs about what a token's own work does
+    #: (docs/benchmarks.md §9). 0 reads each piece as it comes.
+    read_pace: float = 0.05
 
 
 def check_personas(config: EngineConfig) -> None:
@@ -85,6 +90,7 @@ def _router(
             spec.api_key,
             generation_lookups=False,
             key_setting=f"the api_key of [providers.{spec.name}] in the personas file",
+            read_pace=config.read_pace,
         )
         named[spec.name] = Route(server, Catalogue(server, store, ttl, utc_now))
     local = LocalModels(config.install_advice)
@@ -104,7 +110,7 @@ async def open_app(config: EngineConfig) -> AsyncIterator[App]:
         if config.dry_run_models:
             provider, ttl = ScriptedProvider(free_models(config.dry_run_models)), timedelta(0)
         else:
-            provider = OpenAICompatProvider(http, config.base_url, config.api_key)
+            provider = OpenAICompatProvider(http, config.base_url, config.api_key, read_pace=config.read_pace)
         catalogue = Catalogue(provider, store, ttl, utc_now)
         if config.dry_run_models:
             # A dry run calls nothing real: local models and named servers are scripted as well.

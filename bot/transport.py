@@ -10,10 +10,16 @@ Idle connections stay pooled with no timer on the loop: aiohttp's 15 s sweep is 
 SimCord every timer due within a settle is work the bot waits out in real time. A connection the
 peer closed is dropped when its close arrives, and the kernel probes an idle one (15 s, then 3×5 s),
 so a peer that vanished without a word is found too.
+
+A request may ask for its body to be read at a pace (the `read_pace` extension, in seconds): at
+most one read per pace, what arrives meanwhile waiting in aiohttp's buffer to come out in one
+piece. A reply streamed a token per event then costs a wake-up of its reader per pace instead of
+one per token; the end of the body ends a wait at once, so the end is seen as soon as it comes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -61,17 +67,44 @@ def _mapped(connecting: bool) -> Iterator[None]:
 
 
 class _Body(httpx.AsyncByteStream):
-    """A response body read as aiohttp receives it: each chunk as it arrives."""
+    """A response body read as aiohttp receives it: each chunk as it arrives, or with a pace, all
+    that arrived in the last `pace` seconds at once.
 
-    def __init__(self, response: aiohttp.ClientResponse):
+    A connection that drops while a read waits out its pace takes the words of those last moments
+    with it (aiohttp raises the drop before it hands out what it holds, as it does unpaced when
+    both come in one turn of the loop). The reply is cut off either way: it is retried or ends the
+    dialogue, and is never recorded half-written."""
+
+    def __init__(self, response: aiohttp.ClientResponse, pace: float):
         self._response = response
+        self._pace = pace
+        self._waiting: asyncio.Future[None] | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         content = self._response.content
         with _mapped(connecting=False):
-            # readany itself, not its iterator: one call fewer per chunk.
+            if not self._pace:
+                # readany itself, not its iterator: one call fewer per chunk.
+                while chunk := await content.readany():
+                    yield chunk
+                return
+            loop = asyncio.get_running_loop()
+            content.on_eof(self._wake)
             while chunk := await content.readany():
                 yield chunk
+                if content.is_eof():
+                    continue  # the rest is here already
+                self._waiting = loop.create_future()
+                timer = loop.call_later(self._pace, self._wake)
+                try:
+                    await self._waiting
+                finally:
+                    timer.cancel()
+                    self._waiting = None
+
+    def _wake(self) -> None:
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(None)
 
     async def aclose(self) -> None:
         self._response.release()
@@ -117,7 +150,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=_Body(response),
+            stream=_Body(response, request.extensions.get("read_pace", 0.0)),
             request=request,
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
         )

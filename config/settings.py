@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     # Reasoning models may send nothing but keep-alive comments for minutes; reads wait this long.
     read_timeout: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    # Seconds between reads of a streamed reply (what came meanwhile is read in one piece): less
+    # CPU per token, and no later on screen than the terminal's 20 prints or Discord's one edit a
+    # second show it. 0 reads each piece as it comes.
+    read_pace: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)
     catalogue_ttl_hours: float = Field(default=24.0, ge=0, le=100_000)
     log_level: LogLevel = "WARNING"
     # discord.py, httpx and aiosqlite log at most this loudly (their debug lines name webhook URLs;
@@ -200,6 +204,7 @@ class Settings(BaseSettings):
             max_budget=self.max_budget,
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
+            read_pace=self.read_pace,
             catalogue_ttl=timedelta(hours=self.catalogue_ttl_hours),
             providers=providers,
             providers_error=error,

@@ -172,6 +172,11 @@ class FakeOpenRouter:
         port = self._server.sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}/api/v1"
 
+    @property
+    def open_connections(self) -> int:
+        """How many connections are open now (a client that went away has closed its own)."""
+        return len(self._writers)
+
     def close_idle(self) -> int:
         """Close every kept-alive connection waiting for its next request, as a server does once one
         has idled a while. Return how many were closed."""

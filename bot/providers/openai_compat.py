@@ -52,11 +52,14 @@ class OpenAICompatProvider:
         api_key: str | None,
         generation_lookups: bool = True,
         key_setting: str = "OPENROUTER_API_KEY",
+        read_pace: float = 0.0,
     ):
         """`generation_lookups`: the server keeps OpenRouter's `GET /generation` records (others
         answer 404, which would cost a cut-off call three seconds of asking). `key_setting` names
-        where its key is set, for the line that says it was rejected."""
+        where its key is set, for the line that says it was rejected. `read_pace`: seconds between
+        reads of a streamed reply, where the transport can pace them (bot/transport.py)."""
         self._key_setting = key_setting
+        self._stream_extensions = {"read_pace": read_pace} if read_pace else None
         self.source = base_url.rstrip("/")
         # Parsed once: httpx parses a URL given as text on every request.
         self._chat_url = httpx.URL(f"{self.source}/chat/completions")
@@ -80,7 +83,9 @@ class OpenAICompatProvider:
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Yield the reply's deltas, then one Completion."""
         body = _request_body(request)
-        call = self._http.stream("POST", self._chat_url, json=body, headers=self._headers())
+        call = self._http.stream(
+            "POST", self._chat_url, json=body, headers=self._headers(), extensions=self._stream_extensions
+        )
         try:
             async with call as response:
                 if response.status_code != 200:

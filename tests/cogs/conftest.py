@@ -55,6 +55,9 @@ def make_settings(tmp_path: Path, server: FakeOpenRouter, **overrides: Any) -> S
         "default_budget": "0.50",
         # SimCord has no gateway to ask how many shards to run; one, as a small bot gets.
         "shard_count": 1,
+        # SimCord's clock moves only when a test moves it: a pace timed by it would read a stream
+        # that streams in real time only when the test next moves the clock.
+        "read_pace": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -1,15 +1,18 @@
 """The engine's HTTP transport (httpx over aiohttp): it keeps connections alive, and never reuses
-one the server has closed; and it goes through the proxy the environment names, as httpx did."""
+one the server has closed; it goes through the proxy the environment names, as httpx did; and it
+reads a stream at the pace asked, without losing its end or a stop."""
 
 import asyncio
+import json
 
 import httpx
 import pytest
 
 from bot.errors import ConnectionFailed
+from bot.providers.base import TextDelta
 from bot.providers.openai_compat import OpenAICompatProvider
 from bot.transport import AiohttpTransport
-from tests.bot.providers.test_openai_compat import collect
+from tests.bot.providers.test_openai_compat import REQUEST, collect
 from tests.conftest import API_KEY
 from tests.fake_openrouter import FakeOpenRouter, Reply
 
@@ -80,3 +83,69 @@ async def test_a_stream_that_stalls_mid_reply_fails_once_no_data_came_for_the_re
         assert text == "one two three four"
         with pytest.raises(ConnectionFailed, match=r"in time \(ReadTimeout\)"):
             await collect(provider)
+
+
+async def _pieces(server: FakeOpenRouter, pace: float) -> list[bytes]:
+    """The pieces a chat reply's body is read in, with the given pace."""
+    async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        extensions = {"read_pace": pace} if pace else None
+        async with http.stream(
+            "POST", f"{server.base_url}/chat/completions", json=body, extensions=extensions
+        ) as response:
+            return [piece async for piece in response.aiter_bytes()]
+
+
+async def test_a_paced_stream_is_read_in_fewer_pieces_with_every_event_whole(server: FakeOpenRouter):
+    """What arrives between two reads comes out in one piece: a reply streamed a word every 10 ms,
+    read every 100 ms, takes a few reads rather than one per word."""
+    words = " ".join(f"w{i}" for i in range(30))
+    for _ in range(2):
+        server.enqueue(Reply(text=words, chunk_words=1, chunk_delay=0.01, keepalives=0))
+    unpaced, paced = await _pieces(server, 0), await _pieces(server, 0.1)
+    assert _words(paced) == _words(unpaced) == words
+    assert len(unpaced) >= 30
+    assert len(paced) <= 10
+    assert all(piece.endswith(b"\n\n") for piece in paced)  # each read ends between events here
+
+
+async def test_a_paced_stream_ends_when_its_body_does_not_when_the_pace_is_up(server: FakeOpenRouter):
+    """The end of a reply is seen as it comes: a read waiting out its pace is woken by it."""
+    server.enqueue(Reply(text="one two three", chunk_words=1, chunk_delay=0.01, keepalives=0))
+    async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+        provider = OpenAICompatProvider(http, server.base_url, API_KEY, read_pace=60)
+        text, _, completion = await asyncio.wait_for(collect(provider), timeout=20)
+    assert text == "one two three"
+    assert completion.finish_reason == "stop"
+
+
+async def test_a_paced_stream_is_cut_off_at_once(server: FakeOpenRouter):
+    """A stop cuts a stream that waits out its pace without waiting for it, and closes the connection."""
+    server.enqueue(Reply(text="word " * 200, chunk_words=1, chunk_delay=0.01, keepalives=0))
+    async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+        provider = OpenAICompatProvider(http, server.base_url, API_KEY, read_pace=60)
+        first = asyncio.Event()
+
+        async def read() -> None:
+            async for event in provider.stream(REQUEST):
+                if isinstance(event, TextDelta):
+                    first.set()
+
+        reading = asyncio.create_task(read())
+        await asyncio.wait_for(first.wait(), timeout=20)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(reading, timeout=20)
+        await asyncio.wait_for(_closed(server), timeout=20)
+
+
+def _words(pieces: list[bytes]) -> str:
+    """The reply's text, from the events in the pieces read."""
+    events = b"".join(pieces).decode().split("\n\n")
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events if e.startswith("data: {")]
+    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c.get("choices"))
+
+
+async def _closed(server: FakeOpenRouter) -> None:
+    while server.open_connections:
+        await asyncio.sleep(0.01)
