@@ -11,10 +11,11 @@ SimCord every timer due within a settle is work the bot waits out in real time. 
 peer closed is dropped when its close arrives, and the kernel probes an idle one (15 s, then 3×5 s),
 so a peer that vanished without a word is found too.
 
-A request may ask for its body to be read at a pace (the `read_pace` extension, in seconds): at
-most one read per pace, what arrives meanwhile waiting in aiohttp's buffer to come out in one
-piece. A reply streamed a token per event then costs a wake-up of its reader per pace instead of
-one per token; the end of the body ends a wait at once, so the end is seen as soon as it comes.
+A request may ask for its body to be read at a pace (the `read_pace` extension, in seconds): after
+a read, the next waits for the next tick of the pace, what arrives meanwhile waiting in aiohttp's
+buffer to come out in one piece. A reply streamed a token per event then costs a wake-up of its
+reader per pace instead of one per token; the end of the body ends a wait at once, so the end is
+seen as soon as it comes.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ class _Body(httpx.AsyncByteStream):
                 if content.is_eof():
                     continue  # the rest is here already
                 self._waiting = loop.create_future()
-                timer = loop.call_later(self._pace, self._wake)
+                # Due on the next multiple of the pace: every stream's wait ends on the same ticks,
+                # so a quiet loop wakes once per tick for them all, not once per stream.
+                timer = loop.call_at((loop.time() // self._pace + 1) * self._pace, self._wake)
                 try:
                     await self._waiting
                 finally:
