@@ -57,7 +57,7 @@ class EngineConfig:
     install_advice: str = INSTALL
     #: Seconds between reads of a streamed reply: what arrives meanwhile is read in one piece. The
     #: terminal prints every 50 ms and Discord edits once a second, so reading more often shows no
-    #: one anything sooner, and each read costs about what a token's own work does
+    #: one anything sooner, and a read per token costs about a fifth more CPU per token
     #: (docs/benchmarks.md §9). 0 reads each piece as it comes.
     read_pace: float = 0.05
 

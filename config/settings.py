@@ -131,8 +131,7 @@ class Settings(BaseSettings):
     # Reasoning models may send nothing but keep-alive comments for minutes; reads wait this long.
     read_timeout: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     # Seconds between reads of a streamed reply (what came meanwhile is read in one piece): less
-    # CPU per token, and no later on screen than the terminal's 20 prints or Discord's one edit a
-    # second show it. 0 reads each piece as it comes.
+    # CPU per token; the terminal prints 20 times a second and Discord edits once a second anyway.
     read_pace: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)
     catalogue_ttl_hours: float = Field(default=24.0, ge=0, le=100_000)
     log_level: LogLevel = "WARNING"
