@@ -74,11 +74,12 @@ async def test_a_server_that_never_answers_is_named_in_one_line_after_the_read_t
     assert str(caught.value) == f"no answer from http://127.0.0.1:{port}/api/v1 in time (ReadTimeout)"
 
 
-async def test_a_stream_that_stalls_mid_reply_fails_once_no_data_came_for_the_read_timeout(server):
+@pytest.mark.parametrize("pace", [0, 0.05])
+async def test_a_stream_that_stalls_mid_reply_fails_once_no_data_came_for_the_read_timeout(server, pace):
     server.enqueue(Reply(text="one two three four", chunk_words=1, chunk_delay=0.05, keepalives=0))
     server.enqueue(Reply(text="late words arrive", chunk_words=1, chunk_delay=0.5, keepalives=0))
     async with httpx.AsyncClient(timeout=httpx.Timeout(0.3), transport=AiohttpTransport()) as http:
-        provider = OpenAICompatProvider(http, server.base_url, API_KEY)
+        provider = OpenAICompatProvider(http, server.base_url, API_KEY, read_pace=pace)
         text, _, _ = await collect(provider)  # pieces 50 ms apart are well inside 0.3 s
         assert text == "one two three four"
         with pytest.raises(ConnectionFailed, match=r"in time \(ReadTimeout\)"):
