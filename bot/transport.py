@@ -83,27 +83,26 @@ class _Body(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         content = self._response.content
-        with _mapped(connecting=False):
-            if not self._pace:
-                # readany itself, not its iterator: one call fewer per chunk.
-                while chunk := await content.readany():
-                    yield chunk
-                return
-            loop = asyncio.get_running_loop()
+        if self._pace:
             content.on_eof(self._wake)
+        with _mapped(connecting=False):
+            # readany itself, not its iterator: one call fewer per chunk.
             while chunk := await content.readany():
                 yield chunk
-                if content.is_eof():
-                    continue  # the rest is here already
-                self._waiting = loop.create_future()
-                # Due on the next multiple of the pace: every stream's wait ends on the same ticks,
-                # so a quiet loop wakes once per tick for them all, not once per stream.
-                timer = loop.call_at((loop.time() // self._pace + 1) * self._pace, self._wake)
-                try:
-                    await self._waiting
-                finally:
-                    timer.cancel()
-                    self._waiting = None
+                if self._pace and not content.is_eof():  # at the end, the rest is here already
+                    await self._next_tick()
+
+    async def _next_tick(self) -> None:
+        """Wait for the next multiple of the pace, or the end of the body. Every stream's wait ends
+        on the same ticks, so a quiet loop wakes once per tick for them all, not once per stream."""
+        loop = asyncio.get_running_loop()
+        self._waiting = loop.create_future()
+        timer = loop.call_at((loop.time() // self._pace + 1) * self._pace, self._wake)
+        try:
+            await self._waiting
+        finally:
+            timer.cancel()
+            self._waiting = None
 
     def _wake(self) -> None:
         if self._waiting is not None and not self._waiting.done():
