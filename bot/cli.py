@@ -599,10 +599,13 @@ async def _drive(
 def discard_output() -> None:
     """Point standard output at /dev/null: its reader went away (`voices list | head`), and every
     later write, Python's own at exit included, would fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):  # no file behind stdout (a test's capture): nothing to point
         pass
+    finally:
+        os.close(devnull)
 
 
 class Keyboard:
