@@ -457,11 +457,15 @@ class DialogueRunner:
                 steps = self.player.play(dialogue, plan, reservation, budget, control, deadline)
             turn: Turn | None = None
             stop = None
+            #: What the turn's bill noted: shown after the turn it is about, not glued to its text.
+            bill_notes: list[Noted] = []
             async for item in steps:
                 if isinstance(item, Turn):
                     turn = item
                 elif isinstance(item, Stop):
                     stop = item
+                elif isinstance(item, Noted) and turn is not None:
+                    bill_notes.append(item)
                 else:
                     yield item
             # Read the dialogue again: its totals moved, and its round limit may have been extended;
@@ -472,6 +476,8 @@ class DialogueRunner:
             if turn is not None:
                 turns.append(turn)
                 yield TurnFinished(turn, totals.spent_usd)
+                for noted in bill_notes:
+                    yield noted
                 if stop is None and turn.status is TurnStatus.OK:
                     async for found in self._notice_loops(dialogue, turns):
                         if isinstance(found, Stop):

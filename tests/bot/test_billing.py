@@ -4,13 +4,15 @@ the published prices is recorded as billed, never below it, and stops the dialog
 from __future__ import annotations
 
 import copy
+import io
 from decimal import Decimal
 
 import pytest
+from rich.console import Console
 
 from bot.billing import charge, valid_cost
-from bot.console import dialogue_table
-from bot.events import Noted, TurnStarted
+from bot.console import DialogueView, dialogue_table
+from bot.events import Noted, TurnFinished, TurnStarted
 from bot.models import NoteKind, Pricing, StopReason, TurnStatus, Usage
 from bot.providers.openai_compat import OpenAICompatProvider
 from bot.transcript import render_json, render_markdown
@@ -88,6 +90,25 @@ async def test_a_negative_cost_is_refused_and_the_cap_still_binds(runner, store,
     assert len(notes) == len(turns)
     assert "the provider reported a cost of -1, which cannot be a bill" in notes[0].text
     assert "⚠ Bill: the provider reported a cost of -1" in render_markdown(*await store.history(final.id))
+
+
+async def test_a_bill_note_is_shown_after_the_turn_it_is_about_on_a_line_of_its_own(runner, store, server):
+    """The note followed the reply's last streamed words on the same line, before its tokens line."""
+    events, _, turns = await _run_with_cost(runner, store, server, Decimal(-1), rounds=1)
+    order = [
+        (type(e).__name__, e.turn.seq if isinstance(e, TurnFinished) else e.note.before_seq)
+        for e in events
+        if isinstance(e, TurnFinished) or (isinstance(e, Noted) and e.note.kind is NoteKind.BILLING)
+    ]
+    assert order == [("TurnFinished", 0), ("Noted", 1), ("TurnFinished", 1), ("Noted", 2)]
+    out = io.StringIO()
+    view = DialogueView(Console(file=out, color_system=None, width=200))
+    for event in events:
+        view.show(event)
+    view.flush()
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("⚠ Bill: the provider reported a cost of -1") for line in lines), lines
+    assert lines.index("reply 0") < next(i for i, line in enumerate(lines) if line.startswith("⚠ Bill"))
 
 
 @pytest.mark.parametrize("cost", [float("inf"), float("nan"), "abc", [1], {"usd": 1}, True])
