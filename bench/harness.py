@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -172,6 +174,30 @@ def gaps_and_streams(stats: dict[str, Any]) -> tuple[list[float], list[float]]:
         streams += [end - start for start, end in timings]
         gaps += [timings[i + 1][0] - timings[i][1] for i in range(len(timings) - 1)]
     return gaps, streams
+
+
+class Collections:
+    """What the garbage collector took while watched: seconds in all, and its longest pause."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.longest = 0.0
+        self._began = 0.0
+
+    def __enter__(self) -> Collections:
+        gc.callbacks.append(self._note)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._note)
+
+    def _note(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        elif self._began:
+            pause = time.perf_counter() - self._began
+            self.seconds += pause
+            self.longest = max(self.longest, pause)
 
 
 def rss_bytes() -> int:

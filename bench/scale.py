@@ -1,8 +1,9 @@
 """Concurrency: many dialogues at once in one process, or spread over worker processes on
 PostgreSQL, against one fake OpenRouter.
 
-Reports turns per second, the relay gap p50/p99 (target p99 ≤ 100 ms at 1,000), CPU seconds per
-turn, and resident memory per dialogue beyond its text (target ≤ 200 KB).
+Reports turns per second, the relay gap p50/p99 (target p99 ≤ 100 ms), CPU seconds per turn and
+how much of it went to collecting garbage (with the longest pause), and resident memory per
+dialogue beyond its text (target ≤ 200 KB at 1,000).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.harness import (
+    Collections,
     engine,
     engine_on,
     fake_server,
@@ -49,7 +51,8 @@ async def measure(
 
                 sampler = asyncio.create_task(sample())
                 cpu, started = time.process_time(), time.monotonic()
-                await asyncio.gather(*(_later(spread * n / dialogues, app, i) for n, i in enumerate(ids)))
+                with Collections() as collections:
+                    await asyncio.gather(*(_later(spread * n / dialogues, app, i) for n, i in enumerate(ids)))
                 wall, cpu = time.monotonic() - started, time.process_time() - cpu
                 sampling = False
                 await sampler
@@ -64,6 +67,8 @@ async def measure(
         "dialogues": str(dialogues),
         **pace(turns, wall, gaps),
         "CPU per turn": ms(cpu / turns),
+        "of it collecting garbage": ms(collections.seconds / turns),
+        "longest collection": ms(collections.longest),
         "memory per dialogue": f"{memory / 1024:.0f} KB",
     }
 
