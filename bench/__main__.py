@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib.util
 import os
 import platform
@@ -159,9 +160,10 @@ def table(rows: list[dict[str, str]]) -> str:
 
 async def run(names: list[str], quick: bool, processes: int | None = None, spread: float = 0.0) -> None:
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    collector = "tuned" if gc.get_freeze_count() else "default"
     print(
         f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
-        f"{platform.machine()}; loop: {loop}; mode: {'quick' if quick else 'full'}\n"
+        f"{platform.machine()}; loop: {loop}; collector: {collector}; mode: {'quick' if quick else 'full'}\n"
     )
     for name in names:
         if name == "scale" and processes:
@@ -188,6 +190,12 @@ def main() -> None:
         choices=("asyncio", "uvloop"),
         default="asyncio",
         help="the event loop to measure on; `voices` runs on uvloop where the fast extra is installed",
+    )
+    parser.add_argument(
+        "--collector",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="the garbage collector as `voices` sets it, or as CPython does (to measure the difference)",
     )
     parser.add_argument(
         "--processes",
@@ -219,10 +227,7 @@ def main() -> None:
         if importlib.util.find_spec("uvloop") is None:
             parser.error("uvloop is not installed; pip install -e '.[fast]'")
     work = run(names, args.quick, args.processes, args.spread)
-    if args.loop == "asyncio":
-        asyncio.run(work)
-    else:
-        eventloop.run(work)
+    eventloop.run(work, prefer_uvloop=args.loop == "uvloop", tune=args.collector == "tuned")
 
 
 if __name__ == "__main__":
