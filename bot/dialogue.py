@@ -33,7 +33,7 @@ from bot.events import (
     TurnFinished,
     TurnStarted,
 )
-from bot.loops import notice
+from bot.loops import Lookout
 from bot.models import (
     HUMAN_SOURCE,
     MAX_SEED,
@@ -405,6 +405,7 @@ class DialogueRunner:
         ]
         totals = dialogue.totals
         budget = Budget(dialogue.limits.budget_usd, totals.spent_usd)
+        lookout = Lookout([p.name for p in dialogue.participants], self.tuning.loops)
         loop = asyncio.get_running_loop()
         deadline = None
         if dialogue.limits.max_seconds is not None:
@@ -479,7 +480,7 @@ class DialogueRunner:
                 for noted in bill_notes:
                     yield noted
                 if stop is None and turn.status is TurnStatus.OK:
-                    async for found in self._notice_loops(dialogue, turns):
+                    async for found in self._notice_loops(dialogue, turns, lookout):
                         if isinstance(found, Stop):
                             stop = found
                         else:
@@ -598,10 +599,11 @@ class DialogueRunner:
             )
         return None
 
-    async def _notice_loops(self, dialogue: Dialogue, turns: Sequence[Turn]) -> AsyncIterator[Event | Stop]:
+    async def _notice_loops(
+        self, dialogue: Dialogue, turns: Sequence[Turn], lookout: Lookout
+    ) -> AsyncIterator[Event | Stop]:
         """Note each new sign of going in circles; pause or stop if the dialogue asks for it."""
-        names = [p.name for p in dialogue.participants]
-        findings = notice(turns, names, self.tuning.loops)
+        findings = lookout.notice(turns)
         for finding in findings:
             note = Note(dialogue.id, len(turns), finding.kind, finding.detail, self._clock())
             yield Noted(await self.store.add_note(note))

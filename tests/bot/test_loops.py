@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from bot.events import Noted
-from bot.loops import LoopThresholds, find, notice, similarity
+from bot.loops import Lookout, LoopThresholds, find, notice, similarity
 from bot.models import LoopAction, NoteKind, Status, StopReason, Turn, TurnStatus, Usage
 from bot.providers.scripted import ScriptedProvider, ScriptedReply, free_models
 from tests.conftest import make_spec, run_all
@@ -110,6 +110,29 @@ def test_notice_reports_a_loop_once_when_it_starts_not_at_every_turn():
     turns = turns_of(HEALTHY[:4] + LOOPING)
     started = [len(notice(turns[:end], NAMES, LIMITS)) for end in range(1, len(turns) + 1)]
     assert started == [0, 0, 0, 0, 0, 0, 1, 0]
+
+
+def test_a_lookout_kept_over_a_dialogue_reports_what_a_fresh_look_at_each_turn_does():
+    """The runner keeps one lookout per run, reading each turn once; it must find the same."""
+    farewell_loop = HEALTHY[:3] + FAREWELLS[:3] + ["Basil: I wrote this for you.\nAda: thanks"]
+    for texts in (HEALTHY[:4] + LOOPING + HEALTHY[:2] + LOOPING, farewell_loop):
+        turns = turns_of(texts)
+        lookout = Lookout(NAMES, LIMITS)
+        ends = range(1, len(turns) + 1)
+        kept = [[(f.kind, f.detail) for f in lookout.notice(turns[:end])] for end in ends]
+        fresh = [[(f.kind, f.detail) for f in notice(turns[:end], NAMES, LIMITS)] for end in ends]
+        assert kept == fresh
+        assert any(kept)
+
+
+def test_a_lookout_that_missed_turns_looks_again_rather_than_trust_its_memory():
+    turns = turns_of(HEALTHY[:4] + LOOPING)
+    lookout = Lookout(NAMES, LIMITS)
+    lookout.notice(turns[:2])
+    # Four turns later (a resumed run, say), a loop already under way is new to this look only if
+    # it was not there a turn before.
+    assert lookout.notice(turns[:7]) == notice(turns[:7], NAMES, LIMITS)
+    assert lookout.notice(turns) == notice(turns, NAMES, LIMITS) == []
 
 
 # The engine acts on what it notices ------------------------------------------------------------
