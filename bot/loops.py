@@ -59,8 +59,7 @@ class Lookout:
     def __init__(self, names: Sequence[str], limits: LoopThresholds) -> None:
         self._names = list(names)
         self._limits = limits
-        # A look reads the window before each of the last `repeats` turns, and those turns.
-        self._reading = _Reading(limits.window + limits.repeats + 1, names)
+        self._reading = _Reading(limits, names)
         #: How many answered turns the last look saw, and the kinds it found.
         self._last: tuple[int, set[NoteKind]] | None = None
 
@@ -79,11 +78,14 @@ class Lookout:
 
 
 class _Reading:
-    """What the looks need of each turn's text, worked out once for each of the last `size` texts;
+    """What the looks need of each turn's text, worked out once for each of the last few texts;
     and each participant's line label, compiled once (re's own cache holds 512 patterns, fewer
     than the names of a busy process)."""
 
-    def __init__(self, size: int = 16, names: Sequence[str] = ()) -> None:
+    def __init__(self, limits: LoopThresholds, names: Sequence[str]) -> None:
+        # A look reads the window before each of the last `repeats` turns, and those turns; one
+        # more is the look a turn earlier.
+        size = limits.window + limits.repeats + 1
         self.shingles = lru_cache(maxsize=size)(_shingles)
         self.farewell = lru_cache(maxsize=size)(_farewell)
         self._labels = {name: _label(name) for name in names}
@@ -99,7 +101,7 @@ def find(
 ) -> list[Finding]:
     """Return every way the answered turns, as they stand, go in circles."""
     findings = []
-    reading = reading or _Reading()
+    reading = reading or _Reading(limits, names)
     if len(turns) > limits.repeats:
         scores = [
             _echo(turns, i, limits.window, reading.shingles)
