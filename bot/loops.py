@@ -88,12 +88,7 @@ class _Reading:
         size = limits.window + limits.repeats + 1
         self.shingles = lru_cache(maxsize=size)(_shingles)
         self.farewell = lru_cache(maxsize=size)(_farewell)
-        self._labels = {name: _label(name) for name in names}
-
-    def label(self, name: str) -> re.Pattern[str]:
-        if (pattern := self._labels.get(name)) is None:
-            pattern = self._labels[name] = _label(name)
-        return pattern
+        self.labels = {name: _label(name) for name in names}
 
 
 def find(
@@ -158,7 +153,7 @@ def _farewell(text: str) -> bool:
 def _impersonated(turn: Turn, names: Sequence[str], reading: _Reading) -> str | None:
     """Return another participant whose lines this turn writes ("Basil: …" at the start of a line)."""
     for name in names:
-        if name != turn.speaker and reading.label(name).search(turn.text):
+        if name != turn.speaker and reading.labels[name].search(turn.text):
             return name
     return None
 
