@@ -14,7 +14,7 @@ import os
 import platform
 from collections.abc import Awaitable, Callable
 
-from bench import backpressure, caching, chunks, discord, failover, local, relay, scale, store
+from bench import backpressure, caching, chunks, discord, failover, instructions, local, relay, scale, store
 from bench.harness import postgres
 from bot import eventloop
 from bot.text import counted as counts_of
@@ -130,6 +130,16 @@ def _chunks(quick: bool) -> tuple[str, list[Awaitable[list[Row]]]]:
     )
 
 
+def _instructions(quick: bool) -> tuple[str, list[Awaitable[list[Row]]]]:
+    rounds = 3
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    return (
+        f"Instructions per turn ({instructions.DIALOGUES} dialogues, {counts_of(rounds, 'round')} "
+        f"against {counts_of(2 * rounds, 'round')}, counted by valgrind)",
+        [instructions.measure(rounds, "uvloop" if loop == "uvloop" else "asyncio", quick)],
+    )
+
+
 #: Each benchmark's title is made from the figures it runs with, so a quick run is labelled as one.
 BENCHES: dict[str, Bench] = {
     "relay": _relay,
@@ -142,6 +152,7 @@ BENCHES: dict[str, Bench] = {
     "sharing": _sharing,
     "chunks": _chunks,
     "failover": _failover,
+    "instructions": _instructions,
 }
 
 

@@ -28,6 +28,7 @@ def test_quick_benchmarks_report_every_figure():
         "Three dialogues sharing a channel's webhook",
         "CPU per streamed chunk",
         "Failover: one of two workers killed (SIGKILL) amid 20 dialogues on PostgreSQL",
+        "Instructions per turn",
     ):
         assert f"## {title}" in out
     assert "| True ($" in out  # the transcript's costs add up to what the server reported, exactly
