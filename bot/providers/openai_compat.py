@@ -354,11 +354,20 @@ class _Reply:
                 delta = choice.get("delta")
                 delta = delta if isinstance(delta, dict) else {}
                 if reasoning := _text(delta.get("reasoning")) or _text(delta.get("reasoning_content")):
-                    out.append(ReasoningDelta(reasoning))
+                    _add(out, ReasoningDelta, reasoning)
                 if content := _text(delta.get("content")):
-                    out.append(TextDelta(content))
+                    _add(out, TextDelta, content)
                 self.finish_reason = _text(choice.get("finish_reason")) or self.finish_reason
         return out
+
+
+def _add(out: list[StreamEvent], kind: type[TextDelta] | type[ReasoningDelta], text: str) -> None:
+    """Append a delta, joined to the one before it when that is of its kind: the events of one read
+    arrived together, and travel on as one."""
+    if out and type(out[-1]) is kind:
+        out[-1] = kind(out[-1].text + text)  # type: ignore[union-attr]
+    else:
+        out.append(kind(text))
 
 
 def _text(value: Any) -> str | None:

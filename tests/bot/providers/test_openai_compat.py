@@ -323,3 +323,20 @@ async def test_words_read_in_the_same_piece_as_an_error_are_passed_on_before_it(
             async for event in provider.stream(REQUEST):
                 seen.append(event)
     assert [e.text for e in seen if isinstance(e, TextDelta)] == ["Half a"]
+
+
+async def test_words_read_in_one_piece_travel_on_as_one_delta():
+    """Events that arrived together are passed on together: the reader pays one hop per read, not
+    one per word, and the words are the same."""
+    stream = b"".join(
+        b'data: {"choices": [{"delta": {"%s": "%s"}}]}\n\n' % (kind, word)
+        for kind, word in [(b"reasoning", b"Think"), (b"reasoning", b" hard."), (b"content", b"Hello"),
+                           (b"content", b" there"), (b"content", b" you")]
+    ) + b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n'  # fmt: skip
+    server = await _serve_raw(stream)  # one body, so one read
+    port = server.sockets[0].getsockname()[1]
+    async with server, httpx.AsyncClient(transport=AiohttpTransport()) as client:
+        provider = OpenAICompatProvider(client, f"http://127.0.0.1:{port}/api/v1", API_KEY)
+        events = [e async for e in provider.stream(REQUEST)]
+    deltas = [e for e in events if isinstance(e, TextDelta | ReasoningDelta)]
+    assert deltas == [ReasoningDelta("Think hard."), TextDelta("Hello there you")]
