@@ -365,7 +365,7 @@ def _add(out: list[StreamEvent], kind: type[TextDelta] | type[ReasoningDelta], t
     """Append a delta, joined to the one before it when that is of its kind: the events of one read
     arrived together, and travel on as one."""
     if out and type(out[-1]) is kind:
-        out[-1] = kind(out[-1].text + text)  # type: ignore[union-attr]
+        out[-1] = kind(out[-1].text + text)
     else:
         out.append(kind(text))
 
