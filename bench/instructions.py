@@ -49,7 +49,8 @@ def _count(rounds: int, words: int, loop: str) -> int:
     """Run the workload in a child under cachegrind and return the instructions it took."""
     command = [
         "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-        sys.executable, "-m", "bench.instructions", "--rounds", str(rounds), "--words", str(words), "--loop", loop,
+        sys.executable, "-m", "bench.instructions",
+        "--rounds", str(rounds), "--words", str(words), "--loop", loop,
     ]  # fmt: skip
     # A fixed hash seed: the same dicts and sets, the same probes, the same count.
     env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT)}
@@ -74,9 +75,10 @@ async def measure(rounds: int, loop: str, quick: bool) -> list[dict[str, str]]:
             asyncio.to_thread(_count, rounds, words, loop), asyncio.to_thread(_count, 2 * rounds, words, loop)
         )
         per_turn[words] = (long - short) / turns
+        reply = f"{words} one-word chunks at {TOKENS_PER_SECOND} tokens/s" if words > 1 else "one word"
         rows.append(
             {
-                "reply": f"{words} one-word chunks at {TOKENS_PER_SECOND} tokens/s" if words > 1 else "one word",
+                "reply": reply,
                 "turns counted": str(turns),
                 "instructions per turn": f"{per_turn[words] / 1e6:.2f} M",
             }

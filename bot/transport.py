@@ -85,12 +85,17 @@ class _Body(httpx.AsyncByteStream):
         content = self._response.content
         if self._pace:
             content.on_eof(self._wake)
-        with _mapped(connecting=False):
-            # readany itself, not its iterator: one call fewer per chunk.
-            while chunk := await content.readany():
-                yield chunk
-                if self._pace and not content.is_eof():  # at the end, the rest is here already
-                    await self._next_tick()
+        watch = _Watch.start(self._response)
+        try:
+            with _mapped(connecting=False):
+                # readany itself, not its iterator: one call fewer per chunk.
+                while chunk := await content.readany():
+                    yield chunk
+                    if self._pace and not content.is_eof():  # at the end, the rest is here already
+                        await self._next_tick()
+        finally:
+            if watch is not None:
+                watch.stop()
 
     async def _next_tick(self) -> None:
         """Wait for the next multiple of the pace, or the end of the body. Every stream's wait ends
@@ -110,6 +115,53 @@ class _Body(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self._response.release()
+
+
+class _Watch:
+    """The read timeout of a body: no data for that long fails the read.
+
+    aiohttp keeps it with a timer it moves on every piece that arrives, a timer made and cancelled
+    per streamed token. This looks instead a few times per timeout whether any came meanwhile, so a
+    silent peer is found between one and one and a half timeouts after its last byte, never sooner.
+    aiohttp's own timer still covers the wait for the head, and for a body's first byte."""
+
+    #: Looks per timeout.
+    LOOKS = 4
+
+    def __init__(self, content: aiohttp.StreamReader, timeout: float):
+        self._content = content
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._seen = content.total_bytes
+        self._quiet_since = self._loop.time()
+        self._timer = self._loop.call_later(timeout / self.LOOKS, self._look)
+
+    @classmethod
+    def start(cls, response: aiohttp.ClientResponse) -> _Watch | None:
+        """Take the read timeout of the response's connection over; None where there is none to
+        keep (no timeout, or the whole body already read and the connection given back)."""
+        connection = response.connection
+        protocol = connection.protocol if connection is not None else None
+        timeout = protocol.read_timeout if protocol is not None else None
+        if protocol is None or not timeout:
+            return None
+        # The connection's next request sets its own again.
+        protocol.read_timeout = None
+        return cls(response.content, timeout)
+
+    def _look(self) -> None:
+        now = self._loop.time()
+        if self._content.is_eof() or self._content.exception() is not None:
+            return
+        if self._content.total_bytes != self._seen:
+            self._seen, self._quiet_since = self._content.total_bytes, now
+        elif now - self._quiet_since >= self._timeout:
+            self._content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+            return
+        self._timer = self._loop.call_later(self._timeout / self.LOOKS, self._look)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):

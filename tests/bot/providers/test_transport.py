@@ -86,6 +86,19 @@ async def test_a_stream_that_stalls_mid_reply_fails_once_no_data_came_for_the_re
             await collect(provider)
 
 
+@pytest.mark.parametrize("pace", [0, 0.05])
+async def test_a_slow_stream_that_never_falls_silent_for_the_read_timeout_is_read_to_its_end(server, pace):
+    """The timeout is for silence, not for the whole reply: words 0.2 s apart, for more than four
+    times the 0.3 s timeout, arrive whole."""
+    words = "one two three four five six seven"
+    server.enqueue(Reply(text=words, chunk_words=1, chunk_delay=0.2, keepalives=0))
+    async with httpx.AsyncClient(timeout=httpx.Timeout(0.3), transport=AiohttpTransport()) as http:
+        provider = OpenAICompatProvider(http, server.base_url, API_KEY, read_pace=pace)
+        text, _, completion = await collect(provider)
+    assert text == words
+    assert completion.finish_reason == "stop"
+
+
 async def _pieces(server: FakeOpenRouter, pace: float) -> list[bytes]:
     """The pieces a chat reply's body is read in, with the given pace."""
     async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
