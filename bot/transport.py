@@ -76,9 +76,10 @@ class _Body(httpx.AsyncByteStream):
     both come in one turn of the loop). The reply is cut off either way: it is retried or ends the
     dialogue, and is never recorded half-written."""
 
-    def __init__(self, response: aiohttp.ClientResponse, pace: float):
+    def __init__(self, response: aiohttp.ClientResponse, pace: float, ticks: _Ticks):
         self._response = response
         self._pace = pace
+        self._ticks = ticks
         self._waiting: asyncio.Future[None] | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -98,15 +99,11 @@ class _Body(httpx.AsyncByteStream):
                 watch.stop()
 
     async def _next_tick(self) -> None:
-        """Wait for the next multiple of the pace, or the end of the body. Every stream's wait ends
-        on the same ticks, so a quiet loop wakes once per tick for them all, not once per stream."""
-        loop = asyncio.get_running_loop()
-        self._waiting = loop.create_future()
-        timer = loop.call_at((loop.time() // self._pace + 1) * self._pace, self._wake)
+        """Wait for the next multiple of the pace, or the end of the body."""
+        self._waiting = self._ticks.next(self._pace)
         try:
             await self._waiting
         finally:
-            timer.cancel()
             self._waiting = None
 
     def _wake(self) -> None:
@@ -115,6 +112,30 @@ class _Body(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self._response.release()
+
+
+class _Ticks:
+    """The pace's ticks, shared: every stream's wait ends on a multiple of its pace, so one timer
+    per tick wakes all the streams waiting for it, and a quiet loop wakes once per tick for them all."""
+
+    def __init__(self) -> None:
+        self._due: dict[float, list[asyncio.Future[None]]] = {}
+
+    def next(self, pace: float) -> asyncio.Future[None]:
+        """Return a future done at the next multiple of `pace` (or sooner, by whoever holds it)."""
+        loop = asyncio.get_running_loop()
+        at = (loop.time() // pace + 1) * pace
+        waiting = loop.create_future()
+        if (waiters := self._due.get(at)) is None:
+            self._due[at] = waiters = []
+            loop.call_at(at, self._ring, at)
+        waiters.append(waiting)
+        return waiting
+
+    def _ring(self, at: float) -> None:
+        for waiting in self._due.pop(at):
+            if not waiting.done():  # one the end of its body woke, or a stop cancelled
+                waiting.set_result(None)
 
 
 class _Watch:
@@ -169,6 +190,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._ticks = _Ticks()
         # HTTP(S)_PROXY read once, as httpx reads them when a client is made. aiohttp's own
         # trust_env would read them, and ~/.netrc, in a thread on every request.
         self._proxies = {k: v for k, v in urllib.request.getproxies().items() if k in ("http", "https")}
@@ -204,7 +226,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=_Body(response, request.extensions.get("read_pace", 0.0)),
+            stream=_Body(response, request.extensions.get("read_pace", 0.0), self._ticks),
             request=request,
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
         )
