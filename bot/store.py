@@ -87,6 +87,14 @@ def _slots(first: int, count: int) -> str:
 # A persona's columns come after the two that say whose it is (a seat's dialogue and seat, say).
 _PERSONA_SLOTS = _slots(3, len(_PERSONA_COLUMNS.split(",")))
 
+#: A dialogue's row (as `d`), and whether it has children, a referee and a vote: read every turn,
+#: so one statement says which of the three others are worth running.
+_DIALOGUE = (
+    "d.*, EXISTS (SELECT 1 FROM dialogues c WHERE c.parent_id = d.id) AS has_children, "
+    "EXISTS (SELECT 1 FROM referees r WHERE r.dialogue_id = d.id) AS has_referee, "
+    "EXISTS (SELECT 1 FROM votes v WHERE v.dialogue_id = d.id) AS has_vote"
+)
+
 
 def _persona_row(p: Persona) -> tuple[object, ...]:
     """Return a persona's values in the order of _PERSONA_COLUMNS (a seat's, or the referee's)."""
@@ -269,7 +277,7 @@ class Store:
 
     async def get_dialogue(self, dialogue_id: int) -> Dialogue:
         """Return the dialogue with this id, or raise DialogueNotFound."""
-        rows = await self.fetchall("SELECT * FROM dialogues WHERE id = $1", (dialogue_id,))
+        rows = await self.fetchall(f"SELECT {_DIALOGUE} FROM dialogues d WHERE d.id = $1", (dialogue_id,))
         if not rows:
             raise DialogueNotFound(f"no dialogue {dialogue_id}; `voices list` shows the ids")
         return await self._dialogue(rows[0])
@@ -277,9 +285,9 @@ class Store:
     async def list_dialogues(self, limit: int = 20, status: Iterable[Status] = ()) -> list[Dialogue]:
         """Return the most recent dialogues, newest first, optionally only in the given states."""
         wanted = [str(s) for s in status]
-        where = f"WHERE status IN ({_slots(2, len(wanted))})" if wanted else ""
+        where = f"WHERE d.status IN ({_slots(2, len(wanted))})" if wanted else ""
         rows = await self.fetchall(
-            f"SELECT * FROM dialogues {where} ORDER BY id DESC LIMIT $1", (limit, *wanted)
+            f"SELECT {_DIALOGUE} FROM dialogues d {where} ORDER BY d.id DESC LIMIT $1", (limit, *wanted)
         )
         return [await self._dialogue(row) for row in rows]
 
@@ -287,11 +295,16 @@ class Store:
         seats = await self.fetchall(
             "SELECT * FROM participants WHERE dialogue_id = $1 ORDER BY seat", (row["id"],)
         )
-        children = await self.fetchall(
-            "SELECT id, parent_kind FROM dialogues WHERE parent_id = $1 ORDER BY id", (row["id"],)
-        )
-        referee = await self.fetchall("SELECT * FROM referees WHERE dialogue_id = $1", (row["id"],))
-        vote = await self.fetchall("SELECT * FROM votes WHERE dialogue_id = $1", (row["id"],))
+        # Most dialogues have no children, referee or vote: the row says which to look for.
+        children = referee = vote = []
+        if row["has_children"]:
+            children = await self.fetchall(
+                "SELECT id, parent_kind FROM dialogues WHERE parent_id = $1 ORDER BY id", (row["id"],)
+            )
+        if row["has_referee"]:
+            referee = await self.fetchall("SELECT * FROM referees WHERE dialogue_id = $1", (row["id"],))
+        if row["has_vote"]:
+            vote = await self.fetchall("SELECT * FROM votes WHERE dialogue_id = $1", (row["id"],))
         return Dialogue(
             id=row["id"],
             participants=tuple(_persona(p) for p in seats),
