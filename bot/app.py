@@ -24,7 +24,7 @@ from bot.providers.openai_compat import OpenAICompatProvider
 from bot.providers.scripted import ScriptedProvider, free_models
 from bot.retry import RetryPolicy
 from bot.store import Store
-from bot.transport import AiohttpTransport
+from bot.transport import make_client
 
 
 def utc_now() -> datetime:
@@ -103,7 +103,7 @@ async def open_app(config: EngineConfig) -> AsyncIterator[App]:
     timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout)
     # The transport's pool is unbounded: with a limit, a dialogue's next request would wait for
     # another's stream to end (bench/scale.py showed it at 100). Guild limits bound how many run.
-    client = httpx.AsyncClient(timeout=timeout, transport=AiohttpTransport())
+    client = make_client(timeout)
     async with Store.open(config.database) as store, client as http:
         provider: Provider
         ttl = config.catalogue_ttl

@@ -234,3 +234,32 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Keep none of the response's cookies."""
+
+
+class _Client(httpx.AsyncClient):
+    """httpx's client, keeping no cookies. The APIs it calls know a caller by its key, and httpx
+    reads every response's cookies into a jar through urllib's request and message classes, which
+    cost 6 % of a one-word turn's instructions (docs/benchmarks.md section 11), for state no one
+    asked to keep."""
+
+    _none = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._none
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        raise AttributeError("the engine's HTTP client keeps no cookies")
+
+
+def make_client(timeout: httpx.Timeout) -> httpx.AsyncClient:
+    """Return the engine's HTTP client: httpx's API on the aiohttp transport, without a cookie jar."""
+    return _Client(timeout=timeout, transport=AiohttpTransport())

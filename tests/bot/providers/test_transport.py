@@ -11,7 +11,7 @@ import pytest
 from bot.errors import ConnectionFailed
 from bot.providers.base import TextDelta
 from bot.providers.openai_compat import OpenAICompatProvider
-from bot.transport import AiohttpTransport
+from bot.transport import AiohttpTransport, make_client
 from tests.bot.providers.test_openai_compat import REQUEST, collect
 from tests.conftest import API_KEY
 from tests.fake_openrouter import FakeOpenRouter, Reply
@@ -33,6 +33,18 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
     text, _, completion = await collect(provider)
     assert text and completion.finish_reason == "stop"
     assert server.connections == 2
+
+
+async def test_the_engine_keeps_no_cookie_a_server_sets(server: FakeOpenRouter):
+    """The API knows Voices by its key: a cookie one reply sets is not sent back with the next."""
+    server.enqueue(Reply(text="one", headers={"Set-Cookie": "__cf_bm=tracking; Path=/; HttpOnly"}))
+    async with make_client(httpx.Timeout(10)) as http:
+        provider = OpenAICompatProvider(http, server.base_url, API_KEY)
+        for _ in range(2):
+            text, _, _ = await collect(provider)
+            assert text
+        assert not http.cookies
+    assert [r.headers.get("cookie") for r in server.chat_requests] == [None, None]
 
 
 async def test_requests_go_through_the_proxy_the_environment_names(server: FakeOpenRouter, monkeypatch):
