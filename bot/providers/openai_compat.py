@@ -384,7 +384,14 @@ _JSON = json.JSONDecoder(parse_float=Decimal)
 
 def _parse_json(data: str) -> dict[str, Any] | None:
     try:
-        value = _JSON.decode(data)
+        try:
+            # The scan alone: an event is one JSON object, edge to edge. decode() would look for
+            # white space around it with two regular expressions first, a fifth of the parse.
+            value, end = _JSON.raw_decode(data)
+        except ValueError:
+            end = -1
+        if end != len(data):  # white space around it, extra data, or no JSON: decode() says which
+            value = _JSON.decode(data)
     except (ValueError, RecursionError):
         log.warning("skipped a stream line that is not JSON (%d bytes)", len(data))
         return None

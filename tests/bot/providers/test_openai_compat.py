@@ -340,3 +340,20 @@ async def test_words_read_in_one_piece_travel_on_as_one_delta():
         events = [e async for e in provider.stream(REQUEST)]
     deltas = [e for e in events if isinstance(e, TextDelta | ReasoningDelta)]
     assert deltas == [ReasoningDelta("Think hard."), TextDelta("Hello there you")]
+
+
+async def test_an_event_is_read_whole_or_skipped_never_half_read():
+    """White space around an event's JSON is allowed; an event with more after its JSON is noise,
+    skipped whole, not taken for the object at its start."""
+    stream = (
+        b'data:  {"choices": [{"delta": {"content": "Hello"}}]}  \n\n'
+        b'data: {"choices": [{"delta": {"content": " junk"}}]} {"more": 1}\n\n'
+        b'data: {"choices": [{"delta": {"content": " there"}, "finish_reason": "stop"}]}\n\n'
+    )
+    server = await _serve_raw(stream)
+    port = server.sockets[0].getsockname()[1]
+    async with server, httpx.AsyncClient(transport=AiohttpTransport()) as client:
+        provider = OpenAICompatProvider(client, f"http://127.0.0.1:{port}/api/v1", API_KEY)
+        text, _, completion = await collect(provider)
+    assert text == "Hello there"
+    assert completion.finish_reason == "stop"
