@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import httpx
@@ -291,6 +293,15 @@ async def _serve_raw(body: bytes, headers: str = ""):
     return await asyncio.start_server(answer, "127.0.0.1", 0)
 
 
+@asynccontextmanager
+async def _raw_provider(body: bytes, headers: str = "") -> AsyncIterator[OpenAICompatProvider]:
+    """A provider whose one reply is `body`, sent exactly as given."""
+    server = await _serve_raw(body, headers)
+    port = server.sockets[0].getsockname()[1]
+    async with server, httpx.AsyncClient(transport=AiohttpTransport()) as client:
+        yield OpenAICompatProvider(client, f"http://127.0.0.1:{port}/api/v1", API_KEY)
+
+
 @pytest.mark.parametrize("encoding", ["", "gzip"])
 async def test_the_last_event_counts_without_the_blank_line_after_it(encoding):
     stream = (
@@ -298,10 +309,7 @@ async def test_the_last_event_counts_without_the_blank_line_after_it(encoding):
         b'data: {"choices": [{"delta": {"content": " there"}, "finish_reason": "stop"}]}'
     )
     body = gzip.compress(stream) if encoding else stream
-    server = await _serve_raw(body, f"Content-Encoding: {encoding}\r\n" if encoding else "")
-    port = server.sockets[0].getsockname()[1]
-    async with server, httpx.AsyncClient(transport=AiohttpTransport()) as client:
-        provider = OpenAICompatProvider(client, f"http://127.0.0.1:{port}/api/v1", API_KEY)
+    async with _raw_provider(body, f"Content-Encoding: {encoding}\r\n" if encoding else "") as provider:
         text, _, completion = await collect(provider)
     assert text == "Hello there"
     assert completion.finish_reason == "stop"
@@ -314,11 +322,8 @@ async def test_words_read_in_the_same_piece_as_an_error_are_passed_on_before_it(
         b'data: {"error": {"code": "server_error", "message": "Provider disconnected"}}\n\n'
         b'data: {"choices": [{"delta": {"content": " never shown"}}]}\n\n'
     )
-    server = await _serve_raw(stream)  # one body, so one read: the pieces arrive together
-    port = server.sockets[0].getsockname()[1]
     seen = []
-    async with server, httpx.AsyncClient(transport=AiohttpTransport()) as client:
-        provider = OpenAICompatProvider(client, f"http://127.0.0.1:{port}/api/v1", API_KEY)
+    async with _raw_provider(stream) as provider:  # one body, so one read: the pieces arrive together
         with pytest.raises(ServerError, match="Provider disconnected"):
             async for event in provider.stream(REQUEST):
                 seen.append(event)
@@ -333,10 +338,7 @@ async def test_words_read_in_one_piece_travel_on_as_one_delta():
         for kind, word in [(b"reasoning", b"Think"), (b"reasoning", b" hard."), (b"content", b"Hello"),
                            (b"content", b" there"), (b"content", b" you")]
     ) + b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n'  # fmt: skip
-    server = await _serve_raw(stream)  # one body, so one read
-    port = server.sockets[0].getsockname()[1]
-    async with server, httpx.AsyncClient(transport=AiohttpTransport()) as client:
-        provider = OpenAICompatProvider(client, f"http://127.0.0.1:{port}/api/v1", API_KEY)
+    async with _raw_provider(stream) as provider:  # one body, so one read
         events = [e async for e in provider.stream(REQUEST)]
     deltas = [e for e in events if isinstance(e, TextDelta | ReasoningDelta)]
     assert deltas == [ReasoningDelta("Think hard."), TextDelta("Hello there you")]
@@ -350,10 +352,7 @@ async def test_an_event_is_read_whole_or_skipped_never_half_read():
         b'data: {"choices": [{"delta": {"content": " junk"}}]} {"more": 1}\n\n'
         b'data: {"choices": [{"delta": {"content": " there"}, "finish_reason": "stop"}]}\n\n'
     )
-    server = await _serve_raw(stream)
-    port = server.sockets[0].getsockname()[1]
-    async with server, httpx.AsyncClient(transport=AiohttpTransport()) as client:
-        provider = OpenAICompatProvider(client, f"http://127.0.0.1:{port}/api/v1", API_KEY)
+    async with _raw_provider(stream) as provider:
         text, _, completion = await collect(provider)
     assert text == "Hello there"
     assert completion.finish_reason == "stop"
