@@ -346,9 +346,13 @@ class _Reply:
             if "error" in chunk:
                 self.failure, self.done = self._error(chunk["error"]), True
                 break
-            self.model = _text(chunk.get("model")) or self.model
-            self.provider = _text(chunk.get("provider")) or self.provider
-            self.generation_id = self.generation_id or _text(chunk.get("id"))
+            # Every event repeats the model, provider and id: read them only while they change.
+            if (model := chunk.get("model")) != self.model:
+                self.model = _text(model) or self.model
+            if (provider := chunk.get("provider")) != self.provider:
+                self.provider = _text(provider) or self.provider
+            if not self.generation_id:
+                self.generation_id = _text(chunk.get("id"))
             if chunk.get("usage"):
                 self.usage = _parse_usage(chunk["usage"])
             choices = chunk.get("choices")
@@ -360,7 +364,8 @@ class _Reply:
                     _add(out, ReasoningDelta, reasoning)
                 if content := _text(delta.get("content")):
                     _add(out, TextDelta, content)
-                self.finish_reason = _text(choice.get("finish_reason")) or self.finish_reason
+                if (finish := choice.get("finish_reason")) is not None:
+                    self.finish_reason = _text(finish) or self.finish_reason
         return out
 
 
