@@ -471,11 +471,18 @@ class DialogueRunner:
                     yield item
             # Read the dialogue again: its totals moved, and its round limit may have been extended;
             # and the speaker's prices, which a bill above them has just refreshed.
-            dialogue = await self.store.get_dialogue(dialogue.id)
+            fresh = await self.store.get_dialogue(dialogue.id)
             models[plan.seat] = await self.router.model(plan.persona)
-            totals = dialogue.totals
-            if turn is not None:
+            totals = fresh.totals
+            if fresh.participants != dialogue.participants:
+                # A seat changed under the run: a member was forgotten, and their turns with them.
+                # The history is read again, so no later prompt carries what they asked to remove.
+                turns = await self.store.list_turns(dialogue.id)
+                lookout = Lookout([p.name for p in fresh.participants], self.tuning.loops)
+            elif turn is not None:
                 turns.append(turn)
+            dialogue = fresh
+            if turn is not None:
                 yield TurnFinished(turn, totals.spent_usd)
                 for noted in bill_notes:
                     yield noted

@@ -12,9 +12,11 @@ import pytest
 from bot.control import Control
 from bot.dialogue import validate_spec
 from bot.errors import InputError, StateError
-from bot.events import AwaitingHuman, Noted, TurnFinished
+from bot.events import AwaitingHuman, Noted, TurnFinished, TurnStarted
 from bot.lineage import continue_dialogue, fork
 from bot.models import Lineage, LineageKind, NoteKind, Persona, Status, StopReason
+from bot.privacy import MARKER, REMOVED_NAME, forget_member
+from bot.rooms import Room, RoomStore
 from bot.transcript import render_json, render_markdown
 from tests.conftest import GLM, OPUS, make_spec, run_all
 from tests.fake_openrouter import Reply, plain, text_of
@@ -234,3 +236,23 @@ async def test_a_continuation_whose_summary_a_crash_cut_off_never_runs_without_i
     assert f"its summary of dialogue {parent.id} was never written" in final.stop_detail
     assert final.totals.spent_usd == Decimal("0.004")  # the lost call is charged, as any other
     assert len(server.chat_requests) == before  # and nothing more is spent
+
+
+async def test_a_member_forgotten_while_their_dialogue_runs_is_gone_from_its_next_prompts(
+    runner, server, store
+):
+    """Alice speaks, then asks to be forgotten while the dialogue runs on: the model that speaks
+    after that is sent the marker in place of her words, and her seat under its new name."""
+    spec = make_spec(GLM, OPUS, rounds=1)
+    dialogue = await runner.create(replace(spec, participants=(ALICE, *spec.participants)))
+    await RoomStore(store).create(Room(dialogue.id, guild_id=7, channel_id=1, thread_id=2, starter_id=99))
+    control = Control()
+    async for event in runner.run(dialogue.id, control):
+        if isinstance(event, AwaitingHuman):
+            control.say("Alice's private words.")
+        elif isinstance(event, TurnStarted) and event.seat == 1:  # GLM's prompt is already made
+            assert (await forget_member(store, guild_id=7, member_id=42)).turns == 1
+    glm, opus = (json.dumps(r.body["messages"]) for r in server.chat_requests)
+    assert "Alice's private words." in glm  # sent before she asked
+    assert "Alice" not in opus and MARKER in opus
+    assert REMOVED_NAME in opus
