@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiosqlite
@@ -41,15 +41,11 @@ def _named(params: Params) -> dict[str, Any]:
     return {str(number): value for number, value in enumerate(params, 1)}
 
 
-@contextmanager
-def _duplicates() -> Iterator[None]:
-    """Name a duplicate key as such (as the PostgreSQL backend does), and let other errors be."""
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        if "UNIQUE" in str(exc):
-            raise Duplicate(str(exc)) from None
-        raise
+def _named_error(exc: sqlite3.IntegrityError) -> Exception:
+    """Name a duplicate key as such (as the PostgreSQL backend does), and let other errors be.
+    Called from `except` clauses: a context manager around every statement cost more than the
+    rest of the statement's Python."""
+    return Duplicate(str(exc)) if "UNIQUE" in str(exc) else exc
 
 
 async def _run(conn: aiosqlite.Connection, sql: str) -> list[Row]:
@@ -100,8 +96,9 @@ class Statements:
         named, pause, waited = _named(params), 0.001, 0.0
         while True:
             try:
-                with _duplicates():
-                    return self.db.execute(sql, named)
+                return self.db.execute(sql, named)
+            except sqlite3.IntegrityError as exc:
+                raise _named_error(exc) from None
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or waited >= BUSY_SECONDS:
                     raise
@@ -117,8 +114,10 @@ class Statements:
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         cursor = await self.cursor(sql, params)
-        with _duplicates():
+        try:
             return cursor.fetchall()
+        except sqlite3.IntegrityError as exc:
+            raise _named_error(exc) from None
 
 
 class SqliteWriter:
@@ -138,8 +137,10 @@ class SqliteWriter:
         return await self._statements.run(sql, params)
 
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
-        with _duplicates():
+        try:
             self._statements.db.executemany(sql, [_named(row) for row in rows])
+        except sqlite3.IntegrityError as exc:
+            raise _named_error(exc) from None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         return await self._statements.fetch(sql, params)
