@@ -142,6 +142,12 @@ async def run_dialogue(app: App, dialogue_id: int) -> None:
         pass
 
 
+async def run_later(delay: float, app: App, dialogue_id: int) -> None:
+    """Run a dialogue as run_dialogue does, `delay` seconds from now (starts spread over time)."""
+    await asyncio.sleep(delay)
+    await run_dialogue(app, dialogue_id)
+
+
 def pace(turns: int, wall: float, gaps: list[float]) -> dict[str, str]:
     """Return the figures every concurrency row has: turns, their rate, and the relay gaps."""
     return {

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.harness import ROOT, engine, fake_server, run_dialogue, spec
+from bench.harness import ROOT, engine, fake_server, run_later, spec
 
 #: Dialogues in a run; their starts are a third of a second apart, so their chunks do not arrive together.
 DIALOGUES = 3
@@ -37,12 +37,7 @@ async def workload(dialogues: int, rounds: int, words: int) -> None:
         with tempfile.TemporaryDirectory() as folder:
             async with engine(Path(folder), server.base_url) as app:
                 ids = [(await app.runner.create(spec(rounds))).id for _ in range(dialogues)]
-
-                async def later(delay: float, dialogue_id: int) -> None:
-                    await asyncio.sleep(delay)
-                    await run_dialogue(app, dialogue_id)
-
-                await asyncio.gather(*(later(n * STAGGER, i) for n, i in enumerate(ids)))
+                await asyncio.gather(*(run_later(n * STAGGER, app, i) for n, i in enumerate(ids)))
 
 
 def _count(rounds: int, words: int, loop: str) -> int:

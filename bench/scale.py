@@ -23,11 +23,10 @@ from bench.harness import (
     ms,
     pace,
     rss_bytes,
-    run_dialogue,
+    run_later,
     run_worker,
     spec,
 )
-from bot.app import App
 
 
 async def measure(
@@ -52,7 +51,9 @@ async def measure(
                 sampler = asyncio.create_task(sample())
                 cpu, started = time.process_time(), time.monotonic()
                 with Collections() as collections:
-                    await asyncio.gather(*(_later(spread * n / dialogues, app, i) for n, i in enumerate(ids)))
+                    await asyncio.gather(
+                        *(run_later(spread * n / dialogues, app, i) for n, i in enumerate(ids))
+                    )
                 wall, cpu = time.monotonic() - started, time.process_time() - cpu
                 sampling = False
                 await sampler
@@ -71,11 +72,6 @@ async def measure(
         "longest collection": ms(collections.longest),
         "memory per dialogue": f"{memory / 1024:.0f} KB",
     }
-
-
-async def _later(delay: float, app: App, dialogue_id: int) -> None:
-    await asyncio.sleep(delay)
-    await run_dialogue(app, dialogue_id)
 
 
 async def measure_workers(
