@@ -132,12 +132,16 @@ def _chunks(quick: bool) -> tuple[str, list[Awaitable[list[Row]]]]:
 
 def _instructions(quick: bool) -> tuple[str, list[Awaitable[list[Row]]]]:
     rounds = 3
-    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
     return (
         f"Instructions per turn ({instructions.DIALOGUES} dialogues, {counts_of(rounds, 'round')} "
         f"against {counts_of(2 * rounds, 'round')}, counted by valgrind)",
-        [instructions.measure(rounds, "uvloop" if loop == "uvloop" else "asyncio", quick)],
+        [instructions.measure(rounds, _loop_name(), quick)],
     )
+
+
+def _loop_name() -> str:
+    """The running loop, as --loop names it."""
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
 
 
 #: Each benchmark's title is made from the figures it runs with, so a quick run is labelled as one.
@@ -170,8 +174,7 @@ def table(rows: list[dict[str, str]]) -> str:
 
 
 async def run(names: list[str], quick: bool, processes: int | None = None, spread: float = 0.0) -> None:
-    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
-    collector = "tuned" if gc.get_freeze_count() else "default"
+    loop, collector = _loop_name(), "tuned" if gc.get_freeze_count() else "default"
     print(
         f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
         f"{platform.machine()}; loop: {loop}; collector: {collector}; mode: {'quick' if quick else 'full'}\n"
