@@ -405,7 +405,7 @@ class DialogueRunner:
         ]
         totals = dialogue.totals
         budget = Budget(dialogue.limits.budget_usd, totals.spent_usd)
-        lookout = Lookout([p.name for p in dialogue.participants], self.tuning.loops)
+        lookout = self._lookout(dialogue)
         loop = asyncio.get_running_loop()
         deadline = None
         if dialogue.limits.max_seconds is not None:
@@ -478,7 +478,7 @@ class DialogueRunner:
                 # A seat changed under the run: a member was forgotten, and their turns with them.
                 # The history is read again, so no later prompt carries what they asked to remove.
                 turns = await self.store.list_turns(dialogue.id)
-                lookout = Lookout([p.name for p in fresh.participants], self.tuning.loops)
+                lookout = self._lookout(fresh)
             elif turn is not None:
                 turns.append(turn)
             dialogue = fresh
@@ -605,6 +605,10 @@ class DialogueRunner:
                 f"{tokens_used} of {limit} tokens used; the next call could pass it",
             )
         return None
+
+    def _lookout(self, dialogue: Dialogue) -> Lookout:
+        """A look for circles under the dialogue's names, kept for the turns of one run."""
+        return Lookout([p.name for p in dialogue.participants], self.tuning.loops)
 
     async def _notice_loops(
         self, dialogue: Dialogue, turns: Sequence[Turn], lookout: Lookout
