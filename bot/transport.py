@@ -206,7 +206,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connector = aiohttp.TCPConnector(
                 limit=0, ssl=httpx.create_ssl_context(), keepalive_timeout=None, socket_factory=_probed_socket
             )
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
+            # No cookie jar at this level either: aiohttp's own would keep what a named host sets
+            # (it refuses only IP addresses) and send it back, under httpx's empty one.
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
         timeout = request.extensions.get("timeout", {})
         with _mapped(connecting=True):
             response = await self._session.request(

@@ -35,11 +35,13 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
     assert server.connections == 2
 
 
-async def test_the_engine_keeps_no_cookie_a_server_sets(server: FakeOpenRouter):
-    """The API knows Voices by its key: a cookie one reply sets is not sent back with the next."""
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_the_engine_keeps_no_cookie_a_server_sets(server: FakeOpenRouter, host: str):
+    """The API knows Voices by its key: a cookie one reply sets is not sent back with the next,
+    whether the server is reached by address or by name (as openrouter.ai is, which sets one)."""
     server.enqueue(Reply(text="one", headers={"Set-Cookie": "__cf_bm=tracking; Path=/; HttpOnly"}))
     async with make_client(httpx.Timeout(10)) as http:
-        provider = OpenAICompatProvider(http, server.base_url, API_KEY)
+        provider = OpenAICompatProvider(http, server.base_url.replace("127.0.0.1", host), API_KEY)
         for _ in range(2):
             text, _, _ = await collect(provider)
             assert text
