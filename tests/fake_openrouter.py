@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -125,6 +126,7 @@ class FakeOpenRouter:
         default_delay: float = 0.0,
         default_words: int | None = None,
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ):
         self.models = models if models is not None else MODELS
         self.requests: list[Recorded] = []
@@ -132,6 +134,8 @@ class FakeOpenRouter:
         #: With a number, default replies are that many words streamed one word per chunk (benchmarks).
         self.default_words = default_words
         self._port = port
+        #: With a server context, the fake speaks HTTPS, as the real service does.
+        self._tls = tls
         self._queue: deque[Reply] = deque()
         self._model_queues: dict[str, deque[Reply]] = {}
         self._server: asyncio.Server | None = None
@@ -155,7 +159,9 @@ class FakeOpenRouter:
 
     async def __aenter__(self) -> FakeOpenRouter:
         # A deep backlog: benchmarks open a thousand connections at once.
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self._port, backlog=4096)
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self._port, backlog=4096, ssl=self._tls
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -172,6 +178,8 @@ class FakeOpenRouter:
     def base_url(self) -> str:
         assert self._server is not None
         port = self._server.sockets[0].getsockname()[1]
+        if self._tls is not None:  # by name: the certificate is for localhost
+            return f"https://localhost:{port}/api/v1"
         return f"http://127.0.0.1:{port}/api/v1"
 
     @property

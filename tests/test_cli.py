@@ -14,9 +14,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import trustme
 
 from bot.migrations import SCHEMA_VERSION
 from bot.providers.local import local_available
+from tests.bot.providers.test_tls import https_server
 from tests.conftest import API_KEY, GLM, OPUS
 from tests.fake_openrouter import FakeOpenRouter, Reply, plain
 
@@ -217,6 +219,29 @@ async def test_unreachable_base_url_is_one_clear_line(env, tmp_path):
     assert result.code == 1
     assert result.err.strip().startswith("error: cannot reach http://127.0.0.1:9/api/v1")
     assert len(result.err.strip().splitlines()) == 1
+
+
+async def test_run_over_https_trusts_the_authority_ssl_cert_file_names(env, tmp_path):
+    """As behind a company's TLS-inspecting proxy: its authority, named in SSL_CERT_FILE, is trusted;
+    without it the run stops in one line before any request, saying what to set."""
+    authority = trustme.CA()
+    bundle = tmp_path / "company-ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    async with https_server(authority.issue_cert("localhost")) as server:
+        env["VOICES_OPENROUTER_BASE_URL"] = server.base_url
+        env.pop("SSL_CERT_DIR", None)
+        env.pop("SSL_CERT_FILE", None)
+        refused = await voices(env, tmp_path, *RUN)
+        env["SSL_CERT_FILE"] = str(bundle)
+        result = await voices(env, tmp_path, *RUN)
+    assert refused.code == 1
+    assert refused.err.strip().startswith(f"error: the certificate of {env['VOICES_OPENROUTER_BASE_URL']}")
+    assert refused.err.strip().endswith("name its file in SSL_CERT_FILE")
+    assert len(refused.err.strip().splitlines()) == 1
+    assert result.code == 0, result.err
+    assert "Ended: all rounds completed" in result.out
+    assert sorted(p.name for p in (tmp_path / "transcripts").iterdir()) == ["1.json", "1.md"]
+    assert len(server.chat_requests) == 4  # the refused run sent none
 
 
 async def test_bad_setting_is_one_clear_line(env, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -114,6 +115,11 @@ class OpenAICompatProvider:
         """Say what went wrong with the connection, in one line, without the key."""
         if isinstance(exc, httpx.TimeoutException):
             return ConnectionFailed(f"no answer from {self.source} in time ({type(exc).__name__})")
+        if isinstance(exc, httpx.ConnectError) and (refused := _untrusted(exc)) is not None:
+            return ConnectionFailed(
+                f"the certificate of {self.source} is not trusted ({refused}); "
+                "if your network has its own certificate authority, name its file in SSL_CERT_FILE"
+            )
         if isinstance(exc, httpx.ConnectError):
             reason = self._scrub(str(exc)) or "connection refused"
             return ConnectionFailed(
@@ -479,6 +485,18 @@ def _price_or_none(value: Any) -> Decimal | None:
     except InvalidOperation:
         return None
     return price if price is not None and price >= 0 else None
+
+
+def _untrusted(exc: BaseException) -> str | None:
+    """Why the server's certificate was refused, if that is what failed the connection, wherever
+    the transport wrapped the check's error (aiohttp's own subclasses it, without the reason)."""
+    seen: BaseException | None = exc
+    refused = None
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            refused = getattr(seen, "verify_message", None) or refused or "certificate verify failed"
+        seen = seen.__cause__ or seen.__context__
+    return refused
 
 
 def _error_message(response: httpx.Response) -> str:
