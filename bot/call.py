@@ -29,6 +29,19 @@ class Attempt:
     seconds: float = 0.0
     #: The provider's id for the call, once it accepted it (to ask what a cut-off call cost).
     generation_id: str | None = None
+    #: Why Voices itself cut the reply off, when it did (`interrupted` says which stop that is).
+    detail: str | None = None
+
+
+#: The most characters a token may stand for. No tokenizer's tokens come near it, so a reply longer
+#: than this many per token of its max_tokens is an endpoint that ignores the cap (a runaway local
+#: server, a hostile one): it is cut off there, not held in memory until the time limit.
+CHARACTERS_PER_TOKEN = 128
+
+
+def reply_limit(max_tokens: int) -> int:
+    """The most characters of text and reasoning a reply capped at `max_tokens` is read for."""
+    return CHARACTERS_PER_TOKEN * max(max_tokens, 1)
 
 
 class _Inbox:
@@ -119,20 +132,38 @@ async def stream_call(
         inbox.put(control.reason)
 
     control._interrupt = interrupt
+    room = reply_limit(request.max_tokens)
     try:
         if control.stop_now:
             interrupt()
         ended = False
         while not ended:
             for item in await inbox.take():
-                if isinstance(item, TextDelta):
-                    text = repair(item.text)
-                    attempt.text.append(text)
-                    yield Delta(seq, text)
-                elif isinstance(item, ReasoningDelta):
-                    text = repair(item.text)
-                    attempt.reasoning.append(text)
-                    yield Delta(seq, text, reasoning=True)
+                if isinstance(item, (TextDelta, ReasoningDelta)):
+                    text = item.text
+                    room -= len(text)
+                    if room < 0:
+                        text = text[: len(text) + room]  # the part that fits
+                    if text:
+                        text = repair(text)
+                        if type(item) is TextDelta:
+                            attempt.text.append(text)
+                            yield Delta(seq, text)
+                        else:
+                            attempt.reasoning.append(text)
+                            yield Delta(seq, text, reasoning=True)
+                    if room < 0:
+                        # Read no further: the call ends as a stop does, and is billed as one.
+                        if not cancelled:
+                            cancelled = True
+                            task.cancel()
+                        attempt.interrupted = StopReason.PROVIDER_ERROR
+                        attempt.detail = (
+                            f"{request.model} sent more than {reply_limit(request.max_tokens):,} characters "
+                            f"for a reply capped at {request.max_tokens:,} tokens; it was cut off there"
+                        )
+                        ended = True
+                        break
                 elif isinstance(item, Begun):
                     attempt.generation_id = item.generation_id
                 elif isinstance(item, Completion):

@@ -156,7 +156,7 @@ class Summariser:
             # Cut off, it reports no cost: charge the reservation, as for a turn.
             budget.settle(reservation, reservation.amount)
             await self._store.settle_interrupted_calls(dialogue_id)
-            raise Halted(attempt.interrupted, control.detail or f"stopped while {purpose}")
+            raise Halted(attempt.interrupted, attempt.detail or control.detail or f"stopped while {purpose}")
         completion = attempt.completion
         assert completion is not None
         charged = charge(completion.usage, model.pricing, reservation.amount)

@@ -109,7 +109,7 @@ class TurnPlayer:
             if attempt.interrupted is not None:
                 status, stop = (
                     TurnStatus.CANCELLED,
-                    Stop(attempt.interrupted, control.detail or "the reply was cut off"),
+                    Stop(attempt.interrupted, attempt.detail or control.detail or "the reply was cut off"),
                 )
                 break
             if "".join(attempt.text).strip():

@@ -101,6 +101,9 @@ class Reply:
     chunk_delay: float = 0.0
     chunk_words: int = 3
     send_done: bool = True
+    #: Before the reply, this many bytes of one event that never ends (a server that does not speak
+    #: the stream format, or streams one unbroken line).
+    unended_bytes: int = 0
 
 
 @dataclass
@@ -332,6 +335,10 @@ class FakeOpenRouter:
         writer.write(head.encode())
         for _ in range(reply.keepalives):
             await _chunk(writer, f"{PROCESSING}\n\n")
+        for start in range(0, reply.unended_bytes, 2**16):
+            piece = b"x" * min(2**16, reply.unended_bytes - start)
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), b"data: " + piece[6:] if start == 0 else piece))
+            await writer.drain()
         base = {
             "id": generation,
             "object": "chat.completion.chunk",

@@ -253,6 +253,12 @@ def _with_breakpoints(messages: list[dict[str, str]], marks: tuple[int, ...]) ->
     return out
 
 
+#: The longest event read. One event carries one delta (a few hundred bytes from OpenRouter, a
+#: whole reply from a server that does not stream); more than this without the blank line that ends
+#: an event is not a stream of events, and would be held in memory, and scanned again at each read.
+MAX_EVENT_BYTES = 4 * 2**20
+
+
 class SseParser:
     """Server-Sent Events, fed as the socket reads them: `feed` returns the data of each event it
     completed, comments (`: OPENROUTER PROCESSING`) skipped; `close` the last one, if the stream
@@ -280,6 +286,11 @@ class SseParser:
             return []
         *events, self._pending = pending.split(b"\n\n")
         return [data for event in events if (data := _event_data(event)) is not None]
+
+    @property
+    def waiting(self) -> int:
+        """Bytes of an event begun and not yet ended."""
+        return len(self._pending)
 
     def close(self) -> list[str]:
         data = _event_data(self._pending.replace(b"\r", b"\n"))
@@ -326,7 +337,13 @@ class _Reply:
 
     def read(self, chunk: bytes) -> list[StreamEvent]:
         """Return the deltas in the events `chunk` completed."""
-        return self._deltas(self._events.feed(chunk))
+        events = self._events.feed(chunk)
+        if self._events.waiting > MAX_EVENT_BYTES:
+            raise ProviderError(
+                f"the stream from {self._source} sent over {MAX_EVENT_BYTES // 2**20} MiB without ending "
+                "an event; it does not speak OpenAI's stream format, so check the base URL"
+            )
+        return self._deltas(events)
 
     def end(self) -> list[StreamEvent]:
         """Return the deltas of an event the stream ended without its blank line after, then how

@@ -8,11 +8,12 @@ from decimal import Decimal
 import pytest
 
 from bot.budget import format_usd
+from bot.call import reply_limit
 from bot.control import Control
 from bot.errors import InputError, StateError, UnknownModel
 from bot.events import Delta, TurnFinished, TurnRestarted, TurnStarted
 from bot.models import Status, StopReason, TurnStatus
-from bot.providers.openai_compat import OpenAICompatProvider
+from bot.providers.openai_compat import MAX_EVENT_BYTES, OpenAICompatProvider
 from bot.providers.scripted import ScriptedProvider, ScriptedReply, free_models
 from bot.transcript import render_markdown
 from tests.conftest import GLM, OPUS, make_spec, run_all
@@ -318,6 +319,42 @@ async def test_stop_now_cancels_the_stream_at_once(runner, store, server):
     (turn,) = await store.list_turns(dialogue.id)
     assert turn.status is TurnStatus.CANCELLED and turn.text == "word word word "
     assert final.totals.spent_usd == turn.cost_usd > 0
+
+
+async def test_a_reply_far_past_its_max_tokens_is_cut_off_billed_and_kept_bounded(runner, store, server):
+    """An endpoint that ignores max_tokens (a runaway local server, a hostile one) would stream until
+    the time limit, the whole reply held in memory. It is cut off once it is longer than any
+    tokenizer makes that many tokens, billed as a stop is, and the dialogue says why."""
+    limit = reply_limit(20)
+    server.enqueue(Reply(text="runaway " * (limit // 4), chunk_words=50, chunk_delay=0.01))
+    dialogue = await runner.create(make_spec(rounds=3, max_tokens=20))
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.status is Status.FAILED and final.stop_reason is StopReason.PROVIDER_ERROR
+    assert final.stop_detail == (
+        f"anthropic/claude-opus-4.6 sent more than {limit:,} characters for a reply capped at 20 tokens; "
+        "it was cut off there"
+    )
+    (turn,) = await store.list_turns(dialogue.id)
+    assert turn.status is TurnStatus.CANCELLED
+    assert 0 < len(turn.text) <= limit and turn.text.startswith("runaway runaway")
+    assert final.totals.spent_usd == turn.cost_usd > 0  # billed: the provider generated it
+    assert len(server.chat_requests) == 1  # not retried
+    assert server.generations["gen-1"]["finished"] is False  # the stream was left, not read out
+
+
+async def test_an_event_that_never_ends_fails_the_call_in_one_line(runner, store, server):
+    """A server that does not speak the stream format, or sends one unbroken line, would be held in
+    memory whole and scanned again at every read; past MAX_EVENT_BYTES the call fails instead."""
+    server.enqueue(Reply(unended_bytes=MAX_EVENT_BYTES + 2**20))
+    dialogue = await runner.create(make_spec(rounds=2))
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.status is Status.FAILED and final.stop_reason is StopReason.PROVIDER_ERROR
+    assert final.stop_detail == (
+        f"the stream from {server.base_url} sent over 4 MiB without ending an event; it does not speak "
+        "OpenAI's stream format, so check the base URL"
+    )
+    assert await store.list_turns(dialogue.id) == [] and final.totals.spent_usd == 0
+    assert len(server.chat_requests) == 1  # the same server would send the same again
 
 
 async def test_pause_then_resume_continues_without_losing_or_repeating_a_turn(runner, store, server):
