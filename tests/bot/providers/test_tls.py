@@ -3,6 +3,7 @@ machine trusts (`SSL_CERT_FILE` adds a company's own, as httpx reads it), a repl
 over TLS and the connection kept for the next; and a certificate that fails the check refused in
 one line that says why, before a request (and the key in it) is sent."""
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -96,3 +97,55 @@ async def test_a_certificate_that_fails_the_check_is_refused_in_one_line(
     assert reason in message
     assert message.endswith("name its file in SSL_CERT_FILE")
     assert server.chat_requests == []  # nothing, the key included, reached that server
+
+
+class Tunnel:
+    """An HTTP proxy that opens CONNECT tunnels, as a company's does: it sees where the client goes,
+    never what it sends (TLS runs end to end through it)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._open, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _open(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        method, target, _ = head.split(" ", 2)
+        self.asked.append(f"{method} {target}")
+        host, port = target.rsplit(":", 1)
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(2**16):
+                sink.write(data)
+                await sink.drain()
+            sink.close()
+
+        await asyncio.gather(
+            pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True
+        )
+
+
+async def test_https_goes_through_the_proxy_https_proxy_names_as_a_tunnel(
+    authority: trustme.CA, trusted, monkeypatch: pytest.MonkeyPatch
+):
+    tunnel = Tunnel()
+    async with https_server(authority.issue_cert("localhost")) as server, tunnel as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        server.enqueue(Reply(text="Through the tunnel."))
+        url = server.base_url
+        async with make_client(httpx.Timeout(10)) as http:
+            text, _, _ = await collect(OpenAICompatProvider(http, url, API_KEY))
+    assert text == "Through the tunnel."
+    assert tunnel.asked == [f"CONNECT {url.split('/')[2]}"]  # where, and nothing of what
+    assert server.chat_requests[0].headers["authorization"] == f"Bearer {API_KEY}"
