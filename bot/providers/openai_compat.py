@@ -192,6 +192,8 @@ class OpenAICompatProvider:
             response = await self._http.get(url, headers=self._headers())
         except httpx.TransportError as exc:
             raise self._transport_error(exc) from None
+        if response.status_code == 404:  # a web server at the wrong address, most often
+            raise BadRequest(f"{url} was not found (404); is the base URL right?", status=404)
         if response.status_code != 200:
             raise self._http_error(response)
         try:
@@ -517,12 +519,16 @@ def _untrusted(exc: BaseException) -> str | None:
 
 
 def _error_message(response: httpx.Response) -> str:
+    """The server's reason in one line: its JSON error's message, else its text, except a web page,
+    whose markup says nothing a person can act on: then the status's name ("Not Found")."""
     try:
         error = response.json().get("error") or {}
         message = error.get("message") if isinstance(error, dict) else str(error)
     except (ValueError, AttributeError):
         message = None
-    return " ".join(str(message or response.text or response.reason_phrase).split())[:300]
+    if not message and not response.text.lstrip().startswith("<"):
+        message = response.text
+    return " ".join(str(message or response.reason_phrase or response.status_code).split())[:300]
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -229,6 +229,40 @@ async def test_catalogue_at_a_wrong_url_says_so(http, server):
         await provider.list_models()
 
 
+@asynccontextmanager
+async def web_server() -> AsyncIterator[str]:
+    """A web server that is not an API, as a base URL with a typo finds: an HTML page for each
+    request, 404 for every path."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+        if "content-length:" in request:  # read whole, as a web server does
+            await reader.readexactly(int(request.split("content-length:")[1].split("\r\n")[0]))
+        page = b"<!DOCTYPE html>\n<html><head><title>404</title></head><body><h1>Not Found</h1></body></html>"
+        head = "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nConnection: close\r\n"
+        writer.write(f"{head}Content-Length: {len(page)}\r\n\r\n".encode())
+        writer.write(page)
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/api"
+    finally:
+        listener.close()
+
+
+async def test_a_base_url_that_finds_a_web_page_is_named_without_its_markup(http):
+    async with web_server() as base_url:
+        provider = OpenAICompatProvider(http, base_url, API_KEY)
+        with pytest.raises(BadRequest) as catalogue:
+            await provider.list_models()
+        with pytest.raises(BadRequest) as call:
+            await collect(provider)
+    assert str(catalogue.value) == f"{base_url}/models was not found (404); is the base URL right?"
+    assert str(call.value) == "the provider rejected the request (404: Not Found)"
+
+
 @pytest.mark.parametrize("with_last_choice", [False, True])
 async def test_usage_is_read_wherever_the_server_puts_it(provider, server, with_last_choice):
     """In a chunk of its own with empty choices (OpenRouter, OpenAI), or in the last choice chunk."""
