@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 # No single chat call costs a million dollars; a figure above this is a provider's fault, not a bill.
 MAX_BILL = Decimal(1_000_000)
+# No call reads or writes a billion tokens; a count above this is a provider's fault too (and priced,
+# or summed into a dialogue's totals, it would overflow a Decimal's 28 digits or a database integer).
+MAX_TOKENS = 1_000_000_000
 
 # Where a turn's cost came from, from most to least certain.
 SOURCES = ("reported", "computed", "reserved")
@@ -35,7 +38,8 @@ def valid_cost(value: Decimal | None) -> Decimal | None:
 
 
 def usable(usage: Usage) -> bool:
-    """Return whether token counts can be priced: none negative, the cached ones within the prompt."""
+    """Return whether token counts can be priced: none negative or past MAX_TOKENS, the cached ones
+    within the prompt."""
     counts = (
         usage.prompt_tokens,
         usage.completion_tokens,
@@ -43,7 +47,11 @@ def usable(usage: Usage) -> bool:
         usage.cached_tokens,
         usage.cache_write_tokens,
     )
-    return min(counts) >= 0 and usage.cached_tokens + usage.cache_write_tokens <= usage.prompt_tokens
+    return (
+        min(counts) >= 0
+        and max(counts) <= MAX_TOKENS
+        and usage.cached_tokens + usage.cache_write_tokens <= usage.prompt_tokens
+    )
 
 
 def priced(usage: Usage, pricing: Pricing) -> Decimal:

@@ -30,8 +30,8 @@ class _PersonaEntry(BaseModel):
     reasoning_effort: Effort | None = None
     avatar_url: str | None = None
     provider: str | None = Field(default=None, min_length=1)
-    prompt_price: Decimal | None = Field(default=None, ge=0)
-    completion_price: Decimal | None = Field(default=None, ge=0)
+    prompt_price: Decimal | None = Field(default=None, ge=0, le=1000)
+    completion_price: Decimal | None = Field(default=None, ge=0, le=1000)
     chat_format: str | None = Field(default=None, min_length=1)
 
 

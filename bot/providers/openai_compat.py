@@ -481,8 +481,8 @@ def _parse_model(entry: dict[str, Any]) -> ModelInfo | None:
         }
     except InvalidOperation:
         return None
-    if any(p < 0 for p in prices.values()):
-        return None  # a variable price (such as openrouter/auto's -1) cannot be budgeted
+    if not all(_budgetable(p) for p in prices.values()):
+        return None  # a variable price (such as openrouter/auto's -1) cannot be budgeted, nor nonsense
     top = entry.get("top_provider") or {}
     return ModelInfo(
         id=str(entry["id"]),
@@ -497,13 +497,23 @@ def _parse_model(entry: dict[str, Any]) -> ModelInfo | None:
     )
 
 
+#: No model costs this much a token, or a request: a price above it is a catalogue's fault, and the
+#: worst case of a call priced so would overflow the 28 digits a Decimal keeps.
+MAX_PRICE = Decimal(1000)
+
+
+def _budgetable(price: Decimal) -> bool:
+    """Whether a price can be budgeted: a number, not negative (variable), not absurd."""
+    return price.is_finite() and 0 <= price <= MAX_PRICE
+
+
 def _price_or_none(value: Any) -> Decimal | None:
-    """Return an optional price; a missing, malformed or negative one is unknown."""
+    """Return an optional price; a missing, malformed, negative or absurd one is unknown."""
     try:
         price = Decimal(str(value)) if value is not None else None
     except InvalidOperation:
         return None
-    return price if price is not None and price >= 0 else None
+    return price if price is not None and _budgetable(price) else None
 
 
 def _untrusted(exc: BaseException) -> str | None:

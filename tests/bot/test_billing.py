@@ -57,6 +57,14 @@ def test_impossible_token_counts_are_charged_the_reservation():
     assert "impossible token counts" in (bill.rejected or "")
 
 
+def test_token_counts_past_any_model_are_charged_the_reservation():
+    """10**30 tokens priced would need more digits than a Decimal keeps, and more than a database
+    integer holds; no model reads or writes a billion tokens in a call."""
+    bill = charge(Usage(40, 10**30, 0, None), PRICING, reserved=Decimal("0.02"))
+    assert (bill.cost, bill.source, bill.usage) == (Decimal("0.02"), "reserved", Usage())
+    assert "impossible token counts" in (bill.rejected or "")
+
+
 def test_no_usage_at_all_is_charged_the_reservation_but_a_free_call_stays_free():
     assert charge(None, PRICING, reserved=Decimal("0.02")).cost == Decimal("0.02")
     assert charge(None, Pricing(), reserved=Decimal(0)).cost == 0
@@ -135,6 +143,24 @@ async def test_token_counts_that_are_not_numbers_are_charged_the_worst_case(runn
     assert first.status is TurnStatus.OK and first.text == "hello"
     # The provider's record of the call is asked first; the fake answers from what it streamed.
     assert first.cost_source in ("reported", "reserved") and first.cost_usd <= started.reserved
+
+
+@pytest.mark.parametrize("cost", [None, 0.001])
+async def test_token_counts_no_model_could_make_neither_crash_nor_reach_the_books(
+    runner, store, server, cost
+):
+    usage = {"prompt_tokens": 40, "completion_tokens": 10**30, "cost": cost}
+    server.enqueue(Reply(text="hello", usage=usage))
+    dialogue = await runner.create(make_spec(rounds=1, budget="0.5"))
+    events = await run_all(runner, dialogue.id)
+    final = await store.get_dialogue(dialogue.id)
+    turn = (await store.list_turns(dialogue.id))[0]
+    started = next(e for e in events if isinstance(e, TurnStarted))
+    assert final.stop_reason is StopReason.MAX_ROUNDS  # not an internal error
+    assert turn.status is TurnStatus.OK and turn.text == "hello"
+    assert turn.cost_usd <= started.reserved and final.totals.completion_tokens < 10**9
+    notes = [n.text for n in await store.list_notes(dialogue.id) if n.kind is NoteKind.BILLING]
+    assert any("impossible token counts" in n for n in notes)
 
 
 async def test_prices_that_rose_are_billed_as_billed_refreshed_and_stop_the_dialogue(runner, store, server):

@@ -45,6 +45,8 @@ def test_a_name_that_is_neither_persona_nor_model_lists_the_personas(tmp_path):
         ('[sage]\nmodel = "x/y"\ntemperature = 3\n', "temperature"),
         ('[sage]\nmodel = "x/y"\nreasoning_effort = "huge"\n', "reasoning_effort"),
         ('[sage]\nmodel = "x/y"\ncolour = "red"\n', "colour"),
+        ('[sage]\nmodel = "x/y"\ncompletion_price = "1e30"\n', "completion_price"),
+        ('[sage]\nmodel = "x/y"\nprompt_price = "NaN"\n', "prompt_price"),
     ],
 )
 def test_a_bad_library_is_one_clear_line(tmp_path, text, message):

@@ -27,7 +27,7 @@ from bot.providers.base import ChatRequest, Completion, ReasoningDelta, TextDelt
 from bot.providers.openai_compat import OpenAICompatProvider, SseParser
 from bot.transport import AiohttpTransport
 from tests.conftest import API_KEY, GLM
-from tests.fake_openrouter import Reply
+from tests.fake_openrouter import FakeOpenRouter, Reply
 
 REQUEST = ChatRequest(
     model=GLM,
@@ -221,6 +221,25 @@ async def test_catalogue_parses_prices_as_decimal_and_skips_variable_prices(prov
     assert glm.pricing.completion == Decimal("0.00000256")
     assert glm.context_length == 202752 and glm.max_completion_tokens == 131072
     assert "openrouter/auto" not in models
+
+
+async def test_catalogue_prices_that_cannot_be_budgeted_leave_the_model_out(http):
+    """NaN or infinite prices, or ones no model charges, would break every worst case they entered."""
+
+    def model(name: str, price: str) -> dict:
+        return {"id": f"x/{name}", "pricing": {"prompt": price, "completion": "0.00001"}}
+
+    entries = [
+        model("nan", "NaN"),
+        model("inf", "Infinity"),
+        model("huge", "1e30"),
+        model("fine", "0.000001"),
+    ]
+    entries.append({"id": "x/cache", "pricing": {"prompt": "0.000001", "input_cache_read": "NaN"}})
+    async with FakeOpenRouter(models=entries) as server:
+        models = await OpenAICompatProvider(http, server.base_url, API_KEY).list_models()
+    assert [m.id for m in models] == ["x/fine", "x/cache"]
+    assert models[1].pricing.cache_read is None  # unknown, not NaN
 
 
 async def test_catalogue_at_a_wrong_url_says_so(http, server):
