@@ -14,16 +14,13 @@ from dataclasses import dataclass, field, replace
 from decimal import ROUND_CEILING, Decimal
 
 from bot.budget import QUANTUM, format_usd, prompt_cost
-from bot.models import Pricing, Usage
+from bot.models import MAX_TOKENS, Pricing, Usage
 from bot.providers.base import CostLookup, TokenCounter
 
 log = logging.getLogger(__name__)
 
 # No single chat call costs a million dollars; a figure above this is a provider's fault, not a bill.
 MAX_BILL = Decimal(1_000_000)
-# No call reads or writes a billion tokens; a count above this is a provider's fault too (and priced,
-# or summed into a dialogue's totals, it would overflow a Decimal's 28 digits or a database integer).
-MAX_TOKENS = 1_000_000_000
 
 # Where a turn's cost came from, from most to least certain.
 SOURCES = ("reported", "computed", "reserved")

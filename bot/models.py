@@ -328,6 +328,12 @@ def plain(amount: Decimal) -> str:
     return "0" if text in ("-0", "0") else text
 
 
+#: No call reads or writes a billion tokens, and no model's window holds that many: a count above
+#: this is a provider's fault (priced, or summed into a dialogue's totals, it would overflow a
+#: Decimal's 28 digits or a database integer).
+MAX_TOKENS = 1_000_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts and cost of one model call, as the provider reported them.

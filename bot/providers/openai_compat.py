@@ -28,7 +28,7 @@ from bot.errors import (
     RateLimited,
     ServerError,
 )
-from bot.models import ModelInfo, Pricing, Usage
+from bot.models import MAX_TOKENS, ModelInfo, Pricing, Usage
 from bot.providers.base import Begun, ChatRequest, Completion, ReasoningDelta, StreamEvent, TextDelta
 from bot.text import Masker
 
@@ -487,14 +487,21 @@ def _parse_model(entry: dict[str, Any]) -> ModelInfo | None:
     return ModelInfo(
         id=str(entry["id"]),
         name=str(entry.get("name") or entry["id"]),
-        context_length=entry.get("context_length") or top.get("context_length"),
-        max_completion_tokens=top.get("max_completion_tokens"),
+        context_length=_window(entry.get("context_length")) or _window(top.get("context_length")),
+        max_completion_tokens=_window(top.get("max_completion_tokens")),
         pricing=Pricing(
             **prices,
             cache_read=_price_or_none(pricing.get("input_cache_read")),
             cache_write=_price_or_none(pricing.get("input_cache_write")),
         ),
     )
+
+
+def _window(value: Any) -> int | None:
+    """Return a catalogue's token limit (a context length, a reply cap), None when it gives none a
+    model could have: text, a fraction, zero or less, past MAX_TOKENS."""
+    count = _count(value)
+    return count if 0 < count <= MAX_TOKENS else None
 
 
 #: No model costs this much a token, or a request: a price above it is a catalogue's fault, and the

@@ -242,6 +242,15 @@ async def test_catalogue_prices_that_cannot_be_budgeted_leave_the_model_out(http
     assert models[1].pricing.cache_read is None  # unknown, not NaN
 
 
+@pytest.mark.parametrize("window", ["abc", -5, 0, 1e30, 10**40, [1], True, 0.5])
+async def test_catalogue_token_limits_no_model_could_have_are_unknown(http, window):
+    """They would be compared with counts, or stored in an integer column, on every turn."""
+    entry = {"id": "x/y", "context_length": window, "top_provider": {"max_completion_tokens": window}}
+    async with FakeOpenRouter(models=[entry, {"id": "x/z", "context_length": 200_000.0}]) as server:
+        models = await OpenAICompatProvider(http, server.base_url, API_KEY).list_models()
+    assert [(m.context_length, m.max_completion_tokens) for m in models] == [(None, None), (200_000, None)]
+
+
 async def test_catalogue_at_a_wrong_url_says_so(http, server):
     provider = OpenAICompatProvider(http, server.base_url + "/nothing-here", API_KEY)
     with pytest.raises(BadRequest):
