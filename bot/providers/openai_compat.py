@@ -199,7 +199,9 @@ class OpenAICompatProvider:
         try:
             entries = response.json(parse_float=Decimal)["data"]
         except (ValueError, KeyError, TypeError):
-            raise BadRequest(f"{url} did not return a model list; is the base URL right?") from None
+            entries = None
+        if not isinstance(entries, list):
+            raise BadRequest(f"{url} did not return a model list; is the base URL right?")
         return [m for m in (_parse_model(e) for e in entries) if m is not None]
 
 
@@ -472,8 +474,14 @@ def _decimal(value: Any) -> Decimal:
         return Decimal("NaN")
 
 
-def _parse_model(entry: dict[str, Any]) -> ModelInfo | None:
+def _parse_model(entry: Any) -> ModelInfo | None:
+    """Return a catalogue entry as a model, None for one that cannot be offered: no id, or prices
+    that cannot be budgeted. One bad entry leaves the rest of the catalogue usable."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"].strip():
+        return None
     pricing = entry.get("pricing") or {}
+    if not isinstance(pricing, dict):
+        return None
     try:
         prices = {
             k: Decimal(str(pricing.get(k) or "0"))
@@ -483,10 +491,12 @@ def _parse_model(entry: dict[str, Any]) -> ModelInfo | None:
         return None
     if not all(_budgetable(p) for p in prices.values()):
         return None  # a variable price (such as openrouter/auto's -1) cannot be budgeted, nor nonsense
-    top = entry.get("top_provider") or {}
+    top = entry.get("top_provider")
+    top = top if isinstance(top, dict) else {}
+    name = entry.get("name")
     return ModelInfo(
-        id=str(entry["id"]),
-        name=str(entry.get("name") or entry["id"]),
+        id=entry["id"],
+        name=name if isinstance(name, str) and name.strip() else entry["id"],
         context_length=_window(entry.get("context_length")) or _window(top.get("context_length")),
         max_completion_tokens=_window(top.get("max_completion_tokens")),
         pricing=Pricing(

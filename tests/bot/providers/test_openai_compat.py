@@ -251,6 +251,24 @@ async def test_catalogue_token_limits_no_model_could_have_are_unknown(http, wind
     assert [(m.context_length, m.max_completion_tokens) for m in models] == [(None, None), (200_000, None)]
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [{"name": "no id"}, {"id": None}, {"id": " "}, "text", None, [1], {"id": "x/priced", "pricing": "free"}],
+)
+async def test_a_malformed_catalogue_entry_is_left_out_and_the_rest_kept(http, bad):
+    """One entry the server got wrong made the whole catalogue, and so every run, fail."""
+    odd = {"id": "x/odd", "name": {"a": 1}, "top_provider": "a"}
+    async with FakeOpenRouter(models=[bad, {"id": "x/ok"}, odd]) as server:
+        models = await OpenAICompatProvider(http, server.base_url, API_KEY).list_models()
+    assert [(m.id, m.name) for m in models] == [("x/ok", "x/ok"), ("x/odd", "x/odd")]
+
+
+async def test_a_catalogue_that_is_not_a_list_says_so(http):
+    async with FakeOpenRouter(models={"x/ok": {}}) as server:  # type: ignore[arg-type]
+        with pytest.raises(BadRequest, match="did not return a model list; is the base URL right"):
+            await OpenAICompatProvider(http, server.base_url, API_KEY).list_models()
+
+
 async def test_catalogue_at_a_wrong_url_says_so(http, server):
     provider = OpenAICompatProvider(http, server.base_url + "/nothing-here", API_KEY)
     with pytest.raises(BadRequest):
