@@ -1,8 +1,9 @@
 """A provider that lies, over the real wire format on loopback: costs negative, huge, NaN, infinite or
-text; usage above max_tokens or missing; prices that rise under us; surrogates and escape sequences
-in text and reasoning; connections dropped at random bytes. Whatever it does, spent is a finite,
-non-negative sum of what was recorded, never above the budget unless the provider billed above its
-published prices (and then the stop says so), the database opens, and no turn is lost."""
+text; usage above max_tokens, past any model's, or missing; prices that rise under us; surrogates
+and escape sequences in text and reasoning; connections dropped at random bytes. Whatever it does,
+spent is a finite, non-negative sum of what was recorded, never above the budget unless the
+provider billed above its published prices (and then the stop says so), the database opens, and
+no turn is lost."""
 
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ def replies(draw: Any) -> Reply:
     if kind == "lying":
         usage = {"prompt_tokens": draw(st.sampled_from([40, -5, "x"])), "completion_tokens": 12}
         usage["cost"] = draw(COSTS)
-    elif kind == "over":  # far past max_tokens, priced as the catalogue says
-        usage = {"prompt_tokens": 40, "completion_tokens": 100_000}
+    elif kind == "over":  # past max_tokens; or past any model, a Decimal's 28 digits, 64-bit integers
+        usage = {"prompt_tokens": 40, "completion_tokens": draw(st.sampled_from([100_000, 10**30]))}
     return Reply(
         text=draw(TEXT) or "fallback words",
         reasoning=draw(TEXT),
