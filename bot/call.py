@@ -122,13 +122,16 @@ async def stream_call(
     task = asyncio.create_task(pump())
     cancelled = False
 
-    def interrupt() -> None:
+    def cut() -> None:
         nonlocal cancelled
         # Cancelled once only: a second cancel would land while the stream is closing its response
         # and interrupt the close, leaving the provider streaming (and billing) to the end.
         if not cancelled:
             cancelled = True
             task.cancel()
+
+    def interrupt() -> None:
+        cut()
         inbox.put(control.reason)
 
     control._interrupt = interrupt
@@ -154,9 +157,7 @@ async def stream_call(
                             yield Delta(seq, text, reasoning=True)
                     if room < 0:
                         # Read no further: the call ends as a stop does, and is billed as one.
-                        if not cancelled:
-                            cancelled = True
-                            task.cancel()
+                        cut()
                         attempt.interrupted = StopReason.PROVIDER_ERROR
                         attempt.detail = (
                             f"{request.model} sent more than {reply_limit(request.max_tokens):,} characters "
@@ -182,9 +183,7 @@ async def stream_call(
     finally:
         control._interrupt = None
         if not task.done():
-            if not cancelled:
-                cancelled = True
-                task.cancel()
+            cut()
             await asyncio.wait({task})
         attempt.seconds = loop.time() - started
 
