@@ -332,6 +332,9 @@ def plain(amount: Decimal) -> str:
 #: this is a provider's fault (priced, or summed into a dialogue's totals, it would overflow a
 #: Decimal's 28 digits or a database integer).
 MAX_TOKENS = 1_000_000_000
+#: No model costs this many USD a token, or a request: a price above it is a catalogue's (or a
+#: persona file's) fault, and the worst case of a call priced so would overflow those 28 digits.
+MAX_PRICE = Decimal(1000)
 
 
 @dataclass(frozen=True, slots=True)

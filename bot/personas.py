@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bot.errors import InputError
-from bot.models import Persona
+from bot.models import MAX_PRICE, Persona
 from bot.providers.openai_compat import check_base_url
 
 _Entry = TypeVar("_Entry", bound=BaseModel)
@@ -30,8 +30,8 @@ class _PersonaEntry(BaseModel):
     reasoning_effort: Effort | None = None
     avatar_url: str | None = None
     provider: str | None = Field(default=None, min_length=1)
-    prompt_price: Decimal | None = Field(default=None, ge=0, le=1000)
-    completion_price: Decimal | None = Field(default=None, ge=0, le=1000)
+    prompt_price: Decimal | None = Field(default=None, ge=0, le=MAX_PRICE)
+    completion_price: Decimal | None = Field(default=None, ge=0, le=MAX_PRICE)
     chat_format: str | None = Field(default=None, min_length=1)
 
 

@@ -28,7 +28,7 @@ from bot.errors import (
     RateLimited,
     ServerError,
 )
-from bot.models import MAX_TOKENS, ModelInfo, Pricing, Usage
+from bot.models import MAX_PRICE, MAX_TOKENS, ModelInfo, Pricing, Usage
 from bot.providers.base import Begun, ChatRequest, Completion, ReasoningDelta, StreamEvent, TextDelta
 from bot.text import Masker
 
@@ -512,11 +512,6 @@ def _window(value: Any) -> int | None:
     model could have: text, a fraction, zero or less, past MAX_TOKENS."""
     count = _count(value)
     return count if 0 < count <= MAX_TOKENS else None
-
-
-#: No model costs this much a token, or a request: a price above it is a catalogue's fault, and the
-#: worst case of a call priced so would overflow the 28 digits a Decimal keeps.
-MAX_PRICE = Decimal(1000)
 
 
 def _budgetable(price: Decimal) -> bool:
