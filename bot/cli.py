@@ -706,13 +706,33 @@ def check_writable(folder: Path) -> None:
 
 
 def write_atomically(path: Path, content: str | bytes) -> None:
-    """Write text (or bytes) so that the file is either the old one or the whole new one, never half."""
+    """Write text (or bytes) so that the file is either the old one or the whole new one, never half.
+
+    A file is written beside itself and renamed into place, through a symbolic link to it (the
+    link stays). What is not a file (a pipe, /dev/stdout, a device) is written into as it is:
+    renaming onto it would put a file in its place."""
+    data = content.encode() if isinstance(content, str) else content
+    partial: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_bytes(content.encode() if isinstance(content, str) else content)
-        os.replace(partial, path)
+        try:
+            special = not stat.S_ISREG(path.stat().st_mode)
+        except FileNotFoundError:
+            special = False
+        if special:
+            with path.open("wb") as out:
+                out.write(data)
+            return
+        target = Path(os.path.realpath(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        with partial.open("wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())  # the whole new file is on disk before it takes the old one's place
+        os.replace(partial, target)
     except OSError as exc:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
         raise InputError(f"cannot write {path}: {exc.strerror}; choose another --out") from None
 
 

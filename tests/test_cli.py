@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sqlite3
+import stat
 import sys
 from dataclasses import dataclass
 from decimal import Decimal
@@ -134,6 +135,30 @@ async def test_list_show_export_and_models(env, tmp_path):
     assert "$/M cached" in models.out and "0.16" in models.out  # GLM's cached prompt price
     if local_available():
         assert "local:default" in (await voices(env, tmp_path, "models", "local")).out
+
+
+async def test_export_writes_through_a_link_and_into_a_pipe_without_replacing_either(env, tmp_path):
+    """The file is written beside itself and renamed into place, so a reader never sees half of it;
+    renamed onto a link or a pipe (or /dev/stdout, a device), that would put a file in its place."""
+    assert (await voices(env, tmp_path, *RUN)).code == 0
+    expected = (tmp_path / "transcripts" / "1.md").read_text()
+    real, link = tmp_path / "kept" / "real.md", tmp_path / "link.md"
+    real.parent.mkdir()
+    real.write_text("old")
+    link.symlink_to(real)
+    assert (await voices(env, tmp_path, "export", "1", "--out", str(link))).code == 0
+    assert link.is_symlink() and real.read_text() == expected
+    pipe = tmp_path / "pipe.md"
+    os.mkfifo(pipe)
+    read = asyncio.create_task(asyncio.to_thread(pipe.read_text))
+    try:
+        assert (await voices(env, tmp_path, "export", "1", "--out", str(pipe))).code == 0
+        assert await asyncio.wait_for(read, 10) == expected
+        assert stat.S_ISFIFO(pipe.stat().st_mode)
+    finally:
+        if not read.done():  # let the reader's thread end, whatever went wrong
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+    assert not [p for p in tmp_path.rglob(".*.partial")]  # nothing left beside them
 
 
 async def test_run_with_a_referee_prints_and_keeps_its_verdict(env, tmp_path, server):
