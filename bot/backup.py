@@ -60,6 +60,10 @@ def _back_up(source: Path, target: Path) -> Health:
         raise InputError(f"{target} is the database itself; give the backup another path")
     if target.is_dir():
         raise InputError(f"{target} is a folder; give a file path for the backup")
+    if target.exists() and not target.is_file():
+        # A device or a pipe: the copy is renamed into place, which would put a file where it was.
+        raise InputError(f"{target} is not a file (a device or a pipe); give a file path for the backup")
+    given, target = target, Path(os.path.realpath(target))  # through a link, which stays one
     partial = target.with_name(f".{target.name}.partial")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -79,13 +83,13 @@ def _back_up(source: Path, target: Path) -> Health:
         raise InputError(f"cannot back up {source}: {exc}") from None
     except OSError as exc:
         partial.unlink(missing_ok=True)
-        raise InputError(f"cannot write {target}: {exc.strerror}; choose another path") from None
+        raise InputError(f"cannot write {given}: {exc.strerror}; choose another path") from None
     health = check(partial)
     if not health.ok:
         partial.unlink(missing_ok=True)
         raise InputError(f"the backup of {source} failed its check: {'; '.join(health.problems)}")
     os.replace(partial, target)
-    return Health(target, health.schema, health.dialogues, health.turns)
+    return Health(given, health.schema, health.dialogues, health.turns)
 
 
 def check(path: Path) -> Health:

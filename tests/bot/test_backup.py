@@ -4,7 +4,9 @@ holds every turn committed before it began, whole, and opens as the database it 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 from datetime import UTC, datetime
 
 import pytest
@@ -98,3 +100,20 @@ def test_backup_refusals_are_one_line(tmp_path):
         back_up(live, live)
     with pytest.raises(InputError, match="is a folder"):
         back_up(live, tmp_path)
+
+
+async def test_a_backup_through_a_link_keeps_the_link_and_a_pipe_is_refused(store, tmp_path):
+    """The copy is renamed into place: onto a link it would replace the link, onto a pipe or a
+    device (as root, /dev/null) it would put a file where that was."""
+    live = store.path
+    real, link = tmp_path / "backups" / "latest.db", tmp_path / "latest.db"
+    real.parent.mkdir()
+    link.symlink_to(real)
+    health = back_up(live, link)
+    assert health.ok and health.path == link
+    assert link.is_symlink() and check(real).ok
+    pipe = tmp_path / "pipe.db"
+    os.mkfifo(pipe)
+    with pytest.raises(InputError, match=f"{pipe} is not a file \\(a device or a pipe\\)"):
+        back_up(live, pipe)
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
