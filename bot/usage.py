@@ -98,12 +98,22 @@ def fields(row: UsageRow) -> tuple[str, int, int, int, str]:
     return row.key, len(row.dialogues), row.prompt_tokens, row.completion_tokens, plain(row.spent_usd)
 
 
+#: What a spreadsheet reads as the start of a formula when a cell begins with it.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def as_csv(rows: Sequence[UsageRow], by: str) -> str:
-    """Return the report as CSV with a header line."""
+    """Return the report as CSV with a header line.
+
+    A key is text someone else wrote (a model's name comes from the provider's reply), and a
+    spreadsheet runs a cell that begins like a formula (=HYPERLINK(...) sends data away): such a key
+    is written after a quote mark, which shows as the text itself."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow((by, *HEADER))
-    writer.writerows(fields(r) for r in rows)
+    for row in rows:
+        key, *figures = fields(row)
+        writer.writerow((f"'{key}" if key.startswith(FORMULA_STARTS) else key, *figures))
     return out.getvalue()
 
 

