@@ -15,6 +15,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from bot.events import Ended, Event, TurnFinished, TurnRestarted, TurnStarted
 
+#: The most model names counted apart. The name is the one the provider says answered, so a
+#: provider that made up a new one for every call would grow the registry (and every scrape) with
+#: each turn; past this many, further names are counted together as OTHER.
+MAX_MODELS = 200
+OTHER = "other"
+
 #: Seconds, from a few milliseconds (a relay with nothing to wait for) to a minute (Discord's limits).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -26,6 +32,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._clock = clock
         self._finished_at: dict[int, float] = {}
+        self._models: set[str] = set()
         r = self.registry
         self.running = Gauge("voices_dialogues_running", "Dialogues this process runs now", registry=r)
         self.leases = Gauge("voices_leases_held", "Dialogue leases this process holds", registry=r)
@@ -74,19 +81,26 @@ class Metrics:
                 self._finished_at[dialogue_id] = self._clock()
                 if turn.is_human:
                     return
-                usage = turn.usage
-                self.turns.labels(turn.model_used).inc()
+                usage, model = turn.usage, self._model(turn.model_used)
+                self.turns.labels(model).inc()
                 for kind, count in (
                     ("prompt", usage.prompt_tokens),
                     ("completion", usage.completion_tokens),
                     ("reasoning", usage.reasoning_tokens),
                 ):
-                    self.tokens.labels(turn.model_used, kind).inc(count)
-                self.spend.labels(turn.model_used).inc(float(turn.cost_usd))
+                    self.tokens.labels(model, kind).inc(count)
+                self.spend.labels(model).inc(float(turn.cost_usd))
             case Ended(dialogue=dialogue):
                 self._finished_at.pop(dialogue_id, None)
                 reason = str(dialogue.stop_reason) if dialogue.stop_reason else "paused"
                 self.finished.labels(reason).inc()
+
+    def _model(self, name: str) -> str:
+        """The label a model's figures go under: its name, unless MAX_MODELS others came first."""
+        if name in self._models or len(self._models) < MAX_MODELS:
+            self._models.add(name)
+            return name
+        return OTHER
 
     def exposition(self) -> bytes:
         """Return every metric in Prometheus' text format."""
