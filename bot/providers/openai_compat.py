@@ -482,14 +482,12 @@ def _parse_model(entry: Any) -> ModelInfo | None:
     pricing = entry.get("pricing") or {}
     if not isinstance(pricing, dict):
         return None
-    try:
-        prices = {
-            k: Decimal(str(pricing.get(k) or "0"))
-            for k in ("prompt", "completion", "request", "internal_reasoning")
-        }
-    except InvalidOperation:
-        return None
-    if not all(_budgetable(p) for p in prices.values()):
+    read = {
+        k: _price_or_none(pricing.get(k) or "0")
+        for k in ("prompt", "completion", "request", "internal_reasoning")
+    }
+    prices = {k: p for k, p in read.items() if p is not None}
+    if len(prices) < len(read):
         return None  # a variable price (such as openrouter/auto's -1) cannot be budgeted, nor nonsense
     top = entry.get("top_provider")
     top = top if isinstance(top, dict) else {}
@@ -514,18 +512,14 @@ def _window(value: Any) -> int | None:
     return count if 0 < count <= MAX_TOKENS else None
 
 
-def _budgetable(price: Decimal) -> bool:
-    """Whether a price can be budgeted: a number, not negative (variable), not absurd."""
-    return price.is_finite() and 0 <= price <= MAX_PRICE
-
-
 def _price_or_none(value: Any) -> Decimal | None:
-    """Return an optional price; a missing, malformed, negative or absurd one is unknown."""
+    """Return a price that can be budgeted; a missing, malformed, negative (variable) or absurd one
+    is unknown."""
     try:
         price = Decimal(str(value)) if value is not None else None
     except InvalidOperation:
         return None
-    return price if price is not None and _budgetable(price) else None
+    return price if price is not None and price.is_finite() and 0 <= price <= MAX_PRICE else None
 
 
 def _untrusted(exc: BaseException) -> str | None:
