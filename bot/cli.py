@@ -714,11 +714,7 @@ def write_atomically(path: Path, content: str | bytes) -> None:
     data = content.encode() if isinstance(content, str) else content
     partial: Path | None = None
     try:
-        try:
-            special = not stat.S_ISREG(path.stat().st_mode)
-        except FileNotFoundError:
-            special = False
-        if special:
+        if path.exists() and not path.is_file():
             with path.open("wb") as out:
                 out.write(data)
             return
