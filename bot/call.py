@@ -135,7 +135,7 @@ async def stream_call(
         inbox.put(control.reason)
 
     control._interrupt = interrupt
-    room = reply_limit(request.max_tokens)
+    limit = room = reply_limit(request.max_tokens)
     try:
         if control.stop_now:
             interrupt()
@@ -160,7 +160,7 @@ async def stream_call(
                         cut()
                         attempt.interrupted = StopReason.PROVIDER_ERROR
                         attempt.detail = (
-                            f"{request.model} sent more than {reply_limit(request.max_tokens):,} characters "
+                            f"{request.model} sent more than {limit:,} characters "
                             f"for a reply capped at {request.max_tokens:,} tokens; it was cut off there"
                         )
                         ended = True
