@@ -133,9 +133,11 @@ class TurnPlayer:
             await self.store.begin_call(dialogue.id, plan.seq, bill.cost + retry.amount, self._clock())
             yield TurnRestarted(plan.seq, attempts + 1, "the reply was empty", 0.0)
         turn = self._turn(dialogue, plan, status, attempt, bill, attempts, seconds)
-        problems = bill.problems + (
-            await self._unreported_note(dialogue, plan, bill.counted) if bill.usage.estimated else []
-        )
+        # Only a server that answered without usage earns the note: a cut-off call's tokens are
+        # counted too, but its bill came from the provider or its reservation, not from a count.
+        problems = list(bill.problems)
+        if bill.counted:
+            problems += await self._unreported_note(dialogue, plan, bill.counted)
         notes = [Note(dialogue.id, plan.seq + 1, NoteKind.BILLING, p, self._clock()) for p in problems]
         stored = await self.store.add_turn(turn, notes)
         yield turn

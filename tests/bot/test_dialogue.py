@@ -259,6 +259,8 @@ async def test_time_limit_cuts_the_stream_and_charges_what_the_provider_billed(r
     assert 0 < turn.cost_usd < started.reserved and final.totals.spent_usd == turn.cost_usd
     markdown = render_markdown(*await store.history(dialogue.id))
     assert f"the provider billed what was written ({format_usd(turn.cost_usd)})" in markdown
+    # The provider reports usage; only this call was cut off before it could: no note says otherwise.
+    assert "reports no token usage" not in markdown and "upper bound" not in markdown
 
 
 async def test_a_cut_off_call_the_provider_cannot_account_for_is_charged_its_worst_case(
