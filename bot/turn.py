@@ -61,13 +61,16 @@ class TurnPlayer:
     ) -> AsyncIterator[Event | Turn | Stop]:
         """Stream one turn with its retries and commit it; yield its events, the Turn, maybe a Stop.
 
-        Network failures are retried on the same reservation (an error is not billed). An empty
-        reply is billed, then retried once with more room under a new reservation.
+        A call that fails before the provider takes it is retried on the same reservation (nothing
+        was billed); one that fails after is charged as a cut-off call is, and retried under a new
+        reservation. An empty reply is billed, then retried once with more room under a new one.
         """
         plan.started_at = self._clock()
         await self.store.begin_call(dialogue.id, plan.seq, reservation.amount, plan.started_at)
         bill = Bill()
         attempts, seconds, max_tokens, empty_retried = 0, 0.0, plan.max_tokens, False
+        #: Some attempt was charged: the turn is kept on record, whatever comes of the rest.
+        billed = False
         stop: Stop | None = None
         while True:
             attempts += 1
@@ -84,26 +87,56 @@ class TurnPlayer:
             seconds += attempt.seconds
             if attempt.error is not None:
                 delay = self._retry.delay(attempt.error, attempts)
-                if delay is not None:
+                detail = str(attempt.error)
+                retry: Reservation | None = reservation
+                if attempt.generation_id is not None or attempt.text or attempt.reasoning:
+                    # The provider took the call before it failed, and bills what it wrote (all of
+                    # it, where it cannot cancel): charged as a cut-off call is, so the cap holds.
+                    # Its text's tokens are counted only where the text is kept, on the last try.
+                    charged = (
+                        await charge_lost(provider, attempt.generation_id, reservation.amount)
+                        if delay is not None
+                        else await self._charge(provider, plan, request, attempt, reservation.amount)
+                    )
+                    budget.settle(reservation, charged.cost)
+                    bill.add(charged, reservation.amount)
+                    bill.problems.append(
+                        f"attempt {attempts} failed after the provider took it ({attempt.error}); "
+                        f"charged {format_usd(charged.cost)} ({charged.source})"
+                    )
+                    billed = True
+                    retry = None
+                if delay is not None and retry is None:
+                    worst = worst_case_cost(plan.model.pricing, plan.prompt_estimate, max_tokens)
+                    retry = budget.reserve(worst)
+                    if retry is None:
+                        delay, detail = None, f"{detail}; the budget left no room to retry"
+                    else:
+                        # What is billed is not yet committed: the in-flight record covers it too.
+                        now = self._clock()
+                        await self.store.begin_call(dialogue.id, plan.seq, bill.cost + retry.amount, now)
+                reason = StopReason.PROVIDER_ERROR
+                if delay is not None and retry is not None:
+                    reservation = retry
                     yield TurnRestarted(
                         plan.seq, attempts + 1, str(attempt.error), delay, type(attempt.error).__name__
                     )
                     if not await wait_or_stop(self._sleep, delay, control):
                         continue
-                    attempt.interrupted = control.reason
-                elif not empty_retried:
-                    budget.release(reservation)
+                    reason, detail = control.reason, control.detail or "stopped while waiting to try again"
+                if retry is not None:
+                    budget.release(retry)
+                if not billed:  # nothing was charged: there is no turn to keep
                     await self.store.cancel_call(dialogue.id, plan.seq)
-                    yield Stop(StopReason.PROVIDER_ERROR, str(attempt.error))
+                    yield Stop(reason, detail)
                     return
-                else:  # the empty first reply was billed: keep it on record
-                    budget.release(reservation)
-                    status, stop = (
-                        TurnStatus.EMPTY,
-                        Stop(StopReason.PROVIDER_ERROR, str(attempt.error)),
-                    )
-                    break
+                # Billed (a reply that came back empty, or one the provider took before it failed):
+                # the turn is kept on record, with what it cost.
+                cut = bool("".join(attempt.text).strip()) or not empty_retried
+                status, stop = (TurnStatus.CANCELLED if cut else TurnStatus.EMPTY), Stop(reason, detail)
+                break
             charged = await self._charge(provider, plan, request, attempt, reservation.amount)
+            billed = True
             budget.settle(reservation, charged.cost)
             bill.add(charged, reservation.amount)
             if attempt.interrupted is not None:

@@ -166,6 +166,91 @@ async def test_partial_reply_then_drop_is_retried_and_only_the_retry_is_kept(run
     assert (await store.list_turns(dialogue.id))[0].text == "The complete reply."
 
 
+def _dropped(server):
+    """The generations the fake server began and never finished, in order."""
+    return [g for g, record in server.generations.items() if not record["finished"]]
+
+
+async def test_a_reply_cut_off_by_a_dropped_connection_is_charged_before_it_is_retried(runner, store, server):
+    # The provider took the call and wrote two words before the connection dropped: it bills them.
+    server.enqueue(
+        Reply(text="this partial text is lost", chunk_words=1, drop_after_chunks=2, chunk_delay=0.02),
+        Reply(text="The complete reply."),
+    )
+    dialogue = await runner.create(make_spec(rounds=1))
+    final = ended(await run_all(runner, dialogue.id))
+    (dropped,) = _dropped(server)
+    assert server.generation_lookups == [dropped]
+    billed = server.generations[dropped]["total_cost"]
+    turn = (await store.list_turns(dialogue.id))[0]
+    assert turn.status is TurnStatus.OK and turn.text == "The complete reply." and turn.attempts == 2
+    assert 0 < billed and turn.cost_usd == billed + server.reported_costs[0]
+    assert final.totals.spent_usd == billed + sum(server.reported_costs)
+    markdown = render_markdown(*await store.history(dialogue.id))
+    assert "attempt 1 failed after the provider took it (the connection to" in markdown
+    assert f"charged {format_usd(billed)} (reported)" in markdown
+
+
+async def test_a_call_that_fails_before_the_provider_takes_it_is_not_charged(runner, store, server):
+    error = {"error": {"code": 503, "message": "overloaded"}}
+    server.enqueue(Reply(status=503, error=error), Reply(text="The complete reply."))
+    dialogue = await runner.create(make_spec(rounds=1))
+    final = ended(await run_all(runner, dialogue.id))
+    assert server.generation_lookups == [] and final.totals.spent_usd == sum(server.reported_costs)
+
+
+async def test_every_try_the_provider_took_is_charged_when_the_last_fails_too(runner, store, server, sleep):
+    drop = Reply(text="words that never finish", chunk_words=1, drop_after_chunks=2, chunk_delay=0.02)
+    server.enqueue(drop, drop, drop)
+    dialogue = await runner.create(make_spec(rounds=2))
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.stop_reason is StopReason.PROVIDER_ERROR and "dropped" in final.stop_detail
+    assert len(sleep.delays) == 2 and len(_dropped(server)) == 3
+    billed = sum(server.generations[g]["total_cost"] for g in _dropped(server))
+    # The money is on record with the turn it was spent on, never silently: a cut-off turn.
+    (turn,) = await store.list_turns(dialogue.id)
+    assert turn.status is TurnStatus.CANCELLED and turn.attempts == 3
+    assert 0 < billed == turn.cost_usd == final.totals.spent_usd
+    markdown = render_markdown(*await store.history(dialogue.id))
+    assert "✂ Cut off" in markdown and markdown.count("failed after the provider took it") == 3
+
+
+async def test_a_retry_the_budget_cannot_cover_after_a_billed_drop_is_not_made(runner, store, server):
+    # The first call's worst case is the whole budget: once the dropped try is charged, another
+    # try's worst case no longer fits, so none is made.
+    server.enqueue(Reply(text="The complete reply."))
+    probe = await runner.create(make_spec(rounds=1))
+    worst = next(e for e in await run_all(runner, probe.id) if isinstance(e, TurnStarted)).reserved
+    server.enqueue(
+        Reply(text="this partial text is lost", chunk_words=1, drop_after_chunks=2, chunk_delay=0.02),
+        Reply(text="never asked for"),
+    )
+    asked = len(server.chat_requests)
+    dialogue = await runner.create(make_spec(rounds=1, budget=str(worst)))
+    final = ended(await run_all(runner, dialogue.id))
+    assert len(server.chat_requests) == asked + 1
+    assert final.stop_reason is StopReason.PROVIDER_ERROR
+    assert final.stop_detail.endswith("; the budget left no room to retry")
+    (dropped,) = _dropped(server)
+    assert final.totals.spent_usd == server.generations[dropped]["total_cost"] <= worst
+
+
+async def test_a_stop_while_waiting_to_retry_charges_nothing_for_a_call_never_taken(runner, store, server):
+    error = {"error": {"code": 503, "message": "overloaded"}}
+    server.enqueue(Reply(status=503, error=error))
+    control = Control()
+
+    async def stop_in_the_wait(delay):
+        control.stop(now=True)
+
+    runner.player._sleep = stop_in_the_wait
+    dialogue = await runner.create(make_spec(rounds=1))
+    events = [e async for e in runner.run(dialogue.id, control)]
+    final = ended(events)
+    assert final.stop_reason is StopReason.USER_STOP and final.totals.spent_usd == 0
+    assert await store.list_turns(dialogue.id) == [] and len(server.chat_requests) == 1
+
+
 async def test_three_failures_stop_the_dialogue_with_provider_error(runner, store, server, sleep):
     error = {"error": {"code": 503, "message": "overloaded"}}
     server.enqueue(*(Reply(status=503, error=error) for _ in range(3)))
@@ -355,8 +440,12 @@ async def test_an_event_that_never_ends_fails_the_call_in_one_line(runner, store
         f"the stream from {server.base_url} sent over 4 MiB without ending an event; it does not speak "
         "OpenAI's stream format, so check the base URL"
     )
-    assert await store.list_turns(dialogue.id) == [] and final.totals.spent_usd == 0
     assert len(server.chat_requests) == 1  # the same server would send the same again
+    # The server took the call (it named it): what its record says it cost is charged, on record.
+    (turn,) = await store.list_turns(dialogue.id)
+    assert turn.status is TurnStatus.CANCELLED and turn.text == ""
+    billed = server.generations[turn.generation_id]["total_cost"]
+    assert 0 < billed == turn.cost_usd == final.totals.spent_usd
 
 
 async def test_pause_then_resume_continues_without_losing_or_repeating_a_turn(runner, store, server):
