@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from bot.errors import StoreError
 
+_BILLED_TRIES = "ALTER TABLE calls_in_flight ADD COLUMN billed_usd TEXT NOT NULL DEFAULT '0';"
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     (
         "Dialogues, their participants and turns, the calls in flight, and the model catalogue.",
@@ -330,6 +332,12 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX asks_waiting ON asks(dialogue_id) WHERE taken_at IS NULL;
         """,
     ),
+    (
+        "A call retried after a try that was billed (an empty reply, or a reply the provider took "
+        "before it failed) keeps what those tries cost apart from the retry's reservation: after a "
+        "crash the provider's record of the retry covers the retry alone, and both are charged.",
+        _BILLED_TRIES,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -558,7 +566,7 @@ CREATE TABLE asks (
 CREATE INDEX asks_waiting ON asks(dialogue_id) WHERE taken_at IS NULL;
 """
 #: Migrations after POSTGRES_BASELINE, in PostgreSQL's words, by version.
-POSTGRES_MIGRATIONS: dict[int, str] = {}
+POSTGRES_MIGRATIONS: dict[int, str] = {16: _BILLED_TRIES}
 
 
 def refuse_newer(version: int, database: object) -> None:

@@ -533,15 +533,18 @@ class Store:
 
     # Turns and calls -------------------------------------------------------------------------
 
-    async def begin_call(self, dialogue_id: int, seq: int, reserved: Decimal, now: datetime) -> None:
-        """Note a call about to be sent, with its reservation, before any money can be spent."""
+    async def begin_call(
+        self, dialogue_id: int, seq: int, reserved: Decimal, now: datetime, billed: Decimal = Decimal(0)
+    ) -> None:
+        """Note a call about to be sent, with its reservation, before any money can be spent; for a
+        retry, with what the turn's earlier tries were `billed`."""
         async with self.transaction() as conn:
             await self._fence(conn, dialogue_id, utc_now())
             await conn.execute(
-                "INSERT INTO calls_in_flight (dialogue_id, seq, reserved_usd, started_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (dialogue_id, seq) DO UPDATE "
-                "SET reserved_usd = $3, started_at = $4, generation_id = NULL",
-                (dialogue_id, seq, plain(reserved), _iso(now)),
+                "INSERT INTO calls_in_flight (dialogue_id, seq, reserved_usd, started_at, billed_usd) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dialogue_id, seq) DO UPDATE "
+                "SET reserved_usd = $3, started_at = $4, billed_usd = $5, generation_id = NULL",
+                (dialogue_id, seq, plain(reserved), _iso(now), plain(billed)),
             )
 
     async def note_generation(self, dialogue_id: int, seq: int, generation_id: str) -> None:
@@ -569,13 +572,16 @@ class Store:
         self, dialogue_id: int, billed: dict[int, Decimal] | None = None
     ) -> Decimal:
         """Charge every call a dead process left unsettled: what its provider `billed` it (by turn
-        number), or else its reservation. Return the sum."""
+        number), or else its reservation, and what the turn's earlier tries were billed. Return the sum."""
         billed = billed or {}
         async with self.transaction() as conn:
             rows = await conn.fetchall(
-                "SELECT seq, reserved_usd FROM calls_in_flight WHERE dialogue_id = $1", (dialogue_id,)
+                "SELECT seq, reserved_usd, billed_usd FROM calls_in_flight WHERE dialogue_id = $1",
+                (dialogue_id,),
             )
-            amounts = [billed.get(r["seq"], Decimal(r["reserved_usd"])) for r in rows]
+            amounts = [
+                Decimal(r["billed_usd"]) + billed.get(r["seq"], Decimal(r["reserved_usd"])) for r in rows
+            ]
             if not amounts:
                 return Decimal(0)
             total = sum(amounts, Decimal(0))

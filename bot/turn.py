@@ -114,7 +114,7 @@ class TurnPlayer:
                     else:
                         # What is billed is not yet committed: the in-flight record covers it too.
                         now = self._clock()
-                        await self.store.begin_call(dialogue.id, plan.seq, bill.cost + retry.amount, now)
+                        await self.store.begin_call(dialogue.id, plan.seq, retry.amount, now, bill.cost)
                 reason = StopReason.PROVIDER_ERROR
                 if delay is not None and retry is not None:
                     reservation = retry
@@ -163,7 +163,7 @@ class TurnPlayer:
                 break
             reservation, max_tokens, empty_retried = retry, bigger, True
             # The first reply is billed but not yet committed: the in-flight record covers both.
-            await self.store.begin_call(dialogue.id, plan.seq, bill.cost + retry.amount, self._clock())
+            await self.store.begin_call(dialogue.id, plan.seq, retry.amount, self._clock(), bill.cost)
             yield TurnRestarted(plan.seq, attempts + 1, "the reply was empty", 0.0)
         turn = self._turn(dialogue, plan, status, attempt, bill, attempts, seconds)
         # Only a server that answered without usage earns the note: a cut-off call's tokens are

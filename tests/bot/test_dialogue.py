@@ -522,6 +522,30 @@ async def test_resume_charges_a_call_left_in_flight_by_a_crash(runner, store, se
     assert final.totals.spent_usd == Decimal("0.004") + sum(server.reported_costs)
 
 
+async def test_resume_after_a_crash_during_a_retry_charges_the_billed_tries_and_the_retry(
+    runner, store, server
+):
+    """A crash while a turn's retry streams: the earlier try was billed, and the provider's record
+    of the retry covers the retry alone. Both are charged, and the retry's record as the provider
+    kept it, not its reservation."""
+    dialogue = await runner.create(make_spec(rounds=1))
+    await store.mark_running(dialogue.id, dialogue.created_at)
+    await store.begin_call(dialogue.id, 0, Decimal("0.004"), dialogue.created_at, billed=Decimal("0.0015"))
+    record = {
+        "model": OPUS,
+        "prompt_tokens": 9,
+        "streamed": 3,
+        "finished": False,
+        "total_cost": Decimal("0.0007"),
+    }
+    server.generations["gen-retry"] = record
+    await store.note_generation(dialogue.id, 0, "gen-retry")
+    final = ended(await run_all(runner, dialogue.id))
+    assert server.generation_lookups == ["gen-retry"]
+    assert final.totals.interrupted_calls == 1
+    assert final.totals.spent_usd == Decimal("0.0015") + Decimal("0.0007") + sum(server.reported_costs)
+
+
 # Validation -----------------------------------------------------------------------------------
 
 
