@@ -32,6 +32,12 @@ class Attempt:
     #: Why Voices itself cut the reply off, when it did (`interrupted` says which stop that is).
     detail: str | None = None
 
+    @property
+    def taken(self) -> bool:
+        """Whether the provider took the call (it named it, or words came): from then on it bills
+        what it writes, whatever becomes of the stream."""
+        return self.generation_id is not None or bool(self.text) or bool(self.reasoning)
+
 
 #: The most characters a token may stand for. No tokenizer's tokens come near it, so a reply longer
 #: than this many per token of its max_tokens is an endpoint that ignores the cap (a runaway local

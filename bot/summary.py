@@ -8,11 +8,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
-from bot.billing import charge
-from bot.budget import Budget, estimate_prompt_tokens, format_usd, worst_case_cost
+from bot.billing import charge, charge_lost
+from bot.budget import Budget, Reservation, estimate_prompt_tokens, format_usd, worst_case_cost
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
-from bot.models import ModelInfo, Note, Persona, StopReason, Turn, TurnStatus, Usage
+from bot.models import ModelInfo, Note, NoteKind, Persona, StopReason, Turn, TurnStatus, Usage
 from bot.plan import Halted, max_tokens_of
 from bot.prompts import ChatMessage, interjections_by_turn
 from bot.providers import Router
@@ -136,7 +136,7 @@ class Summariser:
         await self._store.begin_call(dialogue_id, seq, worst, self._clock())
         provider = self._router.route(persona).provider
         request = ChatRequest(model=model.id, messages=messages, max_tokens=max_tokens)
-        attempts = 0
+        attempts, billed = 0, Decimal(0)
         while True:
             attempts += 1
             attempt = Attempt()
@@ -145,13 +145,30 @@ class Summariser:
             if attempt.error is None or attempt.interrupted is not None:
                 break
             delay = self._retry.delay(attempt.error, attempts)
+            detail = f"the summary call failed: {attempt.error}"
+            retry: Reservation | None = reservation
+            if attempt.taken:
+                # The provider took the call before it failed, and bills what it wrote: charged as
+                # a turn's failed try is, and a retry reserves anew.
+                lost = await charge_lost(provider, attempt.generation_id, reservation.amount)
+                budget.settle(reservation, lost.cost)
+                billed += lost.cost
+                retry = budget.reserve(worst) if delay is not None else None
+                if delay is not None and retry is None:
+                    delay, detail = None, f"{detail}; the budget left no room to retry"
             stopped = delay is not None and await wait_or_stop(self._sleep, delay, control)
             if delay is None or stopped:
-                budget.release(reservation)
-                await self._store.cancel_call(dialogue_id, seq)
+                if retry is not None:
+                    budget.release(retry)
                 if stopped:
-                    raise Halted(control.reason, control.detail or f"stopped while {purpose}")
-                raise Halted(StopReason.PROVIDER_ERROR, f"the summary call failed: {attempt.error}")
+                    detail = control.detail or f"stopped while {purpose}"
+                await self._settle_failed(dialogue_id, seq, model.id, billed, detail)
+                raise Halted(control.reason if stopped else StopReason.PROVIDER_ERROR, detail)
+            assert retry is not None
+            if retry is not reservation:
+                # What is billed is not yet on record: the in-flight record covers it too.
+                await self._store.begin_call(dialogue_id, seq, retry.amount, self._clock(), billed)
+            reservation = retry
         if attempt.interrupted is not None:
             # Cut off, it reports no cost: charge the reservation, as for a turn.
             budget.settle(reservation, reservation.amount)
@@ -161,4 +178,14 @@ class Summariser:
         assert completion is not None
         charged = charge(completion.usage, model.pricing, reservation.amount)
         budget.settle(reservation, charged.cost)
-        return Summary("".join(attempt.text).strip(), completion.model, charged.usage, charged.cost)
+        return Summary("".join(attempt.text).strip(), completion.model, charged.usage, charged.cost + billed)
+
+    async def _settle_failed(self, dialogue_id: int, seq: int, model: str, billed: Decimal, why: str) -> None:
+        """Close the record of a summary call that came to nothing: a note keeps what its tries
+        were billed, if anything, in the dialogue's spend and the transcript."""
+        if not billed:
+            await self._store.cancel_call(dialogue_id, seq)
+            return
+        text = f"{why}; the provider took it first, and it was charged {format_usd(billed)}"
+        note = Note(dialogue_id, seq, NoteKind.BILLING, text, self._clock(), model=model, cost_usd=billed)
+        await self._store.add_note(note, settles_seq=seq)

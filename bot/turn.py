@@ -89,7 +89,7 @@ class TurnPlayer:
                 delay = self._retry.delay(attempt.error, attempts)
                 detail = str(attempt.error)
                 retry: Reservation | None = reservation
-                if attempt.generation_id is not None or attempt.text or attempt.reasoning:
+                if attempt.taken:
                     # The provider took the call before it failed, and bills what it wrote (all of
                     # it, where it cannot cancel): charged as a cut-off call is, so the cap holds.
                     # Its text's tokens are counted only where the text is kept, on the last try.

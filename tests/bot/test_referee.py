@@ -118,6 +118,26 @@ async def test_a_referee_that_fails_leaves_a_note_and_the_dialogue_still_finishe
     assert "⚖ Judge gave no verdict: " in render_markdown(*await store.history(dialogue.id))
 
 
+async def test_a_verdict_the_provider_took_before_the_connection_dropped_is_charged(runner, server, store):
+    # Every try at the verdict is taken, writes a word and drops: each is billed by the provider.
+    dialogue = await runner.create(refereed(rounds=1))
+    drop = Reply("The verdict would have", chunk_words=1, drop_after_chunks=1, chunk_delay=0.02)
+    server.enqueue_for(OPUS, drop, drop, drop)
+    events = await run_all(runner, dialogue.id)
+    final = events[-1].dialogue
+    assert final.status is Status.FINISHED and final.stop_reason is StopReason.MAX_ROUNDS
+    dropped = [g for g, record in server.generations.items() if not record["finished"]]
+    assert len(dropped) == 3 and server.generation_lookups == dropped
+    billed = sum(server.generations[g]["total_cost"] for g in dropped)
+    assert billed > 0 and final.totals.spent_usd == sum(server.reported_costs) + billed
+    notes = await store.list_notes(dialogue.id)
+    [bill] = [n for n in notes if n.kind is NoteKind.BILLING]
+    assert bill.cost_usd == billed and bill.model == OPUS
+    markdown = render_markdown(*await store.history(dialogue.id))
+    assert "the provider took it first, and it was charged" in markdown
+    assert "⚖ Judge gave no verdict: " in markdown
+
+
 async def test_a_dialogue_stopped_by_a_member_is_not_judged(runner, server, store):
     dialogue = await runner.create(refereed(rounds=3))
     control = Control()
