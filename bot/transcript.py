@@ -202,10 +202,7 @@ def _statistics(
         )
     cached, written, saved = cache_totals(turns)
     if cached or written:
-        lines.append(
-            f"- **Prompt cache:** read={cached}, written={written} tokens; saved {format_usd(saved)} "
-            "against uncached prompts"
-        )
+        lines.append(f"- **Prompt cache:** read={cached}, written={written} tokens; {cache_effect(saved)}")
     # Notes carried over with the parent's turns happened (and were paid for) there.
     carried = dialogue.parent.turns if dialogue.parent else 0
     notes = [n for n in notes if n.before_seq >= carried]
@@ -256,6 +253,14 @@ def cache_totals(turns: Sequence[Turn]) -> tuple[int, int, Decimal]:
         sum(t.usage.cache_write_tokens for t in turns),
         sum((t.cache_saving_usd for t in turns), start=Decimal(0)),
     )
+
+
+def cache_effect(saved: Decimal) -> str:
+    """Say what the prompt cache did to the bill. Writing it costs more than a plain prompt, so a
+    dialogue that wrote more than it read paid extra: said so, not as a negative saving."""
+    if saved < 0:
+        return f"cost {format_usd(-saved)} more than uncached prompts (writes, which later reads repay)"
+    return f"saved {format_usd(saved)} against uncached prompts"
 
 
 def render_json(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note] = ()) -> str:

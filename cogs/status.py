@@ -15,7 +15,7 @@ import discord
 
 from bot.budget import format_usd
 from bot.models import Dialogue, Note, NoteKind, Status, Turn
-from bot.transcript import cache_totals
+from bot.transcript import cache_effect, cache_totals
 from cogs._format import fit_embed
 from cogs.people import InterjectButton
 
@@ -93,7 +93,7 @@ def status_embed(
     if cached or written:
         embed.add_field(
             name="Prompt cache",
-            value=f"read {cached} · written {written} tokens · saved {format_usd(saved)}",
+            value=f"read {cached} · written {written} tokens · {cache_effect(saved)}",
         )
     for seat, persona in enumerate(dialogue.participants):
         mine = [t for t in own if t.seat == seat]

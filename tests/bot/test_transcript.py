@@ -276,3 +276,18 @@ def _dialogue_of(replies: list[str], opening: str, system: str) -> tuple[Dialogu
         for seq, text in enumerate(replies)
     ]
     return replace(dialogue, opening=repair(opening)), turns
+
+
+@pytest.mark.parametrize(
+    ("saving", "said"),
+    [
+        ("0.0012", "saved $0.0012 against uncached prompts"),
+        ("-0.0000275", "cost $0.0000275 more than uncached prompts (writes, which later reads repay)"),
+    ],
+)
+def test_the_prompt_cache_line_says_a_saving_or_an_extra_cost_never_a_negative_saving(saving, said):
+    dialogue, turns = _dialogue_of(["One.", "Two.", "Three.", "Four."], "Begin.", "You are alpha.")
+    turns[0] = replace(turns[0], usage=Usage(10, 5, cache_write_tokens=8), cache_saving_usd=Decimal(saving))
+    markdown = render_markdown(dialogue, turns)
+    assert f"- **Prompt cache:** read=0, written=8 tokens; {said}" in markdown
+    assert "$-" not in markdown
