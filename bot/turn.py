@@ -111,17 +111,19 @@ class TurnPlayer:
                     retry = budget.reserve(worst)
                     if retry is None:
                         delay, detail = None, f"{detail}; the budget left no room to retry"
-                    else:
-                        # What is billed is not yet committed: the in-flight record covers it too.
-                        now = self._clock()
-                        await self.store.begin_call(dialogue.id, plan.seq, retry.amount, now, bill.cost)
                 reason = StopReason.PROVIDER_ERROR
                 if delay is not None and retry is not None:
-                    reservation = retry
                     yield TurnRestarted(
                         plan.seq, attempts + 1, str(attempt.error), delay, type(attempt.error).__name__
                     )
                     if not await wait_or_stop(self._sleep, delay, control):
+                        if retry is not reservation:
+                            # What is billed is not yet committed: the in-flight record keeps it
+                            # beside the retry's reservation. (Until now it held the failed try's,
+                            # whose cost a crash in the wait would ask its provider for.)
+                            now = self._clock()
+                            await self.store.begin_call(dialogue.id, plan.seq, retry.amount, now, bill.cost)
+                        reservation = retry
                         continue
                     reason, detail = control.reason, control.detail or "stopped while waiting to try again"
                 if retry is not None:
