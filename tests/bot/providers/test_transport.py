@@ -3,6 +3,7 @@ one the server has closed; it goes through the proxy the environment names, as h
 reads a stream at the pace asked, without losing its end or a stop."""
 
 import asyncio
+import gc
 import json
 
 import httpx
@@ -33,6 +34,29 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
     text, _, completion = await collect(provider)
     assert text and completion.finish_reason == "stop"
     assert server.connections == 2
+
+
+@pytest.mark.parametrize("pace", [0.0, 0.05])
+async def test_a_finished_call_leaves_nothing_for_the_cycle_collector(server: FakeOpenRouter, pace: float):
+    """Each call's objects go when the call is done. Left in reference cycles (httpx's response and
+    its stream point at each other), 300 dialogues' calls piled up for the cycle collector, which
+    freed them in pauses of 0.2 s that every dialogue waited out."""
+    server.enqueue(*(Reply(text="a few words to stream", chunk_words=1) for _ in range(3)))
+    async with make_client(httpx.Timeout(10)) as http:
+        provider = OpenAICompatProvider(http, server.base_url, API_KEY, read_pace=pace)
+        await collect(provider)  # the connection and the session are made once, outside the count
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(2):
+                text, _, completion = await collect(provider)
+                assert text == "a few words to stream" and completion.finish_reason == "stop"
+            gc.collect()
+            left = [type(o).__qualname__ for o in gc.garbage]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert left == []
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
