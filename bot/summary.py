@@ -170,9 +170,11 @@ class Summariser:
                 await self._store.begin_call(dialogue_id, seq, retry.amount, self._clock(), billed)
             reservation = retry
         if attempt.interrupted is not None:
-            # Cut off, it reports no cost: charge the reservation, as for a turn.
-            budget.settle(reservation, reservation.amount)
-            await self._store.settle_interrupted_calls(dialogue_id)
+            # Cut off, it reports no cost: charged as a turn is, what the provider's record says
+            # it cost, or else its reservation.
+            lost = await charge_lost(provider, attempt.generation_id, reservation.amount)
+            budget.settle(reservation, lost.cost)
+            await self._store.settle_interrupted_calls(dialogue_id, {seq: lost.cost})
             raise Halted(attempt.interrupted, attempt.detail or control.detail or f"stopped while {purpose}")
         completion = attempt.completion
         assert completion is not None

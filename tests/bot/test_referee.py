@@ -3,6 +3,7 @@ referee that cannot judge never takes the dialogue down with it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 from decimal import Decimal
@@ -136,6 +137,20 @@ async def test_a_verdict_the_provider_took_before_the_connection_dropped_is_char
     markdown = render_markdown(*await store.history(dialogue.id))
     assert "the provider took it first, and it was charged" in markdown
     assert "⚖ Judge gave no verdict: " in markdown
+
+
+async def test_a_verdict_cut_off_by_a_stop_is_charged_what_the_provider_billed(runner, server, store):
+    dialogue = await runner.create(refereed(rounds=1))
+    server.enqueue_for(OPUS, Reply("a slow verdict " * 20, chunk_words=1, chunk_delay=0.05))
+    control, finished = Control(), 0
+    async for event in runner.run(dialogue.id, control):
+        if isinstance(event, TurnFinished) and (finished := finished + 1) == 2:
+            asyncio.get_running_loop().call_later(0.2, control.stop, True)  # while the verdict streams
+    final = await store.get_dialogue(dialogue.id)
+    (verdict,) = [g for g, record in server.generations.items() if not record["finished"]]
+    assert server.generation_lookups == [verdict]
+    billed = server.generations[verdict]["total_cost"]
+    assert 0 < billed and final.totals.spent_usd == sum(server.reported_costs) + billed
 
 
 async def test_a_dialogue_stopped_by_a_member_is_not_judged(runner, server, store):
