@@ -90,8 +90,7 @@ class OpenAICompatProvider:
         try:
             async with call as response:
                 if response.status_code != 200:
-                    await response.aread()
-                    raise self._http_error(response)
+                    raise self._http_error(response, await self._read_whole(response))
                 generation_id = response.headers.get("x-generation-id")
                 if generation_id:
                     yield Begun(generation_id)
@@ -111,6 +110,26 @@ class OpenAICompatProvider:
         except httpx.TransportError as exc:
             raise self._transport_error(exc) from None
 
+    async def _answer(self, method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, bytes]:
+        """Send a request and read its answer whole (within MAX_ANSWER_BYTES)."""
+        async with self._http.stream(method, url, headers=self._headers(), **kwargs) as response:
+            return response, await self._read_whole(response)
+
+    async def _read_whole(self, response: httpx.Response) -> bytes:
+        """Return a body read to its end; raise BadRequest past MAX_ANSWER_BYTES, where a server
+        is not the API it claims to be (a catalogue of every model is about a megabyte), rather
+        than hold whatever it sends in memory."""
+        pieces, size = [], 0
+        async for piece in response.aiter_bytes():
+            size += len(piece)
+            if size > MAX_ANSWER_BYTES:
+                raise BadRequest(
+                    f"{response.request.url.copy_with(query=None)} sent over {MAX_ANSWER_BYTES // 2**20} MiB "
+                    "in one answer; is the base URL right?"
+                )
+            pieces.append(piece)
+        return b"".join(pieces)
+
     def _transport_error(self, exc: httpx.TransportError) -> ConnectionFailed:
         """Say what went wrong with the connection, in one line, without the key."""
         if isinstance(exc, httpx.TimeoutException):
@@ -127,9 +146,9 @@ class OpenAICompatProvider:
             )
         return ConnectionFailed(f"the connection to {self.source} dropped ({type(exc).__name__})")
 
-    def _http_error(self, response: httpx.Response) -> ProviderError:
+    def _http_error(self, response: httpx.Response, body: bytes) -> ProviderError:
         status = response.status_code
-        detail = self._scrub(_error_message(response))
+        detail = self._scrub(_error_message(response, body))
         retry_after = _retry_after(response.headers.get("retry-after"))
         return _error_for_status(status, detail, retry_after, self._key_setting)
 
@@ -153,12 +172,12 @@ class OpenAICompatProvider:
         url = f"{self.source}/generation"
         for wait in (*self.LOOKUP_WAITS, None):
             try:
-                response = await self._http.get(url, params={"id": generation_id}, headers=self._headers())
-            except httpx.TransportError:
+                response, body = await self._answer("GET", url, params={"id": generation_id})
+            except (httpx.TransportError, ProviderError):
                 return None
             if response.status_code == 200:
                 try:
-                    cost = response.json(parse_float=Decimal)["data"]["total_cost"]
+                    cost = json.loads(body, parse_float=Decimal)["data"]["total_cost"]
                 except (ValueError, KeyError, TypeError):
                     return None
                 return _decimal(cost) if cost is not None else None
@@ -175,9 +194,9 @@ class OpenAICompatProvider:
         candidates = [self._tokenizer] if isinstance(self._tokenizer, tuple) else list(self.TOKENIZERS)
         for path, field in candidates:
             try:
-                response = await self._http.post(f"{root}{path}", json={field: text}, headers=self._headers())
-                tokens = response.json()["tokens"] if response.status_code == 200 else None
-            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                response, body = await self._answer("POST", f"{root}{path}", json={field: text})
+                tokens = json.loads(body)["tokens"] if response.status_code == 200 else None
+            except (httpx.HTTPError, ProviderError, ValueError, KeyError, TypeError):
                 tokens = None
             if isinstance(tokens, list):
                 self._tokenizer = (path, field)
@@ -189,15 +208,15 @@ class OpenAICompatProvider:
         """Fetch the model catalogue from `GET /models`."""
         url = f"{self.source}/models"
         try:
-            response = await self._http.get(url, headers=self._headers())
+            response, body = await self._answer("GET", url)
         except httpx.TransportError as exc:
             raise self._transport_error(exc) from None
         if response.status_code == 404:  # a web server at the wrong address, most often
             raise BadRequest(f"{url} was not found (404); is the base URL right?", status=404)
         if response.status_code != 200:
-            raise self._http_error(response)
+            raise self._http_error(response, body)
         try:
-            entries = response.json(parse_float=Decimal)["data"]
+            entries = json.loads(body, parse_float=Decimal)["data"]
         except (ValueError, KeyError, TypeError):
             entries = None
         if not isinstance(entries, list):
@@ -261,6 +280,8 @@ def _with_breakpoints(messages: list[dict[str, str]], marks: tuple[int, ...]) ->
 #: whole reply from a server that does not stream); more than this without the blank line that ends
 #: an event is not a stream of events, and would be held in memory, and scanned again at each read.
 MAX_EVENT_BYTES = 4 * 2**20
+#: The most a whole answer (the catalogue, a generation's record, an error) is read for.
+MAX_ANSWER_BYTES = 32 * 2**20
 
 
 class SseParser:
@@ -534,16 +555,17 @@ def _untrusted(exc: BaseException) -> str | None:
     return refused
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(response: httpx.Response, body: bytes) -> str:
     """The server's reason in one line: its JSON error's message, else its text, except a web page,
     whose markup says nothing a person can act on: then the status's name ("Not Found")."""
     try:
-        error = response.json().get("error") or {}
+        error = json.loads(body).get("error") or {}
         message = error.get("message") if isinstance(error, dict) else str(error)
     except (ValueError, AttributeError):
         message = None
-    if not message and not response.text.lstrip().startswith("<"):
-        message = response.text
+    text = body.decode(response.encoding or "utf-8", errors="replace")
+    if not message and not text.lstrip().startswith("<"):
+        message = text
     return " ".join(str(message or response.reason_phrase or response.status_code).split())[:300]
 
 

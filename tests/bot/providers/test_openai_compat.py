@@ -23,6 +23,7 @@ from bot.errors import (
     RateLimited,
     ServerError,
 )
+from bot.providers import openai_compat
 from bot.providers.base import ChatRequest, Completion, ReasoningDelta, TextDelta
 from bot.providers.openai_compat import OpenAICompatProvider, SseParser
 from bot.transport import AiohttpTransport
@@ -267,6 +268,25 @@ async def test_a_catalogue_that_is_not_a_list_says_so(http):
     async with FakeOpenRouter(models={"x/ok": {}}) as server:  # type: ignore[arg-type]
         with pytest.raises(BadRequest, match="did not return a model list; is the base URL right"):
             await OpenAICompatProvider(http, server.base_url, API_KEY).list_models()
+
+
+async def test_an_answer_past_the_bound_is_refused_in_one_line_not_held(http, monkeypatch):
+    """A server that is not the API it claims to be could send a catalogue, or an error, without
+    end; it was read whole into memory. Past the bound (32 MiB; 1 MiB here) the read stops."""
+    monkeypatch.setattr(openai_compat, "MAX_ANSWER_BYTES", 2**20)
+    models = [{"id": f"x/model-{n}", "name": "A model " * 20} for n in range(8000)]  # about 1.5 MB
+    async with FakeOpenRouter(models=models) as server:
+        base_url = server.base_url
+        provider = OpenAICompatProvider(http, base_url, API_KEY)
+        with pytest.raises(BadRequest) as catalogue:
+            await provider.list_models()
+        server.enqueue(Reply(status=500, error={"error": {"message": "x" * 2**21}}))
+        with pytest.raises(BadRequest) as call:
+            await collect(provider)
+    assert str(catalogue.value) == f"{base_url}/models sent over 1 MiB in one answer; is the base URL right?"
+    assert str(call.value) == (
+        f"{base_url}/chat/completions sent over 1 MiB in one answer; is the base URL right?"
+    )
 
 
 async def test_catalogue_at_a_wrong_url_says_so(http, server):
