@@ -116,7 +116,9 @@ def _turn_block(turn: Turn, name: str) -> list[str]:
             if turn.cost_source == "reported"
             else f"it was charged at its worst case ({format_usd(turn.cost_usd)})"
         )
-        lines += [f"*✂ Cut off: the reply was stopped before it finished; {charged}.*", ""]
+        # A stop, the time limit, the reply cap or a connection lost for good: the dialogue's end
+        # says which, so the line names none of them.
+        lines += [f"*✂ Cut off before the reply finished; {charged}.*", ""]
     usage = turn.usage
     cache = ""
     if usage.cached_tokens or usage.cache_write_tokens:
