@@ -53,6 +53,14 @@ def back_up(source: Path, target: Path) -> Health:
         raise InputError(f"cannot write {target}: {exc.strerror}; choose another path") from None
 
 
+def landing(path: Path) -> tuple[Path, Path]:
+    """Return the file a write to `path` replaces (through a symbolic link, which stays one) and the
+    partial file beside it that is written first and renamed into its place, so that a reader
+    finds the old file or the whole new one, never half."""
+    target = Path(os.path.realpath(path))
+    return target, target.with_name(f".{target.name}.partial")
+
+
 def _back_up(source: Path, target: Path) -> Health:
     if not source.is_file():
         raise InputError(f"no database at {source}; set VOICES_DATABASE or give the right path")
@@ -63,8 +71,7 @@ def _back_up(source: Path, target: Path) -> Health:
     if target.exists() and not target.is_file():
         # A device or a pipe: the copy is renamed into place, which would put a file where it was.
         raise InputError(f"{target} is not a file (a device or a pipe); give a file path for the backup")
-    given, target = target, Path(os.path.realpath(target))  # through a link, which stays one
-    partial = target.with_name(f".{target.name}.partial")
+    given, (target, partial) = target, landing(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from rich.markdown import Markdown
 
 from bot import usage
 from bot.app import App, EngineConfig, check_personas, open_app
-from bot.backup import back_up, check, sqlite_file
+from bot.backup import back_up, check, landing, sqlite_file
 from bot.budget import parse_usd
 from bot.catalogue import Catalogue
 from bot.chart import render_png
@@ -718,9 +718,9 @@ def write_atomically(path: Path, content: str | bytes) -> None:
             with path.open("wb") as out:
                 out.write(data)
             return
-        target = Path(os.path.realpath(path))
+        target, beside = landing(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
+        partial = beside  # from here on, a failed write leaves it to remove
         with partial.open("wb") as out:
             out.write(data)
             out.flush()
