@@ -142,12 +142,18 @@ async def stream_call(
 
     control._interrupt = interrupt
     limit = room = reply_limit(request.max_tokens)
+    # A server that writes its key into the reply (a hostile one, a broken proxy) would have it shown,
+    # stored and published: the key is masked here, before any of that, even split between deltas.
+    text_mask, reasoning_mask = provider.stream_mask(), provider.stream_mask()
     try:
         if control.stop_now:
             interrupt()
         ended = False
         while not ended:
-            for item in await inbox.take():
+            items = await inbox.take()
+            # The reply's text ends in this batch: what a mask keeps back goes out with its last delta.
+            ending = len(items) > 1 and any(type(item) is Completion for item in items)
+            for item in items:
                 if isinstance(item, (TextDelta, ReasoningDelta)):
                     text = item.text
                     room -= len(text)
@@ -156,11 +162,17 @@ async def stream_call(
                     if text:
                         text = repair(text)
                         if type(item) is TextDelta:
-                            attempt.text.append(text)
-                            yield Delta(seq, text)
+                            if text_mask is not None:
+                                text = text_mask.feed(text) + (text_mask.flush() if ending else "")
+                            if text:
+                                attempt.text.append(text)
+                                yield Delta(seq, text)
                         else:
-                            attempt.reasoning.append(text)
-                            yield Delta(seq, text, reasoning=True)
+                            if reasoning_mask is not None:
+                                text = reasoning_mask.feed(text) + (reasoning_mask.flush() if ending else "")
+                            if text:
+                                attempt.reasoning.append(text)
+                                yield Delta(seq, text, reasoning=True)
                     if room < 0:
                         # Read no further: the call ends as a stop does, and is billed as one.
                         cut()
@@ -184,6 +196,13 @@ async def stream_call(
                         raise item
                     ended = True
                     break
+        # However the reply ended, what its masks kept back came from the provider: it is the reply's.
+        if reasoning_mask is not None and (text := reasoning_mask.flush()):
+            attempt.reasoning.append(text)
+            yield Delta(seq, text, reasoning=True)
+        if text_mask is not None and (text := text_mask.flush()):
+            attempt.text.append(text)
+            yield Delta(seq, text)
         if attempt.completion is None and attempt.error is None and attempt.interrupted is None:
             attempt.completion = Completion(None, None, request.model)
     finally:

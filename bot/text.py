@@ -57,29 +57,113 @@ class Masker:
 
     def __init__(self, secrets: Iterable[str]):
         self._short = [s for s in secrets if s and len(s) < PARTIAL]
-        self._grams = {
-            s[i : i + PARTIAL] for s in secrets if len(s) >= PARTIAL for i in range(len(s) - PARTIAL + 1)
-        }
+        long = [s for s in secrets if len(s) >= PARTIAL]
+        self._grams = frozenset(s[i : i + PARTIAL] for s in long for i in range(len(s) - PARTIAL + 1))
+        self._alphabet = "".join(sorted(set("".join(long))))
+        # Any run of PARTIAL characters the secrets are made of: without one, nothing can be hidden.
+        self._run = re.compile(f"[{re.escape(self._alphabet)}]{{{PARTIAL}}}") if long else None
 
     def __call__(self, text: str) -> str:
         text = _WEBHOOK_TOKEN.sub(rf"\1{MASK}", text)
         for secret in self._short:
             text = text.replace(secret, MASK)
-        if not self._grams or len(text) < PARTIAL:
+        if self._run is None or len(text) < PARTIAL or self._run.search(text) is None:
             return text
         hidden = bytearray(len(text))
-        for start in range(len(text) - PARTIAL + 1):
-            if text[start : start + PARTIAL] in self._grams:
-                hidden[start : start + PARTIAL] = b"\x01" * PARTIAL
-        if not any(hidden):
+        return _hide(text, hidden) if _mark(text, self._grams, hidden) else text
+
+    def stream(self) -> StreamMask | None:
+        """Return a mask for one text that arrives in pieces, or None when there is nothing to hide.
+
+        Only secrets of PARTIAL characters or more are hidden in it: a streamed reply is a model's
+        words, where a short "secret" would be an ordinary word."""
+        return StreamMask(self._grams, self._alphabet, self._run) if self._run else None
+
+
+class StreamMask:
+    """Mask secrets in a text that arrives in pieces (a streamed reply) as Masker does the whole:
+    the characters at the end of a piece that could begin a secret wait for the next piece, so a
+    secret split between pieces is still masked. Only those wait, and only while no other character
+    has come after them, so a reply shows as it streams."""
+
+    __slots__ = ("_grams", "_alphabet", "_run", "_pending", "_hidden", "_masked")
+
+    def __init__(self, grams: frozenset[str], alphabet: str, run: re.Pattern[str]):
+        """`alphabet`: the characters the secrets are made of; `run`: finds PARTIAL of them in a row."""
+        self._grams = grams
+        self._alphabet = alphabet
+        self._run = run
+        self._pending = ""
+        #: Which waiting characters are part of a secret already (None: none are).
+        self._hidden: bytearray | None = None
+        #: The last character given out was masked (a secret split between pieces is one MASK).
+        self._masked = False
+
+    def feed(self, piece: str) -> str:
+        """Return what of the text so far can be shown, masked; keep back what could begin a secret."""
+        text = self._pending + piece
+        size = len(text)
+        # Only a run of the secrets' characters can hold part of one, and a part of fewer than PARTIAL
+        # characters can grow into one with the next piece only at the end of the text.
+        end = len(text.rstrip(self._alphabet))
+        shown = end if size - end < PARTIAL else size - PARTIAL + 1
+        if self._hidden is None and (size < PARTIAL or self._run.search(text) is None):
+            # The common case: nothing to hide, and most often nothing to keep back either.
+            if shown == size:
+                self._pending = ""
+                self._masked = False
+                return text
+            self._pending = text[shown:]
+            if shown:
+                self._masked = False
+            return text[:shown]
+        hidden = self._hidden + bytearray(len(piece)) if self._hidden else bytearray(len(text))
+        _mark(text, self._grams, hidden)
+        # A waiting character that is part of a secret waits on with it, so it stays masked even if
+        # the next piece does not go on with the secret (a run that began in text already shown).
+        out = _hide(text[:shown], hidden[:shown], self._masked)
+        if shown:
+            self._masked = bool(hidden[shown - 1])
+        self._pending = text[shown:]
+        rest = hidden[shown:]
+        self._hidden = rest if any(rest) else None
+        return out
+
+    def flush(self) -> str:
+        """Return what is still kept back, masked: the text has ended."""
+        text, hidden = self._pending, self._hidden
+        self._pending, self._hidden = "", None
+        if hidden is None:
+            if text:
+                self._masked = False
             return text
-        out: list[str] = []
-        for index, char in enumerate(text):
-            if not hidden[index]:
-                out.append(char)
-            elif index == 0 or not hidden[index - 1]:
-                out.append(MASK)
-        return "".join(out)
+        out = _hide(text, hidden, self._masked)
+        self._masked = bool(hidden[-1])
+        return out
+
+
+def _mark(text: str, grams: frozenset[str], hidden: bytearray) -> bool:
+    """Mark in `hidden` each character of `text` inside a run of PARTIAL characters of a secret;
+    return whether any was."""
+    found = False
+    for start in range(len(text) - PARTIAL + 1):
+        if text[start : start + PARTIAL] in grams:
+            hidden[start : start + PARTIAL] = b"\x01" * PARTIAL
+            found = True
+    return found
+
+
+def _hide(text: str, hidden: bytearray, masked: bool = False) -> str:
+    """Return text with each run of marked characters made one MASK (none where the run goes on from
+    a MASK already given out: `masked`)."""
+    out: list[str] = []
+    for char, flag in zip(text, hidden, strict=True):
+        if not flag:
+            out.append(char)
+        elif not masked:
+            out.append(MASK)
+        masked = bool(flag)
+    return "".join(out)
 
 
 def counted(number: int, noun: str) -> str:

@@ -100,6 +100,8 @@ class Reply:
     drop_after_bytes: int | None = None
     chunk_delay: float = 0.0
     chunk_words: int = 3
+    #: Split the text (and reasoning) every this many characters instead, words or not.
+    chunk_chars: int | None = None
     send_done: bool = True
     #: The model the events say answered, when not the one asked for (OpenRouter names the one that did).
     model: str | None = None
@@ -347,8 +349,8 @@ class FakeOpenRouter:
             "model": reply.model or model,
             "provider": "FakeProvider",
         }
-        pieces = [("reasoning", p) for p in _split(reply.reasoning, reply.chunk_words)]
-        pieces += [("content", p) for p in _split(reply.text, reply.chunk_words)]
+        pieces = [("reasoning", p) for p in _split(reply.reasoning, reply.chunk_words, reply.chunk_chars)]
+        pieces += [("content", p) for p in _split(reply.text, reply.chunk_words, reply.chunk_chars)]
         record = {"model": model, "streamed": 0, "finished": False}
         record["prompt_tokens"] = sum(len(text_of(m["content"])) for m in request.body["messages"]) // 4 + 5
         self.generations[generation] = record
@@ -489,9 +491,11 @@ def _usage_json(obj: dict[str, Any]) -> str:
     return json.dumps(obj, default=lambda d: f"@@{d}@@").replace('"@@', "").replace('@@"', "")
 
 
-def _split(text: str, words: int) -> list[str]:
+def _split(text: str, words: int, chars: int | None = None) -> list[str]:
     if not text:
         return []
+    if chars is not None:
+        return [text[i : i + chars] for i in range(0, len(text), chars)]
     parts = text.split(" ")
     return [
         " ".join(parts[i : i + words]) + (" " if i + words < len(parts) else "")

@@ -681,6 +681,43 @@ async def test_an_api_key_that_cannot_be_a_header_is_one_line_and_never_shown(en
     assert "naïve" not in err
 
 
+async def test_a_provider_that_writes_its_key_into_a_reply_never_gets_it_shown_or_kept(env, tmp_path, server):
+    # A hostile or broken server echoes the key it was sent, three characters per event, so that no
+    # one event holds a whole run of it.
+    # It names the model that answered, and the call, with the key in them too.
+    leak = f"My key is {API_KEY}, and it starts {API_KEY[:12]}."
+    server.enqueue(
+        Reply(
+            text=leak,
+            reasoning=f"I was sent {API_KEY}",
+            chunk_chars=3,
+            model=f"leaky/{API_KEY}",
+            headers={"x-generation-id": f"gen-{API_KEY}"},
+        )
+    )
+    # Its catalogue offers a model named after the key, and one whose id is the key.
+    server.models = [
+        *server.models,
+        {"id": f"evil/{API_KEY}", "name": "Evil", "pricing": {"prompt": "0", "completion": "0"}},
+        {"id": "evil/named", "name": f"Named {API_KEY}", "pricing": {"prompt": "0", "completion": "0"}},
+    ]
+    result = await voices(env, tmp_path, *RUN)
+    assert result.code == 0, result.err
+    document = (tmp_path / "transcripts" / "1.json").read_text()
+    first = json.loads(document)["turns"][0]
+    assert first["text"] == "My key is ***, and it starts ***." and first["model_used"] == "leaky/***"
+    listed = await voices(env, tmp_path, "models", "evil")
+    assert "evil/named" in listed.out and "1 models" in listed.out
+    with sqlite3.connect(env["VOICES_DATABASE"]) as conn:
+        stored = "\n".join(conn.iterdump())
+    assert "Named ***" in stored  # the catalogue as kept, for the next start
+    markdown = (tmp_path / "transcripts" / "1.md").read_text()
+    for text in (result.out, result.err, markdown, document, stored, listed.out, listed.err):
+        assert not any(API_KEY[i : i + 8] in text for i in range(len(API_KEY) - 7))
+    # The other model was never handed the key either.
+    assert not any(API_KEY[:8] in json.dumps(r.body["messages"]) for r in server.chat_requests)
+
+
 async def test_an_opening_that_is_not_utf8_is_one_line(env, tmp_path, server):
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
 from bot.models import ModelInfo, Usage
+from bot.text import StreamMask
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,11 @@ class Provider(Protocol):
 
     async def list_models(self) -> list[ModelInfo]:
         """Return the provider's model catalogue."""
+        ...
+
+    def stream_mask(self) -> StreamMask | None:
+        """Return a mask for one streamed text (a reply, or its reasoning) that keeps out the secret
+        this provider sends, which its server could write back; None where it sends none."""
         ...
 
 

@@ -239,6 +239,10 @@ class LocalProvider:
         """Return the packaged models this install carries (other files are named by path)."""
         return [info(model_id) for model_id in installed_models()]
 
+    def stream_mask(self) -> None:
+        """No secret is sent: nothing to mask."""
+        return None
+
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Generate in a worker thread, handing each piece to the loop as it comes."""
         loop = asyncio.get_running_loop()

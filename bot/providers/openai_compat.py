@@ -11,6 +11,7 @@ import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
@@ -30,7 +31,7 @@ from bot.errors import (
 )
 from bot.models import MAX_PRICE, MAX_TOKENS, ModelInfo, Pricing, Usage
 from bot.providers.base import Begun, ChatRequest, Completion, ReasoningDelta, StreamEvent, TextDelta
-from bot.text import Masker
+from bot.text import Masker, StreamMask
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,11 @@ class OpenAICompatProvider:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
+    def stream_mask(self) -> StreamMask | None:
+        """Return a mask that keeps the key, or any part of it, out of one streamed text: a server
+        that writes it into a reply (a hostile or broken one) would have it published."""
+        return self._mask.stream()
+
     def _scrub(self, text: str) -> str:
         """Remove the key, or any part of it, from text that came back from the server."""
         return self._mask(text)
@@ -92,9 +98,10 @@ class OpenAICompatProvider:
                 if response.status_code != 200:
                     raise self._http_error(response, await self._read_whole(response))
                 generation_id = response.headers.get("x-generation-id")
+                generation_id = generation_id and self._scrub(generation_id)
                 if generation_id:
                     yield Begun(generation_id)
-                reply = _Reply(self.source, self._stream_error, request.model, generation_id)
+                reply = _Reply(self.source, self._stream_error, self._scrub, request.model, generation_id)
                 # Each chunk is parsed here with plain calls, where it went through two async
                 # generators stacked on httpx's: this costs less per token (docs/benchmarks.md §9).
                 # Uncompressed, the body is read as it came: one generator and decoder fewer per read.
@@ -221,7 +228,14 @@ class OpenAICompatProvider:
             entries = None
         if not isinstance(entries, list):
             raise BadRequest(f"{url} did not return a model list; is the base URL right?")
-        return [m for m in (_parse_model(e) for e in entries) if m is not None]
+        # An entry whose id carries the key is not offered (its id is what a member would pick and
+        # see); a name that does has the key masked.
+        offered = []
+        for model in map(_parse_model, entries):
+            if model is not None and self._scrub(model.id) == model.id:
+                name = self._scrub(model.name)
+                offered.append(model if name == model.name else replace(model, name=name))
+        return offered
 
 
 def check_base_url(value: str) -> str:
@@ -339,16 +353,23 @@ class _Reply:
     end of the stream one Completion (or the error of a stream cut short)."""
 
     __slots__ = (
-        "_source", "_error", "_events",
+        "_source", "_error", "_mask", "_events",
         "model", "generation_id", "provider", "finish_reason", "usage", "done", "failure",
     )  # fmt: skip
 
     def __init__(
-        self, source: str, error: Callable[[Any], ProviderError], model: str, generation_id: str | None
+        self,
+        source: str,
+        error: Callable[[Any], ProviderError],
+        mask: Callable[[str], str],
+        model: str,
+        generation_id: str | None,
     ):
-        """`error` makes the error an event's `error` field names."""
+        """`error` makes the error an event's `error` field names; `mask` hides the key in the names
+        the events give, which are kept and published with the turn."""
         self._source = source
         self._error = error
+        self._mask = mask
         self._events = SseParser()
         self.model = model
         self.generation_id = generation_id
@@ -395,12 +416,12 @@ class _Reply:
                 self.failure, self.done = self._error(chunk["error"]), True
                 break
             # Every event repeats the model, provider and id: read them only while they change.
-            if (model := chunk.get("model")) != self.model:
-                self.model = _text(model) or self.model
-            if (provider := chunk.get("provider")) != self.provider:
-                self.provider = _text(provider) or self.provider
-            if not self.generation_id:
-                self.generation_id = _text(chunk.get("id"))
+            if (model := chunk.get("model")) != self.model and (model := _text(model)):
+                self.model = self._mask(model)
+            if (provider := chunk.get("provider")) != self.provider and (provider := _text(provider)):
+                self.provider = self._mask(provider)
+            if not self.generation_id and (generation_id := _text(chunk.get("id"))):
+                self.generation_id = self._mask(generation_id)
             if chunk.get("usage"):
                 self.usage = _parse_usage(chunk["usage"])
             choices = chunk.get("choices")

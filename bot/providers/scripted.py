@@ -63,6 +63,10 @@ class ScriptedProvider:
         """Queue replies (a str is a plain reply) for the next calls."""
         self._queue.extend(ScriptedReply(text=r) if isinstance(r, str) else r for r in replies)
 
+    def stream_mask(self) -> None:
+        """No secret is sent: nothing to mask."""
+        return None
+
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Record the request and stream the next reply word by word."""
         self.calls.append(request)

@@ -25,6 +25,9 @@ class Burst:
     def __init__(self, bursts: list[list[StreamEvent]]):
         self.bursts = bursts
 
+    def stream_mask(self) -> None:
+        return None
+
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         for burst in self.bursts:
             for event in burst:

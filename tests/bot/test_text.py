@@ -7,13 +7,16 @@ import io
 import json
 import logging
 
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.console import Console
 
+from bot.call import reply_limit
 from bot.console import DialogueView
 from bot.events import Delta, Noted, TurnStarted
 from bot.log import setup_logging
 from bot.models import Note, NoteKind, Persona, StopReason, TurnStatus
-from bot.text import Masker, printable, repair
+from bot.text import PARTIAL, Masker, printable, repair
 from tests.conftest import API_KEY, make_spec, run_all
 from tests.fake_openrouter import Reply
 
@@ -51,6 +54,42 @@ def test_a_masker_hides_secrets_whole_in_part_and_webhook_tokens():
     url = "https://discord.com/api/v10/webhooks/987654321/aBc-DeF_123.xyz?wait=true"
     assert mask(url) == "https://discord.com/api/v10/webhooks/987654321/***?wait=true"
     assert mask("nothing secret here at all") == "nothing secret here at all"
+
+
+# Text with the key, and parts of it, among other characters; and where a stream breaks it in pieces.
+key_parts = st.sampled_from([API_KEY, API_KEY[:PARTIAL], API_KEY[3:15], API_KEY[-9:], API_KEY[: PARTIAL - 1]])
+filler = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/"), max_size=10)
+streamed = st.lists(st.one_of(key_parts, filler), max_size=12).map("".join)
+
+
+def leaks(text: str) -> bool:
+    """Whether any run of PARTIAL characters of the key is in the text."""
+    return any(API_KEY[i : i + PARTIAL] in text for i in range(len(API_KEY) - PARTIAL + 1))
+
+
+@given(streamed, st.lists(st.integers(1, 12), max_size=40))
+def test_a_streamed_text_is_masked_as_the_whole_would_be_however_it_is_split(text, sizes):
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(text[start : start + size])
+        start += size
+    pieces.append(text[start:])
+    mask = Masker([API_KEY])
+    stream = mask.stream()
+    assert stream is not None
+    shown = "".join(stream.feed(piece) for piece in pieces) + stream.flush()
+    assert shown == mask(text) and not leaks(shown)
+
+
+def test_a_streamed_text_shows_as_it_comes_but_for_what_could_begin_the_key():
+    stream = Masker([API_KEY]).stream()
+    assert stream is not None
+    assert stream.feed("Hello there, ") == "Hello there, "
+    assert stream.feed("my key: sk-o") == "my key: "  # "sk-o" could be the key's start: it waits
+    assert stream.feed("r-v1-test") == "***"
+    assert stream.feed("-secret-0123456789 and done.") == " and done."
+    assert stream.feed("; sk-o") == "; " and stream.flush() == "sk-o"
+    assert Masker([]).stream() is None and Masker(["short"]).stream() is None
 
 
 def test_logs_at_debug_carry_no_secret_and_discord_stays_at_warning(capfd):
@@ -98,3 +137,16 @@ async def test_lone_surrogates_from_a_provider_are_repaired_and_cost_no_turn(run
     first, second = await store.list_turns(dialogue.id)
     assert first.status is TurnStatus.OK and first.text == "broken \ufffd text"
     assert first.reasoning == "odd \ufffd thought" and second.text == "fine"
+
+
+async def test_a_cut_off_reply_keeps_every_character_even_those_waiting_on_the_mask(runner, store, server):
+    # The cut falls inside "test", letters the key is made of: they waited on the next piece, which
+    # never comes, and are still the reply's.
+    limit = reply_limit(20)
+    text = "tests " * (limit // 3)
+    assert text[:limit].endswith("test")
+    server.enqueue(Reply(text=text, chunk_chars=7))
+    dialogue = await runner.create(make_spec(rounds=1, max_tokens=20))
+    await run_all(runner, dialogue.id)
+    (turn,) = await store.list_turns(dialogue.id)
+    assert turn.status is TurnStatus.CANCELLED and turn.text == text[:limit]
