@@ -448,6 +448,7 @@ class DialogueRunner:
                 if limit := self._check_tokens(dialogue, plan, totals.total_tokens):
                     yield limit
                     return
+                plan.tokens_before = totals.total_tokens
                 worst = worst_case_cost(plan.model.pricing, plan.prompt_estimate, plan.max_tokens)
                 held = await self.referee.reserve(dialogue, turns, notes, plan.max_tokens)
                 reservation = budget.reserve(worst) if budget.remaining - held >= worst else None

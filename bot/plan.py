@@ -63,6 +63,8 @@ class TurnPlan:
     #: Prompt tokens per byte of the bound, as the dialogue's latest call showed (1.0 before any).
     tokens_per_byte: float = 1.0
     started_at: datetime | None = None
+    #: Tokens the dialogue had used before this turn (its limit bounds the turn's retries too).
+    tokens_before: int = 0
 
     def expected(self, messages: Sequence[dict[str, str]]) -> int:
         """Return the prompt tokens messages are expected to make (for fitting, not for money)."""

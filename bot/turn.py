@@ -17,7 +17,7 @@ from bot.budget import Budget, Reservation, cache_saving, format_usd, worst_case
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
 from bot.events import Event, Noted, TurnRestarted
-from bot.models import Dialogue, Note, NoteKind, StopReason, Turn, TurnStatus, call_seed
+from bot.models import Dialogue, Note, NoteKind, StopReason, Turn, TurnStatus, Usage, call_seed
 from bot.plan import Stop, Tuning, TurnPlan
 from bot.prompts import cache_breakpoints
 from bot.providers import Router
@@ -71,6 +71,9 @@ class TurnPlayer:
         attempts, seconds, max_tokens, empty_retried = 0, 0.0, plan.max_tokens, False
         #: Some attempt was charged: the turn is kept on record, whatever comes of the rest.
         billed = False
+        #: Tokens the turn's charged tries used, where known; a try cut off before any words at
+        #: least had its prompt read. A retry must fit beside them under the dialogue's token limit.
+        used = 0
         stop: Stop | None = None
         while True:
             attempts += 1
@@ -91,13 +94,10 @@ class TurnPlayer:
                 retry: Reservation | None = reservation
                 if attempt.taken:
                     # The provider took the call before it failed, and bills what it wrote (all of
-                    # it, where it cannot cancel): charged as a cut-off call is, so the cap holds.
-                    # Its text's tokens are counted only where the text is kept, on the last try.
-                    charged = (
-                        await charge_lost(provider, attempt.generation_id, reservation.amount)
-                        if delay is not None
-                        else await self._charge(provider, plan, request, attempt, reservation.amount)
-                    )
+                    # it, where it cannot cancel): charged as a cut-off call is, so the cap holds,
+                    # and its tokens count toward the dialogue's limit as its cost does.
+                    charged = await self._charge(provider, plan, request, attempt, reservation.amount)
+                    used += _tokens(charged.usage) or plan.prompt_estimate
                     budget.settle(reservation, charged.cost)
                     bill.add(charged, reservation.amount)
                     bill.problems.append(
@@ -107,10 +107,9 @@ class TurnPlayer:
                     billed = True
                     retry = None
                 if delay is not None and retry is None:
-                    worst = worst_case_cost(plan.model.pricing, plan.prompt_estimate, max_tokens)
-                    retry = budget.reserve(worst)
+                    retry, why = self._reserve_retry(dialogue, plan, used, budget, max_tokens)
                     if retry is None:
-                        delay, detail = None, f"{detail}; the budget left no room to retry"
+                        delay, detail = None, f"{detail}; {why}"
                 reason = StopReason.PROVIDER_ERROR
                 if delay is not None and retry is not None:
                     yield TurnRestarted(
@@ -139,6 +138,7 @@ class TurnPlayer:
                 break
             charged = await self._charge(provider, plan, request, attempt, reservation.amount)
             billed = True
+            used += _tokens(charged.usage) or plan.prompt_estimate
             budget.settle(reservation, charged.cost)
             bill.add(charged, reservation.amount)
             if attempt.interrupted is not None:
@@ -151,16 +151,14 @@ class TurnPlayer:
                 status = TurnStatus.OK
                 break
             bigger = _grow(max_tokens, plan)
-            retry = (
-                None
-                if empty_retried
-                else budget.reserve(worst_case_cost(plan.model.pricing, plan.prompt_estimate, bigger))
-            )
+            retry, why = None, ""  # one retry with more room, no more
+            if not empty_retried:
+                retry, why = self._reserve_retry(dialogue, plan, used, budget, bigger)
             if retry is None:
                 finish = attempt.completion.finish_reason if attempt.completion else None
                 detail = f"{plan.persona.name} replied with no text (finish_reason={finish})"
-                if not empty_retried:
-                    detail += "; the budget left no room to retry"
+                if why:
+                    detail += f"; {why}"
                 status, stop = TurnStatus.EMPTY, Stop(StopReason.EMPTY_REPLY, detail)
                 break
             reservation, max_tokens, empty_retried = retry, bigger, True
@@ -188,6 +186,18 @@ class TurnPlayer:
                 stop = Stop(StopReason.BUDGET, _over_detail(bill.over, budget))
         if stop is not None:
             yield stop
+
+    @staticmethod
+    def _reserve_retry(
+        dialogue: Dialogue, plan: TurnPlan, used: int, budget: Budget, max_tokens: int
+    ) -> tuple[Reservation | None, str]:
+        """Reserve another try of the turn, capped at `max_tokens`, beside the `used` tokens of the
+        tries before it; or say what left no room for one."""
+        limit = dialogue.limits.max_total_tokens
+        if limit is not None and plan.tokens_before + used + plan.prompt_estimate + max_tokens > limit:
+            return None, "the token limit left no room to retry"
+        retry = budget.reserve(worst_case_cost(plan.model.pricing, plan.prompt_estimate, max_tokens))
+        return retry, "" if retry is not None else "the budget left no room to retry"
 
     async def _charge(
         self, provider: object, plan: TurnPlan, request: ChatRequest, attempt: Attempt, reserved: Decimal
@@ -309,3 +319,8 @@ def _over_detail(over: tuple[Decimal, Decimal], budget: Budget) -> str:
         f"the provider billed {format_usd(billed)} for a call whose worst case at its published prices "
         f"was {format_usd(reserved)}; {format_usd(budget.spent)} of {format_usd(budget.limit)} spent"
     )
+
+
+def _tokens(usage: Usage) -> int:
+    """The tokens a call used, prompt and reply, as the dialogue's token limit counts them."""
+    return usage.prompt_tokens + usage.completion_tokens

@@ -314,6 +314,32 @@ async def test_empty_reply_without_budget_for_a_retry_stops_at_once(runner, stor
     assert len(server.chat_requests) == 1
 
 
+async def test_a_retry_that_could_pass_the_token_limit_after_a_billed_drop_is_not_made(runner, store, server):
+    # 280 words came before the connection dropped: they count toward the limit as their cost does,
+    # and another call of up to 300 tokens beside them could pass the 599 allowed.
+    words = " ".join(["word"] * 400)
+    server.enqueue(
+        Reply(text=words, chunk_words=20, drop_after_chunks=14, chunk_delay=0.01),
+        Reply(text="never asked for"),
+    )
+    dialogue = await runner.create(make_spec(rounds=1, max_tokens=300, max_total_tokens=599))
+    final = ended(await run_all(runner, dialogue.id))
+    assert len(server.chat_requests) == 1
+    assert final.stop_reason is StopReason.PROVIDER_ERROR
+    assert final.stop_detail.endswith("; the token limit left no room to retry")
+    (turn,) = await store.list_turns(dialogue.id)
+    assert turn.status is TurnStatus.CANCELLED and turn.usage.completion_tokens >= 280
+    assert turn.usage.prompt_tokens + turn.usage.completion_tokens == final.totals.total_tokens <= 599
+
+
+async def test_an_empty_reply_is_not_retried_past_the_token_limit(runner, store, server):
+    server.enqueue(Reply(text="", finish_reason="length"), Reply(text="never asked for"))
+    dialogue = await runner.create(make_spec(rounds=1, max_tokens=300, max_total_tokens=599))
+    final = ended(await run_all(runner, dialogue.id))
+    assert final.stop_reason is StopReason.EMPTY_REPLY and len(server.chat_requests) == 1
+    assert final.stop_detail.endswith("(finish_reason=length); the token limit left no room to retry")
+
+
 # Other limits ---------------------------------------------------------------------------------
 
 
