@@ -100,6 +100,8 @@ class Reply:
     drop_after_bytes: int | None = None
     chunk_delay: float = 0.0
     chunk_words: int = 3
+    #: Name the call in an X-Generation-Id header (else only the events' `id` does).
+    id_header: bool = True
     #: Split the text (and reasoning) every this many characters instead, words or not.
     chunk_chars: int | None = None
     send_done: bool = True
@@ -332,7 +334,7 @@ class FakeOpenRouter:
             writer = _Cutting(writer, reply.drop_after_bytes)  # type: ignore[assignment]
         head = (
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
-            f"X-Generation-Id: {generation}\r\n"
+            + (f"X-Generation-Id: {generation}\r\n" if reply.id_header else "")
             + "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
             + "\r\n"
         )

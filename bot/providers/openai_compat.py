@@ -101,7 +101,9 @@ class OpenAICompatProvider:
                 generation_id = generation_id and self._scrub(generation_id)
                 if generation_id:
                     yield Begun(generation_id)
-                reply = _Reply(self.source, self._stream_error, self._scrub, request.model, generation_id)
+                reply = _Reply(
+                    self.source, self._stream_error, self._scrub, request.model, generation_id, self._lookups
+                )
                 # Each chunk is parsed here with plain calls, where it went through two async
                 # generators stacked on httpx's: this costs less per token (docs/benchmarks.md §9).
                 # Uncompressed, the body is read as it came: one generator and decoder fewer per read.
@@ -353,7 +355,7 @@ class _Reply:
     end of the stream one Completion (or the error of a stream cut short)."""
 
     __slots__ = (
-        "_source", "_error", "_mask", "_events",
+        "_source", "_error", "_mask", "_named", "_events",
         "model", "generation_id", "provider", "finish_reason", "usage", "done", "failure",
     )  # fmt: skip
 
@@ -364,12 +366,15 @@ class _Reply:
         mask: Callable[[str], str],
         model: str,
         generation_id: str | None,
+        named: bool,
     ):
         """`error` makes the error an event's `error` field names; `mask` hides the key in the names
-        the events give, which are kept and published with the turn."""
+        the events give, which are kept and published with the turn. `named`: the server keeps a
+        record of each call under its id (OpenRouter's `/generation`), worth a Begun event."""
         self._source = source
         self._error = error
         self._mask = mask
+        self._named = named
         self._events = SseParser()
         self.model = model
         self.generation_id = generation_id
@@ -422,6 +427,10 @@ class _Reply:
                 self.provider = self._mask(provider)
             if not self.generation_id and (generation_id := _text(chunk.get("id"))):
                 self.generation_id = self._mask(generation_id)
+                if self._named:
+                    # No header named the call: the stream's id does, so a reply cut off from here
+                    # on can still be asked what it cost, and a crash leaves it on record.
+                    out.append(Begun(self.generation_id))
             if chunk.get("usage"):
                 self.usage = _parse_usage(chunk["usage"])
             choices = chunk.get("choices")

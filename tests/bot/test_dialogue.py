@@ -191,6 +191,22 @@ async def test_a_reply_cut_off_by_a_dropped_connection_is_charged_before_it_is_r
     assert f"charged {format_usd(billed)} (reported)" in markdown
 
 
+async def test_a_reply_named_only_in_its_stream_is_charged_what_it_cost_when_cut_off(runner, store, server):
+    # No X-Generation-Id header (a proxy that drops it): the first event's id names the call, so
+    # the dropped try is asked about and charged its cost, not its whole reservation.
+    server.enqueue(
+        Reply(text="this partial text is lost", chunk_words=1, drop_after_chunks=2, id_header=False),
+        Reply(text="The complete reply."),
+    )
+    dialogue = await runner.create(make_spec(rounds=1))
+    reserved = next(e for e in await run_all(runner, dialogue.id) if isinstance(e, TurnStarted)).reserved
+    (dropped,) = _dropped(server)
+    assert server.generation_lookups == [dropped]
+    billed = server.generations[dropped]["total_cost"]
+    turn = (await store.list_turns(dialogue.id))[0]
+    assert 0 < billed < reserved and turn.cost_usd == billed + server.reported_costs[0]
+
+
 async def test_a_call_that_fails_before_the_provider_takes_it_is_not_charged(runner, store, server):
     error = {"error": {"code": 503, "message": "overloaded"}}
     server.enqueue(Reply(status=503, error=error), Reply(text="The complete reply."))
