@@ -9,7 +9,7 @@ from datetime import datetime
 from bot.budget import Budget
 from bot.control import Control
 from bot.models import ContextPolicy, Dialogue, Note, NoteKind, StopReason, Turn
-from bot.plan import Halted, Tuning, TurnPlan
+from bot.plan import Halted, Tuning, TurnPlan, tokens_left
 from bot.prompts import Window, build_messages
 from bot.providers import Router
 from bot.store import Store
@@ -154,6 +154,7 @@ class Compactor:
             control,
             deadline,
             "compacting the history",
+            tokens_left(dialogue.limits, plan.tokens_before),
         )
         kind, text = NoteKind.COMPACTED, summary.text
         if not summary.text:  # paid for but empty: fall back to leaving the turns out

@@ -448,7 +448,6 @@ class DialogueRunner:
                 if limit := self._check_tokens(dialogue, plan, totals.total_tokens):
                     yield limit
                     return
-                plan.tokens_before = totals.total_tokens
                 worst = worst_case_cost(plan.model.pricing, plan.prompt_estimate, plan.max_tokens)
                 held = await self.referee.reserve(dialogue, turns, notes, plan.max_tokens)
                 reservation = budget.reserve(worst) if budget.remaining - held >= worst else None
@@ -577,6 +576,7 @@ class DialogueRunner:
             estimate,
             window,
             rate,
+            tokens_before=dialogue.totals.total_tokens,
         )
 
     def _check_limits(

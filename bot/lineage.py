@@ -22,7 +22,7 @@ from bot.models import (
     StopReason,
     Turn,
 )
-from bot.plan import Halted, max_tokens_of, tokens_per_byte
+from bot.plan import Halted, max_tokens_of, tokens_left, tokens_per_byte
 from bot.prompts import Window, build_messages, current_window
 from bot.summary import summary_messages, summary_writer
 
@@ -160,12 +160,26 @@ async def _remember(
     what = f"remembering dialogue {parent.id}"
     try:
         summary = await runner.summariser.write(
-            child.id, 0, persona, model, messages, Budget(child.limits.budget_usd), Control(), None, what
+            child.id,
+            0,
+            persona,
+            model,
+            messages,
+            Budget(child.limits.budget_usd),
+            Control(),
+            None,
+            what,
+            tokens_left(child.limits, 0),
         )
     except Halted as stopped:
         if stopped.reason is StopReason.BUDGET:
             raise InputError(
                 f"the budget does not cover {what}: {stopped.detail}; raise the budget"
+            ) from None
+        if stopped.reason is StopReason.TOKENS:
+            raise InputError(
+                f"{stopped.detail} (dialogue {parent.id}'s token limit, which a continuation keeps); "
+                "start a new dialogue instead"
             ) from None
         raise ProviderError(f"{what}: {stopped.detail}") from None
     note = Note(

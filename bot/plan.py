@@ -9,7 +9,7 @@ from datetime import datetime
 
 from bot.budget import count_bytes, expected_tokens
 from bot.loops import LoopThresholds
-from bot.models import Dialogue, ModelInfo, Note, Persona, StopReason, Turn, TurnStatus
+from bot.models import Dialogue, Limits, ModelInfo, Note, Persona, StopReason, Turn, TurnStatus
 from bot.prompts import Window, build_messages, current_window
 
 
@@ -37,6 +37,11 @@ class Halted(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+def tokens_left(limits: Limits, used: int) -> int | None:
+    """Return how many tokens the dialogue's calls may still use, or None with no token limit."""
+    return None if limits.max_total_tokens is None else limits.max_total_tokens - used
 
 
 @dataclass(slots=True)

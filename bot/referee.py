@@ -16,7 +16,7 @@ from decimal import Decimal
 from bot.budget import Budget, estimate_prompt_tokens, expected_tokens, worst_case_cost
 from bot.control import Control
 from bot.models import Dialogue, ModelInfo, Note, NoteKind, Persona, Turn, TurnStatus
-from bot.plan import Halted, max_tokens_of, tokens_per_byte
+from bot.plan import Halted, max_tokens_of, tokens_left, tokens_per_byte
 from bot.prompts import ChatMessage
 from bot.providers import Router
 from bot.store import Store
@@ -133,8 +133,9 @@ class Referee:
             persona, model, words = await self.writer(referee)
             messages = self._fitting(dialogue, persona, model, turns, notes, final, words)
             what = "the referee's verdict"
+            left = tokens_left(dialogue.limits, dialogue.totals.total_tokens)
             summary = await self._summaries.write(
-                dialogue.id, seq, persona, model, messages, budget, control, None, what
+                dialogue.id, seq, persona, model, messages, budget, control, None, what, left
             )
         except Halted as halted:
             return await self._store.add_note(self._failed(dialogue, referee, seq, halted.detail))

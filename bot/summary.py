@@ -122,10 +122,20 @@ class Summariser:
         control: Control,
         deadline: float | None,
         purpose: str,
+        tokens_left: int | None = None,
     ) -> Summary:
-        """Return the summary, or raise Halted (the budget, the provider or a stop said no)."""
+        """Return the summary, or raise Halted (the budget, the token limit with `tokens_left`, the
+        provider or a stop said no)."""
         max_tokens = persona.max_tokens or 512
-        worst = worst_case_cost(model.pricing, estimate_prompt_tokens(messages), max_tokens)
+        # Its tokens count toward the dialogue's limit as a turn's do, so it is held to it as one is.
+        prompt = estimate_prompt_tokens(messages)
+        if tokens_left is not None and prompt + max_tokens > tokens_left:
+            raise Halted(
+                StopReason.TOKENS,
+                f"{purpose} could use {prompt + max_tokens:,} tokens; "
+                f"{max(tokens_left, 0):,} are left under the limit",
+            )
+        worst = worst_case_cost(model.pricing, prompt, max_tokens)
         reservation = budget.reserve(worst)
         if reservation is None:
             raise Halted(

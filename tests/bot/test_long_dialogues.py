@@ -227,6 +227,35 @@ async def test_a_compaction_the_budget_cannot_cover_stops_the_dialogue_before_th
     assert final.totals.spent_usd == sum(server.reported_costs) <= Decimal("0.006")
 
 
+async def test_a_compaction_that_could_pass_the_token_limit_stops_the_dialogue_before_the_call(
+    runner, server, store
+):
+    # A probe run finds the tokens used before the history needed compacting; under a limit with
+    # room for one more turn but not for a summary of everything, the summary is never asked for.
+    long_replies(server, 12)
+    server.enqueue_for(GLM, Reply(text="A summary."))
+    probe = await runner.create(tiny_spec(ContextPolicy.COMPACT, summary_model=GLM))
+    await run_all(runner, probe.id)
+    (compacted, *_) = [n for n in await store.list_notes(probe.id) if n.kind is NoteKind.COMPACTED]
+    before = sum(
+        t.usage.prompt_tokens + t.usage.completion_tokens
+        for t in await store.list_turns(probe.id)
+        if t.seq < compacted.before_seq
+    )
+    limit = before + 701
+    long_replies(server, 12)
+    asked = len(server.chat_requests)
+    spec = tiny_spec(ContextPolicy.COMPACT, summary_model=GLM)
+    spec = replace(spec, limits=replace(spec.limits, max_total_tokens=limit))
+    dialogue = await runner.create(spec)
+    final = (await run_all(runner, dialogue.id))[-1].dialogue
+    assert final.stop_reason is StopReason.TOKENS
+    assert final.stop_detail.startswith("compacting the history could use ")
+    assert final.stop_detail.endswith(f"{limit - before:,} are left under the limit")
+    assert all(r.body["model"] == TINY for r in server.chat_requests[asked:])
+    assert final.totals.total_tokens == before <= limit
+
+
 async def test_an_unknown_summary_model_is_refused_before_anything_is_spent(runner, server):
     with pytest.raises(UnknownModel, match="nope/model"):
         await runner.create(tiny_spec(ContextPolicy.COMPACT, summary_model="nope/model"))

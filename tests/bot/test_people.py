@@ -213,6 +213,30 @@ async def test_a_continuation_too_long_for_a_model_remembers_a_summary_in_every_
     assert f"**Continues:** dialogue {parent.id} (remembered in summary)" in markdown
 
 
+async def test_a_continuation_whose_summary_could_pass_the_token_limit_is_refused_before_the_call(
+    runner, server, store
+):
+    tiny = "tiny/short-context"
+    long = [f"Turn {i}: " + " ".join(f"t{i}w{j}" for j in range(60)) for i in range(8)]
+    server.enqueue_for(tiny, *(Reply(text=text) for text in long))
+    # The parent stops at its token limit after six turns, too many to carry whole; a summary of
+    # them (at most its prompt by bytes and its reply cap) could use more than the limit allows.
+    spec = make_spec(tiny, tiny, rounds=4, max_tokens=100, max_total_tokens=2500)
+    parent = await runner.create(replace(spec, context_policy="truncate"))
+    await run_all(runner, parent.id)
+    before = len(server.chat_requests)
+    with pytest.raises(InputError) as refused:
+        await continue_dialogue(
+            runner, parent.id, rounds=1, budget=Decimal("0.5"), origin="cli", summary_model=GLM
+        )
+    assert str(refused.value).startswith(f"remembering dialogue {parent.id} could use ")
+    assert str(refused.value).endswith(
+        f"(dialogue {parent.id}'s token limit, which a continuation keeps); start a new dialogue instead"
+    )
+    assert len(server.chat_requests) == before  # no summary was asked for
+    assert [d.id for d in await store.list_dialogues()] == [parent.id]  # and no half-made dialogue
+
+
 async def test_a_running_dialogue_cannot_be_continued(runner, store):
     dialogue = await runner.create(make_spec())
     with pytest.raises(StateError, match="has not ended; stop it first, or fork it at a turn"):

@@ -119,6 +119,30 @@ async def test_a_referee_that_fails_leaves_a_note_and_the_dialogue_still_finishe
     assert "⚖ Judge gave no verdict: " in render_markdown(*await store.history(dialogue.id))
 
 
+async def test_a_verdict_that_could_pass_the_token_limit_is_not_asked_for(runner, server, store):
+    # The turns leave 1,000 tokens under the limit: room for each of them, not for a verdict that
+    # may write 2,000.
+    judge = replace(JUDGE, max_tokens=2000)
+    said = ("Cats are better.", "Dogs are better.")
+    server.enqueue(*(Reply(text) for text in said))
+    probe = await runner.create(replace(make_spec(GLM, GLM, rounds=1), referee=judge))
+    await run_all(runner, probe.id)
+    used = sum(t.usage.prompt_tokens + t.usage.completion_tokens for t in await store.list_turns(probe.id))
+    server.enqueue(*(Reply(text) for text in said))
+    asked = len(server.chat_requests)
+    dialogue = await runner.create(
+        replace(make_spec(GLM, GLM, rounds=1, max_total_tokens=used + 1000), referee=judge)
+    )
+    final = (await run_all(runner, dialogue.id))[-1].dialogue
+    assert final.status is Status.FINISHED and final.stop_reason is StopReason.MAX_ROUNDS
+    assert [r.body["model"] for r in server.chat_requests[asked:]] == [GLM, GLM]
+    [note] = verdicts(await store.list_notes(dialogue.id))
+    assert note.kind is NoteKind.NO_VERDICT and note.cost_usd == 0
+    assert note.text.startswith("the referee's verdict could use ")
+    assert note.text.endswith("1,000 are left under the limit")
+    assert final.totals.total_tokens == used
+
+
 async def test_a_verdict_the_provider_took_before_the_connection_dropped_is_charged(runner, server, store):
     # Every try at the verdict is taken, writes a word and drops: each is billed by the provider.
     dialogue = await runner.create(refereed(rounds=1))
