@@ -22,7 +22,10 @@ _SEQUENCE = re.compile(
     r"|\x9d[^\x07\x9c]*(?:\x07|\x9c)?"
     r"|\x1b[ -~]?"
 )
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Bidirectional embeddings, overrides and isolates go too: where a terminal lays text out both
+# ways, one reverses how the rest of a line reads ("Trojan Source"). The marks U+200E/U+200F, which
+# right-to-left text uses, stay.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def repair(text: str) -> str:
@@ -36,7 +39,8 @@ def repair(text: str) -> str:
 
 def printable(text: str) -> str:
     """Return text a terminal shows as text: no escape sequences, no control characters but tab and
-    newline (a carriage return could overwrite what was shown before it)."""
+    newline (a carriage return could overwrite what was shown before it), no bidirectional
+    overrides."""
     if text.isprintable():
         return text
     return _CONTROL.sub("", _SEQUENCE.sub("", repair(text)))

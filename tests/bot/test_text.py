@@ -27,6 +27,12 @@ CLEAR = "\x1b[2J\x1b[H"
 def test_printable_drops_escape_sequences_and_controls_but_keeps_lines_and_tabs():
     assert printable(f"a{OSC52}b{CLEAR}c\x07\x00\x9b2Jd\r\n\te") == "abcd\n\te"
     assert printable("plain text, ünïcödé and emoji 🎈") == "plain text, ünïcödé and emoji 🎈"
+    # An override would show "Ended: all rounds completed" for what reads otherwise; Hebrew and its
+    # right-to-left mark stay as written.
+    assert printable("a\u202edetelpmoc sdnuor lla :dednE\u202c b \u2067x\u2069") == (
+        "adetelpmoc sdnuor lla :dednE b x"
+    )
+    assert printable("\u05e9\u05dc\u05d5\u05dd\u200f!") == "\u05e9\u05dc\u05d5\u05dd\u200f!"
 
 
 def test_repair_turns_lone_surrogates_into_the_replacement_character():
