@@ -53,7 +53,7 @@ from bot.models import (
     Usage,
     new_seed,
 )
-from bot.plan import Halted, Stop, Tuning, TurnPlan, max_tokens_of, tokens_per_byte
+from bot.plan import Halted, Stop, Tuning, TurnPlan, max_tokens_of, tokens_left, tokens_per_byte
 from bot.prompts import build_messages, current_window
 from bot.providers import Router
 from bot.referee import Referee, already_judged, due
@@ -599,13 +599,11 @@ class DialogueRunner:
 
     @staticmethod
     def _check_tokens(dialogue: Dialogue, plan: TurnPlan, tokens_used: int) -> Stop | None:
+        left = tokens_left(dialogue.limits, tokens_used)
+        if left is None or plan.prompt_estimate + plan.max_tokens <= left:
+            return None
         limit = dialogue.limits.max_total_tokens
-        if limit is not None and tokens_used + plan.prompt_estimate + plan.max_tokens > limit:
-            return Stop(
-                StopReason.TOKENS,
-                f"{tokens_used} of {limit} tokens used; the next call could pass it",
-            )
-        return None
+        return Stop(StopReason.TOKENS, f"{tokens_used} of {limit} tokens used; the next call could pass it")
 
     def _lookout(self, dialogue: Dialogue) -> Lookout:
         """A look for circles under the dialogue's names, kept for the turns of one run."""

@@ -354,6 +354,11 @@ class Usage:
     #: The provider reported no usage: the token counts were estimated (a tokenizer, or bytes).
     estimated: bool = False
 
+    @property
+    def total_tokens(self) -> int:
+        """Prompt and reply: what a dialogue's token limit counts."""
+        return self.prompt_tokens + self.completion_tokens
+
     def __add__(self, other: Usage) -> Usage:
         cost = None
         if self.cost_usd is not None or other.cost_usd is not None:

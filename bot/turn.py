@@ -17,8 +17,8 @@ from bot.budget import Budget, Reservation, cache_saving, format_usd, worst_case
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
 from bot.events import Event, Noted, TurnRestarted
-from bot.models import Dialogue, Note, NoteKind, StopReason, Turn, TurnStatus, Usage, call_seed
-from bot.plan import Stop, Tuning, TurnPlan
+from bot.models import Dialogue, Note, NoteKind, StopReason, Turn, TurnStatus, call_seed
+from bot.plan import Stop, Tuning, TurnPlan, tokens_left
 from bot.prompts import cache_breakpoints
 from bot.providers import Router
 from bot.providers.base import ChatRequest
@@ -97,7 +97,7 @@ class TurnPlayer:
                     # it, where it cannot cancel): charged as a cut-off call is, so the cap holds,
                     # and its tokens count toward the dialogue's limit as its cost does.
                     charged = await self._charge(provider, plan, request, attempt, reservation.amount)
-                    used += _tokens(charged.usage) or plan.prompt_estimate
+                    used += charged.usage.total_tokens or plan.prompt_estimate
                     budget.settle(reservation, charged.cost)
                     bill.add(charged, reservation.amount)
                     bill.problems.append(
@@ -138,7 +138,7 @@ class TurnPlayer:
                 break
             charged = await self._charge(provider, plan, request, attempt, reservation.amount)
             billed = True
-            used += _tokens(charged.usage) or plan.prompt_estimate
+            used += charged.usage.total_tokens or plan.prompt_estimate
             budget.settle(reservation, charged.cost)
             bill.add(charged, reservation.amount)
             if attempt.interrupted is not None:
@@ -193,8 +193,8 @@ class TurnPlayer:
     ) -> tuple[Reservation | None, str]:
         """Reserve another try of the turn, capped at `max_tokens`, beside the `used` tokens of the
         tries before it; or say what left no room for one."""
-        limit = dialogue.limits.max_total_tokens
-        if limit is not None and plan.tokens_before + used + plan.prompt_estimate + max_tokens > limit:
+        left = tokens_left(dialogue.limits, plan.tokens_before + used)
+        if left is not None and plan.prompt_estimate + max_tokens > left:
             return None, "the token limit left no room to retry"
         retry = budget.reserve(worst_case_cost(plan.model.pricing, plan.prompt_estimate, max_tokens))
         return retry, "" if retry is not None else "the budget left no room to retry"
@@ -319,8 +319,3 @@ def _over_detail(over: tuple[Decimal, Decimal], budget: Budget) -> str:
         f"the provider billed {format_usd(billed)} for a call whose worst case at its published prices "
         f"was {format_usd(reserved)}; {format_usd(budget.spent)} of {format_usd(budget.limit)} spent"
     )
-
-
-def _tokens(usage: Usage) -> int:
-    """The tokens a call used, prompt and reply, as the dialogue's token limit counts them."""
-    return usage.prompt_tokens + usage.completion_tokens
