@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
-from bot.billing import charge, charge_lost
+from bot.billing import charge, charge_lost, count_usage
 from bot.budget import Budget, Reservation, estimate_prompt_tokens, format_usd, worst_case_cost
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
@@ -147,6 +147,9 @@ class Summariser:
         provider = self._router.route(persona).provider
         request = ChatRequest(model=model.id, messages=messages, max_tokens=max_tokens)
         attempts, billed = 0, Decimal(0)
+        #: What the failed tries the provider took wrote, counted (their tokens join the totals with
+        #: their cost), and the tokens a retry must fit beside under the limit.
+        written, used = Usage(), 0
         while True:
             attempts += 1
             attempt = Attempt()
@@ -163,8 +166,13 @@ class Summariser:
                 lost = await charge_lost(provider, attempt.generation_id, reservation.amount)
                 budget.settle(reservation, lost.cost)
                 billed += lost.cost
-                retry = budget.reserve(worst) if delay is not None else None
-                if delay is not None and retry is None:
+                text = "".join(attempt.text) + "".join(attempt.reasoning)
+                counted = (await count_usage(provider, request.messages, text))[0] if text else Usage()
+                written, used = written + counted, used + (counted.total_tokens or prompt)
+                retry = None
+                if delay is not None and tokens_left is not None and used + prompt + max_tokens > tokens_left:
+                    delay, detail = None, f"{detail}; the token limit left no room to retry"
+                elif delay is not None and (retry := budget.reserve(worst)) is None:
                     delay, detail = None, f"{detail}; the budget left no room to retry"
             stopped = delay is not None and await wait_or_stop(self._sleep, delay, control)
             if delay is None or stopped:
@@ -172,7 +180,7 @@ class Summariser:
                     budget.release(retry)
                 if stopped:
                     detail = control.detail or f"stopped while {purpose}"
-                await self._settle_failed(dialogue_id, seq, model.id, billed, detail)
+                await self._settle_failed(dialogue_id, seq, model.id, billed, written, detail)
                 raise Halted(control.reason if stopped else StopReason.PROVIDER_ERROR, detail)
             assert retry is not None
             if retry is not reservation:
@@ -190,14 +198,20 @@ class Summariser:
         assert completion is not None
         charged = charge(completion.usage, model.pricing, reservation.amount)
         budget.settle(reservation, charged.cost)
-        return Summary("".join(attempt.text).strip(), completion.model, charged.usage, charged.cost + billed)
+        usage = charged.usage + written
+        return Summary("".join(attempt.text).strip(), completion.model, usage, charged.cost + billed)
 
-    async def _settle_failed(self, dialogue_id: int, seq: int, model: str, billed: Decimal, why: str) -> None:
+    async def _settle_failed(
+        self, dialogue_id: int, seq: int, model: str, billed: Decimal, usage: Usage, why: str
+    ) -> None:
         """Close the record of a summary call that came to nothing: a note keeps what its tries
-        were billed, if anything, in the dialogue's spend and the transcript."""
+        were billed, if anything, and the tokens they wrote, in the dialogue's totals and the
+        transcript."""
         if not billed:
             await self._store.cancel_call(dialogue_id, seq)
             return
         text = f"{why}; the provider took it first, and it was charged {format_usd(billed)}"
-        note = Note(dialogue_id, seq, NoteKind.BILLING, text, self._clock(), model=model, cost_usd=billed)
+        note = Note(
+            dialogue_id, seq, NoteKind.BILLING, text, self._clock(), model=model, usage=usage, cost_usd=billed
+        )
         await self._store.add_note(note, settles_seq=seq)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
@@ -14,7 +15,7 @@ from bot.catalogue import Catalogue
 from bot.dialogue import DialogueRunner
 from bot.errors import UnknownModel
 from bot.events import Noted
-from bot.models import ContextPolicy, NoteKind, StopReason
+from bot.models import ContextPolicy, Dialogue, NoteKind, StopReason
 from bot.plan import Tuning
 from bot.providers import Route, Router
 from bot.transcript import render_json, render_markdown
@@ -254,6 +255,39 @@ async def test_a_compaction_that_could_pass_the_token_limit_stops_the_dialogue_b
     assert final.stop_detail.endswith(f"{limit - before:,} are left under the limit")
     assert all(r.body["model"] == TINY for r in server.chat_requests[asked:])
     assert final.totals.total_tokens == before <= limit
+
+
+async def test_a_summary_retry_that_could_pass_the_token_limit_is_not_made(runner, server, store):
+    # Probes find the tokens used before the history needed compacting, then what a summary call
+    # may use (its refusal says). Under a limit 10 tokens above both, the summary is asked for,
+    # writes 150 words and drops: those count, and a second try could pass the limit.
+    long_replies(server, 12)
+    server.enqueue_for(GLM, Reply(text="A summary."))
+    probe = await runner.create(tiny_spec(ContextPolicy.COMPACT, summary_model=GLM))
+    await run_all(runner, probe.id)
+    (compacted, *_) = [n for n in await store.list_notes(probe.id) if n.kind is NoteKind.COMPACTED]
+    turns = await store.list_turns(probe.id)
+    before = sum(t.usage.total_tokens for t in turns if t.seq < compacted.before_seq)
+
+    async def run(limit: int) -> Dialogue:
+        long_replies(server, compacted.before_seq)  # it stops there, and leaves none for the next run
+        spec = tiny_spec(ContextPolicy.COMPACT, summary_model=GLM)
+        dialogue = await runner.create(replace(spec, limits=replace(spec.limits, max_total_tokens=limit)))
+        return (await run_all(runner, dialogue.id))[-1].dialogue
+
+    refused = await run(before + 701)  # room for any one turn of the tiny model, not for a summary
+    needed = int(re.findall(r"could use ([\d,]+) tokens", refused.stop_detail)[0].replace(",", ""))
+    drop = Reply(text=" ".join(["word"] * 200), chunk_words=10, drop_after_chunks=15)
+    server.enqueue_for(GLM, drop, Reply(text="never asked for"))
+    asked = len(server.chat_requests)
+    final = await run(before + needed + 10)
+    assert final.stop_reason is StopReason.PROVIDER_ERROR, final.stop_detail
+    assert final.stop_detail.startswith("the summary call failed: ")
+    assert final.stop_detail.endswith("; the token limit left no room to retry")
+    assert [r.body["model"] for r in server.chat_requests[asked:]].count(GLM) == 1
+    [bill] = [n for n in await store.list_notes(final.id) if n.kind is NoteKind.BILLING]
+    assert bill.usage.completion_tokens >= 150
+    assert final.totals.total_tokens == before + bill.usage.total_tokens
 
 
 async def test_an_unknown_summary_model_is_refused_before_anything_is_spent(runner, server):
