@@ -238,6 +238,11 @@ class FakeOpenRouter:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
+        except RuntimeError:
+            # uvloop's answer to a write on a connection the client has closed (a worker killed
+            # mid-reply, a stop) where asyncio's is silence: the client left, as above.
+            if not writer.is_closing():
+                raise
         finally:
             writer.close()
             self._writers.discard(writer)
