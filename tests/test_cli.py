@@ -684,7 +684,7 @@ async def test_an_api_key_that_cannot_be_a_header_is_one_line_and_never_shown(en
 async def test_a_provider_that_writes_its_key_into_a_reply_never_gets_it_shown_or_kept(env, tmp_path, server):
     # A hostile or broken server echoes the key it was sent, three characters per event, so that no
     # one event holds a whole run of it.
-    # It names the model that answered, and the call, with the key in them too.
+    # It names the model that answered, the call and why the reply ended with the key in them too.
     leak = f"My key is {API_KEY}, and it starts {API_KEY[:12]}."
     server.enqueue(
         Reply(
@@ -693,6 +693,7 @@ async def test_a_provider_that_writes_its_key_into_a_reply_never_gets_it_shown_o
             chunk_chars=3,
             model=f"leaky/{API_KEY}",
             headers={"x-generation-id": f"gen-{API_KEY}"},
+            finish_reason=f"stop {API_KEY}",
         )
     )
     # Its catalogue offers a model named after the key, and one whose id is the key.

@@ -369,8 +369,9 @@ class _Reply:
         named: bool,
     ):
         """`error` makes the error an event's `error` field names; `mask` hides the key in the names
-        the events give, which are kept and published with the turn. `named`: the server keeps a
-        record of each call under its id (OpenRouter's `/generation`), worth a Begun event."""
+        and the finish reason the events give, which are kept and published with the turn.
+        `named`: the server keeps a record of each call under its id (OpenRouter's `/generation`),
+        worth a Begun event."""
         self._source = source
         self._error = error
         self._mask = mask
@@ -442,8 +443,8 @@ class _Reply:
                     _add(out, ReasoningDelta, reasoning)
                 if content := _text(delta.get("content")):
                     _add(out, TextDelta, content)
-                if (finish := choice.get("finish_reason")) is not None:
-                    self.finish_reason = _text(finish) or self.finish_reason
+                if (finish := choice.get("finish_reason")) is not None and (finish := _text(finish)):
+                    self.finish_reason = self._mask(finish)
         return out
 
 
