@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from bot.budget import count_bytes, expected_tokens
+from bot.budget import Budget, Reservation, count_bytes, expected_tokens, worst_case_cost
 from bot.loops import LoopThresholds
-from bot.models import Dialogue, Limits, ModelInfo, Note, Persona, StopReason, Turn, TurnStatus
+from bot.models import Dialogue, Limits, ModelInfo, Note, Persona, Pricing, StopReason, Turn, TurnStatus
 from bot.prompts import Window, build_messages, current_window
 
 
@@ -42,6 +42,18 @@ class Halted(Exception):
 def tokens_left(limits: Limits, used: int) -> int | None:
     """Return how many tokens the dialogue's calls may still use, or None with no token limit."""
     return None if limits.max_total_tokens is None else limits.max_total_tokens - used
+
+
+def reserve_retry(
+    budget: Budget, pricing: Pricing, prompt: int, max_tokens: int, left: int | None
+) -> tuple[Reservation | None, str]:
+    """Reserve another try of a call (a prompt bound of `prompt` tokens, a reply cap of
+    `max_tokens`) within the `left` tokens the tries before it left under the limit, then within
+    the budget; or say which left no room for one."""
+    if left is not None and prompt + max_tokens > left:
+        return None, "the token limit left no room to retry"
+    retry = budget.reserve(worst_case_cost(pricing, prompt, max_tokens))
+    return retry, "" if retry is not None else "the budget left no room to retry"
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ from bot.budget import Budget, Reservation, estimate_prompt_tokens, format_usd, 
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
 from bot.models import ModelInfo, Note, NoteKind, Persona, StopReason, Turn, TurnStatus, Usage
-from bot.plan import Halted, max_tokens_of
+from bot.plan import Halted, max_tokens_of, reserve_retry
 from bot.prompts import ChatMessage, interjections_by_turn
 from bot.providers import Router
 from bot.providers.base import ChatRequest
@@ -170,10 +170,11 @@ class Summariser:
                 counted = (await count_usage(provider, request.messages, text))[0] if text else Usage()
                 written, used = written + counted, used + (counted.total_tokens or prompt)
                 retry = None
-                if delay is not None and tokens_left is not None and used + prompt + max_tokens > tokens_left:
-                    delay, detail = None, f"{detail}; the token limit left no room to retry"
-                elif delay is not None and (retry := budget.reserve(worst)) is None:
-                    delay, detail = None, f"{detail}; the budget left no room to retry"
+                if delay is not None:
+                    left = None if tokens_left is None else tokens_left - used
+                    retry, why = reserve_retry(budget, model.pricing, prompt, max_tokens, left)
+                    if retry is None:
+                        delay, detail = None, f"{detail}; {why}"
             stopped = delay is not None and await wait_or_stop(self._sleep, delay, control)
             if delay is None or stopped:
                 if retry is not None:

@@ -13,12 +13,12 @@ from datetime import datetime
 from decimal import Decimal
 
 from bot.billing import Bill, Charge, charge, charge_lost, count_usage
-from bot.budget import Budget, Reservation, cache_saving, format_usd, worst_case_cost
+from bot.budget import Budget, Reservation, cache_saving, format_usd
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
 from bot.events import Event, Noted, TurnRestarted
 from bot.models import Dialogue, Note, NoteKind, StopReason, Turn, TurnStatus, call_seed
-from bot.plan import Stop, Tuning, TurnPlan, tokens_left
+from bot.plan import Stop, Tuning, TurnPlan, reserve_retry, tokens_left
 from bot.prompts import cache_breakpoints
 from bot.providers import Router
 from bot.providers.base import ChatRequest
@@ -194,10 +194,7 @@ class TurnPlayer:
         """Reserve another try of the turn, capped at `max_tokens`, beside the `used` tokens of the
         tries before it; or say what left no room for one."""
         left = tokens_left(dialogue.limits, plan.tokens_before + used)
-        if left is not None and plan.prompt_estimate + max_tokens > left:
-            return None, "the token limit left no room to retry"
-        retry = budget.reserve(worst_case_cost(plan.model.pricing, plan.prompt_estimate, max_tokens))
-        return retry, "" if retry is not None else "the budget left no room to retry"
+        return reserve_retry(budget, plan.model.pricing, plan.prompt_estimate, max_tokens, left)
 
     async def _charge(
         self, provider: object, plan: TurnPlan, request: ChatRequest, attempt: Attempt, reserved: Decimal
