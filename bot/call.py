@@ -160,19 +160,13 @@ async def stream_call(
                     if room < 0:
                         text = text[: len(text) + room]  # the part that fits
                     if text:
+                        reasoning = type(item) is ReasoningDelta
                         text = repair(text)
-                        if type(item) is TextDelta:
-                            if text_mask is not None:
-                                text = text_mask.feed(text) + (text_mask.flush() if ending else "")
-                            if text:
-                                attempt.text.append(text)
-                                yield Delta(seq, text)
-                        else:
-                            if reasoning_mask is not None:
-                                text = reasoning_mask.feed(text) + (reasoning_mask.flush() if ending else "")
-                            if text:
-                                attempt.reasoning.append(text)
-                                yield Delta(seq, text, reasoning=True)
+                        if (mask := reasoning_mask if reasoning else text_mask) is not None:
+                            text = mask.feed(text) + (mask.flush() if ending else "")
+                        if text:
+                            (attempt.reasoning if reasoning else attempt.text).append(text)
+                            yield Delta(seq, text, reasoning)
                     if room < 0:
                         # Read no further: the call ends as a stop does, and is billed as one.
                         cut()
@@ -197,12 +191,10 @@ async def stream_call(
                     ended = True
                     break
         # However the reply ended, what its masks kept back came from the provider: it is the reply's.
-        if reasoning_mask is not None and (text := reasoning_mask.flush()):
-            attempt.reasoning.append(text)
-            yield Delta(seq, text, reasoning=True)
-        if text_mask is not None and (text := text_mask.flush()):
-            attempt.text.append(text)
-            yield Delta(seq, text)
+        for reasoning, mask in ((True, reasoning_mask), (False, text_mask)):
+            if mask is not None and (text := mask.flush()):
+                (attempt.reasoning if reasoning else attempt.text).append(text)
+                yield Delta(seq, text, reasoning)
         if attempt.completion is None and attempt.error is None and attempt.interrupted is None:
             attempt.completion = Completion(None, None, request.model)
     finally:
