@@ -99,7 +99,10 @@ def parse_usd(text: str, what: str = "budget") -> Decimal:
         raise InputError(f"{what} must be an amount in USD such as 0.25, not '{text}'")
     if abs(value) > MAX_AMOUNT:
         raise InputError(f"{what} must be at most ${MAX_AMOUNT}, not '{text}'")
-    return value
+    # Money is kept to a billionth; a finer amount would be shown and compared as something else.
+    if value != value.quantize(QUANTUM, context=Context(prec=60)):
+        raise InputError(f"{what} is kept to a billionth of a dollar (9 decimal places), not '{text}'")
+    return value + 0  # -0 becomes 0, so no message ever shows "$-0"
 
 
 def format_usd(amount: Decimal) -> str:

@@ -766,6 +766,9 @@ async def test_a_read_only_database_is_called_read_only(env, tmp_path):
         ("--max-total-tokens", "0", "argument --max-total-tokens: must be a whole number of at least 1"),
         ("--budget", "1e30", "budget must be at most $1000000"),
         ("--budget", "NaN", "budget must be an amount in USD such as 0.25"),
+        # Finer than the store keeps: it used to run and report "Total cost: $0.0000 of $0".
+        ("--budget", "1e-21", "budget is kept to a billionth of a dollar (9 decimal places), not '1e-21'"),
+        ("--budget", "-0", "budget must be above $0 and at most $"),
     ],
 )
 async def test_zero_and_non_finite_limits_are_refused_naming_the_flag(
