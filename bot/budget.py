@@ -27,14 +27,13 @@ def count_bytes(messages: Sequence[dict[str, str]]) -> int:
     return size + TOKENS_PER_MESSAGE * len(messages)
 
 
-def estimate_prompt_tokens(messages: Sequence[dict[str, str]], known: tuple[int, int] | None = None) -> int:
-    """Return an upper bound on the prompt tokens of these messages.
+def estimate_prompt_tokens(bound: int, known: tuple[int, int] | None = None) -> int:
+    """Return an upper bound on the prompt tokens of messages whose `count_bytes` is `bound`.
 
     Byte-level tokenizers never make more tokens than UTF-8 bytes, so bytes bound the count. When
     `known` gives (prompt_tokens, bound) of this speaker's previous request, whose messages are a
     prefix of these, only the new part is bounded by bytes and the old part is counted exactly.
     """
-    bound = count_bytes(messages)
     if known is None:
         return bound
     prior_tokens, prior_bound = known
@@ -45,13 +44,13 @@ def estimate_prompt_tokens(messages: Sequence[dict[str, str]], known: tuple[int,
 EXPECTATION_MARGIN = 1.15
 
 
-def expected_tokens(messages: Sequence[dict[str, str]], tokens_per_byte: float) -> int:
-    """Return the prompt tokens these messages are expected to make, from the dialogue's observed rate.
+def expected_tokens(bound: int, tokens_per_byte: float) -> int:
+    """Return the prompt tokens messages whose `count_bytes` is `bound` are expected to make, from
+    the dialogue's observed rate.
 
     For deciding what fits a context, not for money: the byte bound of `estimate_prompt_tokens` is
     what reservations use, since only it is a true upper bound.
     """
-    bound = count_bytes(messages)
     return min(bound, math.ceil(bound * tokens_per_byte * EXPECTATION_MARGIN) + TOKENS_PER_MESSAGE)
 
 

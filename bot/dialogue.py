@@ -54,7 +54,7 @@ from bot.models import (
     new_seed,
 )
 from bot.plan import Halted, Stop, Tuning, TurnPlan, max_tokens_of, tokens_left, tokens_per_byte
-from bot.prompts import build_messages, current_window
+from bot.prompts import Prompts, Window, build_messages, current_window
 from bot.providers import Router
 from bot.referee import Referee, already_judged, due
 from bot.retry import RetryPolicy
@@ -192,7 +192,9 @@ class DialogueRunner:
         messages = build_messages(
             spec.participants, seat, spec.opening, spec.inherited, current_window(notes), notes
         )
-        worst = worst_case_cost(model.pricing, estimate_prompt_tokens(messages), max_tokens_of(first, model))
+        worst = worst_case_cost(
+            model.pricing, estimate_prompt_tokens(count_bytes(messages)), max_tokens_of(first, model)
+        )
         if worst > spec.limits.budget_usd:
             raise InputError(
                 f"budget ${spec.limits.budget_usd} is below the worst case of the first call "
@@ -406,6 +408,7 @@ class DialogueRunner:
         totals = dialogue.totals
         budget = Budget(dialogue.limits.budget_usd, totals.spent_usd)
         lookout = self._lookout(dialogue)
+        prompts = Prompts()
         loop = asyncio.get_running_loop()
         deadline = None
         if dialogue.limits.max_seconds is not None:
@@ -420,7 +423,7 @@ class DialogueRunner:
             for note in notes:
                 if note.id not in seen and note.kind is NoteKind.INTERJECTION:
                     yield Noted(note)
-            plan = self._plan(dialogue, models, turns, notes)
+            plan = self._plan(dialogue, models, turns, notes, prompts)
             if limit := self._check_limits(dialogue, plan, control, deadline):
                 if limit.reason is not None:
                     yield limit
@@ -548,7 +551,12 @@ class DialogueRunner:
         yield turn
 
     def _plan(
-        self, dialogue: Dialogue, models: list[ModelInfo], turns: Sequence[Turn], notes: Sequence[Note]
+        self,
+        dialogue: Dialogue,
+        models: list[ModelInfo],
+        turns: Sequence[Turn],
+        notes: Sequence[Note],
+        prompts: Prompts,
     ) -> TurnPlan | None:
         seq = len(turns)
         count = len(dialogue.participants)
@@ -557,8 +565,10 @@ class DialogueRunner:
             return None
         persona, model = dialogue.participants[seat], models[seat]
         window = current_window(notes)
-        messages = build_messages(dialogue.participants, seat, dialogue.opening, turns, window, notes)
-        estimate = estimate_prompt_tokens(messages, _calibration(dialogue, seat, turns, notes))
+        # The seat's last prompt is measured before the next one replaces it in `prompts`.
+        known = _calibration(dialogue, seat, turns, window, notes, prompts)
+        prompt = prompts.build(dialogue.participants, seat, dialogue.opening, turns, window, notes)
+        estimate = estimate_prompt_tokens(prompt.size, known)
         max_tokens = max_tokens_of(persona, model)
         rate = 1.0
         if model.context_length is not None and estimate + max_tokens > model.context_length:
@@ -571,7 +581,8 @@ class DialogueRunner:
             seat,
             persona,
             model,
-            messages,
+            prompt.messages,
+            prompt.size,
             max_tokens,
             estimate,
             window,
@@ -626,22 +637,29 @@ class DialogueRunner:
 
 
 def _calibration(
-    dialogue: Dialogue, seat: int, turns: Sequence[Turn], notes: Sequence[Note]
+    dialogue: Dialogue,
+    seat: int,
+    turns: Sequence[Turn],
+    window: Window,
+    notes: Sequence[Note],
+    prompts: Prompts,
 ) -> tuple[int, int] | None:
     """Return (prompt tokens, byte bound) of this seat's last answered call, to tighten the estimate.
 
     Only a call made under the same window counts: after a compaction the old prompt is no longer
     a prefix of the new one, and its count would say nothing about it.
     """
-    window = current_window(notes)
     for turn in reversed(turns):
         if turn.seq < window.since or turn.inherited:
             return None
         if turn.seat == seat and turn.status is TurnStatus.OK and turn.usage.prompt_tokens:
-            earlier = build_messages(
-                dialogue.participants, seat, dialogue.opening, turns[: turn.seq], window, notes
-            )
-            return turn.usage.prompt_tokens, count_bytes(earlier)
+            size = prompts.size_at(seat, turn.seq, window)
+            if size is None:  # asked before this run (a resumed dialogue): built again
+                earlier = turns[: turn.seq]
+                size = prompts.build(
+                    dialogue.participants, seat, dialogue.opening, earlier, window, notes
+                ).size
+            return turn.usage.prompt_tokens, size
     return None
 
 

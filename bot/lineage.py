@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
-from bot.budget import Budget, expected_tokens
+from bot.budget import Budget, count_bytes, expected_tokens
 from bot.control import Control
 from bot.dialogue import DialogueRunner, carried_rounds
 from bot.errors import InputError, ProviderError, StateError
@@ -123,7 +123,10 @@ async def _fits_whole(runner: DialogueRunner, parent: Dialogue, turns: list[Turn
         if model.context_length is None:
             continue
         messages = build_messages(parent.participants, seat, parent.opening, turns, window, notes)
-        if expected_tokens(messages, rate) + max_tokens_of(persona, model) > model.context_length:
+        if (
+            expected_tokens(count_bytes(messages), rate) + max_tokens_of(persona, model)
+            > model.context_length
+        ):
             return False
     return True
 
@@ -149,7 +152,7 @@ async def _remember(
     # A summariser with a small context reads the most recent turns it can hold.
     while (
         model.context_length
-        and expected_tokens(messages, rate) + (persona.max_tokens or 0) > model.context_length
+        and expected_tokens(count_bytes(messages), rate) + (persona.max_tokens or 0) > model.context_length
     ):
         if first >= len(turns) - 1:
             raise InputError(

@@ -74,6 +74,8 @@ class TurnPlan:
     persona: Persona
     model: ModelInfo
     messages: list[dict[str, str]]
+    #: The messages' byte bound (`count_bytes`), worked out as they were built.
+    prompt_bytes: int
     max_tokens: int
     prompt_estimate: int
     window: Window = field(default_factory=Window)
@@ -85,12 +87,12 @@ class TurnPlan:
 
     def expected(self, messages: Sequence[dict[str, str]]) -> int:
         """Return the prompt tokens messages are expected to make (for fitting, not for money)."""
-        return expected_tokens(messages, self.tokens_per_byte)
+        return expected_tokens(count_bytes(messages), self.tokens_per_byte)
 
     def overflow(self) -> str | None:
         """Say how the request would pass the model's context, or return None when it fits."""
         context = self.model.context_length
-        expected = min(self.prompt_estimate, self.expected(self.messages))
+        expected = min(self.prompt_estimate, expected_tokens(self.prompt_bytes, self.tokens_per_byte))
         if context is None or expected + self.max_tokens <= context:
             return None
         return (

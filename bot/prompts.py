@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bot.budget import count_bytes
 from bot.models import Note, NoteKind, Persona, Turn, TurnStatus
 
 ChatMessage = dict[str, str]
@@ -56,8 +57,117 @@ def build_messages(
     since several providers reject two `user` messages in a row.
     """
     said = interjections_by_turn(notes)
-    persona = participants[seat]
-    named = len(participants) > 2
+    messages = _head(participants[seat], opening, window)
+    # Interjections from before the window went with the turns it left out.
+    _add_turns(messages, seat, len(participants) > 2, turns[window.first_kept :], said)
+    _add_said(messages, said.get(len(turns), ()))
+    return messages
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """The messages a seat is shown before a turn, and their byte bound (`budget.count_bytes`)."""
+
+    messages: list[ChatMessage]
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """A seat's last prompt: its messages up to the interjections that close it (what the next
+    prompt extends), what must be unchanged for it to, and its byte bound with and without them."""
+
+    window: Window
+    upto: int
+    last_turn: Turn | None
+    said_before: tuple[tuple[int | None, str], ...]
+    messages: list[ChatMessage]
+    size: int
+    closed_size: int
+
+
+class Prompts:
+    """Each seat's prompt as last built in a run, so that the next one extends it.
+
+    Built afresh, a prompt walks the whole history, so a dialogue of n turns costs n² (at 200
+    turns, 0.3 ms a turn for the prompts alone). Between one seat's calls the history only grows
+    by the turns since, so the last prompt, copied, takes them on. Anything else (new seats or a
+    new opening, a new window, words a forgotten member wrote taken out) builds it afresh. Either
+    way the messages are those `build_messages` returns.
+    """
+
+    def __init__(self) -> None:
+        self._built: dict[int, _Built] = {}
+        self._dialogue: tuple[tuple[Persona, ...], str] = ((), "")
+
+    def build(
+        self,
+        participants: Sequence[Persona],
+        seat: int,
+        opening: str,
+        turns: Sequence[Turn],
+        window: Window,
+        notes: Sequence[Note],
+    ) -> Prompt:
+        """Return what `build_messages` returns for the same arguments, with its byte bound."""
+        if self._dialogue != (dialogue := (tuple(participants), opening)):
+            self._built.clear()
+            self._dialogue = dialogue
+        said = interjections_by_turn(notes)
+        last = self._built.get(seat)
+        if last is None or not _extends(last, turns, window, notes):
+            head = _head(participants[seat], opening, window)
+            size = count_bytes(head)
+            last = _Built(window, window.first_kept, None, (), head, size, size)
+        messages = list(last.messages)
+        _add_turns(messages, seat, len(participants) > 2, turns[last.upto :], said)
+        size = _grown(last.messages, last.size, messages)
+        closed = list(messages)
+        _add_said(closed, said.get(len(turns), ()))
+        upto = max(len(turns), window.first_kept)
+        last_turn = turns[-1] if turns else None
+        closed_size = _grown(messages, size, closed)
+        self._built[seat] = _Built(
+            window, upto, last_turn, _said_before(notes, upto), messages, size, closed_size
+        )
+        return Prompt(closed, closed_size)
+
+    def size_at(self, seat: int, upto: int, window: Window) -> int | None:
+        """Return the byte bound of the seat's last prompt, as sent, if it was built on `upto` turns
+        under `window`; else None."""
+        last = self._built.get(seat)
+        if last is None or last.upto != upto or last.window != window:
+            return None
+        return last.closed_size
+
+
+def _extends(last: _Built, turns: Sequence[Turn], window: Window, notes: Sequence[Note]) -> bool:
+    """Whether the history is still the one `last` was built on, with turns added at its end."""
+    return (
+        last.window == window
+        and last.upto <= len(turns)
+        and (last.upto <= window.first_kept or turns[last.upto - 1] is last.last_turn)
+        and last.said_before == _said_before(notes, last.upto)
+    )
+
+
+def _grown(before: list[ChatMessage], size: int, after: list[ChatMessage]) -> int:
+    """Return the byte bound of `after`, a copy of `before` with messages added, from `before`'s:
+    only the added messages and the last one before them (a message of its role merges into it)
+    are counted."""
+    if len(after) == len(before) and after[-1] is before[-1]:
+        return size
+    return size - count_bytes(before[-1:]) + count_bytes(after[len(before) - 1 :])
+
+
+def _said_before(notes: Sequence[Note], seq: int) -> tuple[tuple[int | None, str], ...]:
+    """Return the interjections shown before turn `seq`: a prompt built on those turns holds them."""
+    return tuple((n.id, n.text) for n in notes if n.kind is NoteKind.INTERJECTION and n.before_seq < seq)
+
+
+def _head(persona: Persona, opening: str, window: Window) -> list[ChatMessage]:
+    """Return the messages before the first turn shown: the system prompt, the opening, and what
+    stands for the turns a window left out."""
     messages: list[ChatMessage] = []
     if persona.system_prompt:
         messages.append({"role": "system", "content": persona.system_prompt})
@@ -72,20 +182,26 @@ def build_messages(
             )
         else:
             _append(messages, "user", f"[The conversation's first {window.first_kept} turns are left out.]")
-    # Interjections from before the window went with the turns it left out.
-    for turn in turns[window.first_kept :]:
-        for text in said.get(turn.seq, ()):
-            _append(messages, "user", text)
+    return messages
+
+
+def _add_turns(
+    messages: list[ChatMessage], seat: int, named: bool, turns: Sequence[Turn], said: dict[int, list[str]]
+) -> None:
+    """Add these turns as the seat sees them, each after the interjections made before it."""
+    for turn in turns:
+        _add_said(messages, said.get(turn.seq, ()))
         if turn.status is not TurnStatus.OK:
             continue  # an empty or cut-off reply is kept in the transcript, never fed back
         if turn.seat == seat:
             _append(messages, "assistant", turn.text)
         else:
-            text = f"{turn.speaker}: {turn.text}" if named else turn.text
-            _append(messages, "user", text)
-    for text in said.get(len(turns), ()):
+            _append(messages, "user", f"{turn.speaker}: {turn.text}" if named else turn.text)
+
+
+def _add_said(messages: list[ChatMessage], said: Sequence[str]) -> None:
+    for text in said:
         _append(messages, "user", text)
-    return messages
 
 
 def interjections_by_turn(notes: Sequence[Note]) -> dict[int, list[str]]:

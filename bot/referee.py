@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 
-from bot.budget import Budget, estimate_prompt_tokens, expected_tokens, worst_case_cost
+from bot.budget import Budget, count_bytes, estimate_prompt_tokens, expected_tokens, worst_case_cost
 from bot.control import Control
 from bot.models import Dialogue, ModelInfo, Note, NoteKind, Persona, Turn, TurnStatus
 from bot.plan import Halted, max_tokens_of, tokens_left, tokens_per_byte
@@ -110,7 +110,7 @@ class Referee:
             return Decimal(0)
         persona, model, words = await self.writer(dialogue.referee)
         messages = verdict_messages(dialogue, persona, turns, notes, True, words)
-        prompt = estimate_prompt_tokens(messages) + pending_tokens * BYTES_PER_TOKEN
+        prompt = estimate_prompt_tokens(count_bytes(messages)) + pending_tokens * BYTES_PER_TOKEN
         if model.context_length is not None:
             prompt = min(prompt, model.context_length)  # longer is read in part (see `judge`)
         assert persona.max_tokens is not None
@@ -182,7 +182,7 @@ class Referee:
         while True:
             messages = verdict_messages(dialogue, persona, turns, notes, final, words, left_out)
             fits = model.context_length is None or (
-                expected_tokens(messages, rate) + persona.max_tokens <= model.context_length
+                expected_tokens(count_bytes(messages), rate) + persona.max_tokens <= model.context_length
             )
             answered = [t for t in turns if t.seq >= left_out and t.status is TurnStatus.OK]
             if fits or len(answered) <= 1:

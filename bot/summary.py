@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from bot.billing import charge, charge_lost, count_usage
-from bot.budget import Budget, Reservation, estimate_prompt_tokens, format_usd, worst_case_cost
+from bot.budget import Budget, Reservation, count_bytes, estimate_prompt_tokens, format_usd, worst_case_cost
 from bot.call import Attempt, stream_call, wait_or_stop
 from bot.control import Control
 from bot.models import ModelInfo, Note, NoteKind, Persona, StopReason, Turn, TurnStatus, Usage
@@ -128,7 +128,7 @@ class Summariser:
         provider or a stop said no)."""
         max_tokens = persona.max_tokens or 512
         # Its tokens count toward the dialogue's limit as a turn's do, so it is held to it as one is.
-        prompt = estimate_prompt_tokens(messages)
+        prompt = estimate_prompt_tokens(count_bytes(messages))
         if tokens_left is not None and prompt + max_tokens > tokens_left:
             raise Halted(
                 StopReason.TOKENS,

@@ -18,6 +18,7 @@ from bot.billing import charge
 from bot.budget import (
     Budget,
     cache_saving,
+    count_bytes,
     estimate_prompt_tokens,
     format_usd,
     worst_case_cost,
@@ -93,11 +94,11 @@ def test_a_reservation_that_does_not_fit_is_refused_and_settling_frees_the_rest(
 
 def test_estimate_is_bytes_bounded_and_tightened_by_a_known_prefix():
     messages = [{"role": "user", "content": "héllo wörld"}]
-    assert estimate_prompt_tokens(messages) == len("héllo wörld".encode()) + 16
+    assert estimate_prompt_tokens(count_bytes(messages)) == len("héllo wörld".encode()) + 16
     longer = messages + [{"role": "assistant", "content": "x" * 400}]
-    tightened = estimate_prompt_tokens(longer, known=(5, estimate_prompt_tokens(messages)))
+    tightened = estimate_prompt_tokens(count_bytes(longer), known=(5, count_bytes(messages)))
     assert tightened == 5 + 400 + 16 + 16
-    assert tightened < estimate_prompt_tokens(longer)
+    assert tightened < estimate_prompt_tokens(count_bytes(longer))
 
 
 def test_money_is_shown_to_four_places_without_hiding_tiny_amounts():

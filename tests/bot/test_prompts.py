@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from bot.models import Persona, Turn, TurnStatus, Usage
-from bot.prompts import build_messages
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.budget import count_bytes
+from bot.models import Note, NoteKind, Persona, Turn, TurnStatus, Usage
+from bot.prompts import Prompts, build_messages, current_window
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 A = Persona("Ann", "x/a", "You are Ann.")
@@ -73,3 +78,70 @@ def test_empty_and_cut_off_turns_are_never_fed_back():
         {"role": "system", "content": "You are Ann."},
         {"role": "user", "content": "Hi"},
     ]
+
+
+# A run as the runner drives it: turns committed one at a time, interjections made at turn
+# boundaries, now and then a truncation or compaction (a new window), a member forgotten (their
+# interjections, their seat's words or the opening they wrote replaced), the history read again,
+# and a run resumed part-way with a fresh `Prompts`.
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("turn"), st.sampled_from(list(TurnStatus)), st.text(max_size=12)),
+        st.tuples(st.just("interject"), st.sampled_from(["Eve", "Max"]), st.text(min_size=1, max_size=12)),
+        st.tuples(st.just("window"), st.booleans(), st.text(max_size=12)),
+        st.tuples(st.just("forget interjections"), st.sampled_from(["Eve", "Max"])),
+        st.tuples(st.just("forget seat"), st.integers(0, 2)),
+        st.tuples(st.just("forget opening")),
+        st.tuples(st.just("history read again"), st.integers(0, 40)),
+        st.tuples(st.just("resume")),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(2, 3), STEPS)
+def test_a_prompt_extended_turn_by_turn_is_the_prompt_built_afresh(count, steps):
+    """What each model is shown, and the byte bound its budget is reserved on, must not depend on
+    whether its prompt was extended from the last one or built from the first turn."""
+    people = [A, B, C][:count]
+    prompts, opening = Prompts(), "Hi"
+    turns: list[Turn] = []
+    notes: list[Note] = []
+    for step in steps:
+        kind = step[0]
+        if kind == "turn":
+            seat = len(turns) % count
+            turns.append(turn(len(turns), seat, step[2], step[1], count))
+        elif kind == "interject":
+            said = Note(1, len(turns), NoteKind.INTERJECTION, step[2], NOW, author=step[1], id=len(notes))
+            notes.append(said)
+        elif kind == "window":
+            summary = step[2] if step[1] else None
+            kind_ = NoteKind.COMPACTED if summary is not None else NoteKind.TRUNCATED
+            notes.append(Note(1, len(turns), kind_, summary or "", NOW, first_kept_seq=len(turns) // 2))
+        elif kind == "forget interjections":
+            notes = [replace(n, text="(forgotten)", author=None) if n.author == step[1] else n for n in notes]
+        elif kind == "forget seat":
+            seat = step[1] % count
+            people[seat] = replace(people[seat], name="someone", system_prompt="")
+            turns = [replace(t, text="(forgotten)") if t.seat == seat else replace(t) for t in turns]
+        elif kind == "forget opening":
+            opening = "(forgotten)"
+        elif kind == "history read again":  # the same turns as new objects, one of them changed
+            turns = [replace(t, text=f"{t.text}!" if t.seq == step[1] else t.text) for t in turns]
+        else:
+            prompts = Prompts()
+        seat = len(turns) % count
+        window = current_window(notes)
+        built = prompts.build(people, seat, opening, turns, window, notes)
+        expected = build_messages(people, seat, opening, turns, window, notes)
+        assert built.messages == expected
+        assert built.size == count_bytes(expected)
+        if len(turns) >= count:
+            earlier = len(turns) - count
+            known = prompts.size_at(seat, earlier, window)
+            if known is not None:
+                assert known == count_bytes(
+                    build_messages(people, seat, opening, turns[:earlier], window, notes)
+                )
