@@ -5,7 +5,8 @@ A child process runs a few dialogues against the fake OpenRouter (in a process o
 counted) under `valgrind --tool=cachegrind`; the same run with twice the rounds counts the turns
 between, so start-up and set-up drop out. Replies of 50 one-word chunks at 50 tokens/s, read at
 the engine's pace, give the cost of a streamed turn; one-word replies the cost of a turn's fixed part
-(the call, the store, the next prompt); the difference, per chunk, the cost of streaming. Work in
+(the call, the store, the next prompt); the difference, per chunk, the cost of streaming; and
+one-word turns late in a long dialogue, whatever walks the whole history each turn. Work in
 the kernel (reads, writes, waits) is not counted: these figures compare versions of the code, and
 `scale` says what a core holds.
 """
@@ -29,6 +30,8 @@ DIALOGUES = 3
 #: Seconds between two dialogues' starts.
 STAGGER = 0.33
 TOKENS_PER_SECOND = 50
+#: Rounds before the turns counted for a long dialogue's row (those of rounds LONG + 1 to 2 × LONG).
+LONG = 25
 
 
 async def workload(dialogues: int, rounds: int, words: int) -> None:
@@ -79,6 +82,18 @@ async def measure(rounds: int, loop: str, quick: bool) -> list[dict[str, str]]:
             }
         )
     rows[0]["per streamed chunk"] = f"{(per_turn[50] - per_turn[1]) / 49 / 1e3:.0f} k"
+    # What a turn costs late in a long dialogue, where whatever walks the whole history each turn shows.
+    short, long = await asyncio.gather(
+        asyncio.to_thread(_count, LONG, 1, loop), asyncio.to_thread(_count, 2 * LONG, 1, loop)
+    )
+    turns = DIALOGUES * LONG * 2
+    rows.append(
+        {
+            "reply": f"one word, turns {2 * LONG + 1}–{4 * LONG} of a dialogue",
+            "turns counted": str(turns),
+            "instructions per turn": f"{(long - short) / turns / 1e6:.2f} M",
+        }
+    )
     return rows
 
 
