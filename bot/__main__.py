@@ -47,7 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (bad := not_utf8(argv)) is not None:
         fail(bad)
         return 2
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not argv:
+        # A newcomer's first `voices`: what it can do, rather than an error about a missing COMMAND.
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     # Flags that stand in for a setting (`voices bot --shards`) outrank the environment.
     flags = {
         name: value

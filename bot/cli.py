@@ -260,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print a dialogue's transcript")
     show.add_argument("id", type=_whole(1))
 
-    export = sub.add_parser("export", help="write a dialogue's transcript as Markdown or JSON")
+    export = sub.add_parser(
+        "export", help="write a dialogue's transcript as Markdown or JSON, or its picture as PNG"
+    )
     export.add_argument("id", type=_whole(1))
     export.add_argument(
         "--format",

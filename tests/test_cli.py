@@ -901,6 +901,13 @@ async def test_a_seed_is_kept_and_given_back(env, tmp_path, server):
 async def test_small_rough_edges(env, tmp_path, server):
     version = await voices(env, tmp_path, "--version")
     assert version.code == 0 and version.out.strip().startswith("voices ")
+    # A newcomer's first try, `voices` alone (the console script's entry point): the commands.
+    entry = "from bot.__main__ import main; raise SystemExit(main())"
+    bare = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", entry, env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+    )
+    err = (await bare.communicate())[1].decode()
+    assert bare.returncode == 2 and "run a dialogue and stream it here" in err and "Traceback" not in err
     lone_d = await voices(env, tmp_path, *RUN, "--d", GLM)
     assert lone_d.code == 2
     assert lone_d.err.strip() == (
