@@ -17,6 +17,7 @@ from bot.console import Terminal
 from bot.database import Address
 from bot.errors import ProviderError, VoicesError
 from bot.log import setup_logging
+from bot.text import visible
 from config import Settings
 
 
@@ -147,8 +148,9 @@ def run_bot(settings: Settings, worker: bool = False) -> int:
 
 
 def fail(message: str) -> None:
-    """Print one error line to stderr, unwrapped whatever the terminal width."""
-    print(f"error: {message}", file=sys.stderr)
+    """Print one error line to stderr, unwrapped whatever the terminal width; what it quotes
+    (a name, a server's words) cannot move the cursor or break the line."""
+    print(f"error: {visible(message)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ from bot.models import (
 from bot.personas import load_personas, resolve_participants, resolve_persona
 from bot.providers import local
 from bot.providers.local import is_local, local_available
-from bot.text import counted, printable, repair
+from bot.text import counted, printable, repair, visible
 from bot.transcript import render_json, render_markdown
 from bot.transfer import copy_database
 from bot.usage import GROUPINGS
@@ -100,7 +100,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, with a bad argument said in one line (no usage block) and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+        self.exit(2, f"error: {visible(message)}; see `{self.prog} --help`\n")
 
 
 # The largest whole number SQLite stores; an id or a limit past it could never be one.
@@ -428,7 +428,7 @@ async def run_db_task(args: argparse.Namespace, config: EngineConfig, console: C
         return 0
     health = check(args.path or sqlite_file(live, "voices db check"))
     if not health.ok:
-        print(f"error: {health.describe()}", file=sys.stderr)
+        print(f"error: {visible(health.describe())}", file=sys.stderr)
         return 1
     console.print(health.describe(), markup=False)
     return 0

@@ -25,7 +25,11 @@ _SEQUENCE = re.compile(
 # Bidirectional embeddings, overrides and isolates go too: where a terminal lays text out both
 # ways, one reverses how the rest of a line reads ("Trojan Source"). The marks U+200E/U+200F, which
 # right-to-left text uses, stay.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS = r"\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(f"[{_CONTROLS}]")
+# An error line shows them, and newlines, as escapes: it stays one line and names what was wrong
+# (an escape code pasted into a persona's name) without the terminal acting on it.
+_UNSEEN = re.compile(rf"[\n{_CONTROLS}]")
 
 
 def repair(text: str) -> str:
@@ -44,6 +48,12 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return _CONTROL.sub("", _SEQUENCE.sub("", repair(text)))
+
+
+def visible(text: str) -> str:
+    """Return text for a one-line error: each control character, newline and bidirectional
+    override written as its escape (\\x1b, \\n, \\u202e)."""
+    return _UNSEEN.sub(lambda found: found.group().encode("unicode_escape").decode(), repair(text))
 
 
 # A webhook's URL carries its token: whoever holds it can post to the channel, mentions and all.

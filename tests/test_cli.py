@@ -898,6 +898,16 @@ async def test_a_seed_is_kept_and_given_back(env, tmp_path, server):
     )
 
 
+async def test_an_error_quoting_hostile_text_shows_its_escapes_on_one_line(env, tmp_path, server):
+    """A pasted escape code in a persona's name must not clear the screen or break the line that
+    names it; the line shows what was typed, so it can be fixed."""
+    named = await voices(env, tmp_path, "run", "--a", "x\x1b[2Jy", "--b", GLM)
+    assert named.code == 2 and "\x1b" not in named.err
+    assert named.err.startswith("error: 'x\\x1b[2Jy' is neither a persona") and named.err.count("\n") == 1
+    chosen = await voices(env, tmp_path, "export", "1", "--format", "md\nrm -rf")
+    assert chosen.code == 2 and chosen.err.count("\n") == 1 and "'md\\nrm -rf'" in chosen.err
+
+
 async def test_small_rough_edges(env, tmp_path, server):
     version = await voices(env, tmp_path, "--version")
     assert version.code == 0 and version.out.strip().startswith("voices ")
