@@ -69,8 +69,12 @@ class Settings(BaseSettings):
 
     default_rounds: int = Field(default=6, ge=1, le=10_000)
     max_rounds: int = Field(default=50, ge=1, le=10_000)
-    default_budget: Decimal = Field(default=Decimal("0.10"), gt=0, le=1_000_000, allow_inf_nan=False)
-    max_budget: Decimal = Field(default=Decimal("5.00"), gt=0, le=1_000_000, allow_inf_nan=False)
+    default_budget: Decimal = Field(
+        default=Decimal("0.10"), gt=0, le=1_000_000, decimal_places=9, allow_inf_nan=False
+    )
+    max_budget: Decimal = Field(
+        default=Decimal("5.00"), gt=0, le=1_000_000, decimal_places=9, allow_inf_nan=False
+    )
     default_max_tokens: int = Field(default=2048, ge=16, le=10_000_000)
     max_seconds: float | None = Field(default=3600.0, gt=0, allow_inf_nan=False)
     max_total_tokens: int | None = Field(default=None, ge=1, le=10**15)
@@ -118,8 +122,12 @@ class Settings(BaseSettings):
     gateway_only: bool = False
     #: How many dialogues one worker runs at most; past that it leaves them to the others.
     worker_dialogues: int = Field(default=100, ge=1, le=10_000)
-    daily_cap_guild: Decimal = Field(default=Decimal("5.00"), ge=0, le=1_000_000, allow_inf_nan=False)
-    daily_cap_member: Decimal = Field(default=Decimal("1.00"), ge=0, le=1_000_000, allow_inf_nan=False)
+    daily_cap_guild: Decimal = Field(
+        default=Decimal("5.00"), ge=0, le=1_000_000, decimal_places=9, allow_inf_nan=False
+    )
+    daily_cap_member: Decimal = Field(
+        default=Decimal("1.00"), ge=0, le=1_000_000, decimal_places=9, allow_inf_nan=False
+    )
     max_concurrent: int = Field(default=3, ge=1, le=10_000)
     reasoning: Literal["hide", "spoiler", "file"] = "hide"
     #: An audience vote (a Discord poll) at each dialogue's end, open this many hours; servers may

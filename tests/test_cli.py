@@ -851,7 +851,14 @@ async def test_a_number_too_large_to_store_is_one_line(env, tmp_path, server, ar
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("VOICES_MAX_SECONDS", "inf"), ("VOICES_CATALOGUE_TTL_HOURS", "1e999"), ("VOICES_MAX_ROUNDS", "9" * 30)],
+    [
+        ("VOICES_MAX_SECONDS", "inf"),
+        ("VOICES_CATALOGUE_TTL_HOURS", "1e999"),
+        ("VOICES_MAX_ROUNDS", "9" * 30),
+        # Finer than money is kept: a cap of $0.0000000001 would be shown as $0.
+        ("VOICES_DEFAULT_BUDGET", "0.0000000001"),
+        ("VOICES_DAILY_CAP_MEMBER", "1.1234567891"),
+    ],
 )
 async def test_settings_past_what_can_be_used_are_one_line(env, tmp_path, variable, value):
     env[variable] = value
