@@ -6,7 +6,7 @@ Plain frozen dataclasses and enums, shared by every other module; no I/O here.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Context, Decimal
@@ -254,6 +254,27 @@ class Totals:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What a dialogue's turns add up to, for its status: how many there are, and over its own
+    turns (carried-over ones were paid for, and cached, in their own dialogue) each seat's tokens
+    and what the prompt cache saved."""
+
+    turns: int = 0
+    seats: Mapping[int, Usage] = field(default_factory=dict)
+    saved: Decimal = Decimal(0)
+
+    @property
+    def cached(self) -> int:
+        """Prompt tokens read from the cache."""
+        return sum(usage.cached_tokens for usage in self.seats.values())
+
+    @property
+    def written(self) -> int:
+        """Prompt tokens written to the cache."""
+        return sum(usage.cache_write_tokens for usage in self.seats.values())
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from bot.models import (
     Pricing,
     Status,
     StopReason,
+    Tally,
     Totals,
     Turn,
     TurnStatus,
@@ -689,6 +690,36 @@ class Store:
             )
             for r in rows
         ]
+
+    async def tally(self, dialogue_id: int) -> Tally:
+        """Return what the dialogue's turns add up to, summed where they are kept: a status shown at
+        every turn used to read every turn whole (text and all, 4 ms at 200 turns), twice a turn."""
+        rows = await self.fetchall(
+            """SELECT seat, inherited, COUNT(*) AS turns, SUM(prompt_tokens) AS prompt,
+                      SUM(completion_tokens) AS completion, SUM(reasoning_tokens) AS reasoning,
+                      SUM(cached_tokens) AS cached, SUM(cache_write_tokens) AS written
+                 FROM turns WHERE dialogue_id = $1 GROUP BY seat, inherited""",
+            (dialogue_id,),
+        )
+        # Money is summed as Decimal here, not by the database, which would add the text as floats.
+        savings = await self.fetchall(
+            """SELECT cache_saving_usd FROM turns
+                WHERE dialogue_id = $1 AND inherited = 0 AND cache_saving_usd <> '0'""",
+            (dialogue_id,),
+        )
+        seats = {
+            r["seat"]: Usage(
+                int(r["prompt"]),
+                int(r["completion"]),
+                int(r["reasoning"]),
+                cached_tokens=int(r["cached"]),
+                cache_write_tokens=int(r["written"]),
+            )
+            for r in rows
+            if not r["inherited"]
+        }
+        saved = sum((Decimal(r["cache_saving_usd"]) for r in savings), start=Decimal(0))
+        return Tally(sum(int(r["turns"]) for r in rows), seats, saved)
 
     async def history(self, dialogue_id: int) -> tuple[Dialogue, list[Turn], list[Note]]:
         """Return the dialogue with its turns and notes: everything a transcript shows."""

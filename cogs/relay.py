@@ -497,9 +497,9 @@ class Relay:
 
     async def _update_status(self, dialogue: Dialogue | None) -> None:
         dialogue = dialogue or await self._s.store.get_dialogue(self.room.dialogue_id)
-        turns = await self._s.store.list_turns(dialogue.id)
+        tally = await self._s.store.tally(dialogue.id)
         notes = await self._s.store.list_notes(dialogue.id) if dialogue.referee else ()
-        embed = status_embed(dialogue, turns, self._speaker, waiting=self._waiting, notes=notes)
+        embed = status_embed(dialogue, tally, self._speaker, waiting=self._waiting, notes=notes)
         view = ControlButton.view_for(dialogue)
         if self._status is None and self.room.status_message_id is not None:
             self._status = self.thread.get_partial_message(self.room.status_message_id)  # type: ignore[assignment]

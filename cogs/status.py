@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.budget import format_usd
-from bot.models import Dialogue, Note, NoteKind, Status, Turn
-from bot.transcript import cache_effect, cache_totals
+from bot.models import Dialogue, Note, NoteKind, Status, Tally, Usage
+from bot.transcript import cache_effect
 from cogs._format import fit_embed
 from cogs.people import InterjectButton
 
@@ -62,7 +62,7 @@ def prompts_embed(dialogue: Dialogue) -> discord.Embed:
 
 def status_embed(
     dialogue: Dialogue,
-    turns: Sequence[Turn],
+    tally: Tally,
     speaker: str | None,
     waiting: bool = False,
     notes: Sequence[Note] = (),
@@ -71,7 +71,7 @@ def status_embed(
     the referee's latest verdict."""
     names = " ↔ ".join(p.name for p in dialogue.participants)
     count = len(dialogue.participants)
-    done = len(turns)
+    done = tally.turns
     round_no = min(done // count + 1, dialogue.limits.max_rounds)
     embed = discord.Embed(title=names, colour=COLOURS[dialogue.status])
     if dialogue.status.is_final and dialogue.stop_reason is not None:
@@ -88,21 +88,18 @@ def status_embed(
         value=f"{format_usd(dialogue.totals.spent_usd)} of {format_usd(dialogue.limits.budget_usd)}",
     )
     embed.add_field(name="Time", value=_elapsed(dialogue))
-    own = [t for t in turns if not t.inherited]  # carried-over turns were paid for elsewhere
-    cached, written, saved = cache_totals(turns)
-    if cached or written:
+    if tally.cached or tally.written:
         embed.add_field(
             name="Prompt cache",
-            value=f"read {cached} · written {written} tokens · {cache_effect(saved)}",
+            value=f"read {tally.cached} · written {tally.written} tokens · {cache_effect(tally.saved)}",
         )
     for seat, persona in enumerate(dialogue.participants):
-        mine = [t for t in own if t.seat == seat]
+        mine = tally.seats.get(seat, Usage())
         embed.add_field(
             name=f"{persona.name} · {'a person' if persona.is_human else persona.model}",
             value=(
-                f"prompt {sum(t.usage.prompt_tokens for t in mine)} · "
-                f"completion {sum(t.usage.completion_tokens for t in mine)} · "
-                f"reasoning {sum(t.usage.reasoning_tokens for t in mine)}"
+                f"prompt {mine.prompt_tokens} · completion {mine.completion_tokens} · "
+                f"reasoning {mine.reasoning_tokens}"
             ),
             inline=False,
         )

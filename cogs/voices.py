@@ -526,8 +526,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         """Show the live figures of a dialogue, and each voice's system prompt."""
         room = await self._room(interaction, dialogue)
         found = await self.s.store.get_dialogue(room.dialogue_id)
-        turns, notes = await self.s.store.list_turns(found.id), await self.s.store.list_notes(found.id)
-        embed = status_embed(found, turns, None, notes=notes)
+        tally, notes = await self.s.store.tally(found.id), await self.s.store.list_notes(found.id)
+        embed = status_embed(found, tally, None, notes=notes)
         await interaction.response.send_message(
             embeds=[embed, prompts_embed(found)], ephemeral=True, allowed_mentions=NO_MENTIONS
         )

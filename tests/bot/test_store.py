@@ -87,6 +87,30 @@ async def test_a_dialogue_and_its_turns_round_trip(store):
     assert turns[1].speaker == dialogue.participants[1].name
 
 
+async def test_the_tally_a_status_shows_adds_up_each_seats_own_turns(store):
+    """The thread's status is drawn from sums the database makes, not from every turn read whole:
+    they must be the same figures, carried-over turns counted as turns but not as this dialogue's
+    tokens or cache saving, and the saving exact to the billionth."""
+    earlier = [replace(a_turn(0, seq), cache_saving_usd=Decimal("0.5")) for seq in range(3)]
+    spec = replace(make_spec(rounds=4), inherited=tuple(earlier))
+    dialogue = await store.create_dialogue(spec, NOW)
+    assert (await store.tally(dialogue.id)).seats == {}
+    savings = ("0.000000001", "-0.000000003", "0", "0.1")
+    for seq, saving in zip(range(3, 7), savings, strict=True):
+        usage = Usage(100 + seq, 10 * seq, seq, Decimal("0.01"), cached_tokens=seq, cache_write_tokens=1)
+        await store.add_turn(replace(a_turn(dialogue.id, seq), usage=usage, cache_saving_usd=Decimal(saving)))
+    tally = await store.tally(dialogue.id)
+    turns = [t for t in await store.list_turns(dialogue.id) if not t.inherited]
+    assert tally.turns == 7
+    for seat in (0, 1):
+        mine = [t.usage for t in turns if t.seat == seat]
+        assert tally.seats[seat].prompt_tokens == sum(u.prompt_tokens for u in mine)
+        assert tally.seats[seat].completion_tokens == sum(u.completion_tokens for u in mine)
+        assert tally.seats[seat].reasoning_tokens == sum(u.reasoning_tokens for u in mine)
+    assert (tally.cached, tally.written) == (3 + 4 + 5 + 6, 4)
+    assert tally.saved == Decimal("0.099999998")
+
+
 async def test_a_turn_that_cannot_be_written_leaves_the_totals_untouched(store):
     dialogue = await store.create_dialogue(make_spec(), NOW)
     await store.add_turn(a_turn(dialogue.id, 0))
