@@ -33,7 +33,7 @@ from bot.events import (
 from bot.guilds import GuildStore
 from bot.mailbox import Mailbox
 from bot.metrics import Metrics
-from bot.models import Ask, Dialogue, NoteKind, Status, StopReason, Turn, TurnStatus
+from bot.models import Ask, Dialogue, NoteKind, Status, StopReason, Tally, Turn, TurnStatus
 from bot.rooms import Room, RoomStore
 from bot.store import WORK, Store
 from bot.transcript import headline
@@ -142,6 +142,8 @@ class Relay:
         self._live: _Live | None = None
         self._status: discord.Message | None = None
         self._speaker: str | None = None
+        #: The turns' figures as last read: only a turn's end changes them.
+        self._tally: Tally | None = None
         self._gone = False
         #: Each message's edit waiting out its second, and since when its text has waited.
         self._deferred: dict[int, _Deferred] = {}
@@ -231,13 +233,13 @@ class Relay:
                 )
                 self._asking_id, self._waiting = asking.id, True
                 await self._s.rooms.set_asking_message(self.room.dialogue_id, asking.id)
-                await self._update_status(None)
+                await self._update_status(None, recount=False)
             case TurnStarted():
                 self.speaking = not event.persona.is_human
                 await self._forget_asking()
                 self._speaker = event.persona.name
                 self._live = _Live(event.seq, event.persona.name, event.persona.avatar_url)
-                await self._update_status(None)
+                await self._update_status(None, recount=False)
             case Delta(reasoning=False):
                 assert self._live is not None
                 self._live.text += event.text
@@ -495,9 +497,13 @@ class Relay:
 
     # Status and end --------------------------------------------------------------------------
 
-    async def _update_status(self, dialogue: Dialogue | None) -> None:
+    async def _update_status(self, dialogue: Dialogue | None, recount: bool = True) -> None:
+        """Redraw the status; a turn's start or a member's wait (`recount` False) shows the turns'
+        figures as the last turn's end left them, since nothing else adds a turn."""
         dialogue = dialogue or await self._s.store.get_dialogue(self.room.dialogue_id)
-        tally = await self._s.store.tally(dialogue.id)
+        if recount or self._tally is None:
+            self._tally = await self._s.store.tally(dialogue.id)
+        tally = self._tally
         notes = await self._s.store.list_notes(dialogue.id) if dialogue.referee else ()
         embed = status_embed(dialogue, tally, self._speaker, waiting=self._waiting, notes=notes)
         view = ControlButton.view_for(dialogue)

@@ -107,6 +107,38 @@ async def test_the_end_posts_status_transcripts_and_a_notice_in_the_channel(worl
     assert str(thread.id) in notice.content
 
 
+async def test_the_status_while_each_voice_speaks_shows_the_turns_before_it(world):
+    """Each redraw of the status names the speaker, its round, and every voice's tokens as the
+    turns committed before it left them, never a turn behind or ahead."""
+    world.server.enqueue(
+        *(
+            Reply(text=f"Turn {n}.", usage={"prompt_tokens": 100 * n, "completion_tokens": n})
+            for n in range(1, 5)
+        )
+    )
+    await start(world)
+    await world.finish(1)
+    document = json.loads(await world.thread().history()[-1].attachments[1].read())
+    turns = document["turns"]
+    speaking = [
+        embed
+        for request in sent_payloads(world)
+        for embed in request.json.get("embeds") or ()
+        if (embed.get("description") or "").startswith("**Speaking:**")
+    ]
+    assert [e["description"] for e in speaking] == [f"**Speaking:** {t['speaker']}" for t in turns]
+    for before, embed in enumerate(speaking):
+        fields = {f["name"].split(" · ")[0]: f["value"] for f in embed["fields"]}
+        assert fields["Round"] == f"{before // 2 + 1}/2"
+        for seat, name in enumerate(("claude-opus-4.6", "glm-5")):
+            mine = [t for t in turns[:before] if t["seat"] == seat]
+            prompt, completion = (
+                sum(t["prompt_tokens"] for t in mine),
+                sum(t["completion_tokens"] for t in mine),
+            )
+            assert fields[name] == f"prompt {prompt} · completion {completion} · reasoning 0"
+
+
 async def test_a_seed_given_at_start_is_sent_with_every_call_and_kept_in_the_transcript(world):
     await start(world, rounds=1, seed=77)
     await world.finish(1)
