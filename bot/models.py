@@ -6,7 +6,7 @@ Plain frozen dataclasses and enums, shared by every other module; no I/O here.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Context, Decimal
@@ -265,6 +265,23 @@ class Tally:
     turns: int = 0
     seats: Mapping[int, Usage] = field(default_factory=dict)
     saved: Decimal = Decimal(0)
+
+    @classmethod
+    def of(cls, turns: Sequence[Turn]) -> Tally:
+        """Return the tally of turns at hand (the store sums its own: `Store.tally`)."""
+        seats: dict[int, Usage] = {}
+        for turn in turns:
+            if not turn.inherited:
+                was, add = seats.get(turn.seat, Usage()), turn.usage
+                seats[turn.seat] = Usage(
+                    was.prompt_tokens + add.prompt_tokens,
+                    was.completion_tokens + add.completion_tokens,
+                    was.reasoning_tokens + add.reasoning_tokens,
+                    cached_tokens=was.cached_tokens + add.cached_tokens,
+                    cache_write_tokens=was.cache_write_tokens + add.cache_write_tokens,
+                )
+        saved = sum((t.cache_saving_usd for t in turns if not t.inherited), start=Decimal(0))
+        return cls(len(turns), seats, saved)
 
     @property
     def cached(self) -> int:

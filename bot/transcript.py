@@ -14,7 +14,7 @@ from typing import Any
 
 from bot.budget import format_usd
 from bot.markdown import escape_block
-from bot.models import Dialogue, LineageKind, Note, NoteKind, Turn, TurnStatus, plain
+from bot.models import Dialogue, LineageKind, Note, NoteKind, Tally, Turn, TurnStatus, plain
 from bot.text import counted
 
 # 2: prompt-cache tokens and savings, the context and loop policies, notes between turns (compactions,
@@ -202,9 +202,10 @@ def _statistics(
             f"completion={sum(t.usage.completion_tokens for t in mine)}, "
             f"reasoning={sum(t.usage.reasoning_tokens for t in mine)}, cost={format_usd(cost)}"
         )
-    cached, written, saved = cache_totals(turns)
-    if cached or written:
-        lines.append(f"- **Prompt cache:** read={cached}, written={written} tokens; {cache_effect(saved)}")
+    tally = Tally.of(turns)
+    if tally.cached or tally.written:
+        effect = cache_effect(tally.saved)
+        lines.append(f"- **Prompt cache:** read={tally.cached}, written={tally.written} tokens; {effect}")
     # Notes carried over with the parent's turns happened (and were paid for) there.
     carried = dialogue.parent.turns if dialogue.parent else 0
     notes = [n for n in notes if n.before_seq >= carried]
@@ -246,17 +247,6 @@ def _statistics(
     return lines
 
 
-def cache_totals(turns: Sequence[Turn]) -> tuple[int, int, Decimal]:
-    """Return the tokens read from and written to the prompt cache, and what it saved, over the
-    dialogue's own turns (carried-over ones were paid for, and saved on, in their own dialogue)."""
-    turns = [t for t in turns if not t.inherited]
-    return (
-        sum(t.usage.cached_tokens for t in turns),
-        sum(t.usage.cache_write_tokens for t in turns),
-        sum((t.cache_saving_usd for t in turns), start=Decimal(0)),
-    )
-
-
 def cache_effect(saved: Decimal) -> str:
     """Say what the prompt cache did to the bill. Writing it costs more than a plain prompt, so a
     dialogue that wrote more than it read paid extra: said so, not as a negative saving."""
@@ -269,7 +259,7 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]
     """Return every stored field as JSON; money is a decimal string so no digit is lost."""
     limits = dialogue.limits
     totals = dialogue.totals
-    cached, written, saved = cache_totals(turns)
+    tally = Tally.of(turns)
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "dialogue": {
@@ -327,9 +317,9 @@ def render_json(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note]
             "completion_tokens": totals.completion_tokens,
             "reasoning_tokens": totals.reasoning_tokens,
             "interrupted_calls": totals.interrupted_calls,
-            "cached_tokens": cached,
-            "cache_write_tokens": written,
-            "cache_saving_usd": plain(saved),
+            "cached_tokens": tally.cached,
+            "cache_write_tokens": tally.written,
+            "cache_saving_usd": plain(tally.saved),
             "rounds_completed": _rounds_completed(dialogue, turns),
             "turns": len(turns),
         },
