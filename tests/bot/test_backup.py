@@ -102,6 +102,18 @@ def test_backup_refusals_are_one_line(tmp_path):
         back_up(live, tmp_path)
 
 
+async def test_a_backup_replaces_the_last_one_but_never_a_database_in_use(store, tmp_path):
+    """A nightly backup to one path replaces the night before's; a slip of the path onto another
+    database that something has open would have replaced its data with this one's."""
+    nightly = tmp_path / "nightly.db"
+    assert back_up(store.path, nightly).ok and back_up(store.path, nightly).ok
+    async with Store.open(tmp_path / "other.db") as other:
+        kept = await other.create_dialogue(make_spec(opening="Kept."), datetime.now(UTC))
+        with pytest.raises(InputError, match="other.db is a database in use \\(.*other.db-wal is beside it\\)"):
+            back_up(store.path, other.path)
+        assert (await other.get_dialogue(kept.id)).opening == "Kept."
+
+
 async def test_a_backup_through_a_link_keeps_the_link_and_a_pipe_is_refused(store, tmp_path):
     """The copy is renamed into place: onto a link it would replace the link, onto a pipe or a
     device (as root, /dev/null) it would put a file where that was."""
