@@ -310,6 +310,15 @@ async def test_dry_run_needs_no_key_and_no_network(env, tmp_path, server):
     assert server.requests == []
 
 
+async def test_a_dry_run_of_a_long_pasted_opening_runs_to_its_end(env, tmp_path):
+    """A 100,000-character opening with no spaces (a pasted blob): the stand-in quoted its last
+    word whole, past any reply cap, and the dry run ended as a provider error."""
+    blob = "x" * 100_000
+    result = await voices(env, tmp_path, "run", "--dry-run", "--rounds", "2", "--opening", blob)
+    assert result.code == 0, result.err
+    assert "Ended: all rounds completed" in result.out and "…xxxx" in result.out
+
+
 async def test_ctrl_c_stops_cleanly_and_still_writes_the_transcript(env, tmp_path):
     async with FakeOpenRouter(default_delay=0.1) as slow:
         env["VOICES_OPENROUTER_BASE_URL"] = slow.base_url

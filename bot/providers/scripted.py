@@ -25,13 +25,20 @@ class ScriptedReply:
     chunk_delay: float = 0.0
 
 
+#: The most characters of what it heard a dry-run reply quotes: well inside any reply cap.
+ECHOED = 60
+
+
 def echo_reply(request: ChatRequest) -> ScriptedReply:
     """Answer with a short line that names the model and what it was told: the dry-run default."""
     words = request.messages[-1]["content"].split()
     turn = sum(1 for m in request.messages if m["role"] == "assistant") + 1
+    ending = " ".join(words[-5:])
+    if len(ending) > ECHOED:  # a reply stays short, however long the words it heard
+        ending = "…" + ending[-ECHOED:]
     text = (
         f"Dry-run reply {turn} from {request.model}: I heard {len(words)} words, ending "
-        f"“{' '.join(words[-5:])}”. A real model would answer here."
+        f"“{ending}”. A real model would answer here."
     )
     return ScriptedReply(text=text)
 

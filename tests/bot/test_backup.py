@@ -109,7 +109,9 @@ async def test_a_backup_replaces_the_last_one_but_never_a_database_in_use(store,
     assert back_up(store.path, nightly).ok and back_up(store.path, nightly).ok
     async with Store.open(tmp_path / "other.db") as other:
         kept = await other.create_dialogue(make_spec(opening="Kept."), datetime.now(UTC))
-        with pytest.raises(InputError, match="other.db is a database in use \\(.*other.db-wal is beside it\\)"):
+        with pytest.raises(
+            InputError, match="other.db is a database in use \\(.*other.db-wal is beside it\\)"
+        ):
             back_up(store.path, other.path)
         assert (await other.get_dialogue(kept.id)).opening == "Kept."
 
