@@ -50,6 +50,12 @@ class Compactor:
         overflow = plan.overflow()
         window = plan.window
         last = len(turns) - 1
+        if last < 0:  # no history to drop or summarise: what the model is first told is too long
+            raise Halted(
+                StopReason.CONTEXT_LIMIT,
+                f"{overflow}: the opening and system prompt alone; shorten them or choose a model "
+                "with a longer context",
+            )
         if dialogue.context_policy is ContextPolicy.TRUNCATE:
             first = next(
                 (

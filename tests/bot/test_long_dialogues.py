@@ -162,6 +162,23 @@ async def test_the_stop_policy_ends_the_dialogue_before_a_request_could_overflow
     assert all(prompt_tokens(r.body) + 100 <= 700 for r in server.chat_requests)
 
 
+@pytest.mark.parametrize("policy", [ContextPolicy.TRUNCATE, ContextPolicy.COMPACT])
+async def test_an_opening_too_long_for_the_context_is_named_as_such_and_nothing_is_asked(
+    runner, server, store, policy
+):
+    """With no history yet there is nothing to drop or summarise: the stop says the opening itself
+    is too long, rather than that even a summary of the history would not fit."""
+    spec = replace(tiny_spec(policy), opening="word " * 1000)
+    dialogue = await runner.create(spec)
+    final = (await run_all(runner, dialogue.id))[-1].dialogue
+    assert final.stop_reason is StopReason.CONTEXT_LIMIT
+    assert final.stop_detail.endswith(
+        "exceed tiny/short-context's 700: the opening and system prompt alone; shorten them or "
+        "choose a model with a longer context"
+    )
+    assert server.chat_requests == [] and final.totals.spent_usd == 0
+
+
 async def test_truncation_drops_the_oldest_turns_keeps_the_opening_and_carries_on(runner, server, store):
     long_replies(server, 12)
     dialogue = await runner.create(tiny_spec(ContextPolicy.TRUNCATE))
