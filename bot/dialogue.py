@@ -192,9 +192,17 @@ class DialogueRunner:
         messages = build_messages(
             spec.participants, seat, spec.opening, spec.inherited, current_window(notes), notes
         )
-        worst = worst_case_cost(
-            model.pricing, estimate_prompt_tokens(count_bytes(messages)), max_tokens_of(first, model)
-        )
+        reply = max_tokens_of(first, model)
+        alone = count_bytes(build_messages(spec.participants, seat, spec.opening, ()))
+        if model.context_length is not None and alone + reply > model.context_length:
+            # What every window keeps; the first call has no calls before it to measure tokens by,
+            # so the run would bound it the same way and stop before asking anything.
+            raise InputError(
+                f"{first.name}'s system prompt and the opening could be {alone:,} tokens, which with "
+                f"{reply:,} for the reply exceed {model.id}'s context of {model.context_length:,}; "
+                "shorten the opening or choose a model with a longer context"
+            )
+        worst = worst_case_cost(model.pricing, estimate_prompt_tokens(count_bytes(messages)), reply)
         if worst > spec.limits.budget_usd:
             raise InputError(
                 f"budget ${spec.limits.budget_usd} is below the worst case of the first call "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from bot.budget import format_usd
 from bot.catalogue import Catalogue
 from bot.dialogue import DialogueRunner
-from bot.errors import UnknownModel
+from bot.errors import InputError, UnknownModel
 from bot.events import Noted
 from bot.models import ContextPolicy, Dialogue, NoteKind, StopReason
 from bot.plan import Tuning
@@ -163,13 +163,24 @@ async def test_the_stop_policy_ends_the_dialogue_before_a_request_could_overflow
 
 
 @pytest.mark.parametrize("policy", [ContextPolicy.TRUNCATE, ContextPolicy.COMPACT])
-async def test_an_opening_too_long_for_the_context_is_named_as_such_and_nothing_is_asked(
+async def test_an_opening_too_long_for_the_context_is_refused_and_named_as_such(
     runner, server, store, policy
 ):
-    """With no history yet there is nothing to drop or summarise: the stop says the opening itself
-    is too long, rather than that even a summary of the history would not fit."""
+    """With no history yet there is nothing to drop or summarise. The dialogue is refused before
+    it is made; one that got past that (its model's context shrank before it ran) stops saying the
+    opening itself is too long, not that even a summary of the history would not fit."""
     spec = replace(tiny_spec(policy), opening="word " * 1000)
-    dialogue = await runner.create(spec)
+    with pytest.raises(
+        InputError,
+        match=(
+            "^P0's system prompt and the opening could be 5,0[0-9][0-9] tokens, which with 100 for the "
+            "reply exceed tiny/short-context's context of 700; shorten the opening or choose a model "
+            "with a longer context$"
+        ),
+    ):
+        await runner.create(spec)
+    assert await store.list_dialogues() == []
+    dialogue = await store.create_dialogue(spec, datetime.now(UTC))
     final = (await run_all(runner, dialogue.id))[-1].dialogue
     assert final.stop_reason is StopReason.CONTEXT_LIMIT
     assert final.stop_detail.endswith(
