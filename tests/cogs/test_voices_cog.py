@@ -213,6 +213,11 @@ async def test_bad_options_are_refused_ephemerally_and_nothing_is_created(world)
         ({"budget": "0"}, "budget must be above $0"),
         ({"b": "nobody"}, "'nobody' is neither a persona"),
         ({"budget": "0.00001"}, "below the worst case of the first call"),
+        ({"budget": "1e-21"}, "budget is kept to a billionth of a dollar (9 decimal places)"),
+        (
+            {"a": "tiny/short-context", "opening": "word " * 700},
+            "exceed tiny/short-context's context of 700; shorten the opening or choose a model",
+        ),
     ]
     for options, message in cases:
         result = await start(world, **options)
