@@ -176,6 +176,25 @@ class DialogueRunner:
             spec = replace(spec, seed=new_seed())
         return await self.store.create_dialogue(spec, self._clock())
 
+    async def _check_opening_fits(self, spec: DialogueSpec, seat: int) -> None:
+        """Raise InputError when the first model to speak (after any people before it) cannot be
+        shown its system prompt and the opening, which every window keeps. Its call has no calls
+        before it to measure tokens by, so the run would bound it by bytes in the same way, and
+        stop there, having made the dialogue for nothing."""
+        count = len(spec.participants)
+        seats = ((seat + k) % count for k in range(count))
+        speaker = next(s for s in seats if not spec.participants[s].is_human)
+        persona = spec.participants[speaker]
+        model = await self.router.model(persona)
+        reply = max_tokens_of(persona, model)
+        alone = count_bytes(build_messages(spec.participants, speaker, spec.opening, ()))
+        if model.context_length is not None and alone + reply > model.context_length:
+            raise InputError(
+                f"{persona.name}'s system prompt and the opening could be {alone:,} tokens, which with "
+                f"{reply:,} for the reply exceed {model.id}'s context of {model.context_length:,}; "
+                "shorten the opening or choose a model with a longer context"
+            )
+
     async def check(self, spec: DialogueSpec) -> Decimal:
         """Raise InputError for a spec that cannot run; return the first call's worst-case cost."""
         validate_spec(spec, self._max_rounds, self._max_budget)
@@ -192,16 +211,8 @@ class DialogueRunner:
         messages = build_messages(
             spec.participants, seat, spec.opening, spec.inherited, current_window(notes), notes
         )
+        await self._check_opening_fits(spec, seat)
         reply = max_tokens_of(first, model)
-        alone = count_bytes(build_messages(spec.participants, seat, spec.opening, ()))
-        if model.context_length is not None and alone + reply > model.context_length:
-            # What every window keeps; the first call has no calls before it to measure tokens by,
-            # so the run would bound it the same way and stop before asking anything.
-            raise InputError(
-                f"{first.name}'s system prompt and the opening could be {alone:,} tokens, which with "
-                f"{reply:,} for the reply exceed {model.id}'s context of {model.context_length:,}; "
-                "shorten the opening or choose a model with a longer context"
-            )
         worst = worst_case_cost(model.pricing, estimate_prompt_tokens(count_bytes(messages)), reply)
         if worst > spec.limits.budget_usd:
             raise InputError(

@@ -15,7 +15,7 @@ from bot.catalogue import Catalogue
 from bot.dialogue import DialogueRunner
 from bot.errors import InputError, UnknownModel
 from bot.events import Noted
-from bot.models import ContextPolicy, Dialogue, NoteKind, StopReason
+from bot.models import ContextPolicy, Dialogue, NoteKind, Persona, StopReason
 from bot.plan import Tuning
 from bot.providers import Route, Router
 from bot.transcript import render_json, render_markdown
@@ -179,6 +179,10 @@ async def test_an_opening_too_long_for_the_context_is_refused_and_named_as_such(
         ),
     ):
         await runner.create(spec)
+    # A person speaking first changes nothing: the first model still reads the opening first.
+    person = Persona("Ann", "human:Ann", "")
+    with pytest.raises(InputError, match="^P1's system prompt and the opening could be"):
+        await runner.create(replace(spec, participants=(person, spec.participants[1])))
     assert await store.list_dialogues() == []
     dialogue = await store.create_dialogue(spec, datetime.now(UTC))
     final = (await run_all(runner, dialogue.id))[-1].dialogue
