@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Context, Decimal
 from enum import StrEnum
@@ -271,15 +271,9 @@ class Tally:
         """Return the tally of turns at hand (the store sums its own: `Store.tally`)."""
         seats: dict[int, Usage] = {}
         for turn in turns:
-            if not turn.inherited:
-                was, add = seats.get(turn.seat, Usage()), turn.usage
-                seats[turn.seat] = Usage(
-                    was.prompt_tokens + add.prompt_tokens,
-                    was.completion_tokens + add.completion_tokens,
-                    was.reasoning_tokens + add.reasoning_tokens,
-                    cached_tokens=was.cached_tokens + add.cached_tokens,
-                    cache_write_tokens=was.cache_write_tokens + add.cache_write_tokens,
-                )
+            if not turn.inherited:  # tokens only: the money is the dialogue's totals'
+                tokens = replace(turn.usage, cost_usd=None, estimated=False)
+                seats[turn.seat] = seats.get(turn.seat, Usage()) + tokens
         saved = sum((t.cache_saving_usd for t in turns if not t.inherited), start=Decimal(0))
         return cls(len(turns), seats, saved)
 
