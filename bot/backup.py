@@ -71,13 +71,13 @@ def _back_up(source: Path, target: Path) -> Health:
     if target.exists() and not target.is_file():
         # A device or a pipe: the copy is renamed into place, which would put a file where it was.
         raise InputError(f"{target} is not a file (a device or a pipe); give a file path for the backup")
-    if Path(f"{os.path.realpath(target)}-wal").exists():
+    given, (target, partial) = target, landing(target)
+    if target.with_name(f"{target.name}-wal").exists():
         # An earlier backup is replaced, as a nightly one should be; a database that something has
         # open (its write-ahead log beside it) is another process's data, not a backup.
         raise InputError(
-            f"{target} is a database in use ({target}-wal is beside it); give the backup another path"
+            f"{given} is a database in use ({given}-wal is beside it); give the backup another path"
         )
-    given, (target, partial) = target, landing(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial.unlink(missing_ok=True)
