@@ -29,6 +29,8 @@ from contextlib import contextmanager
 
 import aiohttp
 import httpx
+from httpx._client import UseClientDefault  # the types of send's own signature
+from httpx._types import AuthTypes
 
 #: Seconds a pooled connection idles before the kernel probes it, between probes, and probes unanswered.
 PROBES = (("TCP_KEEPIDLE", 15), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
@@ -278,12 +280,56 @@ class _NoCookies(httpx.Cookies):
 
 
 class _Client(httpx.AsyncClient):
-    """httpx's client, keeping no cookies. The APIs it calls know a caller by its key, and httpx
-    reads every response's cookies into a jar through urllib's request and message classes, which
-    cost 6 % of a one-word turn's instructions (docs/benchmarks.md section 11), for state no one
-    asked to keep."""
+    """httpx's client, keeping no cookies and handing a request straight to its transport.
+
+    The APIs it calls know a caller by its key, and httpx reads every response's cookies into a jar
+    through urllib's request and message classes, which cost 6 % of a one-word turn's instructions
+    (docs/benchmarks.md section 11), for state no one asked to keep."""
 
     _none = _NoCookies()
+
+    def __init__(self, timeout: httpx.Timeout, transport: AiohttpTransport):
+        super().__init__(timeout=timeout, transport=transport)
+        self._direct = transport
+
+    async def send(
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: AuthTypes | UseClientDefault | None = httpx.USE_CLIENT_DEFAULT,
+        follow_redirects: bool | UseClientDefault = httpx.USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        """Send as httpx does, without the machinery this client never uses. httpx's own send runs
+        an auth flow and a redirect loop (two generators and the hooks between) and wraps the body
+        to time it: about as much CPU as building the request, on every call. This client has no
+        auth, follows no redirects, has no hooks, and mounts no proxy (a client given its own
+        transport reads none from the environment; the transport reads them itself). Asked for
+        any of that, httpx's own send does it."""
+        if (
+            auth is not httpx.USE_CLIENT_DEFAULT
+            or follow_redirects is True
+            or self.auth is not None
+            or self.follow_redirects
+            or request.url.userinfo
+            or any(self.event_hooks.values())
+        ):
+            return await super().send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+        if self.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        request.extensions.setdefault("timeout", self.timeout.as_dict())
+        try:
+            response = await self._direct.handle_async_request(request)
+        except httpx.RequestError as exc:
+            exc.request = request  # as httpx's send names the request a failure was for
+            raise
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+        return response
 
     @property
     def cookies(self) -> httpx.Cookies:

@@ -21,7 +21,7 @@ from bot.providers.base import Provider
 from bot.providers.openai_compat import OpenAICompatProvider
 from bot.retry import RetryPolicy
 from bot.store import Store
-from bot.transport import AiohttpTransport
+from bot.transport import make_client
 from tests.fake_openrouter import FakeOpenRouter
 from tests.postgres import PostgresServer, server_programs
 
@@ -108,8 +108,8 @@ async def store(database: str) -> AsyncIterator[Store]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    # The transport the engine uses in production, so every provider test goes through it.
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0), transport=AiohttpTransport()) as client:
+    # The client the engine uses in production, so every provider test goes through it.
+    async with make_client(httpx.Timeout(10.0)) as client:
         yield client
 
 

@@ -26,7 +26,7 @@ from bot.providers.openai_compat import OpenAICompatProvider
 from bot.retry import RetryPolicy
 from bot.store import Store
 from bot.transcript import render_json, render_markdown
-from bot.transport import AiohttpTransport
+from bot.transport import make_client
 from tests.conftest import API_KEY, RecordingSleep, SteppingClock, build_runner, make_spec
 from tests.fake_openrouter import FakeOpenRouter, Reply
 
@@ -73,7 +73,7 @@ def test_no_lie_of_a_provider_breaks_the_cap_the_books_or_the_database(
 
 async def _attack(folder: Path, script: list[Reply], rounds: int, rise: bool) -> None:
     budget = Decimal("0.02")
-    async with FakeOpenRouter() as server, httpx.AsyncClient(timeout=5, transport=AiohttpTransport()) as http:
+    async with FakeOpenRouter() as server, make_client(httpx.Timeout(5)) as http:
         server.models = copy.deepcopy(server.models)
         server.enqueue(*script)
         async with Store.open(folder / "v.db") as store:

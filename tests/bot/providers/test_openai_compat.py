@@ -26,7 +26,7 @@ from bot.errors import (
 from bot.providers import openai_compat
 from bot.providers.base import ChatRequest, Completion, ReasoningDelta, TextDelta
 from bot.providers.openai_compat import OpenAICompatProvider, SseParser
-from bot.transport import AiohttpTransport
+from bot.transport import make_client
 from tests.conftest import API_KEY, GLM
 from tests.fake_openrouter import FakeOpenRouter, Reply
 
@@ -202,7 +202,7 @@ async def test_unreachable_base_url_names_the_address(http):
 
 async def test_read_timeout_is_a_connection_error(server):
     server.enqueue(Reply(text="late words arrive", chunk_delay=0.5, keepalives=0))
-    async with httpx.AsyncClient(timeout=httpx.Timeout(0.1), transport=AiohttpTransport()) as client:
+    async with make_client(httpx.Timeout(0.1)) as client:
         provider = OpenAICompatProvider(client, server.base_url, API_KEY)
         with pytest.raises(ConnectionFailed, match="in time"):
             await collect(provider)
@@ -398,7 +398,7 @@ async def _raw_provider(body: bytes, headers: str = "") -> AsyncIterator[OpenAIC
     """A provider whose one reply is `body`, sent exactly as given."""
     server = await _serve_raw(body, headers)
     port = server.sockets[0].getsockname()[1]
-    async with server, httpx.AsyncClient(transport=AiohttpTransport()) as client:
+    async with server, make_client(httpx.Timeout(5.0)) as client:
         yield OpenAICompatProvider(client, f"http://127.0.0.1:{port}/api/v1", API_KEY)
 
 

@@ -12,7 +12,7 @@ import pytest
 from bot.errors import ConnectionFailed
 from bot.providers.base import TextDelta
 from bot.providers.openai_compat import OpenAICompatProvider
-from bot.transport import AiohttpTransport, make_client
+from bot.transport import make_client
 from tests.bot.providers.test_openai_compat import REQUEST, collect
 from tests.conftest import API_KEY
 from tests.fake_openrouter import FakeOpenRouter, Reply
@@ -77,7 +77,7 @@ async def test_requests_go_through_the_proxy_the_environment_names(server: FakeO
     monkeypatch.setenv("HTTP_PROXY", server.base_url.removesuffix("/api/v1"))
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+    async with make_client(httpx.Timeout(5.0)) as http:
         provider = OpenAICompatProvider(http, "http://openrouter.invalid/api/v1", API_KEY)
         text, _, _ = await collect(provider)
     assert text
@@ -87,7 +87,7 @@ async def test_requests_go_through_the_proxy_the_environment_names(server: FakeO
 async def test_a_host_no_proxy_names_is_reached_directly(server: FakeOpenRouter, monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+    async with make_client(httpx.Timeout(5.0)) as http:
         text, _, _ = await collect(OpenAICompatProvider(http, server.base_url, API_KEY))
     assert text
     assert server.chat_requests[0].proxied_url is None
@@ -104,7 +104,7 @@ async def test_a_server_that_never_answers_is_named_in_one_line_after_the_read_t
     listener = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     async with listener:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(0.2), transport=AiohttpTransport()) as http:
+        async with make_client(httpx.Timeout(0.2)) as http:
             provider = OpenAICompatProvider(http, f"http://127.0.0.1:{port}/api/v1", API_KEY)
             with pytest.raises(ConnectionFailed) as caught:
                 await collect(provider)
@@ -116,7 +116,7 @@ async def test_a_server_that_never_answers_is_named_in_one_line_after_the_read_t
 async def test_a_stream_that_stalls_mid_reply_fails_once_no_data_came_for_the_read_timeout(server, pace):
     server.enqueue(Reply(text="one two three four", chunk_words=1, chunk_delay=0.05, keepalives=0))
     server.enqueue(Reply(text="late words arrive", chunk_words=1, chunk_delay=0.5, keepalives=0))
-    async with httpx.AsyncClient(timeout=httpx.Timeout(0.3), transport=AiohttpTransport()) as http:
+    async with make_client(httpx.Timeout(0.3)) as http:
         provider = OpenAICompatProvider(http, server.base_url, API_KEY, read_pace=pace)
         text, _, _ = await collect(provider)  # pieces 50 ms apart are well inside 0.3 s
         assert text == "one two three four"
@@ -130,7 +130,7 @@ async def test_a_slow_stream_that_never_falls_silent_for_the_read_timeout_is_rea
     times the 0.3 s timeout, arrive whole."""
     words = "one two three four five six seven"
     server.enqueue(Reply(text=words, chunk_words=1, chunk_delay=0.2, keepalives=0))
-    async with httpx.AsyncClient(timeout=httpx.Timeout(0.3), transport=AiohttpTransport()) as http:
+    async with make_client(httpx.Timeout(0.3)) as http:
         provider = OpenAICompatProvider(http, server.base_url, API_KEY, read_pace=pace)
         text, _, completion = await collect(provider)
     assert text == words
@@ -139,7 +139,7 @@ async def test_a_slow_stream_that_never_falls_silent_for_the_read_timeout_is_rea
 
 async def _pieces(server: FakeOpenRouter, pace: float) -> list[bytes]:
     """The pieces a chat reply's body is read in, with the given pace."""
-    async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+    async with make_client(httpx.Timeout(5.0)) as http:
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         extensions = {"read_pace": pace} if pace else None
         async with http.stream(
@@ -164,7 +164,7 @@ async def test_a_paced_stream_is_read_in_fewer_pieces_with_every_event_whole(ser
 async def test_a_paced_stream_ends_when_its_body_does_not_when_the_pace_is_up(server: FakeOpenRouter):
     """The end of a reply is seen as it comes: a read waiting out its pace is woken by it."""
     server.enqueue(Reply(text="one two three", chunk_words=1, chunk_delay=0.01, keepalives=0))
-    async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+    async with make_client(httpx.Timeout(5.0)) as http:
         provider = OpenAICompatProvider(http, server.base_url, API_KEY, read_pace=60)
         text, _, completion = await asyncio.wait_for(collect(provider), timeout=20)
     assert text == "one two three"
@@ -174,7 +174,7 @@ async def test_a_paced_stream_ends_when_its_body_does_not_when_the_pace_is_up(se
 async def test_a_paced_stream_is_cut_off_at_once(server: FakeOpenRouter):
     """A stop cuts a stream that waits out its pace without waiting for it, and closes the connection."""
     server.enqueue(Reply(text="word " * 200, chunk_words=1, chunk_delay=0.01, keepalives=0))
-    async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+    async with make_client(httpx.Timeout(5.0)) as http:
         provider = OpenAICompatProvider(http, server.base_url, API_KEY, read_pace=60)
         first = asyncio.Event()
 
