@@ -11,6 +11,7 @@ import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -71,6 +72,10 @@ class OpenAICompatProvider:
         #: The tokenize endpoint that answered (None: not tried yet; "": none does).
         self._tokenizer: tuple[str, str] | str | None = None
         self._mask = Masker([api_key] if api_key else [])
+        # The chat request's headers, merged with the client's once: httpx would merge them, and
+        # encode each name and value again, on every request.
+        self._chat_headers = httpx.Headers(http.headers)
+        self._chat_headers.update({**self._headers(), "Content-Type": "application/json"})
 
     def _headers(self) -> dict[str, str]:
         headers = {"X-Title": APP_TITLE, "X-OpenRouter-Title": APP_TITLE}
@@ -89,12 +94,15 @@ class OpenAICompatProvider:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Yield the reply's deltas, then one Completion."""
-        body = _request_body(request)
-        call = self._http.stream(
-            "POST", self._chat_url, json=body, headers=self._headers(), extensions=self._stream_extensions
+        call = httpx.Request(
+            "POST",
+            self._chat_url,
+            headers=self._chat_headers,
+            content=_encode(_request_body(request)),
+            extensions=self._stream_extensions,
         )
         try:
-            async with call as response:
+            async with _sent(self._http, call) as response:
                 if response.status_code != 200:
                     raise self._http_error(response, await self._read_whole(response))
                 generation_id = response.headers.get("x-generation-id")
@@ -252,6 +260,21 @@ def check_base_url(value: str) -> str:
     if not host:
         raise ValueError("names no host: write it as https://HOST/PATH")
     return value.rstrip("/")
+
+
+@asynccontextmanager
+async def _sent(http: httpx.AsyncClient, request: httpx.Request) -> AsyncIterator[httpx.Response]:
+    """The response to a request built whole, closed on the way out, as httpx's `stream` does."""
+    response = await http.send(request, stream=True)
+    try:
+        yield response
+    finally:
+        await response.aclose()
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    """The body as httpx's `json=` encodes it."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _request_body(request: ChatRequest) -> dict[str, Any]:
