@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_output(sequel)
 
     branch = sub.add_parser("fork", help="start a new dialogue from any turn of an earlier one")
-    branch.add_argument("id", type=int)
+    branch.add_argument("id", type=_whole(1))
     branch.add_argument("turn", type=_whole(1), help="the last turn to keep (1 is the first)")
     branch.add_argument(
         "--rounds", type=_whole(1), help="rounds to play from there (default: VOICES_DEFAULT_ROUNDS)"

@@ -1222,3 +1222,18 @@ async def test_a_terminal_that_cannot_show_every_character_gets_question_marks_n
     assert "Traceback" not in result.err
     assert "Dialogue 1 ? claude-opus-4.6" in result.out and "Ended: all rounds completed" in result.out
     assert "Café? 😀" in (tmp_path / "transcripts" / "1.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("resume", "abc"), ("continue", "abc"), ("fork", "abc", "1"), ("interject", "abc", "hi"),
+        ("stop", "abc"), ("pause", "abc"), ("show", "abc"), ("export", "abc"),
+    ],
+)  # fmt: skip
+async def test_every_command_refuses_an_id_that_is_not_a_dialogue_id_in_the_same_words(env, tmp_path, args):
+    """`voices list` shows ids from 1 up: anything else gets the same line, naming the command's help."""
+    result = await voices(env, tmp_path, *args)
+    assert result.code == 2
+    refused = "error: argument id: must be a whole number of at least 1, not 'abc'"
+    assert f"{refused}; see `voices {args[0]} --help`" in result.err
