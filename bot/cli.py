@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from importlib import metadata
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from rich.console import Console
 from rich.markdown import Markdown
@@ -98,6 +98,20 @@ def not_utf8(argv: Sequence[str]) -> str | None:
 
 class Parser(argparse.ArgumentParser):
     """argparse, with a bad argument said in one line (no usage block) and exit status 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # The innermost command parsed leaves itself here (a subcommand's defaults override its
+        # parent's), so an argument no command knows is named with that command's help.
+        self.set_defaults(parsed_by=self)
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            parsed.parsed_by.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {visible(message)}; see `{self.prog} --help`\n")

@@ -1237,3 +1237,15 @@ async def test_every_command_refuses_an_id_that_is_not_a_dialogue_id_in_the_same
     assert result.code == 2
     refused = "error: argument id: must be a whole number of at least 1, not 'abc'"
     assert f"{refused}; see `voices {args[0]} --help`" in result.err
+
+
+@pytest.mark.parametrize(
+    ("args", "help_of"),
+    [(("fork", "1", "1", "--dry-run"), "voices fork"), (("db", "backup", "a", "b"), "voices db backup"),
+     (("run", "--rounds", "1", "extra"), "voices run")],
+)  # fmt: skip
+async def test_an_argument_a_command_does_not_take_points_at_that_commands_help(env, tmp_path, args, help_of):
+    result = await voices(env, tmp_path, *args)
+    assert result.code == 2
+    assert result.err.strip().endswith(f"; see `{help_of} --help`")
+    assert "unrecognized arguments: " in result.err and len(result.err.strip().splitlines()) == 1
