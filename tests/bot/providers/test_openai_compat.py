@@ -61,6 +61,7 @@ async def test_request_carries_model_messages_limits_and_key(provider, server):
     (request,) = server.chat_requests
     assert request.headers["authorization"] == f"Bearer {API_KEY}"
     assert request.headers["x-title"] == "Voices"
+    assert request.headers["content-type"] == "application/json"
     body = request.body
     assert body["model"] == GLM and body["stream"] is True and body["max_tokens"] == 300
     assert body["messages"] == REQUEST.messages
