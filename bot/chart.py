@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from bot.budget import format_usd
 from bot.models import Dialogue, Note, NoteKind, Turn
+from bot.text import counted
 
 WIDTH, HEIGHT = 900, 560
 SCALE = 2  # drawn at this multiple, then scaled down: anti-aliasing for lines and type
@@ -53,7 +54,7 @@ def render_png(dialogue: Dialogue, turns: Sequence[Turn], notes: Sequence[Note] 
     names = " vs ".join(p.name for p in dialogue.participants)
     pen.text((20, 16), f"Dialogue {dialogue.id}: {names}", 28, INK)
     spent = f"{format_usd(dialogue.totals.spent_usd)} spent of {format_usd(dialogue.limits.budget_usd)}"
-    pen.text((20, 52), f"{len(turns)} turns · {spent}", 20, MUTED)
+    pen.text((20, 52), f"{counted(len(turns), 'turn')} · {spent}", 20, MUTED)
     below = _legend(pen, dialogue, notes, 20, 82)
     count = max(len(turns), 1)
     middle = (below + 56 + HEIGHT - 60) / 2

@@ -65,8 +65,8 @@ def check_start(policy: GuildPolicy, spec: DialogueSpec, usage: GuildLoad) -> No
         raise InputError(f"this server allows a budget of at most {format_usd(policy.max_budget)}")
     if usage.active >= policy.max_concurrent:
         raise InputError(
-            f"this server already has {usage.active} dialogues going (at most {policy.max_concurrent}); "
-            "stop one or wait"
+            f"this server already has {counted(usage.active, 'dialogue')} going "
+            f"(at most {policy.max_concurrent}); stop one or wait"
         )
     guild_left = policy.daily_cap_guild - usage.guild_today
     if limits.budget_usd > guild_left:

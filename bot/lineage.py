@@ -25,6 +25,7 @@ from bot.models import (
 from bot.plan import Halted, max_tokens_of, tokens_left, tokens_per_byte
 from bot.prompts import Window, build_messages, current_window
 from bot.summary import summary_messages, summary_writer
+from bot.text import counted
 
 CONTINUE_OPENING = "Let us pick up where we left off."
 
@@ -37,9 +38,8 @@ async def fork(
     if not turns:
         raise InputError(f"dialogue {parent_id} has no turns yet to fork from")
     if not 1 <= turn <= len(turns):
-        raise InputError(
-            f"dialogue {parent_id} has {len(turns)} turns; fork from a turn between 1 and {len(turns)}"
-        )
+        which = "turn 1" if len(turns) == 1 else f"a turn between 1 and {len(turns)}"
+        raise InputError(f"dialogue {parent_id} has {counted(len(turns), 'turn')}; fork from {which}")
     kept = tuple(turns[:turn])
     spec = _child_spec(parent, kept, tuple(n for n in notes if n.before_seq < turn), rounds, budget, origin)
     return await runner.create(replace(spec, parent=Lineage(parent.id, LineageKind.FORK, turn)))

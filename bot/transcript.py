@@ -136,8 +136,8 @@ def headline(note: Note) -> str:
     """Return a note in one line of plain text, as the thread and the terminal show it."""
     if note.kind is NoteKind.COMPACTED:
         return (
-            f"⟲ Context compacted: the first {note.first_kept_seq} turns are now a summary by "
-            f"{note.model} (cost {format_usd(note.cost_usd)}); the models see it instead"
+            f"⟲ Context compacted: the first {counted(note.first_kept_seq or 0, 'turn')} are now a "
+            f"summary by {note.model} (cost {format_usd(note.cost_usd)}); the models see it instead"
         )
     if note.kind is NoteKind.TRUNCATED:
         return f"✂ Context truncated: {note.text}"
@@ -198,7 +198,7 @@ def _statistics(
         mine = [t for t in turns if t.seat == seat and not t.inherited]
         cost = sum((t.cost_usd for t in mine), start=Decimal(0))
         lines.append(
-            f"- **{name}** (`{dialogue.participants[seat].model}`): {len(mine)} turns, "
+            f"- **{name}** (`{dialogue.participants[seat].model}`): {counted(len(mine), 'turn')}, "
             f"completion={sum(t.usage.completion_tokens for t in mine)}, "
             f"reasoning={sum(t.usage.reasoning_tokens for t in mine)}, cost={format_usd(cost)}"
         )

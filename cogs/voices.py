@@ -803,7 +803,8 @@ def _lineage_line(child: Dialogue, parent_room: Room) -> str:
             f"turns 1–{lineage.turns} carry over."
         )
     if lineage.turns:
-        return f"Continues dialogue {lineage.parent_id} ({where}): all {lineage.turns} turns carry over."
+        carried = "its turn carries" if lineage.turns == 1 else f"all {lineage.turns} turns carry"
+        return f"Continues dialogue {lineage.parent_id} ({where}): {carried} over."
     return f"Continues dialogue {lineage.parent_id} ({where}): every voice remembers it in a summary."
 
 

@@ -106,6 +106,15 @@ async def test_markdown_follows_the_reference_layout(finished):
     assert "**Stop reason:** a model returned an empty reply twice (`empty_reply`)" in text
 
 
+async def test_a_voice_with_one_turn_is_counted_as_one_turn(make_runner, store):
+    runner = make_runner(ScriptedProvider(free_models([OPUS, GLM])))
+    dialogue = await runner.create(make_spec(rounds=1))
+    await run_all(runner, dialogue.id)
+    text = render_markdown(*await store.history(dialogue.id))
+    assert "- **claude-opus-4.6** (`anthropic/claude-opus-4.6`): 1 turn, completion=" in text
+    assert "1 turns" not in text
+
+
 async def test_an_empty_reply_is_marked_never_silent(finished):
     text = render_markdown(*finished)
     assert "⚠ Empty reply: glm-5 returned no text (finish_reason=length, 2 attempts)" in text
