@@ -240,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     sequel.add_argument("--budget", type=_usd, help="hard cap in USD; a summary is paid from it")
     sequel.add_argument("--opening", help="the new first message, when the earlier one is summarised")
     sequel.add_argument("--summary-model", metavar="MODEL", help="the model that writes the summary")
+    sequel.add_argument(
+        "--max-total-tokens",
+        type=_whole(1),
+        help="limit on prompt+completion tokens (default: the earlier one's)",
+    )
     _add_run_output(sequel)
 
     branch = sub.add_parser("fork", help="start a new dialogue from any turn of an earlier one")
@@ -249,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds", type=_whole(1), help="rounds to play from there (default: VOICES_DEFAULT_ROUNDS)"
     )
     branch.add_argument("--budget", type=_usd, help="hard cap in USD")
+    branch.add_argument(
+        "--max-total-tokens",
+        type=_whole(1),
+        help="limit on prompt+completion tokens (default: the earlier one's)",
+    )
     _add_run_output(branch)
 
     note = sub.add_parser(
@@ -520,11 +530,18 @@ async def branch_dialogue(
         parent = await app.store.get_dialogue(args.id)
         origin = DRY_RUN if parent.origin == DRY_RUN else "cli"
         if args.command == "fork":
-            child = await fork(app.runner, args.id, args.turn, rounds, budget, origin)
+            child = await fork(app.runner, args.id, args.turn, rounds, budget, origin, args.max_total_tokens)
         else:
             summary_model = args.summary_model or defaults.summary_model
             child = await continue_dialogue(
-                app.runner, args.id, rounds, budget, origin, args.opening, summary_model
+                app.runner,
+                args.id,
+                rounds,
+                budget,
+                origin,
+                args.opening,
+                summary_model,
+                args.max_total_tokens,
             )
         return await _drive(app, child.id, args, defaults, console)
 

@@ -213,11 +213,20 @@ class DialogueRunner:
         )
         await self._check_opening_fits(spec, seat)
         reply = max_tokens_of(first, model)
-        worst = worst_case_cost(model.pricing, estimate_prompt_tokens(count_bytes(messages)), reply)
+        prompt = estimate_prompt_tokens(count_bytes(messages))
+        worst = worst_case_cost(model.pricing, prompt, reply)
         if worst > spec.limits.budget_usd:
             raise InputError(
                 f"budget ${spec.limits.budget_usd} is below the worst case of the first call "
                 f"(${worst:.6f}); raise the budget or lower max_tokens"
+            )
+        # The run bounds its first call the same way (no call before it to count by), and would stop
+        # there, having made the dialogue for nothing. Carried-over turns are not in its totals.
+        limit = spec.limits.max_total_tokens
+        if limit is not None and not first.is_human and prompt + reply > limit:
+            raise InputError(
+                f"the token limit of {limit:,} cannot hold the first call (its prompt and a reply of up "
+                f"to {reply:,} could be {prompt + reply:,} tokens); raise the token limit or lower max_tokens"
             )
         if spec.referee is not None:
             # Said now, not after the rounds were paid for: the verdict must fit beside the first call.

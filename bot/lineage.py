@@ -31,9 +31,16 @@ CONTINUE_OPENING = "Let us pick up where we left off."
 
 
 async def fork(
-    runner: DialogueRunner, parent_id: int, turn: int, rounds: int, budget: Decimal, origin: str
+    runner: DialogueRunner,
+    parent_id: int,
+    turn: int,
+    rounds: int,
+    budget: Decimal,
+    origin: str,
+    max_total_tokens: int | None = None,
 ) -> Dialogue:
-    """Create a dialogue holding exactly turns 1–`turn` of the parent, to play `rounds` more rounds."""
+    """Create a dialogue holding exactly turns 1–`turn` of the parent, to play `rounds` more rounds;
+    under `max_total_tokens`, or the parent's token limit where that is None."""
     parent, turns, notes = await runner.store.history(parent_id)
     if not turns:
         raise InputError(f"dialogue {parent_id} has no turns yet to fork from")
@@ -41,7 +48,8 @@ async def fork(
         which = "turn 1" if len(turns) == 1 else f"a turn between 1 and {len(turns)}"
         raise InputError(f"dialogue {parent_id} has {counted(len(turns), 'turn')}; fork from {which}")
     kept = tuple(turns[:turn])
-    spec = _child_spec(parent, kept, tuple(n for n in notes if n.before_seq < turn), rounds, budget, origin)
+    kept_notes = tuple(n for n in notes if n.before_seq < turn)
+    spec = _child_spec(parent, kept, kept_notes, rounds, budget, origin, max_total_tokens)
     return await runner.create(replace(spec, parent=Lineage(parent.id, LineageKind.FORK, turn)))
 
 
@@ -53,18 +61,21 @@ async def continue_dialogue(
     origin: str,
     opening: str | None = None,
     summary_model: str | None = None,
+    max_total_tokens: int | None = None,
 ) -> Dialogue:
     """Create a dialogue that remembers a finished one: carried over whole if it fits every model's
-    context, else summarised (the summary's cost counted in the new budget) into the system prompts."""
+    context, else summarised (the summary's cost counted in the new budget) into the system prompts.
+    Its token limit is `max_total_tokens`, or the parent's where that is None: one that stopped at
+    its limit would stop again at once."""
     parent, turns, notes = await runner.store.history(parent_id)
     if not parent.status.is_final:
         raise StateError(f"dialogue {parent_id} has not ended; stop it first, or fork it at a turn")
     if not any(t.text for t in turns):
         raise InputError(f"dialogue {parent_id} has nothing to remember; start a new dialogue instead")
     if await _fits_whole(runner, parent, turns, notes):
-        spec = _child_spec(parent, tuple(turns), tuple(notes), rounds, budget, origin)
+        spec = _child_spec(parent, tuple(turns), tuple(notes), rounds, budget, origin, max_total_tokens)
         return await runner.create(replace(spec, parent=Lineage(parent.id, LineageKind.CONTINUE, len(turns))))
-    spec = _child_spec(parent, (), (), rounds, budget, origin)
+    spec = _child_spec(parent, (), (), rounds, budget, origin, max_total_tokens)
     spec = replace(
         spec,
         opening=opening or CONTINUE_OPENING,
@@ -88,12 +99,13 @@ def _child_spec(
     rounds: int,
     budget: Decimal,
     origin: str,
+    max_total_tokens: int | None,
 ) -> DialogueSpec:
     count = len(parent.participants)
     limits = Limits(
         max_rounds=carried_rounds(len(inherited), count) + rounds,
         budget_usd=budget,
-        max_total_tokens=parent.limits.max_total_tokens,
+        max_total_tokens=parent.limits.max_total_tokens if max_total_tokens is None else max_total_tokens,
         max_seconds=parent.limits.max_seconds,
     )
     return DialogueSpec(

@@ -627,6 +627,30 @@ async def test_fork_and_continue_from_the_command_line(env, tmp_path, server):
     assert bad.err.strip() == "error: dialogue 1 has 4 turns; fork from a turn between 1 and 4"
 
 
+async def test_a_dialogue_stopped_at_its_token_limit_goes_on_under_a_higher_one(env, tmp_path, server):
+    """Its continuation or fork keeps the earlier limit unless given one: kept, it could not hold the
+    first call, and says so before anything is spent."""
+    stopped = await voices(env, tmp_path, *RUN, "--rounds", "5", "--max-total-tokens", "700")
+    assert stopped.code == 0, stopped.err
+    first = json.loads((tmp_path / "transcripts" / "1.json").read_text())
+    assert first["dialogue"]["stop_reason"] == "tokens"
+    for args in (("continue", "1"), ("fork", "1", str(len(first["turns"])))):
+        asked = len(server.chat_requests)
+        refused = await voices(env, tmp_path, *args, "--rounds", "1")
+        assert refused.code == 2
+        assert refused.err.startswith("error: the token limit of 700 cannot hold the first call (")
+        assert refused.err.strip().endswith("; raise the token limit or lower max_tokens")
+        assert len(server.chat_requests) == asked
+        went_on = await voices(env, tmp_path, *args, "--rounds", "1", "--max-total-tokens", "100000")
+        assert went_on.code == 0, went_on.err
+        assert len(server.chat_requests) == asked + 2  # one round: a call for each voice
+    listing = json.loads((await voices(env, tmp_path, "export", "1", "--format", "json")).out)
+    assert listing["dialogue"]["children"] == [2, 3]
+    for child in (2, 3):
+        document = json.loads((tmp_path / "transcripts" / f"{child}.json").read_text())
+        assert document["dialogue"]["stop_reason"] == "max_rounds"
+
+
 async def test_an_interjection_from_another_terminal_joins_a_paused_dialogue(env, tmp_path, server):
     env = {**env, "VOICES_HUMAN_TIMEOUT": "0.5"}
     process = await start(env, tmp_path, *HUMAN_RUN, typing=True)

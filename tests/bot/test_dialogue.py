@@ -367,6 +367,16 @@ async def test_token_limit_stops_before_the_call_that_could_pass_it(runner, stor
     assert len(await store.list_turns(dialogue.id)) >= 1
 
 
+async def test_a_token_limit_that_cannot_hold_the_first_call_is_refused_before_anything_is_spent(
+    runner, store, server
+):
+    # A reply of up to 300 tokens and any prompt do not fit under 250: the run would stop before its
+    # first call, having made a dialogue for nothing.
+    with pytest.raises(InputError, match=r"^the token limit of 250 cannot hold the first call \(its prompt"):
+        await runner.create(make_spec(rounds=1, max_tokens=300, max_total_tokens=250))
+    assert server.chat_requests == [] and await store.list_dialogues() == []
+
+
 async def test_context_limit_stops_when_the_history_would_not_fit(runner, store):
     dialogue = await runner.create(make_spec("tiny/short-context", GLM, rounds=20, max_tokens=100))
     final = ended(await run_all(runner, dialogue.id))
