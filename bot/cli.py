@@ -37,7 +37,7 @@ from bot.control import Control
 from bot.database import address
 from bot.errors import InputError, ProviderError
 from bot.events import AwaitingHuman, Ended, Event
-from bot.lineage import continue_dialogue, fork
+from bot.lineage import Caps, continue_dialogue, fork
 from bot.models import (
     DRY_RUN,
     HUMAN,
@@ -240,11 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     sequel.add_argument("--budget", type=_usd, help="hard cap in USD; a summary is paid from it")
     sequel.add_argument("--opening", help="the new first message, when the earlier one is summarised")
     sequel.add_argument("--summary-model", metavar="MODEL", help="the model that writes the summary")
-    sequel.add_argument(
-        "--max-total-tokens",
-        type=_whole(1),
-        help="limit on prompt+completion tokens (default: the earlier one's)",
-    )
+    _add_child_caps(sequel)
     _add_run_output(sequel)
 
     branch = sub.add_parser("fork", help="start a new dialogue from any turn of an earlier one")
@@ -254,11 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds", type=_whole(1), help="rounds to play from there (default: VOICES_DEFAULT_ROUNDS)"
     )
     branch.add_argument("--budget", type=_usd, help="hard cap in USD")
-    branch.add_argument(
-        "--max-total-tokens",
-        type=_whole(1),
-        help="limit on prompt+completion tokens (default: the earlier one's)",
-    )
+    _add_child_caps(branch)
     _add_run_output(branch)
 
     note = sub.add_parser(
@@ -336,6 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
     move.add_argument("source", help="the database to copy: a path, sqlite:///path or postgresql://…")
     move.add_argument("target", help="an empty database to copy it into, of either kind")
     return parser
+
+
+def _add_child_caps(parser: argparse.ArgumentParser) -> None:
+    """The limits a fork or a continuation may set afresh, where the earlier dialogue's would stop it."""
+    parser.add_argument(
+        "--max-total-tokens",
+        type=_whole(1),
+        help="limit on prompt+completion tokens (default: the earlier one's)",
+    )
+    parser.add_argument("--max-seconds", type=_seconds, help="wall-clock limit (default: the earlier one's)")
 
 
 def _add_run_output(parser: argparse.ArgumentParser) -> None:
@@ -526,11 +528,12 @@ async def branch_dialogue(
     config = await _config_for(config, args.id, getattr(args, "summary_model", None))
     rounds = args.rounds if args.rounds is not None else defaults.rounds
     budget = args.budget if args.budget is not None else defaults.budget
+    caps = Caps(args.max_total_tokens, args.max_seconds)
     async with open_app(config) as app:
         parent = await app.store.get_dialogue(args.id)
         origin = DRY_RUN if parent.origin == DRY_RUN else "cli"
         if args.command == "fork":
-            child = await fork(app.runner, args.id, args.turn, rounds, budget, origin, args.max_total_tokens)
+            child = await fork(app.runner, args.id, args.turn, rounds, budget, origin, caps)
         else:
             summary_model = args.summary_model or defaults.summary_model
             child = await continue_dialogue(
@@ -541,7 +544,7 @@ async def branch_dialogue(
                 origin,
                 args.opening,
                 summary_model,
-                args.max_total_tokens,
+                caps,
             )
         return await _drive(app, child.id, args, defaults, console)
 

@@ -440,8 +440,10 @@ class DialogueRunner:
         loop = asyncio.get_running_loop()
         deadline = None
         if dialogue.limits.max_seconds is not None:
-            # The limit counts the time spent on calls, so a pause or a crash does not use it up.
-            used = sum(t.latency_ms for t in turns) / 1000
+            # The limit counts the time spent on calls, so a pause or a crash does not use it up;
+            # and this dialogue's own calls, as its budget and token limit do, not those of the
+            # turns a fork or a continuation carried over.
+            used = sum(t.latency_ms for t in turns if not t.inherited) / 1000
             deadline = loop.time() + dialogue.limits.max_seconds - used
         while True:
             # Spectators' interjections are stored as they come; each joins the history here, at the

@@ -4,7 +4,7 @@ fork, which carries an earlier dialogue's turns up to any one of them and goes o
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from bot.budget import Budget, count_bytes, expected_tokens
@@ -30,6 +30,15 @@ from bot.text import counted
 CONTINUE_OPENING = "Let us pick up where we left off."
 
 
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """The token and time limits a fork or a continuation is given; None keeps the earlier
+    dialogue's. Both count the new dialogue's own calls, not the turns it carries over."""
+
+    max_total_tokens: int | None = None
+    max_seconds: float | None = None
+
+
 async def fork(
     runner: DialogueRunner,
     parent_id: int,
@@ -37,10 +46,9 @@ async def fork(
     rounds: int,
     budget: Decimal,
     origin: str,
-    max_total_tokens: int | None = None,
+    caps: Caps = Caps(),
 ) -> Dialogue:
-    """Create a dialogue holding exactly turns 1–`turn` of the parent, to play `rounds` more rounds;
-    under `max_total_tokens`, or the parent's token limit where that is None."""
+    """Create a dialogue holding exactly turns 1–`turn` of the parent, to play `rounds` more rounds."""
     parent, turns, notes = await runner.store.history(parent_id)
     if not turns:
         raise InputError(f"dialogue {parent_id} has no turns yet to fork from")
@@ -49,7 +57,7 @@ async def fork(
         raise InputError(f"dialogue {parent_id} has {counted(len(turns), 'turn')}; fork from {which}")
     kept = tuple(turns[:turn])
     kept_notes = tuple(n for n in notes if n.before_seq < turn)
-    spec = _child_spec(parent, kept, kept_notes, rounds, budget, origin, max_total_tokens)
+    spec = _child_spec(parent, kept, kept_notes, rounds, budget, origin, caps)
     return await runner.create(replace(spec, parent=Lineage(parent.id, LineageKind.FORK, turn)))
 
 
@@ -61,21 +69,19 @@ async def continue_dialogue(
     origin: str,
     opening: str | None = None,
     summary_model: str | None = None,
-    max_total_tokens: int | None = None,
+    caps: Caps = Caps(),
 ) -> Dialogue:
     """Create a dialogue that remembers a finished one: carried over whole if it fits every model's
-    context, else summarised (the summary's cost counted in the new budget) into the system prompts.
-    Its token limit is `max_total_tokens`, or the parent's where that is None: one that stopped at
-    its limit would stop again at once."""
+    context, else summarised (the summary's cost counted in the new budget) into the system prompts."""
     parent, turns, notes = await runner.store.history(parent_id)
     if not parent.status.is_final:
         raise StateError(f"dialogue {parent_id} has not ended; stop it first, or fork it at a turn")
     if not any(t.text for t in turns):
         raise InputError(f"dialogue {parent_id} has nothing to remember; start a new dialogue instead")
     if await _fits_whole(runner, parent, turns, notes):
-        spec = _child_spec(parent, tuple(turns), tuple(notes), rounds, budget, origin, max_total_tokens)
+        spec = _child_spec(parent, tuple(turns), tuple(notes), rounds, budget, origin, caps)
         return await runner.create(replace(spec, parent=Lineage(parent.id, LineageKind.CONTINUE, len(turns))))
-    spec = _child_spec(parent, (), (), rounds, budget, origin, max_total_tokens)
+    spec = _child_spec(parent, (), (), rounds, budget, origin, caps)
     spec = replace(
         spec,
         opening=opening or CONTINUE_OPENING,
@@ -99,14 +105,16 @@ def _child_spec(
     rounds: int,
     budget: Decimal,
     origin: str,
-    max_total_tokens: int | None,
+    caps: Caps,
 ) -> DialogueSpec:
     count = len(parent.participants)
     limits = Limits(
         max_rounds=carried_rounds(len(inherited), count) + rounds,
         budget_usd=budget,
-        max_total_tokens=parent.limits.max_total_tokens if max_total_tokens is None else max_total_tokens,
-        max_seconds=parent.limits.max_seconds,
+        max_total_tokens=parent.limits.max_total_tokens
+        if caps.max_total_tokens is None
+        else caps.max_total_tokens,
+        max_seconds=parent.limits.max_seconds if caps.max_seconds is None else caps.max_seconds,
     )
     return DialogueSpec(
         parent.participants,

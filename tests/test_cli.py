@@ -641,7 +641,9 @@ async def test_a_dialogue_stopped_at_its_token_limit_goes_on_under_a_higher_one(
         assert refused.err.startswith("error: the token limit of 700 cannot hold the first call (")
         assert refused.err.strip().endswith("; raise the token limit or lower max_tokens")
         assert len(server.chat_requests) == asked
-        went_on = await voices(env, tmp_path, *args, "--rounds", "1", "--max-total-tokens", "100000")
+        went_on = await voices(
+            env, tmp_path, *args, "--rounds", "1", "--max-total-tokens", "100000", "--max-seconds", "90"
+        )
         assert went_on.code == 0, went_on.err
         assert len(server.chat_requests) == asked + 2  # one round: a call for each voice
     listing = json.loads((await voices(env, tmp_path, "export", "1", "--format", "json")).out)
@@ -649,6 +651,8 @@ async def test_a_dialogue_stopped_at_its_token_limit_goes_on_under_a_higher_one(
     for child in (2, 3):
         document = json.loads((tmp_path / "transcripts" / f"{child}.json").read_text())
         assert document["dialogue"]["stop_reason"] == "max_rounds"
+        limits = document["dialogue"]["limits"]
+        assert (limits["max_total_tokens"], limits["max_seconds"]) == (100000, 90)
 
 
 async def test_an_interjection_from_another_terminal_joins_a_paused_dialogue(env, tmp_path, server):

@@ -13,8 +13,8 @@ from bot.control import Control
 from bot.dialogue import validate_spec
 from bot.errors import InputError, StateError
 from bot.events import AwaitingHuman, Noted, TurnFinished, TurnStarted
-from bot.lineage import continue_dialogue, fork
-from bot.models import Lineage, LineageKind, NoteKind, Persona, Status, StopReason
+from bot.lineage import Caps, continue_dialogue, fork
+from bot.models import Lineage, LineageKind, NoteKind, Persona, Status, StopReason, TurnStatus
 from bot.privacy import MARKER, REMOVED_NAME, forget_member
 from bot.rooms import Room, RoomStore
 from bot.transcript import render_json, render_markdown
@@ -235,6 +235,35 @@ async def test_a_continuation_whose_summary_could_pass_the_token_limit_is_refuse
     )
     assert len(server.chat_requests) == before  # no summary was asked for
     assert [d.id for d in await store.list_dialogues()] == [parent.id]  # and no half-made dialogue
+
+
+async def test_a_fork_or_continuation_has_its_own_time_limit_not_what_its_carried_turns_took(
+    runner, server, store
+):
+    # Four slow replies take the parent 4 m; each child plays two under a limit of 3 m: room for its
+    # own, where the parent's time counted again would leave none.
+    def slow(count: int) -> None:
+        server.enqueue(*(Reply(text="slow " * 4, chunk_words=1, chunk_delay=0.05) for _ in range(count)))
+
+    slow(4)
+    parent = await runner.create(make_spec(rounds=2, max_seconds=60))
+    await run_all(runner, parent.id)
+    took = sum(t.latency_ms for t in await store.list_turns(parent.id)) / 1000
+    caps = Caps(max_total_tokens=90_000, max_seconds=round(took * 3 / 4, 3))
+    for make in (
+        lambda: fork(runner, parent.id, 4, rounds=1, budget=Decimal("0.5"), origin="cli", caps=caps),
+        lambda: continue_dialogue(
+            runner, parent.id, rounds=1, budget=Decimal("0.5"), origin="cli", caps=caps
+        ),
+    ):
+        slow(2)
+        child = await make()
+        assert (child.limits.max_total_tokens, child.limits.max_seconds) == (90_000, caps.max_seconds)
+        final = (await run_all(runner, child.id))[-1].dialogue
+        assert final.stop_reason is StopReason.MAX_ROUNDS
+        assert [t.status for t in await store.list_turns(child.id) if not t.inherited] == [TurnStatus.OK] * 2
+    kept = await fork(runner, parent.id, 4, rounds=1, budget=Decimal("0.5"), origin="cli")
+    assert kept.limits.max_seconds == 60  # none given: the parent's
 
 
 async def test_a_running_dialogue_cannot_be_continued(runner, store):
