@@ -428,11 +428,11 @@ class DialogueRunner:
         """Yield events turn after turn, then one Stop; return without one to pause."""
         turns = await self.store.list_turns(dialogue.id)
         # Interjections left while the dialogue was paused count as new: reported at the first boundary.
-        notes = [
-            n
+        reported = {
+            n.id
             for n in await self.store.list_notes(dialogue.id)
-            if not (n.kind is NoteKind.INTERJECTION and n.before_seq >= len(turns))
-        ]
+            if n.kind is NoteKind.INTERJECTION and n.before_seq < len(turns)
+        }
         totals = dialogue.totals
         budget = Budget(dialogue.limits.budget_usd, totals.spent_usd)
         lookout = self._lookout(dialogue)
@@ -447,11 +447,12 @@ class DialogueRunner:
             deadline = loop.time() + dialogue.limits.max_seconds - used
         while True:
             # Spectators' interjections are stored as they come; each joins the history here, at the
-            # turn boundary, and is reported once.
-            seen = {n.id for n in notes}
+            # turn boundary, and is reported once: by what was reported, not by what was read (a
+            # verdict reads the notes between two boundaries, and would hide one left meanwhile).
             notes = await self.store.list_notes(dialogue.id)
             for note in notes:
-                if note.id not in seen and note.kind is NoteKind.INTERJECTION:
+                if note.kind is NoteKind.INTERJECTION and note.id not in reported:
+                    reported.add(note.id)
                     yield Noted(note)
             plan = self._plan(dialogue, models, turns, notes, prompts)
             if limit := self._check_limits(dialogue, plan, control, deadline):

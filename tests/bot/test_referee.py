@@ -88,6 +88,23 @@ async def test_every_n_rounds_the_referee_judges_the_rounds_so_far_then_at_the_e
             assert not any(n.text in text_of(m["content"]) for n in notes for m in request.body["messages"])
 
 
+async def test_an_interjection_left_as_a_judged_round_ends_is_still_announced(runner, store, clock):
+    """The verdict reads the notes between two turns; one left just before must still be reported
+    at the boundary, as every other interjection is (the terminal and Discord show it from there)."""
+    dialogue = await runner.create(refereed(rounds=2, every=1))
+    events = []
+    async for event in runner.run(dialogue.id):
+        events.append(event)
+        if isinstance(event, TurnFinished) and event.turn.seq == 1:  # round 1 ends: a verdict is due
+            await store.add_interjection(dialogue.id, "Carol", "Talk about the sea.", clock())
+    noted = [e.note for e in events if isinstance(e, Noted)]
+    assert [(n.kind, n.author) for n in noted] == [
+        (NoteKind.VERDICT, "Judge"),
+        (NoteKind.INTERJECTION, "Carol"),
+        (NoteKind.VERDICT, "Judge"),
+    ]
+
+
 async def test_a_budget_too_small_for_the_verdict_is_refused_before_anything_is_spent(runner, server):
     # GLM's first call fits in $0.001; the referee (Opus, 200 tokens at $25/M) does not fit beside it.
     with pytest.raises(InputError, match=r"cannot pay for the first call .* and the referee's verdict"):
