@@ -177,7 +177,8 @@ def _cost_panel(
     budget = dialogue.limits.budget_usd
     spent, saved = _cumulative(turns, notes, count)
     without = [s + v for s, v in zip(spent, saved, strict=True)]
-    top, step = _scale(float(max([budget, *without])))
+    # Headroom over the budget line, for its label to sit inside the panel, under the title line.
+    top, step = _scale(float(max([budget, *without])) * 1.08)
     _grid(pen, box, top, step, lambda v: format_usd(Decimal(str(v))))
     level = box.y(float(budget), top)
     pen.dashed((box.left, level), (box.right, level), BUDGET, 2.5)
@@ -186,7 +187,8 @@ def _cost_panel(
         points = [(box.x(i, count), box.y(float(v), top)) for i, v in enumerate(without)]
         for a, b in zip(points, points[1:], strict=False):
             pen.dashed(a, b, MUTED, 2)
-        pen.text((box.left + 8, box.top + 4), "- - without the prompt cache", 18, MUTED)
+        # On the panel's title line: inside the plot it sat on the budget line.
+        pen.text((box.right - 4, box.top - 38), "- - without the prompt cache", 18, MUTED, anchor="ra")
     points = [(box.x(i, count), box.y(float(v), top)) for i, v in enumerate(spent)]
     pen.line(points, INK, 3)
 

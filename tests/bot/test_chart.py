@@ -53,3 +53,29 @@ async def test_the_cost_panel_scales_to_a_dialogue_that_passed_its_budget_line(r
     over = replace(history[0], totals=replace(history[0].totals, spent_usd=Decimal("0.2")))
     turns = [replace(t, cost_usd=Decimal("0.05")) for t in history[1]]
     assert rgb(BUDGET) in colours(render_png(over, turns, history[2]))
+
+
+async def test_the_prompt_cache_legend_stays_clear_of_the_budget_line(runner, server, store):
+    """Spend far under the budget puts the budget line at the top of the cost panel, where the
+    legend of the line without the cache used to be written across it."""
+    dialogue = await runner.create(make_spec(OPUS, GLM, rounds=3, budget="1"))
+    await run_all(runner, dialogue.id)
+    history = await store.history(dialogue.id)
+    assert sum(t.usage.cached_tokens for t in history[1]) > 0  # the legend is drawn
+    image = Image.open(io.BytesIO(render_png(*history))).convert("RGB")
+    left, right = 100, WIDTH - 24  # the plot's edges
+    line = max(
+        range(HEIGHT // 2, HEIGHT),
+        key=lambda y: sum(image.getpixel((x, y)) == rgb(BUDGET) for x in range(left, right)),
+    )
+
+    def dark_grey(colour: tuple[int, int, int]) -> bool:
+        return max(colour) < 0x90 and max(colour) - min(colour) < 12
+
+    near = [
+        (x, y)
+        for y in range(line - 12, line + 12)
+        for x in range(left, right)
+        if dark_grey(image.getpixel((x, y)))
+    ]
+    assert near == []
