@@ -288,7 +288,8 @@ def usage_table(rows: Sequence[UsageRow], by: str) -> Table:
     """Return a spend report as a table, with the total under it."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, show_footer=True)
     table.add_column(by, footer="total", overflow="fold")
-    for name in ("dialogues", "prompt tokens", "completion tokens"):
+    # Headings on two lines: at 80 columns a model's id keeps the width they would take.
+    for name in ("dialogues", "prompt\ntokens", "completion\ntokens"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("spent", footer=format_usd(total(rows)), justify="right", no_wrap=True)
     for row in rows:

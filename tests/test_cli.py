@@ -1082,6 +1082,9 @@ async def test_usage_agrees_with_the_transcripts_to_the_digit(env, tmp_path, ser
     assert {line.split(",")[0] for line in lines[1:]} == {OPUS, GLM}
     table = await voices(env, tmp_path, "usage")
     assert "command line" in table.out and "total" in table.out
+    by_model = await voices(env, tmp_path, "usage", "--by", "model")  # 80 columns, as a pipe gets
+    assert max(len(line) for line in by_model.out.splitlines()) <= 80
+    assert {line.split()[0] for line in by_model.out.splitlines() if "/" in line} == {OPUS, GLM}  # unbroken
     later = await voices(env, tmp_path, "usage", "--since", "2999-01-01", "--format", "json")
     assert json.loads(later.out)["total_usd"] == "0"
     bad = await voices(env, tmp_path, "usage", "--by", "planet")
