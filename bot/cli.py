@@ -435,7 +435,7 @@ async def dispatch(
             found += named + [("local", m) for m in local.search_installed(args.search)]
             silent += down
             console.print(model_table(found))
-            console.print(f"{len(found)} models", style="dim")
+            console.print(counted(len(found), "model"), style="dim")
             for line in silent:
                 console.print(line, style="yellow", markup=False)
     return 0

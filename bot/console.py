@@ -264,10 +264,12 @@ def dialogue_table(dialogues: Sequence[Dialogue]) -> Table:
 def model_table(models: Sequence[tuple[str, ModelInfo]]) -> Table:
     """Return a table of (provider, model) with context length and prices per million tokens (a
     cached prompt token's too, where the model has one)."""
-    # Like the dialogue list, it reads at 80 columns: the id folds rather than being cut off.
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    # Like the dialogue list, it reads at 80 columns: the id folds rather than being cut off. The
+    # headings take two lines and the gaps two columns, so that at 80 most ids (which people copy
+    # from here) keep to one line.
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     table.add_column("model", min_width=len("local:default"), overflow="fold")
-    for name in ("provider", "context", "max reply", "$/M in", "$/M out", "$/M cached"):
+    for name in ("provider", "context", "max\nreply", "$/M\nin", "$/M\nout", "$/M\ncached"):
         table.add_column(name, no_wrap=True, justify="left" if name == "provider" else "right")
     million = 1_000_000
     for provider, m in sorted(models, key=lambda row: (row[0] != "openrouter", row[0], row[1].id)):

@@ -131,8 +131,11 @@ async def test_list_show_export_and_models(env, tmp_path):
     to_stdout = await voices(env, tmp_path, "export", "1", "--format", "md")
     assert to_stdout.out == (tmp_path / "transcripts" / "1.md").read_text()
     models = await voices(env, tmp_path, "models", "glm")
-    assert "z-ai/glm-5" in models.out and "claude" not in models.out and "1 models" in models.out
-    assert "$/M cached" in models.out and "0.16" in models.out  # GLM's cached prompt price
+    assert "z-ai/glm-5" in models.out and "claude" not in models.out and "\n1 model\n" in models.out
+    assert "cached" in models.out and "0.16" in models.out  # GLM's cached prompt price
+    every = await voices(env, tmp_path, "models")  # 80 columns, as a pipe gets: ids people copy, whole
+    assert max(len(line) for line in every.out.splitlines()) <= 80
+    assert "anthropic/claude-opus-4.6" in every.out
     if local_available():
         assert "local:default" in (await voices(env, tmp_path, "models", "local")).out
 
@@ -745,7 +748,7 @@ async def test_a_provider_that_writes_its_key_into_a_reply_never_gets_it_shown_o
     first = json.loads(document)["turns"][0]
     assert first["text"] == "My key is ***, and it starts ***." and first["model_used"] == "leaky/***"
     listed = await voices(env, tmp_path, "models", "evil")
-    assert "evil/named" in listed.out and "1 models" in listed.out
+    assert "evil/named" in listed.out and "\n1 model\n" in listed.out
     with sqlite3.connect(env["VOICES_DATABASE"]) as conn:
         stored = "\n".join(conn.iterdump())
     assert "Named ***" in stored  # the catalogue as kept, for the next start
