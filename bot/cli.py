@@ -163,6 +163,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _name(text: str) -> str:
+    """A person's name as typed: blank would be written as an empty name in every transcript."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a name, not blank; leave it out to use your login")
+    return text.strip()
+
+
 def _version() -> str:
     try:
         return metadata.version("voices")
@@ -258,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     note.add_argument("id", type=_whole(1))
     note.add_argument("text")
-    note.add_argument("--as", dest="author", default=None, help="who says it (default: your login)")
+    note.add_argument("--as", dest="author", type=_name, help="who says it (default: your login)")
 
     halt = sub.add_parser(
         "stop", help="stop a dialogue, whichever process runs it (after its turn in flight)"

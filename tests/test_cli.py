@@ -662,6 +662,8 @@ async def test_an_interjection_from_another_terminal_joins_a_paused_dialogue(env
     env = {**env, "VOICES_HUMAN_TIMEOUT": "0.5"}
     process = await start(env, tmp_path, *HUMAN_RUN, typing=True)
     await asyncio.wait_for(process.communicate(), timeout=60)  # paused, waiting for Ann
+    blank = await voices(env, tmp_path, "interject", "1", "Talk about rivers.", "--as", "  ")
+    assert blank.code == 2 and "error: argument --as: must be a name, not blank" in blank.err
     noted = await voices(env, tmp_path, "interject", "1", "Talk about rivers.", "--as", "Zoe")
     assert noted.code == 0, noted.err
     assert noted.out.strip() == "Noted: every model reads it before turn 1."
