@@ -196,7 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--budget", type=_usd, help="hard cap in USD, e.g. 0.05")
     run.add_argument("--opening", default=DEFAULT_OPENING, help="the first message, given to participant A")
     run.add_argument("--max-tokens", type=_whole(16), help="reply cap per turn for every participant")
-    run.add_argument("--max-seconds", type=_seconds, help="wall-clock limit of the dialogue")
+    run.add_argument(
+        "--max-seconds",
+        type=_seconds,
+        help="limit on the seconds spent waiting for replies (a pause does not count)",
+    )
     run.add_argument("--max-total-tokens", type=_whole(1), help="limit on prompt+completion tokens")
     run.add_argument(
         "--seed",
@@ -344,7 +348,11 @@ def _add_child_caps(parser: argparse.ArgumentParser) -> None:
         type=_whole(1),
         help="limit on prompt+completion tokens (default: the earlier one's)",
     )
-    parser.add_argument("--max-seconds", type=_seconds, help="wall-clock limit (default: the earlier one's)")
+    parser.add_argument(
+        "--max-seconds",
+        type=_seconds,
+        help="limit on the seconds spent waiting for replies (default: the earlier one's)",
+    )
 
 
 def _add_run_output(parser: argparse.ArgumentParser) -> None:
