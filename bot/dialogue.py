@@ -351,7 +351,10 @@ class DialogueRunner:
         if dialogue.status.is_final:
             reason = dialogue.stop_reason.describe if dialogue.stop_reason else dialogue.status
             raise StateError(f"dialogue {dialogue_id} has ended ({reason}); start a new one")
-        models = [await self.router.model(p) for p in dialogue.participants]
+        # A run stopped before it begins (`voices stop`, or the Stop button, of a dialogue no process
+        # ran) plans no call: it needs no catalogue, which may be out of reach, the reason to stop.
+        stopping = control.stop_requested
+        models = [] if stopping else [await self.router.model(p) for p in dialogue.participants]
         await self.store.settle_interrupted_calls(dialogue_id, await self._lost_calls_billed(dialogue))
         if lost := await self._lost_memory(dialogue):
             # A continuation whose summary was cut off by a crash would run without its memory.
@@ -362,13 +365,14 @@ class DialogueRunner:
         dialogue = await self.store.get_dialogue(dialogue_id)
         yield Started(dialogue)
 
-        stop: Stop | None = None
+        stop: Stop | None = Stop(control.reason, control.detail) if stopping else None
         try:
-            async for event in self._turns(dialogue, models, control):
-                if isinstance(event, Stop):
-                    stop = event
-                else:
-                    yield event
+            if not stopping:
+                async for event in self._turns(dialogue, models, control):
+                    if isinstance(event, Stop):
+                        stop = event
+                    else:
+                        yield event
         except ProviderError as exc:
             stop = Stop(StopReason.PROVIDER_ERROR, str(exc))
         except StateError:

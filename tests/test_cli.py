@@ -376,7 +376,10 @@ async def test_voices_pause_from_another_terminal_then_stop_ends_the_paused_dial
     again = await voices(env, tmp_path, "pause", "1")
     assert again.code == 2
     assert again.err.strip() == "error: dialogue 1 is not running (paused); nothing to pause"
-    stopped = await voices(env, tmp_path, "stop", "1")  # no server is needed to stop it
+    # Stopping plans no call: it needs no server, nor its catalogue (here, one never fetched from
+    # a server that does not answer, as in an outage after the stored copy went stale).
+    offline = {**env, "VOICES_OPENROUTER_BASE_URL": "http://127.0.0.1:9/api/v1"}
+    stopped = await voices(offline, tmp_path, "stop", "1")
     assert stopped.code == 0, stopped.err
     assert stopped.out.startswith("Stopped dialogue 1 (no process was running it). Transcripts: ")
     assert db_rows(env, "SELECT status, stop_reason FROM dialogues") == [("stopped", "user_stop")]
