@@ -14,7 +14,7 @@ from typing import Any
 
 from bot.budget import format_usd
 from bot.markdown import escape_block
-from bot.models import Dialogue, LineageKind, Note, NoteKind, Tally, Turn, TurnStatus, plain
+from bot.models import Dialogue, LineageKind, Note, NoteKind, Tally, Turn, TurnStatus, Usage, plain
 from bot.text import counted
 
 # 2: prompt-cache tokens and savings, the context and loop policies, notes between turns (compactions,
@@ -194,15 +194,16 @@ def _statistics(
         f"- **Tokens:** prompt={totals.prompt_tokens}, completion={totals.completion_tokens}, "
         f"reasoning={totals.reasoning_tokens}",
     ]
+    tally = Tally.of(turns)
     for seat, name in enumerate(names):
         mine = [t for t in turns if t.seat == seat and not t.inherited]
         cost = sum((t.cost_usd for t in mine), start=Decimal(0))
+        tokens = tally.seats.get(seat, Usage())
         lines.append(
             f"- **{name}** (`{dialogue.participants[seat].model}`): {counted(len(mine), 'turn')}, "
-            f"completion={sum(t.usage.completion_tokens for t in mine)}, "
-            f"reasoning={sum(t.usage.reasoning_tokens for t in mine)}, cost={format_usd(cost)}"
+            f"completion={tokens.completion_tokens}, reasoning={tokens.reasoning_tokens}, "
+            f"cost={format_usd(cost)}"
         )
-    tally = Tally.of(turns)
     if tally.cached or tally.written:
         effect = cache_effect(tally.saved)
         lines.append(f"- **Prompt cache:** read={tally.cached}, written={tally.written} tokens; {effect}")
