@@ -12,10 +12,10 @@ peer closed is dropped when its close arrives, and the kernel probes an idle one
 so a peer that vanished without a word is found too.
 
 A request may ask for its body to be read at a pace (the `read_pace` extension, in seconds): after
-a read, the next waits for the next tick of the pace, what arrives meanwhile waiting in aiohttp's
-buffer to come out in one piece. A reply streamed a token per event then costs a wake-up of its
-reader per pace instead of one per token; the end of the body ends a wait at once, so the end is
-seen as soon as it comes.
+a read, the next waits for the next tick of the pace (of the stream's slot in it, at a long pace),
+what arrives meanwhile waiting in aiohttp's buffer to come out in one piece. A reply streamed a
+token per event then costs a wake-up of its reader per pace instead of one per token; the end of
+the body ends a wait at once, so the end is seen as soon as it comes.
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ class _Body(httpx.AsyncByteStream):
         self._pace = pace
         self._ticks = ticks
         self._end = _End()
+        self._slot = ticks.slot(pace) if pace else 0.0
         #: The httpx response this body is read for, whose stream httpx points back at it.
         self.owner: weakref.ref[httpx.Response] | None = None
 
@@ -105,8 +106,8 @@ class _Body(httpx.AsyncByteStream):
                 watch.stop()
 
     async def _next_tick(self) -> None:
-        """Wait for the next multiple of the pace, or the end of the body."""
-        self._end.waiting = self._ticks.next(self._pace)
+        """Wait for the next tick of the body's slot of the pace, or the end of the body."""
+        self._end.waiting = self._ticks.next(self._pace, self._slot)
         try:
             await self._end.waiting
         finally:
@@ -141,16 +142,32 @@ _CLOSED = httpx.ByteStream(b"")
 
 
 class _Ticks:
-    """The pace's ticks, shared: every stream's wait ends on a multiple of its pace, so one timer
-    per tick wakes all the streams waiting for it, and a quiet loop wakes once per tick for them all."""
+    """The pace's ticks, shared. A pace is cut into slots about `SLOT` seconds apart, and streams
+    take the slots in turn: each waits for the next tick of its own slot, one timer per tick wakes
+    every stream waiting for it, and a quiet loop wakes at most once a slot.
+
+    At a pace of `SLOT` or less there is one slot, the multiples of the pace. At a longer pace, all
+    streams on the same ticks would be read in one burst of the whole pace's words: at 300 streams
+    and 0.25 s, work that a dialogue whose turn ended in it waited out, a relay gap p99 of about
+    0.17 s (docs/benchmarks.md section 2). In slots, each tick reads a share of the streams."""
+
+    #: Seconds between two slots' ticks.
+    SLOT = 0.05
 
     def __init__(self) -> None:
         self._due: dict[float, list[asyncio.Future[None]]] = {}
+        self._taken = 0
 
-    def next(self, pace: float) -> asyncio.Future[None]:
-        """Return a future done at the next multiple of `pace` (or sooner, by whoever holds it)."""
+    def slot(self, pace: float) -> float:
+        """Return the next stream's slot: how far its ticks fall after the multiples of `pace`."""
+        slots = max(1, round(pace / self.SLOT))
+        self._taken += 1
+        return self._taken % slots * pace / slots
+
+    def next(self, pace: float, slot: float = 0.0) -> asyncio.Future[None]:
+        """Return a future done at the next tick of the slot (or sooner, by whoever holds it)."""
         loop = asyncio.get_running_loop()
-        at = (loop.time() // pace + 1) * pace
+        at = ((loop.time() - slot) // pace + 1) * pace + slot
         waiting = loop.create_future()
         if (waiters := self._due.get(at)) is None:
             self._due[at] = waiters = []

@@ -161,6 +161,33 @@ async def test_a_paced_stream_is_read_in_fewer_pieces_with_every_event_whole(ser
     assert all(piece.endswith(b"\n\n") for piece in paced)  # each read ends between events here
 
 
+async def _read_at(http: httpx.AsyncClient, server: FakeOpenRouter, pace: float) -> list[float]:
+    """The loop's times at which a chat reply's body is read, with the given pace."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    loop = asyncio.get_running_loop()
+    url = f"{server.base_url}/chat/completions"
+    async with http.stream("POST", url, json=body, extensions={"read_pace": pace}) as response:
+        return [loop.time() async for _ in response.aiter_bytes()]
+
+
+async def test_streams_at_a_long_pace_are_read_in_turns_not_all_at_once(server: FakeOpenRouter):
+    """A pace longer than 0.05 s is cut into slots that streams take in turn: four streams read every
+    0.2 s are read on four different ticks, each on its own. On one tick for all, 300 dialogues
+    read every 0.25 s had a quarter second of words read in one burst, which a dialogue whose turn
+    ended in it waited out."""
+    pace, streams = 0.2, 4
+    words = " ".join(f"w{i}" for i in range(100))  # a second of words, 10 ms apart
+    reply = Reply(text=words, chunk_words=1, chunk_delay=0.01, keepalives=0)
+    server.enqueue(*(reply for _ in range(streams)))
+    async with make_client(httpx.Timeout(5.0)) as http:
+        reads = await asyncio.gather(*(_read_at(http, server, pace) for _ in range(streams)))
+    # The first read is at once and the last when the body ends; those between wait for a tick.
+    slots = [{round(t % pace / (pace / streams)) % streams for t in times[1:-1]} for times in reads]
+    assert all(len(times) <= 1 / pace + 3 for times in reads)  # still about one read per pace
+    assert all(len(taken) == 1 for taken in slots)  # each stream keeps to its slot
+    assert len(set().union(*slots)) == streams  # and no two share one
+
+
 async def test_a_paced_stream_ends_when_its_body_does_not_when_the_pace_is_up(server: FakeOpenRouter):
     """The end of a reply is seen as it comes: a read waiting out its pace is woken by it."""
     server.enqueue(Reply(text="one two three", chunk_words=1, chunk_delay=0.01, keepalives=0))
