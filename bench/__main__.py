@@ -18,6 +18,7 @@ from bench import backpressure, caching, chunks, discord, failover, instructions
 from bench.harness import postgres
 from bot import eventloop
 from bot.text import counted as counts_of
+from config import DISCORD_READ_PACE, TERMINAL_READ_PACE
 
 Row = dict[str, str]
 #: A benchmark's title, and what it measures: each awaitable gives one row of figures, or several.
@@ -29,13 +30,15 @@ def _relay(quick: bool) -> tuple[str, list[Awaitable[dict[str, str]]]]:
     return f"Relay overhead ({rounds} rounds, {rate} tokens/s)", [relay.measure(rounds, rate, words)]
 
 
-def _scale(quick: bool, spread: float = 0.0) -> tuple[str, list[Awaitable[dict[str, str]]]]:
+def _scale(
+    quick: bool, spread: float = 0.0, read_pace: float = DISCORD_READ_PACE
+) -> tuple[str, list[Awaitable[dict[str, str]]]]:
     rounds, rate, words, counts = (1, 500, 10, (10, 50)) if quick else (3, 50, 50, (10, 100, 300, 1000))
     starts = f", starts spread over {spread:g} s" if spread else ", all starting at once"
     return (
         f"Concurrency ({counts_of(rounds, 'round')} per dialogue, {words}-token replies at {rate} tokens/s, "
-        f"one token per chunk{starts})",
-        [scale.measure(n, rounds=rounds, tokens_per_second=rate, words=words, spread=spread) for n in counts],
+        f"one token per chunk, read every {read_pace:g} s{starts})",
+        [scale.measure(n, rounds, rate, words, spread, read_pace) for n in counts],
     )
 
 
@@ -173,7 +176,13 @@ def table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-async def run(names: list[str], quick: bool, processes: int | None = None, spread: float = 0.0) -> None:
+async def run(
+    names: list[str],
+    quick: bool,
+    processes: int | None = None,
+    spread: float = 0.0,
+    read_pace: float = DISCORD_READ_PACE,
+) -> None:
     loop, collector = _loop_name(), "tuned" if gc.get_freeze_count() else "default"
     print(
         f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
@@ -183,7 +192,7 @@ async def run(names: list[str], quick: bool, processes: int | None = None, sprea
         if name == "scale" and processes:
             title, measurements = _workers(quick, processes)
         elif name == "scale":
-            title, measurements = _scale(quick, spread)
+            title, measurements = _scale(quick, spread, read_pace)
         else:
             title, measurements = BENCHES[name](quick)
         rows: list[Row] = []
@@ -224,7 +233,17 @@ def main() -> None:
         metavar="SECONDS",
         help="scale: start the dialogues spread evenly over this many seconds instead of all at once",
     )
+    parser.add_argument(
+        "--read-pace",
+        type=float,
+        default=DISCORD_READ_PACE,
+        metavar="SECONDS",
+        help=f"scale: seconds between reads of a streamed reply (default {DISCORD_READ_PACE:g}, the bot's; "
+        f"the terminal's is {TERMINAL_READ_PACE:g})",
+    )
     args = parser.parse_args()
+    if not 0 <= args.read_pace <= 1:
+        parser.error("--read-pace takes 0 to 1 seconds")
     if args.processes is not None and args.processes < 1:
         parser.error("--processes takes 1 or more")
     if args.spread < 0:
@@ -240,7 +259,7 @@ def main() -> None:
             )
         if importlib.util.find_spec("uvloop") is None:
             parser.error("uvloop is not installed; pip install -e '.[fast]'")
-    work = run(names, args.quick, args.processes, args.spread)
+    work = run(names, args.quick, args.processes, args.spread, args.read_pace)
     eventloop.run(work, prefer_uvloop=args.loop == "uvloop", tune=args.collector == "tuned")
 
 

@@ -27,17 +27,24 @@ from bench.harness import (
     run_worker,
     spec,
 )
+from config import DISCORD_READ_PACE
 
 
 async def measure(
-    dialogues: int, rounds: int, tokens_per_second: float, words: int, spread: float = 0.0
+    dialogues: int,
+    rounds: int,
+    tokens_per_second: float,
+    words: int,
+    spread: float = 0.0,
+    read_pace: float = DISCORD_READ_PACE,
 ) -> dict[str, str]:
     """Run `dialogues` dialogues side by side and return the figures. With `spread`, their starts
     are spread evenly over that many seconds rather than all at once (then, streaming at one pace,
-    they all end their turns together)."""
+    they all end their turns together). Streams are read every `read_pace` seconds: by default the
+    bot's pace, since the bot is where many dialogues share a process."""
     async with fake_server(1 / tokens_per_second, words) as server:
         with tempfile.TemporaryDirectory() as folder:
-            async with engine(Path(folder), server.base_url) as app:
+            async with engine(Path(folder), server.base_url, read_pace) as app:
                 ids = [(await app.runner.create(spec(rounds))).id for _ in range(dialogues)]
                 baseline, peak = rss_bytes(), 0
                 sampling = True

@@ -34,7 +34,7 @@ from cogs.relay import Relays, Services
 from cogs.schedules import Shows
 from cogs.status import ControlButton
 from cogs.webhooks import WebhookPool
-from config import Settings
+from config import DISCORD_READ_PACE, Settings
 
 log = logging.getLogger(__name__)
 #: Retention runs at start-up, then once a day.
@@ -76,7 +76,8 @@ class VoicesBot(commands.AutoShardedBot):
         self._closing = False
 
     async def setup_hook(self) -> None:
-        app = await self._resources.enter_async_context(open_app(self.settings.engine_config()))
+        config = self.settings.engine_config(DISCORD_READ_PACE)
+        app = await self._resources.enter_async_context(open_app(config))
         self.catalogue = app.catalogue
         self.personas = load_personas(self.settings.personas_file)
         metrics = Metrics()

@@ -26,6 +26,13 @@ CONFIG_DIR = Path(__file__).resolve().parent
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
+#: Seconds between reads of a streamed reply, by where it is shown (VOICES_READ_PACE sets one for
+#: both). The terminal prints 20 times a second. Discord shows one edit of a message a second, so
+#: the bot reads four times a second: fewer, larger reads cost less CPU per token where hundreds of
+#: dialogues share a process (docs/benchmarks.md section 2).
+TERMINAL_READ_PACE = 0.05
+DISCORD_READ_PACE = 0.25
+
 #: The most shards Voices takes: far past what Discord gives any bot, and a bound on "0-999999999".
 MAX_SHARDS = 100_000
 
@@ -138,9 +145,9 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     # Reasoning models may send nothing but keep-alive comments for minutes; reads wait this long.
     read_timeout: float = Field(default=300.0, gt=0, allow_inf_nan=False)
-    # Seconds between reads of a streamed reply (what came meanwhile is read in one piece): less
-    # CPU per token; the terminal prints 20 times a second and Discord edits once a second anyway.
-    read_pace: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)
+    # Seconds between reads of a streamed reply (what came meanwhile is read in one piece); unset,
+    # each front end's own (TERMINAL_READ_PACE, DISCORD_READ_PACE).
+    read_pace: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     catalogue_ttl_hours: float = Field(default=24.0, ge=0, le=100_000)
     log_level: LogLevel = "WARNING"
     # discord.py, httpx and aiosqlite log at most this loudly (their debug lines name webhook URLs;
@@ -199,8 +206,9 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str) -> str:
         return check_base_url(value)
 
-    def engine_config(self) -> EngineConfig:
-        """Return the engine's share of the settings as plain values."""
+    def engine_config(self, read_pace: float = TERMINAL_READ_PACE) -> EngineConfig:
+        """Return the engine's share of the settings as plain values; `read_pace` is the front
+        end's own, which VOICES_READ_PACE overrides."""
         key = self.openrouter_api_key
         providers, error = self._providers()
         return EngineConfig(
@@ -211,7 +219,7 @@ class Settings(BaseSettings):
             max_budget=self.max_budget,
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
-            read_pace=self.read_pace,
+            read_pace=read_pace if self.read_pace is None else self.read_pace,
             catalogue_ttl=timedelta(hours=self.catalogue_ttl_hours),
             providers=providers,
             providers_error=error,

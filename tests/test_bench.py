@@ -82,14 +82,21 @@ def test_scale_over_worker_processes_reports_one_and_two_side_by_side():
     assert "provider's share" in table and "PostgreSQL's share" in table
 
 
-def test_scale_can_spread_the_starts_and_refuses_a_negative_spread():
+def test_scale_can_spread_the_starts_and_read_at_the_terminals_pace_and_refuses_what_cannot_be():
     command = [sys.executable, "-m", "bench", "scale", "--quick"]
     spread = subprocess.run(
-        [*command, "--spread", "0.2"], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [*command, "--spread", "0.2", "--read-pace", "0.05"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert spread.returncode == 0, spread.stderr
-    assert "one token per chunk, starts spread over 0.2 s)" in spread.stdout
+    assert "one token per chunk, read every 0.05 s, starts spread over 0.2 s)" in spread.stdout
     assert "| 10 | 20 |" in spread.stdout and "| 50 | 100 |" in spread.stdout  # every dialogue's turns
     refused = subprocess.run([*command, "--spread", "-1"], cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2
     assert "--spread takes 0 or more seconds" in refused.stderr
+    slow = subprocess.run([*command, "--read-pace", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert slow.returncode == 2
+    assert "--read-pace takes 0 to 1 seconds" in slow.stderr

@@ -19,6 +19,7 @@ import trustme
 
 from bot.migrations import SCHEMA_VERSION
 from bot.providers.local import local_available
+from config import DISCORD_READ_PACE, Settings
 from tests.bot.providers.test_tls import https_server
 from tests.conftest import API_KEY, GLM, OPUS
 from tests.fake_openrouter import FakeOpenRouter, Reply, plain
@@ -908,6 +909,18 @@ async def test_a_number_too_large_to_store_is_one_line(env, tmp_path, server, ar
 async def test_settings_past_what_can_be_used_are_one_line(env, tmp_path, variable, value):
     env[variable] = value
     assert one_line(await voices(env, tmp_path, "list")).startswith(f"error: {variable}: ")
+
+
+def test_the_terminal_reads_a_reply_twenty_times_a_second_and_the_bot_four(monkeypatch):
+    """Discord shows one edit a second, so the bot reads a streamed reply every 0.25 s, which costs
+    less CPU per token where hundreds of dialogues share its process; the terminal prints 20 times
+    a second and reads every 0.05 s. VOICES_READ_PACE sets one pace for both."""
+    monkeypatch.delenv("VOICES_READ_PACE", raising=False)
+    unset = Settings(_env_file=None)
+    assert unset.engine_config().read_pace == 0.05
+    assert unset.engine_config(DISCORD_READ_PACE).read_pace == 0.25
+    monkeypatch.setenv("VOICES_READ_PACE", "0")
+    assert Settings(_env_file=None).engine_config(DISCORD_READ_PACE).read_pace == 0
 
 
 async def test_list_reads_at_80_columns_and_marks_dry_runs(env, tmp_path, server):
