@@ -23,6 +23,7 @@ from bot.errors import LeaseHeld
 from bot.models import Status
 from bot.plan import Tuning
 from bot.store import WORK
+from config import DISCORD_READ_PACE
 
 #: How often the worker looks for dialogues (on PostgreSQL a NOTIFY wakes it sooner).
 LOOK_SECONDS = 0.5
@@ -40,7 +41,8 @@ async def run_one(app: App, dialogue_id: int) -> bool:
 
 async def work(database: str, base_url: str, capacity: int, lease_seconds: float) -> dict[str, float]:
     finished = 0
-    async with engine_on(database, base_url, Tuning(lease_seconds=lease_seconds)) as app:
+    # At the bot's read pace, as `voices worker` reads.
+    async with engine_on(database, base_url, Tuning(lease_seconds=lease_seconds), DISCORD_READ_PACE) as app:
         running: dict[int, asyncio.Task[bool]] = {}
         async with app.store.watch(WORK, 0) as woken:
             while True:
