@@ -156,9 +156,23 @@ class Settings(BaseSettings):
     #: `json` writes one JSON object per log line (time, level, logger, message, exception).
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("openrouter_api_key", "discord_token", "summary_model", "human_timeout", mode="before")
+    @field_validator(
+        "openrouter_api_key",
+        "discord_token",
+        "summary_model",
+        "human_timeout",
+        "max_total_tokens",
+        "retain_days",
+        "metrics_port",
+        "dev_guild_id",
+        "shard_count",
+        "read_pace",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
+        # `VOICES_METRICS_PORT=` (as compose writes `${VOICES_METRICS_PORT:-}`) means unset, not an
+        # error. `VOICES_MAX_SECONDS=` stays an error: its unset is 3,600, and blank could mean either.
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_level", "library_log_level", mode="before")

@@ -921,6 +921,21 @@ def test_the_terminal_reads_a_reply_twenty_times_a_second_and_the_bot_four(monke
     assert unset.engine_config(DISCORD_READ_PACE).read_pace == 0.25
     monkeypatch.setenv("VOICES_READ_PACE", "0")
     assert Settings(_env_file=None).engine_config(DISCORD_READ_PACE).read_pace == 0
+    monkeypatch.setenv("VOICES_READ_PACE", " ")  # blank, as `${VOICES_READ_PACE:-}` writes it: unset
+    assert Settings(_env_file=None).engine_config(DISCORD_READ_PACE).read_pace == 0.25
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["VOICES_MAX_TOTAL_TOKENS", "VOICES_RETAIN_DAYS", "VOICES_METRICS_PORT", "VOICES_DEV_GUILD_ID",
+     "VOICES_SHARD_COUNT", "VOICES_READ_PACE"],
+)  # fmt: skip
+async def test_a_blank_setting_whose_default_is_unset_is_unset(env, tmp_path, variable):
+    """A deployment that writes `VOICES_METRICS_PORT=${VOICES_METRICS_PORT:-}` sets it blank; that
+    is the setting left out, not an error that stops every command."""
+    listed = await voices({**env, variable: ""}, tmp_path, "list")
+    assert listed.code == 0, listed.err
+    assert listed.out.strip() == "No dialogues yet: `voices run` starts one."
 
 
 async def test_list_reads_at_80_columns_and_marks_dry_runs(env, tmp_path, server):
