@@ -159,5 +159,9 @@ def _impersonated(turn: Turn, names: Sequence[str], reading: _Reading) -> str | 
 
 
 def _label(name: str) -> re.Pattern[str]:
-    """A line opening with the name as a speaker's label: "Basil:", "**Basil:**", "> Basil:"."""
-    return re.compile(rf"^[\s>*_]*{re.escape(name)}[*_]*\s*:", re.IGNORECASE | re.MULTILINE)
+    """A line opening with the name as a speaker's label: "Basil:", "**Basil:**", "> Basil:".
+
+    White space only within the line: where it took newlines too, each of a reply's blank lines
+    began a search over all those after it, and a reply of 20,000 newlines (a model stuck on one,
+    as models get) held the event loop for 2 s a turn."""
+    return re.compile(rf"^(?:[^\S\n]|[>*_])*{re.escape(name)}[*_]*[^\S\n]*:", re.IGNORECASE | re.MULTILINE)
