@@ -360,7 +360,7 @@ class SseParser:
         pieces = self._pieces
         if pieces:
             # The blank line may begin in the last piece and end in this one.
-            if b"\n\n" not in chunk and not (chunk[0] == 10 and pieces[-1].endswith(b"\n")):
+            if b"\n\n" not in chunk and not (chunk.startswith(b"\n") and pieces[-1].endswith(b"\n")):
                 pieces.append(chunk)
                 self._size += len(chunk)
                 return []
