@@ -85,7 +85,10 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             models = [m.id for m in await self.bot.catalogue.search(current)]
         except Exception:  # noqa: BLE001 - a catalogue outage must not break typing
             models = []
-        return [app_commands.Choice(name=v[:100], value=v) for v in (names + models)[:25]]
+        # Discord refuses the whole list if one value is over 100 characters (another server's
+        # catalogue may hold such an id); that one can still be typed.
+        offers = [v for v in names + models if len(v) <= 100][:25]
+        return [app_commands.Choice(name=v, value=v) for v in offers]
 
     # Start -----------------------------------------------------------------------------------
 

@@ -311,6 +311,17 @@ async def test_autocomplete_offers_personas_and_models(world):
     assert [c["value"] for c in choices] == ["glm", "z-ai/glm-5"]
 
 
+async def test_autocomplete_offers_only_what_discord_accepts(world):
+    """Discord refuses a whole list of suggestions if one value is over 100 characters: a model id
+    that long is left out of it (and can still be typed), and the others are offered."""
+    long_id = "z-ai/glm-" + "x" * 100
+    world.server.models = [*world.server.models, {**world.server.models[0], "id": long_id}]
+    await world.bot.catalogue.models(refresh=True)
+    choices = await world.alice.autocomplete(world.channel, "voices start", "a", "gl")
+    assert [c["value"] for c in choices] == ["glm", "z-ai/glm-5"]
+    assert all(len(c["name"]) <= 100 and len(c["value"]) <= 100 for c in choices)
+
+
 async def test_a_provider_error_is_a_short_notice_and_a_recorded_reason(world):
     world.server.enqueue(Reply(status=402, error={"error": {"code": 402, "message": "Insufficient credits"}}))
     await start(world)
