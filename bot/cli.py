@@ -196,12 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--budget", type=_usd, help="hard cap in USD, e.g. 0.05")
     run.add_argument("--opening", default=DEFAULT_OPENING, help="the first message, given to participant A")
     run.add_argument("--max-tokens", type=_whole(16), help="reply cap per turn for every participant")
-    run.add_argument(
-        "--max-seconds",
-        type=_seconds,
-        help="limit on the seconds spent waiting for replies (a pause does not count)",
-    )
-    run.add_argument("--max-total-tokens", type=_whole(1), help="limit on prompt+completion tokens")
+    _add_caps(run)
     run.add_argument(
         "--seed",
         type=_seed,
@@ -251,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     sequel.add_argument("--budget", type=_usd, help="hard cap in USD; a summary is paid from it")
     sequel.add_argument("--opening", help="the new first message, when the earlier one is summarised")
     sequel.add_argument("--summary-model", metavar="MODEL", help="the model that writes the summary")
-    _add_child_caps(sequel)
+    _add_caps(sequel, kept=True)
     _add_run_output(sequel)
 
     branch = sub.add_parser("fork", help="start a new dialogue from any turn of an earlier one")
@@ -261,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds", type=_whole(1), help="rounds to play from there (default: VOICES_DEFAULT_ROUNDS)"
     )
     branch.add_argument("--budget", type=_usd, help="hard cap in USD")
-    _add_child_caps(branch)
+    _add_caps(branch, kept=True)
     _add_run_output(branch)
 
     note = sub.add_parser(
@@ -341,17 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_child_caps(parser: argparse.ArgumentParser) -> None:
-    """The limits a fork or a continuation may set afresh, where the earlier dialogue's would stop it."""
-    parser.add_argument(
-        "--max-total-tokens",
-        type=_whole(1),
-        help="limit on prompt+completion tokens (default: the earlier one's)",
-    )
+def _add_caps(parser: argparse.ArgumentParser, kept: bool = False) -> None:
+    """A dialogue's time and token limits; `kept`: a fork's or a continuation's, which keep the
+    earlier dialogue's unless given."""
+    default = " (default: the earlier one's)" if kept else ""
     parser.add_argument(
         "--max-seconds",
         type=_seconds,
-        help="limit on the seconds spent waiting for replies (default: the earlier one's)",
+        help=f"limit on the seconds spent waiting for replies (a pause does not count){default}",
+    )
+    parser.add_argument(
+        "--max-total-tokens", type=_whole(1), help=f"limit on prompt+completion tokens{default}"
     )
 
 
