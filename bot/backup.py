@@ -81,6 +81,9 @@ def _back_up(source: Path, target: Path) -> Health:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial.unlink(missing_ok=True)
+        # SQLite names neither file when it cannot open one; a target we cannot write fails here,
+        # named as the backup's, not blamed on the database being copied.
+        partial.open("xb").close()
         live = _connect(source, read_only=True)
         try:
             copy = sqlite3.connect(partial)

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import stat
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,14 @@ async def test_a_backup_through_a_link_keeps_the_link_and_a_pipe_is_refused(stor
     with pytest.raises(InputError, match=f"{pipe} is not a file \\(a device or a pipe\\)"):
         back_up(live, pipe)
     assert stat.S_ISFIFO(pipe.stat().st_mode)
+
+
+def test_a_backup_where_no_file_can_be_written_names_the_backup_not_the_database(tmp_path):
+    """A slip of the path onto somewhere nothing can be written (here /proc, where even root cannot
+    make a file) used to read as the live database failing to open."""
+    live = tmp_path / "live.db"
+    sqlite3.connect(live).close()
+    with pytest.raises(InputError) as refused:
+        back_up(live, Path("/proc/voices-backup.db"))
+    assert str(refused.value).startswith("cannot write /proc/voices-backup.db: ")
+    assert str(refused.value).endswith("; choose another path") and "live.db" not in str(refused.value)
