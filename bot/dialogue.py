@@ -335,7 +335,8 @@ class DialogueRunner:
         dialogue = await self.store.get_dialogue(dialogue_id)
         if dialogue.status.is_final:
             reason = dialogue.stop_reason.describe if dialogue.stop_reason else dialogue.status
-            raise StateError(f"dialogue {dialogue_id} has ended ({reason}); there is nothing to stop")
+            verb = "pause" if action is Ask.PAUSE else "stop"
+            raise StateError(f"dialogue {dialogue_id} has ended ({reason}); there is nothing to {verb}")
         if await self.store.ask(dialogue_id, action):
             return True
         if action is Ask.PAUSE:

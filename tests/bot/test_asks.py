@@ -108,6 +108,8 @@ async def test_a_dialogue_no_process_runs_is_stopped_where_it_was_asked(two_proc
     assert stopped.stop_reason is StopReason.USER_STOP and await here.store.list_turns(dialogue.id) == []
     with pytest.raises(StateError, match="has ended \\(stopped by the user\\); there is nothing to stop"):
         await there.ask(dialogue.id, Ask.STOP)
+    with pytest.raises(StateError, match="has ended \\(stopped by the user\\); there is nothing to pause"):
+        await there.ask(dialogue.id, Ask.PAUSE)
 
 
 async def test_a_stop_the_dead_process_never_took_is_done_by_the_process_that_takes_over(
