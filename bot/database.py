@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -32,6 +32,10 @@ class Address:
     path: Path | None = None
     #: The PostgreSQL URL, password and all: given to the driver, never shown (see `name`).
     url: str | None = None
+    #: How a person names another database instead, the fix an error about this one ends with: the
+    #: setting, or the argument of a command that names its own (`voices db copy SOURCE TARGET`).
+    #: Not part of which database it is.
+    elsewhere: str = field(default="set VOICES_DATABASE", compare=False)
 
     @property
     def name(self) -> str:
@@ -52,8 +56,11 @@ class Address:
         return self.name
 
 
-def address(value: str | Path | Address) -> Address:
-    """Read VOICES_DATABASE: a file path or sqlite:///path for SQLite, postgresql://… for PostgreSQL."""
+def address(value: str | Path | Address, elsewhere: str | None = None) -> Address:
+    """Read VOICES_DATABASE: a file path or sqlite:///path for SQLite, postgresql://… for PostgreSQL;
+    `elsewhere` says how to name another, if not through the setting."""
+    if elsewhere is not None:
+        return replace(address(value), elsewhere=elsewhere)
     if isinstance(value, Address):
         return value
     if isinstance(value, Path):

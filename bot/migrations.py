@@ -7,7 +7,12 @@ append a new one. Money is TEXT holding a Decimal, so no float ever rounds it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bot.errors import StoreError
+
+if TYPE_CHECKING:
+    from bot.database import Address
 
 _BILLED_TRIES = "ALTER TABLE calls_in_flight ADD COLUMN billed_usd TEXT NOT NULL DEFAULT '0';"
 
@@ -569,10 +574,10 @@ CREATE INDEX asks_waiting ON asks(dialogue_id) WHERE taken_at IS NULL;
 POSTGRES_MIGRATIONS: dict[int, str] = {16: _BILLED_TRIES}
 
 
-def refuse_newer(version: int, database: object) -> None:
+def refuse_newer(version: int, database: Address) -> None:
     """Raise StoreError if the database's schema is newer than this Voices knows: it is left as is."""
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"database {database} has schema {version}, newer than this Voices knows "
-            f"({SCHEMA_VERSION}); upgrade Voices or point VOICES_DATABASE elsewhere"
+            f"({SCHEMA_VERSION}); upgrade Voices or {database.elsewhere}"
         )

@@ -98,7 +98,8 @@ class PostgresBackend:
             # The driver's words, never the URL: it may carry a password.
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StoreError(
-                f"cannot open database {address} ({reason}); check VOICES_DATABASE and that the server runs"
+                f"cannot open database {address} ({reason}); check that the server runs, "
+                f"or {address.elsewhere}"
             ) from None
         backend = None
         try:

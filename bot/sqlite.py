@@ -198,7 +198,7 @@ class SqliteBackend:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(
-                    f"cannot create {path.parent}: {exc.strerror}; set VOICES_DATABASE"
+                    f"cannot create {path.parent}: {exc.strerror}; {address.elsewhere}"
                 ) from None
         target = _target(address)
         try:
@@ -208,14 +208,14 @@ class SqliteBackend:
             await asyncio.to_thread(_try_open, address)
             side = await aiosqlite.connect(target, isolation_level=None, uri=target.startswith("file:"))
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database {path}: {exc}; set VOICES_DATABASE") from None
+            raise StoreError(f"cannot open database {path}: {exc}; {address.elsewhere}") from None
         side.row_factory = sqlite3.Row
         try:
             await cls._prepare(side, address)
             try:
                 db = _loop_connection(address)
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot open database {path}: {exc}; set VOICES_DATABASE") from None
+                raise StoreError(f"cannot open database {path}: {exc}; {address.elsewhere}") from None
             backend = cls(db, side, address)
             try:
                 yield backend
@@ -237,10 +237,10 @@ class SqliteBackend:
         except sqlite3.DatabaseError as exc:
             if "readonly" in str(exc):
                 raise StoreError(
-                    f"database {address} is read-only; make it writable or set VOICES_DATABASE"
+                    f"database {address} is read-only; make it writable or {address.elsewhere}"
                 ) from None
             raise StoreError(
-                f"database {address} is unreadable ({exc}); move it aside or set VOICES_DATABASE"
+                f"database {address} is unreadable ({exc}); move it aside or {address.elsewhere}"
             ) from None
 
     async def _close(self) -> None:
@@ -303,7 +303,7 @@ class SqliteBackend:
         """Say in one line why a write failed, where a person can fix it; else the error as it is."""
         text, name = str(exc), self.address
         if "readonly" in text:
-            return StoreError(f"database {name} is read-only; make it writable or set VOICES_DATABASE")
+            return StoreError(f"database {name} is read-only; make it writable or {name.elsewhere}")
         if "locked" in text or "busy" in text:
             return StoreError(f"database {name} stayed locked by another process; try again")
         if "disk" in text or "full" in text:

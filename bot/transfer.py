@@ -63,7 +63,7 @@ class Copied:
 
 async def copy_database(source: str | Path | Address, target: str | Path | Address) -> Copied:
     """Copy every row of `source` into the empty database `target`; return what was copied."""
-    origin, destination = address(source), address(target)
+    origin, destination = address(source, "name another SOURCE"), address(target, "name another TARGET")
     if origin == destination:
         raise InputError(f"{origin} is both the source and the target; name two databases")
     if origin.path is not None and not origin.path.exists():

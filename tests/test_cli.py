@@ -1096,6 +1096,20 @@ async def test_moving_to_postgresql_with_db_copy_keeps_every_transcript(env, tmp
     assert "works on a SQLite file" in one_line(backup) and "pg_dump" in backup.err
 
 
+async def test_a_copy_that_cannot_open_a_database_names_the_argument_to_change(env, tmp_path):
+    """`voices db copy` names its databases itself: the fix is another SOURCE or TARGET, not the
+    VOICES_DATABASE setting the copy never read."""
+    assert (await voices(env, tmp_path, "run", "--dry-run", "--rounds", "1")).code == 0
+    source = str(tmp_path / "voices.db")
+    refused = await voices(env, tmp_path, "db", "copy", source, "postgresql://voices:hunter2@127.0.0.1:1/v")
+    assert refused.code == 2 and "hunter2" not in refused.err
+    assert one_line(refused).startswith("error: cannot open database postgresql://voices@127.0.0.1:1/v (")
+    assert one_line(refused).endswith("; check that the server runs, or name another TARGET\n")
+    unwritable = await voices(env, tmp_path, "db", "copy", source, "/proc/voices.db")
+    assert one_line(unwritable).endswith("; name another TARGET\n")
+    assert "VOICES_DATABASE" not in unwritable.err
+
+
 async def test_usage_agrees_with_the_transcripts_to_the_digit(env, tmp_path, server):
     empty = await voices(env, tmp_path, "usage")
     assert empty.code == 0 and empty.out.strip() == "No spend yet."

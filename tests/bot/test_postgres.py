@@ -44,7 +44,7 @@ async def test_a_server_that_does_not_answer_is_one_line_without_the_password(po
     message = str(refused.value)
     assert "hunter2" not in message and "\n" not in message
     assert message.startswith("cannot open database postgresql://voices@127.0.0.1:1/voices (")
-    assert message.endswith("check VOICES_DATABASE and that the server runs")
+    assert message.endswith("check that the server runs, or set VOICES_DATABASE")
 
 
 async def test_both_databases_hold_the_same_tables_and_columns(postgres, tmp_path):
