@@ -1279,6 +1279,11 @@ async def test_a_listing_whose_reader_goes_away_ends_quietly(env, tmp_path):
         ("http://[::1/v1", "is not a valid URL (Invalid port: ':1')"),
         ("https:///api/v1", "names no host: write it as https://HOST/PATH"),
         ("openrouter.ai/api/v1", "must start with http:// or https://"),
+        ("http://127.0.0.1:99999/v1", "has port 99999; a port is a number from 1 to 65535"),
+        (
+            "https://me:hunter2@openrouter.ai/api/v1",
+            "holds a name or password before its host; leave it out: the key is sent apart",
+        ),
     ],
 )
 async def test_a_base_url_no_request_could_go_to_is_one_line_before_anything_runs(

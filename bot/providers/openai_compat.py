@@ -254,11 +254,17 @@ def check_base_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
     try:
-        host = httpx.URL(value).host
+        url = httpx.URL(value)
     except httpx.InvalidURL as exc:
         raise ValueError(f"is not a valid URL ({exc})") from None
-    if not host:
+    if not url.host:
         raise ValueError("names no host: write it as https://HOST/PATH")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ValueError(f"has port {url.port}; a port is a number from 1 to 65535")
+    if url.userinfo:
+        # The transport refuses a URL's credentials beside the key's Authorization header, on every
+        # call; and a password there would be shown wherever the URL is.
+        raise ValueError("holds a name or password before its host; leave it out: the key is sent apart")
     return value.rstrip("/")
 
 

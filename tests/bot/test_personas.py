@@ -76,6 +76,10 @@ def test_provider_tables_are_read_and_checked(tmp_path):
     path.write_text('[providers.lab]\napi_key = "x"\n')
     with pytest.raises(InputError, match="provider 'lab' in .*: base_url: Field required"):
         load_providers(path)
+    path.write_text('[providers.lab]\nbase_url = "http://me:hunter2@localhost:11434/v1"\n')
+    with pytest.raises(InputError, match="base_url: holds a name or password before its host") as refused:
+        load_providers(path)
+    assert "hunter2" not in str(refused.value)  # the api_key field is where a secret goes
     path.write_text('[llama]\nprovider = "nowhere"\nmodel = "llama3.2"\n')
     with pytest.raises(InputError, match="names provider 'nowhere', which has no \\[providers.NAME\\] table"):
         load_personas(path)
