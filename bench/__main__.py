@@ -14,7 +14,19 @@ import os
 import platform
 from collections.abc import Awaitable, Callable
 
-from bench import backpressure, caching, chunks, discord, failover, instructions, local, relay, scale, store
+from bench import (
+    backpressure,
+    caching,
+    calls,
+    chunks,
+    discord,
+    failover,
+    instructions,
+    local,
+    relay,
+    scale,
+    store,
+)
 from bench.harness import postgres
 from bot import eventloop
 from bot.text import counted as counts_of
@@ -133,6 +145,15 @@ def _chunks(quick: bool) -> tuple[str, list[Awaitable[list[Row]]]]:
     )
 
 
+def _calls(quick: bool) -> tuple[str, list[Awaitable[list[Row]]]]:
+    clients, each, runs = (2, 4, 1) if quick else (10, 100, 5)
+    return (
+        f"CPU per call ({clients} clients at once, {each} one-word replies each on a kept connection; "
+        f"median of {counts_of(runs, 'run')})",
+        [calls.measure(clients=clients, calls=each, runs=runs)],
+    )
+
+
 def _instructions(quick: bool) -> tuple[str, list[Awaitable[list[Row]]]]:
     rounds = 3
     return (
@@ -158,6 +179,7 @@ BENCHES: dict[str, Bench] = {
     "backpressure": _backpressure,
     "sharing": _sharing,
     "chunks": _chunks,
+    "calls": _calls,
     "failover": _failover,
     "instructions": _instructions,
 }

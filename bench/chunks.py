@@ -38,6 +38,15 @@ async def floor(base_url: str) -> int:
     decode each. Return the text chunks read."""
     url = urlsplit(base_url)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    chunks = await floor_call(reader, writer, base_url)
+    writer.close()
+    return chunks
+
+
+async def floor_call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, base_url: str) -> int:
+    """Ask for one reply on an open connection and read it to its end as `floor` does; the
+    connection is left open for the next. Return the text chunks read."""
+    url = urlsplit(base_url)
     payload = json.dumps(BODY).encode()
     writer.write(
         f"POST {url.path}/chat/completions HTTP/1.1\r\nHost: {url.netloc}\r\n"
@@ -57,7 +66,7 @@ async def floor(base_url: str) -> int:
                 delta = json.loads(event[6:])["choices"]
                 if delta and delta[0]["delta"].get("content"):
                     chunks += 1
-    writer.close()
+    await reader.readexactly(2)  # the blank line after the last, empty chunk
     return chunks
 
 
@@ -86,7 +95,7 @@ async def _cpu_per_chunk(streams: int, one: Callable[[], Awaitable[int]]) -> tup
     return (time.process_time() - started) / max(1, sum(counts)), sum(counts)
 
 
-def _client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+def http_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """A client of its own for each reader, so none inherits another's pooled connections."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     return httpx.AsyncClient(timeout=60, limits=limits, transport=transport)
@@ -136,11 +145,11 @@ async def measure(streams: int, words: int, delay: float, runs: int = 1) -> list
         base = server.base_url
         for _ in range(runs):
             found: list[tuple[float, int]] = [await _cpu_per_chunk(streams, partial(floor, base))]
-            async with _client() as client:
+            async with http_client() as client:
                 found.append(await _cpu_per_chunk(streams, partial(httpx_lines, client, base)))
-            async with _client(AiohttpTransport()) as client:
+            async with http_client(AiohttpTransport()) as client:
                 found.append(await _cpu_per_chunk(streams, partial(httpx_lines, client, base)))
-            async with _client(AiohttpTransport()) as client:
+            async with http_client(AiohttpTransport()) as client:
                 provider = OpenAICompatProvider(client, base, "bench-key")
                 found.append(await _cpu_per_chunk(streams, partial(provider_stream, provider)))
             # As many dialogues as streams, so the engine reads as many at once as the others.

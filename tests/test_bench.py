@@ -27,6 +27,7 @@ def test_quick_benchmarks_report_every_figure():
         "Back-pressure",
         "Three dialogues sharing a channel's webhook",
         "CPU per streamed chunk",
+        "CPU per call",
         "Failover: one of two workers killed (SIGKILL) amid 20 dialogues on PostgreSQL",
         "Instructions per turn",
     ):
@@ -45,6 +46,9 @@ def test_quick_benchmarks_report_every_figure():
     assert "## Concurrency (1 round per dialogue" in out
     per_chunk = out.split("## CPU per streamed chunk")[1].split("##")[0]
     assert "| minimal asyncio SSE reader (floor) |" in per_chunk and "| Voices end to end" in per_chunk
+    per_call = out.split("## CPU per call")[1].split("##")[0]
+    assert "| minimal asyncio client (floor) | 8 |" in per_call and "| aiohttp | 8 |" in per_call
+    assert "| Voices end to end: a one-word turn" in per_call and "| 300 at once |" in per_call
     local = out.split("## Local models")[1].split("##")[0]
     assert "| local:smollm2 |" in local and "| local:gemma3 |" in local  # measured, or said missing
 
@@ -63,7 +67,7 @@ def test_the_chunk_benchmark_runs_on_uvloop_and_the_simcord_ones_refuse_it():
 def test_an_unknown_benchmark_is_one_clear_line():
     result = subprocess.run([sys.executable, "-m", "bench", "nope"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
-    names = "relay, scale, store, local, caching, discord, backpressure, sharing, chunks"
+    names = "relay, scale, store, local, caching, discord, backpressure, sharing, chunks, calls"
     assert f"unknown benchmark nope; choose from {names}" in result.stderr
 
 
