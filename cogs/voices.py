@@ -62,6 +62,19 @@ Action = Literal["stop", "pause", "resume"]
 log = logging.getLogger(__name__)
 
 
+def may_see(interaction: discord.Interaction, room: Room) -> bool:
+    """Whether the member may read the dialogue's thread. Named by its id from another channel, a
+    private channel's dialogue would show them (and, posted, everyone there) what it hides."""
+    guild, member = interaction.guild, interaction.user
+    if guild is None or not isinstance(member, discord.Member):
+        return False
+    channel = guild.get_channel(room.channel_id)
+    if channel is None:  # deleted, with whatever it hid: its starter's, and the server managers'
+        return member.id == room.starter_id or member.guild_permissions.manage_guild
+    allowed = channel.permissions_for(member)
+    return allowed.view_channel and allowed.read_message_history
+
+
 @app_commands.guild_only()
 class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let AI models talk to each other"):
     """Slash commands that hand everything to the engine and show the result."""
@@ -201,7 +214,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
             if found is None:
                 raise InputError("use this in a dialogue's thread, or give the dialogue's id")
             room = found
-        if room.guild_id != interaction.guild_id:
+        if room.guild_id != interaction.guild_id or not may_see(interaction, room):
+            # The same words either way: a refusal must not tell who cannot see it that it exists.
             raise InputError(f"no dialogue {room.dialogue_id} in this server; `/voices list` shows them")
         return room
 
@@ -541,7 +555,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         assert interaction.guild_id is not None
         lines = []
         for room in await self.s.rooms.recent(interaction.guild_id):
-            lines.append(_line(await self.s.store.get_dialogue(room.dialogue_id), room))
+            if may_see(interaction, room):
+                lines.append(_line(await self.s.store.get_dialogue(room.dialogue_id), room))
         await reply(interaction, "\n".join(lines) or "No dialogues yet: `/voices start` begins one.")
 
     @app_commands.command(name="transcript")

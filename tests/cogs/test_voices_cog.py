@@ -762,3 +762,58 @@ async def test_the_thread_begins_with_the_opening_and_status_shows_the_system_pr
     prompts = shown.response.embeds[1]
     assert prompts.title == "System prompts"
     assert [(f.name, f.value) for f in prompts.fields][0] == ("claude-opus-4.6", "Be Claude.")
+
+
+async def test_a_dialogue_in_a_channel_a_member_cannot_see_stays_hidden_from_them(world):
+    """Named by its id from a public channel, a private channel's dialogue was there for anyone in
+    the server: its transcript posted for all to read, its prompts shown, a fork or a continuation
+    holding its turns opened where everyone reads them, and its line in `/voices list`."""
+    hidden = discord.PermissionOverwrite(view_channel=False)
+    staff = world.guild.create_text_channel(
+        "staff",
+        overwrites={
+            world.guild.default_role: hidden,
+            world.alice: discord.PermissionOverwrite(view_channel=True),
+            world.guild.me: discord.PermissionOverwrite(view_channel=True),
+        },
+    )
+    options = {"a": OPUS, "b": GLM, "opening": "The secret plan.", "rounds": 1, "budget": "0.25"}
+    await world.alice.slash(staff, "voices start", **options)
+    await world.finish(1)
+    for command, extra in (
+        ("voices transcript", {}),
+        ("voices status", {}),
+        ("voices fork", {"turn": 1}),
+        ("voices continue", {}),
+    ):
+        refused = await world.bob.slash(world.channel, command, dialogue=1, **extra)
+        assert refused.ephemeral, command
+        assert "no dialogue 1 in this server; `/voices list` shows them" in refused.response.content, command
+        assert not refused.response.attachments
+    assert world.channel.threads == [] and len(await world.bot.services.rooms.recent(world.guild.id)) == 1
+    assert "secret plan" not in " ".join(m.content for m in world.channel.history())
+    unlisted = await world.bob.slash(world.channel, "voices list")
+    assert "No dialogues yet" in unlisted.response.content
+    listed = await world.alice.slash(world.channel, "voices list")
+    assert "**1** · claude-opus-4.6 ↔ glm-5" in listed.response.content
+    fetched = await world.alice.slash(staff, "voices transcript", dialogue=1)
+    assert [a.filename for a in fetched.response.attachments][:2] == ["transcript-1.md", "transcript-1.json"]
+
+
+async def test_a_dialogue_whose_channel_was_deleted_is_its_starters_and_the_managers(world):
+    """What a deleted channel hid cannot be asked of it any more: its dialogues' transcripts are
+    left to whoever started them and to those who manage the server."""
+    side = world.guild.create_text_channel("side")
+    await world.alice.slash(side, "voices start", a=OPUS, b=GLM, opening="Hi", rounds=1, budget="0.25")
+    await world.finish(1)
+    await world.bot.get_channel(side.id).delete()
+    await world.env.settle()
+    assert world.bot.get_channel(side.id) is None
+    refused = await world.bob.slash(world.channel, "voices transcript", dialogue=1)
+    assert "no dialogue 1 in this server" in refused.response.content and not refused.response.attachments
+    managers = world.guild.create_role("managers", permissions=discord.Permissions(manage_guild=True))
+    carol = world.guild.add_member(world.env.create_user("carol"), roles=[managers])
+    for member in (world.alice, carol):
+        fetched = await member.slash(world.channel, "voices transcript", dialogue=1)
+        files = [a.filename for a in fetched.response.attachments]
+        assert files[:2] == ["transcript-1.md", "transcript-1.json"]
