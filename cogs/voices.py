@@ -220,8 +220,16 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
         return room
 
     def _may_control(self, interaction: discord.Interaction, room: Room) -> None:
-        perms = interaction.permissions
-        if interaction.user.id != room.starter_id and not perms.manage_threads:
+        # Manage Threads where the dialogue is, not where the command was typed: a moderator of
+        # one channel is not one of every channel whose dialogue they can name.
+        channel = interaction.guild.get_channel(room.channel_id) if interaction.guild else None
+        member = interaction.user
+        perms = (
+            channel.permissions_for(member)
+            if channel is not None and isinstance(member, discord.Member)
+            else interaction.permissions
+        )
+        if member.id != room.starter_id and not perms.manage_threads:
             raise InputError(
                 "only whoever started this dialogue, or members who can manage threads, may do that"
             )

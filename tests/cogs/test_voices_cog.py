@@ -817,3 +817,21 @@ async def test_a_dialogue_whose_channel_was_deleted_is_its_starters_and_the_mana
         fetched = await member.slash(world.channel, "voices transcript", dialogue=1)
         files = [a.filename for a in fetched.response.attachments]
         assert files[:2] == ["transcript-1.md", "transcript-1.json"]
+
+
+async def test_a_moderator_of_one_channel_cannot_stop_a_dialogue_in_another(world):
+    """Manage Threads counts where the dialogue is: granted in #general alone, it reached every
+    dialogue the member could name from there."""
+    mods = world.guild.create_role("thread-mods")
+    carol = world.guild.add_member(world.env.create_user("carol"), roles=[mods])
+    general = world.guild.create_text_channel(
+        "moderated", overwrites={mods: discord.PermissionOverwrite(manage_threads=True)}
+    )
+    hold_second_turn(world)
+    await start(world, rounds=3)  # in world.channel, where carol manages nothing
+    refused = await carol.slash(general, "voices stop", dialogue=1)
+    assert "only whoever started this dialogue, or members who can manage threads" in refused.response.content
+    assert world.bot.relays.is_running(1)
+    await world.alice.slash(world.thread(), "voices stop")
+    await world.finish(1)
+    assert (await world.bot.services.store.get_dialogue(1)).stop_reason is StopReason.USER_STOP
