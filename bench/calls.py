@@ -14,7 +14,6 @@ the last of N waits about N times a turn's end. The last column gives that wait 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +25,7 @@ import aiohttp
 import httpx
 
 from bench.chunks import BODY, floor_call, http_client, httpx_lines, provider_stream
-from bench.harness import engine, fake_server, run_dialogue, spec
+from bench.harness import against_floor, engine, fake_server, run_dialogue, spec
 from bot.providers.openai_compat import OpenAICompatProvider
 from bot.transport import AiohttpTransport, make_client
 
@@ -111,18 +110,13 @@ async def measure(clients: int, calls: int, runs: int = 1) -> list[dict[str, str
             found.append(await _engine(base, clients, calls))
             for name, cost in zip(names, found, strict=True):
                 costs[name].append(cost)
-    least = statistics.median(costs[names[0]])
-    rows = []
-    for name in names:
-        cost = statistics.median(costs[name])
-        spread = f" ({min(costs[name]) * 1e6:.0f}–{max(costs[name]) * 1e6:.0f})" if runs > 1 else ""
-        rows.append(
-            {
-                "reader": name,
-                "calls per run": str(clients * calls),
-                "CPU per call": f"{cost * 1e6:.0f} µs{spread}",
-                "× floor": f"{cost / least:.1f}",
-                f"{TOGETHER} at once": f"{cost * TOGETHER * 1e3:.0f} ms",
-            }
-        )
-    return rows
+    return [
+        {
+            "reader": name,
+            "calls per run": str(clients * calls),
+            "CPU per call": shown,
+            "× floor": ratio,
+            f"{TOGETHER} at once": f"{cost * TOGETHER * 1e3:.0f} ms",
+        }
+        for name, cost, shown, ratio in against_floor(costs)
+    ]

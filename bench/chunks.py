@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 from rich.console import Console
 
-from bench.harness import MODELS, engine, fake_server, run_dialogue, spec
+from bench.harness import MODELS, against_floor, engine, fake_server, run_dialogue, spec
 from bot.console import DialogueView
 from bot.providers.base import ChatRequest, TextDelta
 from bot.providers.openai_compat import OpenAICompatProvider
@@ -160,17 +159,7 @@ async def measure(streams: int, words: int, delay: float, runs: int = 1) -> list
             for name, (cost, count) in zip(names, found, strict=True):
                 costs[name].append(cost)
                 counts[name] = count
-    least = statistics.median(costs[names[0]])
-    rows = []
-    for name in names:
-        cost = statistics.median(costs[name])
-        spread = f" ({min(costs[name]) * 1e6:.0f}–{max(costs[name]) * 1e6:.0f})" if runs > 1 else ""
-        rows.append(
-            {
-                "reader": name,
-                "chunks per run": str(counts[name]),
-                "CPU per chunk": f"{cost * 1e6:.0f} µs{spread}",
-                "× floor": f"{cost / least:.1f}",
-            }
-        )
-    return rows
+    return [
+        {"reader": name, "chunks per run": str(counts[name]), "CPU per chunk": shown, "× floor": ratio}
+        for name, _, shown, ratio in against_floor(costs)
+    ]

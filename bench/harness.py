@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import os
+import statistics
 import sys
 import time
 import urllib.request
@@ -217,3 +218,15 @@ def rss_bytes() -> int:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
+
+
+def against_floor(costs: dict[str, list[float]]) -> list[tuple[str, float, str, str]]:
+    """For readers measured in turn (the first is the floor), return each one's name, median cost
+    in seconds, that cost in µs with its range over the runs, and its ratio to the floor's."""
+    least = statistics.median(next(iter(costs.values())))
+    shown = []
+    for name, found in costs.items():
+        cost = statistics.median(found)
+        spread = f" ({min(found) * 1e6:.0f}–{max(found) * 1e6:.0f})" if len(found) > 1 else ""
+        shown.append((name, cost, f"{cost * 1e6:.0f} µs{spread}", f"{cost / least:.1f}"))
+    return shown
