@@ -62,17 +62,27 @@ Action = Literal["stop", "pause", "resume"]
 log = logging.getLogger(__name__)
 
 
+def permissions_there(interaction: discord.Interaction, room: Room) -> discord.Permissions | None:
+    """The member's permissions in the dialogue's channel, not the one the command was typed in;
+    None when that channel is gone (or the member is not one of the server's)."""
+    guild, member = interaction.guild, interaction.user
+    channel = guild.get_channel(room.channel_id) if guild is not None else None
+    if channel is None or not isinstance(member, discord.Member):
+        return None
+    return channel.permissions_for(member)
+
+
 def may_see(interaction: discord.Interaction, room: Room) -> bool:
     """Whether the member may read the dialogue's thread. Named by its id from another channel, a
     private channel's dialogue would show them (and, posted, everyone there) what it hides."""
-    guild, member = interaction.guild, interaction.user
-    if guild is None or not isinstance(member, discord.Member):
+    member = interaction.user
+    allowed = permissions_there(interaction, room)
+    if allowed is not None:
+        return allowed.view_channel and allowed.read_message_history
+    if interaction.guild is None or not isinstance(member, discord.Member):
         return False
-    channel = guild.get_channel(room.channel_id)
-    if channel is None:  # deleted, with whatever it hid: its starter's, and the server managers'
-        return member.id == room.starter_id or member.guild_permissions.manage_guild
-    allowed = channel.permissions_for(member)
-    return allowed.view_channel and allowed.read_message_history
+    # Its channel deleted, with whatever it hid: its starter's, and the server managers'.
+    return member.id == room.starter_id or member.guild_permissions.manage_guild
 
 
 @app_commands.guild_only()
@@ -222,14 +232,8 @@ class VoicesCog(commands.GroupCog, group_name="voices", group_description="Let A
     def _may_control(self, interaction: discord.Interaction, room: Room) -> None:
         # Manage Threads where the dialogue is, not where the command was typed: a moderator of
         # one channel is not one of every channel whose dialogue they can name.
-        channel = interaction.guild.get_channel(room.channel_id) if interaction.guild else None
-        member = interaction.user
-        perms = (
-            channel.permissions_for(member)
-            if channel is not None and isinstance(member, discord.Member)
-            else interaction.permissions
-        )
-        if member.id != room.starter_id and not perms.manage_threads:
+        perms = permissions_there(interaction, room) or interaction.permissions
+        if interaction.user.id != room.starter_id and not perms.manage_threads:
             raise InputError(
                 "only whoever started this dialogue, or members who can manage threads, may do that"
             )
