@@ -43,9 +43,9 @@ async def aiohttp_call(session: aiohttp.ClientSession, base_url: str) -> None:
             pass
 
 
-async def _cpu_per_call(clients: int, calls: int, callers: list[Call]) -> float:
-    """CPU seconds per call of `clients` callers at once, each making `calls` calls one after
-    another, after a first call each (imports, connections) that is not counted."""
+async def _cpu_per_call(calls: int, callers: list[Call]) -> float:
+    """CPU seconds per call of the callers at once, each making `calls` calls one after another,
+    after a first call each (imports, connections) that is not counted."""
     await asyncio.gather(*(call() for call in callers))
 
     async def each(call: Call) -> None:
@@ -54,7 +54,7 @@ async def _cpu_per_call(clients: int, calls: int, callers: list[Call]) -> float:
 
     started = time.process_time()
     await asyncio.gather(*(each(call) for call in callers))
-    return (time.process_time() - started) / (clients * calls)
+    return (time.process_time() - started) / (len(callers) * calls)
 
 
 async def _floor(base_url: str, clients: int, calls: int) -> float:
@@ -63,7 +63,7 @@ async def _floor(base_url: str, clients: int, calls: int) -> float:
     connections = [await asyncio.open_connection(url.hostname, url.port) for _ in range(clients)]
     try:
         callers: list[Call] = [partial(floor_call, r, w, base_url) for r, w in connections]
-        return await _cpu_per_call(clients, calls, callers)
+        return await _cpu_per_call(calls, callers)
     finally:
         for _, writer in connections:
             writer.close()
@@ -99,14 +99,14 @@ async def measure(clients: int, calls: int, runs: int = 1) -> list[dict[str, str
             found = [await _floor(base, clients, calls)]
             async with aiohttp.ClientSession() as session:
                 callers: list[Call] = [partial(aiohttp_call, session, base)] * clients
-                found.append(await _cpu_per_call(clients, calls, callers))
+                found.append(await _cpu_per_call(calls, callers))
             async with http_client(AiohttpTransport()) as client:
                 callers = [partial(httpx_lines, client, base)] * clients
-                found.append(await _cpu_per_call(clients, calls, callers))
+                found.append(await _cpu_per_call(calls, callers))
             async with make_client(httpx.Timeout(60)) as client:  # the engine's own client
                 provider = OpenAICompatProvider(client, base, "bench-key")
                 callers = [partial(provider_stream, provider)] * clients
-                found.append(await _cpu_per_call(clients, calls, callers))
+                found.append(await _cpu_per_call(calls, callers))
             found.append(await _engine(base, clients, calls))
             for name, cost in zip(names, found, strict=True):
                 costs[name].append(cost)
