@@ -468,6 +468,12 @@ class Turn:
     def is_human(self) -> bool:
         return self.cost_source == HUMAN_SOURCE
 
+    @property
+    def at_token_limit(self) -> bool:
+        """True when the reply stopped at its `max_tokens`, not where the model ended it: its last
+        words may break off, and every view says so rather than leave readers to guess."""
+        return self.status is TurnStatus.OK and self.finish_reason == "length"
+
 
 #: The cost source of a turn a person wrote: no tokens, no cost.
 HUMAN_SOURCE = "human"

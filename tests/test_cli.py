@@ -1335,3 +1335,24 @@ async def test_an_argument_a_command_does_not_take_points_at_that_commands_help(
     assert result.code == 2
     assert result.err.strip().endswith(f"; see `{help_of} --help`")
     assert "unrecognized arguments: " in result.err and len(result.err.strip().splitlines()) == 1
+
+
+async def test_a_reply_that_reached_its_token_limit_is_marked_in_the_terminal_and_the_transcript(
+    env, tmp_path, server
+):
+    # Shown as written and passed on, but said to be cut: a reader should not take the broken-off
+    # sentence for the model's own ending.
+    cut = Reply(text="A thought that runs on and on and", finish_reason="length")
+    server.enqueue(cut, Reply(text="Whole."))
+    result = await voices(env, tmp_path, "run", "--a", OPUS, "--b", GLM, "--rounds", "1", "--budget", "0.5")
+    assert result.code == 0, result.err
+    assert result.out.count("✂ Stopped at the reply's token limit (max_tokens)") == 1
+    assert result.out.index("on and on and") < result.out.index("✂ Stopped") < result.out.index("Whole.")
+    markdown = (tmp_path / "transcripts" / "1.md").read_text()
+    marker = "*✂ Stopped at the reply's token limit (max_tokens); it may end mid-sentence.*"
+    assert markdown.count(marker) == 1
+    assert markdown.index("on and on and") < markdown.index("✂ Stopped") < markdown.index("Whole.")
+    turns = json.loads((tmp_path / "transcripts" / "1.json").read_text())["turns"]
+    assert [(t["status"], t["finish_reason"]) for t in turns] == [("ok", "length"), ("ok", "stop")]
+    # The other model reads the words that were written.
+    assert server.chat_requests[1].body["messages"][-1]["content"].endswith("on and on and")
