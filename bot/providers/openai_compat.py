@@ -457,6 +457,10 @@ class _Reply:
         the reply ended; raise the error an event reported, or if the stream stopped before the
         reply did."""
         last = [] if self.done else self._deltas(self._events.close())
+        if self.failure is None and self.finish_reason == "error":
+            # OpenRouter sends an error object with it; a server that sends the reason alone has
+            # still said the reply failed, so its words so far are not an answer.
+            self.failure = self._error({"message": "the stream ended with finish_reason error"})
         if self.failure is not None:
             raise self.failure
         if not self.done and self.finish_reason is None and self.usage is None:

@@ -166,6 +166,21 @@ async def test_partial_reply_then_drop_is_retried_and_only_the_retry_is_kept(run
     assert (await store.list_turns(dialogue.id))[0].text == "The complete reply."
 
 
+async def test_a_stream_that_ends_in_finish_reason_error_alone_is_a_failed_try_not_a_reply(
+    runner, store, server
+):
+    # OpenRouter sends an error object with it; a server that sends only the finish reason has
+    # still said the reply failed, and its half is not the model's answer.
+    server.enqueue(Reply(text="Half a thou", finish_reason="error"), Reply(text="The complete reply."))
+    dialogue = await runner.create(make_spec(rounds=1))
+    events = await run_all(runner, dialogue.id)
+    (restart,) = [e for e in events if isinstance(e, TurnRestarted)]
+    assert restart.reason == "the model failed mid-reply: the stream ended with finish_reason error"
+    first = (await store.list_turns(dialogue.id))[0]
+    assert first.text == "The complete reply." and first.attempts == 2
+    assert not any("Half a thou" in str(r.body["messages"]) for r in server.chat_requests)
+
+
 def _dropped(server):
     """The generations the fake server began and never finished, in order."""
     return [g for g, record in server.generations.items() if not record["finished"]]
