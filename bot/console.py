@@ -26,7 +26,7 @@ from bot.events import (
 )
 from bot.models import DRY_RUN, Dialogue, ModelInfo, NoteKind, TurnStatus
 from bot.text import counted, printable
-from bot.transcript import AT_TOKEN_LIMIT, headline
+from bot.transcript import headline
 from bot.usage import UsageRow, total
 
 SPEAKER_STYLES = ("bold cyan", "bold magenta", "bold green", "bold yellow")
@@ -131,8 +131,8 @@ class DialogueView:
                     self._console.print(Text("⚠ empty reply (nothing passed on)", "bold red"))
                 elif turn.status is TurnStatus.CANCELLED:
                     self._console.print(Text("✂ cut off", "bold red"))
-                elif turn.at_token_limit:
-                    self._console.print(Text(f"✂ {AT_TOKEN_LIMIT}", "yellow"))
+                elif why := turn.cut_short:
+                    self._console.print(Text(f"✂ {why}", "yellow"))
                 usage = turn.usage
                 cached = f" (cached {usage.cached_tokens})" if usage.cached_tokens else ""
                 about = "~" if usage.estimated else ""  # counted here, not reported by the provider

@@ -469,11 +469,18 @@ class Turn:
         return self.cost_source == HUMAN_SOURCE
 
     @property
-    def at_token_limit(self) -> bool:
-        """True when the reply stopped at its `max_tokens`, not where the model ended it: its last
-        words may break off, and every view says so rather than leave readers to guess."""
-        return self.status is TurnStatus.OK and self.finish_reason == "length"
+    def cut_short(self) -> str | None:
+        """Why an answered reply stopped before the model ended it, in one sentence, or None: its
+        last words may break off, and every view says so rather than leave readers to guess."""
+        if self.status is TurnStatus.OK:
+            return _CUT_SHORT.get(self.finish_reason or "")
+        return None
 
+
+_CUT_SHORT = {
+    "length": "Stopped at the reply's token limit (max_tokens); it may end mid-sentence.",
+    "content_filter": "Stopped by the provider's content filter; it may end mid-sentence.",
+}
 
 #: The cost source of a turn a person wrote: no tokens, no cost.
 HUMAN_SOURCE = "human"

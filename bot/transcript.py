@@ -20,8 +20,6 @@ from bot.text import counted
 # 2: prompt-cache tokens and savings, the context and loop policies, notes between turns (compactions,
 # loops, interjections, memories), human seats, and continuations and forks (parent, children).
 SCHEMA_VERSION = 2
-#: Said under a reply that reached its `max_tokens`, in the transcript, the terminal and the thread.
-AT_TOKEN_LIMIT = "Stopped at the reply's token limit (max_tokens); it may end mid-sentence."
 
 _INLINE_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
 
@@ -121,8 +119,8 @@ def _turn_block(turn: Turn, name: str) -> list[str]:
         # A stop, the time limit, the reply cap or a connection lost for good: the dialogue's end
         # says which, so the line names none of them.
         lines += [f"*✂ Cut off before the reply finished; {charged}.*", ""]
-    elif turn.at_token_limit:
-        lines += [f"*✂ {AT_TOKEN_LIMIT}*", ""]
+    elif why := turn.cut_short:
+        lines += [f"*✂ {why}*", ""]
     usage = turn.usage
     cache = ""
     if usage.cached_tokens or usage.cache_write_tokens:

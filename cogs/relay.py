@@ -36,7 +36,7 @@ from bot.metrics import Metrics
 from bot.models import Ask, Dialogue, NoteKind, Status, StopReason, Tally, Turn, TurnStatus
 from bot.rooms import Room, RoomStore
 from bot.store import WORK, Store
-from bot.transcript import AT_TOKEN_LIMIT, headline
+from bot.transcript import headline
 from bot.votes import VoteStore
 from cogs._format import split_message, split_tail
 from cogs.files import transcript_files
@@ -444,8 +444,8 @@ class Relay:
             )
         elif turn.status is TurnStatus.CANCELLED:
             await self._s.webhooks.send(self.thread, live.name, live.avatar_url, "*✂ Cut off.*")
-        elif turn.at_token_limit:
-            await self._s.webhooks.send(self.thread, live.name, live.avatar_url, f"*✂ {AT_TOKEN_LIMIT}*")
+        elif why := turn.cut_short:
+            await self._s.webhooks.send(self.thread, live.name, live.avatar_url, f"*✂ {why}*")
         await self._post_reasoning(turn, live)
         await self._s.rooms.mark_posted(self.room.dialogue_id, turn.seq, _posted(live))
         self._live = None

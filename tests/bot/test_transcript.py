@@ -300,3 +300,22 @@ def test_the_prompt_cache_line_says_a_saving_or_an_extra_cost_never_a_negative_s
     markdown = render_markdown(dialogue, turns)
     assert f"- **Prompt cache:** read=0, written=8 tokens; {said}" in markdown
     assert "$-" not in markdown
+
+
+async def test_a_reply_cut_short_by_its_token_limit_or_a_content_filter_says_so_under_it(make_runner, store):
+    provider = ScriptedProvider(free_models([OPUS, GLM]), fallback=None)
+    provider.enqueue(
+        ScriptedReply(text="Counting to a thousand: one, two", finish_reason="length"),
+        ScriptedReply(text="Here is how one would", finish_reason="content_filter"),
+        ScriptedReply(text="Done.", finish_reason="stop"),
+        ScriptedReply(text="Done too.", finish_reason=None),  # a server that names no reason
+    )
+    runner = make_runner(provider)
+    dialogue = await runner.create(make_spec(rounds=2))
+    await run_all(runner, dialogue.id)
+    markdown = render_markdown(*await store.history(dialogue.id))
+    limit = "*✂ Stopped at the reply's token limit (max_tokens); it may end mid-sentence.*"
+    filtered = "*✂ Stopped by the provider's content filter; it may end mid-sentence.*"
+    assert markdown.count("✂") == 2
+    assert markdown.index("one, two") < markdown.index(limit) < markdown.index("how one would")
+    assert markdown.index("how one would") < markdown.index(filtered) < markdown.index("Done.")
