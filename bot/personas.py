@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bot.errors import InputError
 from bot.models import MAX_PRICE, Persona
-from bot.providers.openai_compat import check_base_url
+from bot.providers.openai_compat import check_base_url, check_web_url
 
 _Entry = TypeVar("_Entry", bound=BaseModel)
 Effort = Literal["max", "xhigh", "high", "medium", "low", "minimal", "none"]
@@ -33,6 +33,17 @@ class _PersonaEntry(BaseModel):
     prompt_price: Decimal | None = Field(default=None, ge=0, le=MAX_PRICE)
     completion_price: Decimal | None = Field(default=None, ge=0, le=MAX_PRICE)
     chat_format: str | None = Field(default=None, min_length=1)
+
+    @field_validator("avatar_url")
+    @classmethod
+    def _check_avatar(cls, value: str | None) -> str | None:
+        # Discord refuses every post whose avatar is not a web address it can fetch: checked here,
+        # the persona's voice would otherwise never reach its thread.
+        if value is not None:
+            if any(c.isspace() for c in value):
+                raise ValueError("holds white space; write it as one web address, https://HOST/PATH")
+            check_web_url(value)
+        return value
 
 
 class _ProviderEntry(BaseModel):

@@ -248,9 +248,9 @@ class OpenAICompatProvider:
         return offered
 
 
-def check_base_url(value: str) -> str:
-    """Return a server's base URL without its trailing slash; raise ValueError saying what is wrong
-    with one no request could be sent to (httpx would raise on every call, deep in a turn)."""
+def check_web_url(value: str) -> httpx.URL:
+    """Return an http(s) URL parsed; raise ValueError saying what is wrong with one that no request
+    could be sent to (httpx, or Discord for an avatar, would refuse it later, far from the setting)."""
     if not value.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
     try:
@@ -261,7 +261,13 @@ def check_base_url(value: str) -> str:
         raise ValueError("names no host: write it as https://HOST/PATH")
     if url.port is not None and not 0 < url.port < 65536:
         raise ValueError(f"has port {url.port}; a port is a number from 1 to 65535")
-    if url.userinfo:
+    return url
+
+
+def check_base_url(value: str) -> str:
+    """Return a server's base URL without its trailing slash; raise ValueError saying what is wrong
+    with one no request could be sent to (httpx would raise on every call, deep in a turn)."""
+    if check_web_url(value).userinfo:
         # The transport refuses a URL's credentials beside the key's Authorization header, on every
         # call; and a password there would be shown wherever the URL is.
         raise ValueError("holds a name or password before its host; leave it out: the key is sent apart")

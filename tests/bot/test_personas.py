@@ -47,6 +47,13 @@ def test_a_name_that_is_neither_persona_nor_model_lists_the_personas(tmp_path):
         ('[sage]\nmodel = "x/y"\ncolour = "red"\n', "colour"),
         ('[sage]\nmodel = "x/y"\ncompletion_price = "1e30"\n', "completion_price"),
         ('[sage]\nmodel = "x/y"\nprompt_price = "NaN"\n', "prompt_price"),
+        # Discord refuses every post with an avatar it cannot fetch: the voice would never speak.
+        (
+            '[sage]\nmodel = "x/y"\navatar_url = "sage.png"\n',
+            "avatar_url: must start with http:// or https://",
+        ),
+        ('[sage]\nmodel = "x/y"\navatar_url = "https:///sage.png"\n', "avatar_url: names no host"),
+        ('[sage]\nmodel = "x/y"\navatar_url = "https://a.io/my sage.png"\n', "avatar_url: holds white space"),
     ],
 )
 def test_a_bad_library_is_one_clear_line(tmp_path, text, message):
