@@ -435,6 +435,10 @@ class Relay:
             live.offset, live.opener, live.final = 0, None, 0  # split it all again
         live.text = turn.text  # the committed text is the truth, whatever the stream showed
         await self._land(live)
+        # On record as soon as its text is in the thread: a line under it that Discord refuses, or
+        # a crash before that line, must not have a restart post the whole turn again.
+        await self._s.rooms.mark_posted(self.room.dialogue_id, turn.seq, _posted(live))
+        self._live = None
         if turn.status is TurnStatus.EMPTY:
             await self._s.webhooks.send(
                 self.thread,
@@ -447,8 +451,6 @@ class Relay:
         elif why := turn.cut_short:
             await self._s.webhooks.send(self.thread, live.name, live.avatar_url, f"*✂ {why}*")
         await self._post_reasoning(turn, live)
-        await self._s.rooms.mark_posted(self.room.dialogue_id, turn.seq, _posted(live))
-        self._live = None
 
     async def _post_reasoning(self, turn: Turn, live: _Live) -> None:
         if not turn.reasoning.strip():

@@ -7,6 +7,7 @@ import gzip
 import json
 import time
 from decimal import Decimal
+from types import SimpleNamespace
 
 import discord
 import pytest
@@ -380,6 +381,34 @@ async def test_a_restart_mid_dialogue_resumes_with_no_turn_posted_twice_or_lost(
     assert [m.author.name for m in posts] == ["claude-opus-4.6", "glm-5"] * 3
     texts = [m.content for m in posts]
     assert len(set(texts)) == 6
+
+
+async def test_a_refused_line_under_a_turn_does_not_get_the_turn_posted_again_after_a_restart(
+    world, tmp_path, server, monkeypatch
+):
+    # Discord refuses the "stopped at its token limit" line under the first reply (after
+    # discord.py's own handling), then the process dies while the second call waits.
+    original, refused = WebhookPool.send, []
+
+    async def refuse_the_line(self, thread, name, avatar_url, content="", **extra):
+        if content.startswith("*✂") and not refused:
+            refused.append(content)
+            answer = SimpleNamespace(status=400, reason="Bad Request")
+            raise discord.HTTPException(answer, {"code": 50035, "message": "Invalid Form Body"})
+        return await original(self, thread, name, avatar_url, content, **extra)
+
+    monkeypatch.setattr(WebhookPool, "send", refuse_the_line)
+    limited = {"error": {"code": 429, "message": "slow down"}}
+    world.server.enqueue(
+        Reply(text="A thought that runs on and", finish_reason="length"),
+        Reply(status=429, headers={"Retry-After": "30"}, error=limited),
+    )
+    await start(world, rounds=1)
+    assert len(await world.bot.services.store.list_turns(1)) == 1 and refused
+    fresh = await resumed_after_a_crash(world, tmp_path, server, 1)
+    assert (await fresh.services.store.get_dialogue(1)).stop_reason is StopReason.MAX_ROUNDS
+    texts = [m.content for m in persona_posts(world.thread())]
+    assert texts.count("A thought that runs on and") == 1, texts
 
 
 async def test_an_opening_lost_to_a_crash_is_posted_when_the_dialogue_resumes_and_only_once(
