@@ -110,6 +110,9 @@ class Reply:
     #: Before the reply, this many bytes of one event that never ends (a server that does not speak
     #: the stream format, or streams one unbroken line).
     unended_bytes: int = 0
+    #: Hold the reply's words, once the call is accepted, until this is set: a test's moment to act
+    #: while the call is in flight, however slowly the machine runs.
+    gate: asyncio.Event | None = None
 
 
 @dataclass
@@ -350,6 +353,8 @@ class FakeOpenRouter:
             piece = b"x" * min(2**16, reply.unended_bytes - start)
             writer.write(b"%x\r\n%s\r\n" % (len(piece), b"data: " + piece[6:] if start == 0 else piece))
             await writer.drain()
+        if reply.gate is not None:
+            await reply.gate.wait()
         base = {
             "id": generation,
             "object": "chat.completion.chunk",

@@ -11,6 +11,7 @@ import sqlite3
 import stat
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -397,7 +398,9 @@ async def test_killed_mid_dialogue_then_resumed_loses_and_repeats_no_turn(env, t
     `voices resume` takes the dialogue over and finishes it with every turn exactly once."""
     async with FakeOpenRouter(default_delay=0.1) as slow:
         env["VOICES_OPENROUTER_BASE_URL"] = slow.base_url
-        env["VOICES_LEASE_SECONDS"] = "2"
+        # Long enough for `voices resume` to start and be refused on a busy machine (a lease is
+        # renewed every third of it, so at least two thirds of it are left after the kill).
+        env["VOICES_LEASE_SECONDS"] = "6"
         process = await start(env, tmp_path, *RUN[:-4], "--rounds", "3", "--opening", "Hi")
         while len(slow.chat_requests) < 3:
             await asyncio.sleep(0.02)
@@ -414,7 +417,8 @@ async def test_killed_mid_dialogue_then_resumed_loses_and_repeats_no_turn(env, t
         assert "dialogue 1 is being run by another process" in early.err and "lapses in" in early.err
         # Refused before touching anything: the dead call is still in flight, to be settled once.
         assert len(db_rows(env, "SELECT seq FROM calls_in_flight")) == 1
-        await asyncio.sleep(2.1)
+        ((expires,),) = db_rows(env, "SELECT expires_at FROM leases")
+        await asyncio.sleep((datetime.fromisoformat(expires) - datetime.now(UTC)).total_seconds() + 0.1)
         result = await voices(env, tmp_path, "resume", "1")
         billed = slow.generations[generation]["total_cost"]
     assert result.code == 0, result.err
@@ -848,12 +852,17 @@ async def test_a_human_seat_whose_input_ends_pauses_with_one_line(env, tmp_path,
 async def test_a_second_process_on_a_running_dialogue_is_refused_naming_the_holder(env, tmp_path):
     """Two terminals on one dialogue: the second is refused at once, the first goes on unharmed
     and is billed once for each call."""
+    # The first reply is held until the second terminal has been turned away: the first process
+    # runs the dialogue then, however long a process takes to start on a busy machine.
+    gate = asyncio.Event()
     async with FakeOpenRouter(default_delay=0.05) as slow:
+        slow.enqueue(Reply(text="Held while another terminal tries.", gate=gate))
         env["VOICES_OPENROUTER_BASE_URL"] = slow.base_url
         first = await start(env, tmp_path, *RUN[:-4], "--rounds", "3", "--opening", "Hi")
         while not slow.chat_requests:
             await asyncio.sleep(0.02)
         second = await voices(env, tmp_path, "resume", "1")
+        gate.set()
         out, err = await asyncio.wait_for(first.communicate(), timeout=60)
         reported = sum(slow.reported_costs, Decimal(0))
     err2 = one_line(second)
