@@ -40,8 +40,6 @@ class _PersonaEntry(BaseModel):
         # Discord refuses every post whose avatar is not a web address it can fetch: checked here,
         # the persona's voice would otherwise never reach its thread.
         if value is not None:
-            if any(c.isspace() for c in value):
-                raise ValueError("holds white space; write it as one web address, https://HOST/PATH")
             check_web_url(value)
         return value
 

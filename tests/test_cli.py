@@ -1289,6 +1289,11 @@ async def test_a_listing_whose_reader_goes_away_ends_quietly(env, tmp_path):
         ("https:///api/v1", "names no host: write it as https://HOST/PATH"),
         ("openrouter.ai/api/v1", "must start with http:// or https://"),
         ("http://127.0.0.1:99999/v1", "has port 99999; a port is a number from 1 to 65535"),
+        # Pasted with a space after it: every call would go to ".../v1%20/chat/completions".
+        (
+            "https://openrouter.ai/api/v1 ",
+            "holds white space; write it as one web address, https://HOST/PATH",
+        ),
         (
             "https://me:hunter2@openrouter.ai/api/v1",
             "holds a name or password before its host; leave it out: the key is sent apart",

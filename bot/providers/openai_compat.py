@@ -251,6 +251,9 @@ class OpenAICompatProvider:
 def check_web_url(value: str) -> httpx.URL:
     """Return an http(s) URL parsed; raise ValueError saying what is wrong with one that no request
     could be sent to (httpx, or Discord for an avatar, would refuse it later, far from the setting)."""
+    if any(c.isspace() for c in value):
+        # httpx would quote a space into the host or path (".../v1%20"), and every call would fail.
+        raise ValueError("holds white space; write it as one web address, https://HOST/PATH")
     if not value.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
     try:
