@@ -114,6 +114,15 @@ def _posted(live: _Live) -> tuple[int, ...]:
     return tuple(m for m in live.messages if m)
 
 
+def _line_under(turn: Turn) -> str | None:
+    """The line posted under a turn that did not end as its model ended it, or None."""
+    if turn.status is TurnStatus.EMPTY:
+        return "*⚠ Empty reply: nothing was passed on to the other side.*"
+    if turn.status is TurnStatus.CANCELLED:
+        return "*✂ Cut off.*"
+    return f"*✂ {turn.cut_short}*" if turn.cut_short else None
+
+
 def _merge(old: Event, new: Event) -> Event | None:
     """Pieces of one reply that queued up while Discord was slow travel as one."""
     if isinstance(old, Delta) and isinstance(new, Delta):
@@ -439,17 +448,8 @@ class Relay:
         # a crash before that line, must not have a restart post the whole turn again.
         await self._s.rooms.mark_posted(self.room.dialogue_id, turn.seq, _posted(live))
         self._live = None
-        if turn.status is TurnStatus.EMPTY:
-            await self._s.webhooks.send(
-                self.thread,
-                live.name,
-                live.avatar_url,
-                "*⚠ Empty reply: nothing was passed on to the other side.*",
-            )
-        elif turn.status is TurnStatus.CANCELLED:
-            await self._s.webhooks.send(self.thread, live.name, live.avatar_url, "*✂ Cut off.*")
-        elif why := turn.cut_short:
-            await self._s.webhooks.send(self.thread, live.name, live.avatar_url, f"*✂ {why}*")
+        if line := _line_under(turn):
+            await self._s.webhooks.send(self.thread, live.name, live.avatar_url, line)
         await self._post_reasoning(turn, live)
 
     async def _post_reasoning(self, turn: Turn, live: _Live) -> None:
